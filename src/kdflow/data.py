@@ -1,0 +1,420 @@
+"""One loader for every source: hub names, local tables, the CLINC150 layout.
+
+Whatever the source, the result is a :class:`TaskData`: train / validation /
+test :class:`Split` objects holding stable example ids, inputs and targets, and
+one label map shared by teacher and student. Inputs are kept generic
+(``inputs`` maps a field name to a list) so that text, text pairs, numeric
+sequences and, later, images travel the same path; :class:`Featurizer` turns a
+batch of them into model keyword arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .errors import KdflowError
+
+IGNORE = -100  # label of an example without a gold label (CE skips it)
+
+
+@dataclass
+class Split:
+    """One split: ``ids[i]``, ``inputs[name][i]`` and ``targets[i]`` describe example i."""
+
+    name: str
+    ids: list[str]
+    inputs: dict[str, list]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: "np.ndarray | list[int]") -> "Split":
+        index = np.asarray(index, dtype=np.int64)
+        return Split(self.name, [self.ids[i] for i in index],
+                     {k: [v[i] for i in index] for k, v in self.inputs.items()}, self.targets[index])
+
+
+@dataclass
+class TaskData:
+    task: str  # "classification" | "regression"
+    train: Split
+    validation: Split
+    test: Optional[Split]
+    label_names: Optional[list[str]] = None  # index -> name; None for regression
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.label_names else 1
+
+    def splits(self) -> list[Split]:
+        return [s for s in (self.train, self.validation, self.test) if s is not None]
+
+
+def example_ids(split: str, inputs: dict[str, list]) -> list[str]:
+    """Content-derived ids: the same text gets the same id in every run and file order.
+
+    A repeated text within a split gets ``#1``, ``#2`` ... so ids stay unique.
+    """
+    seen: dict[str, int] = {}
+    ids = []
+    keys = sorted(inputs)
+    for i in range(len(inputs[keys[0]]) if keys else 0):
+        blob = "\x1f".join(repr(inputs[k][i]) for k in keys)
+        h = hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+        n = seen.get(h, 0)
+        seen[h] = n + 1
+        ids.append(f"{split}:{h}" + (f"#{n}" if n else ""))
+    return ids
+
+
+# ------------------------------------------------------------ reading files
+
+_SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
+                  ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _format_of(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise KdflowError(f"Cannot tell the format of '{path}' from its suffix; set data.format to one of "
+                          "csv, tsv, json, jsonl, parquet, clinc")
+    return fmt
+
+
+def _must_exist(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise KdflowError(f"data.{key} file '{path}' does not exist; check the path (relative paths are "
+                          "read from the current directory)")
+    return path
+
+
+def read_table(path: Path, cfg: DataConfig, key: str = "train"):
+    """A pandas DataFrame from CSV/TSV/JSON/JSONL/Parquet, with cfg.columns for header-less files."""
+    import pandas as pd
+
+    fmt = _format_of(_must_exist(path, key), cfg.format)
+    header = 0 if cfg.header else None
+    try:
+        if fmt in ("csv", "tsv"):
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=header, names=cfg.columns,
+                             quoting=3 if fmt == "tsv" else 0, dtype=str, keep_default_na=False)
+        elif fmt == "jsonl":
+            df = pd.read_json(path, lines=True)
+        elif fmt == "json":
+            with open(path, encoding="utf-8") as fh:
+                obj = json.load(fh)
+            if isinstance(obj, dict) and not any(isinstance(v, (str, int, float)) for v in obj.values()):
+                raise KdflowError(f"'{path}' holds several splits ({', '.join(obj)}); point data.path "
+                                  "(not data.train) at it, with data.format: clinc for the CLINC150 layout")
+            df = pd.DataFrame(obj)
+        elif fmt == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            raise KdflowError(f"data.format '{fmt}' is for data.path files; for data.{key} use csv, tsv, "
+                              "json, jsonl or parquet")
+    except KdflowError:
+        raise
+    except Exception as err:  # a malformed file: say which, and what the parser saw
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KdflowError(f"Could not read '{path}' as {fmt}: {first}") from None
+    if cfg.header is False and cfg.columns is None and fmt in ("csv", "tsv"):
+        df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _columns_from_frame(df, cfg: DataConfig, path: Path) -> tuple[dict[str, list], list]:
+    wanted = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for col in wanted + [cfg.label_column]:
+        if col not in df.columns:
+            have = ", ".join(map(str, df.columns))
+            raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {have}); set data.text_column / "
+                              "data.label_column to the right names"
+                              + ("" if cfg.header else " or data.columns to name them"))
+    inputs = {"text": df[cfg.text_column].astype(str).tolist()}
+    if cfg.text_pair_column:
+        inputs["text_pair"] = df[cfg.text_pair_column].astype(str).tolist()
+    return inputs, df[cfg.label_column].tolist()
+
+
+def _read_clinc(path: Path, include_oos: bool) -> dict[str, tuple[dict, list]]:
+    try:
+        obj = json.loads(_must_exist(path, "path").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise KdflowError(f"'{path}' is not valid JSON (line {err.lineno}); data.format clinc expects "
+                          '{"train": [[text, intent], ...], "val": ..., "test": ...}') from None
+    if not isinstance(obj, dict) or "train" not in obj:
+        raise KdflowError(f"'{path}' is not in the CLINC150 layout: expected a JSON object with a 'train' key "
+                          "holding [text, intent] pairs")
+    out = {}
+    for split, key in (("train", "train"), ("validation", "val"), ("test", "test")):
+        rows = list(obj.get(key, []))
+        if include_oos:
+            rows += obj.get(f"oos_{key}", [])
+        if not rows:
+            continue
+        bad = next((i for i, r in enumerate(rows) if not (isinstance(r, list) and len(r) == 2)), None)
+        if bad is not None:
+            raise KdflowError(f"'{path}' {key}[{bad}] is {rows[bad]!r}; each CLINC150 row must be [text, intent]")
+        out[split] = ({"text": [str(r[0]) for r in rows]}, [r[1] for r in rows])
+    return out
+
+
+def _read_hub(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
+    """A Hugging Face hub data set (needs the network, or a local HF cache)."""
+    try:
+        import datasets
+    except ImportError:
+        raise KdflowError("data.hub needs the 'datasets' package: pip install 'kdflow[hf]'") from None
+    name, _, subset = cfg.hub.partition("/")
+    try:
+        ds = datasets.load_dataset(name, subset or None)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KdflowError(f"Could not load hub data set '{cfg.hub}' ({first}); check the name and your "
+                          "network, or download it and use data.train with local files") from None
+    text_col, label_col = cfg.text_column, cfg.label_column
+    first_split = next(iter(ds.values()))
+    cols = first_split.column_names
+    # the usual column names of popular sets, so users need not map them
+    if text_col not in cols:
+        text_col = next((c for c in ("text", "sentence", "sentence1", "question") if c in cols), text_col)
+    pair_col = cfg.text_pair_column or next((c for c in ("sentence2",) if c in cols and text_col == "sentence1"), None)
+    if label_col not in cols:
+        label_col = next((c for c in ("label", "intent", "labels") if c in cols), label_col)
+    for col in [text_col, label_col] + ([pair_col] if pair_col else []):
+        if col not in cols:
+            raise KdflowError(f"Column '{col}' is not in hub data set '{cfg.hub}' (columns: {', '.join(cols)}); "
+                              "set data.text_column / data.label_column")
+    names = None
+    feat = first_split.features.get(label_col)
+    if getattr(feat, "names", None):
+        names = list(feat.names)
+    out = {}
+    for split, candidates in (("train", ("train",)), ("validation", ("validation", "val", "dev")),
+                              ("test", ("test",))):
+        key = next((c for c in candidates if c in ds), None)
+        if key is None:
+            continue
+        part = ds[key]
+        labels = part[label_col]
+        if names is not None:
+            labels = [names[y] if 0 <= y < len(names) else y for y in labels]
+        inputs = {"text": list(part[text_col])}
+        if pair_col:
+            inputs["text_pair"] = list(part[pair_col])
+        # GLUE test splits have hidden labels (-1): unusable for evaluation
+        if all(y == -1 for y in labels[:100]):
+            continue
+        out[split] = (inputs, labels)
+    return out
+
+
+# ------------------------------------------------------------ assembling
+
+def _label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
+    names = sorted({str(y) for y in raw_labels}, key=lambda s: (not s.lstrip("-").isdigit(),
+                                                                 int(s) if s.lstrip("-").isdigit() else 0, s))
+    if len(names) < 2:
+        raise KdflowError(f"The training labels in column '{cfg.label_column}' hold {len(names)} distinct "
+                          "value(s); classification needs at least 2 (for numeric targets set data.task: regression)")
+    return names
+
+
+def _targets(raw: list, names: Optional[list[str]], split: str, cfg: DataConfig) -> np.ndarray:
+    if names is None:
+        try:
+            return np.asarray([float(y) for y in raw], dtype=np.float32)
+        except (TypeError, ValueError):
+            bad = next(y for y in raw if not _is_float(y))
+            raise KdflowError(f"Regression target {bad!r} in the {split} split is not a number; "
+                              f"fix column '{cfg.label_column}' or set data.task: classification") from None
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, y in enumerate(raw):
+        j = index.get(str(y))
+        if j is None:
+            raise KdflowError(f"Label {y!r} (row {i} of the {split} split) does not occur in train; "
+                              "every evaluation label must be one of the training labels")
+        out[i] = j
+    return out
+
+
+def _is_float(y) -> bool:
+    try:
+        float(y)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int,
+                     classification: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of indices into (keep, held_out), per class when classifying."""
+    rng = np.random.default_rng(seed)
+    if not classification:
+        perm = rng.permutation(len(targets))
+        n = max(1, int(round(fraction * len(targets))))
+        return np.sort(perm[n:]), np.sort(perm[:n])
+    held = []
+    for c in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        n = int(round(fraction * len(idx)))
+        if len(idx) > 1:
+            n = min(max(n, 1), len(idx) - 1)
+        held.append(idx[:n])
+    held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(targets)), held_idx)
+    return keep, held_idx
+
+
+def load_data(cfg: DataConfig, seed: int = 42) -> TaskData:
+    """Read, validate and split the data that ``cfg`` describes."""
+    notes: list[str] = []
+    if cfg.hub:
+        parts = _read_hub(cfg)
+    elif cfg.path:
+        path = Path(cfg.path)
+        fmt = cfg.format
+        if fmt == "auto":
+            fmt = "clinc" if path.suffix.lower() == ".json" else _format_of(path, "auto")
+        if fmt != "clinc":
+            raise KdflowError(f"data.path holds all splits in one file and supports the CLINC150 layout "
+                              f"(data.format: clinc); for a {fmt} file per split use data.train/validation/test")
+        parts = _read_clinc(path, cfg.include_out_of_scope)
+    else:
+        parts = {}
+        for split in ("train", "validation", "test"):
+            p = getattr(cfg, split)
+            if p:
+                df = read_table(Path(p), cfg, split)
+                if len(df) == 0:
+                    raise KdflowError(f"data.{split} file '{p}' holds no rows; give a file with examples")
+                parts[split] = _columns_from_frame(df, cfg, Path(p))
+    if "train" not in parts:
+        raise KdflowError("The data has no train split; give data.train, or a data.path/hub with a 'train' part")
+
+    classification = cfg.task == "classification"
+    names = _label_map(parts["train"][1], cfg) if classification else None
+    splits = {}
+    for split, (inputs, raw) in parts.items():
+        splits[split] = Split(split, example_ids(split, inputs), inputs, _targets(raw, names, split, cfg))
+
+    train = splits["train"]
+    if cfg.max_train_examples and len(train) > cfg.max_train_examples:
+        frac = 1.0 - cfg.max_train_examples / len(train)
+        keep, _ = stratified_split(train.targets, frac, seed + 1, classification)
+        notes.append(f"train subsampled from {len(train)} to {len(keep)} examples (data.max_train_examples)")
+        train = train.subset(keep)
+    if "validation" in splits:
+        validation = splits["validation"]
+    else:
+        keep, held = stratified_split(train.targets, cfg.validation_fraction, seed, classification)
+        notes.append(f"no validation split given: held out a stratified {cfg.validation_fraction:.0%} of train "
+                     f"({len(held)} examples, seed {seed})")
+        validation = Split("validation", [train.ids[i].replace("train:", "validation:", 1) for i in held],
+                           {k: [v[i] for i in held] for k, v in train.inputs.items()}, train.targets[held])
+        train = train.subset(keep)
+    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes)
+
+
+# ------------------------------------------------------------ batches
+
+class Featurizer:
+    """Turns the inputs of some examples into model keyword arguments.
+
+    Text: tokenized once per split (no padding), padded per batch. Numeric
+    sequences (``inputs["values"]``, each ``[L]`` or ``[L, D]``): padded into
+    ``inputs_embeds``-like float tensors with an attention mask.
+    """
+
+    def __init__(self, tokenizer=None, max_length: int = 128):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._cache: dict[int, list[dict]] = {}
+
+    def encode(self, split: Split) -> list[dict]:
+        key = id(split)
+        if key not in self._cache:
+            if "text" in split.inputs:
+                if self.tokenizer is None:
+                    raise KdflowError("This model reads text but has no tokenizer; use an hf model or an "
+                                      "encoder student with the teacher's tokenizer")
+                pair = split.inputs.get("text_pair")
+                enc = self.tokenizer(split.inputs["text"], pair, truncation=True, max_length=self.max_length)
+                names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in enc]
+                self._cache[key] = [{n: enc[n][i] for n in names} for i in range(len(split))]
+            elif "values" in split.inputs:
+                self._cache[key] = [{"values": np.asarray(v, dtype=np.float32)} for v in split.inputs["values"]]
+            else:
+                raise KdflowError(f"Split '{split.name}' has inputs {list(split.inputs)}; expected text or values")
+        return self._cache[key]
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if "values" in rows[0]:
+            length = min(self.max_length, max(len(r["values"]) for r in rows))
+            first = rows[0]["values"]
+            dim = first.shape[1] if first.ndim == 2 else 1
+            out = torch.zeros(len(rows), length, dim)
+            mask = torch.zeros(len(rows), length, dtype=torch.long)
+            for i, r in enumerate(rows):
+                v = torch.from_numpy(r["values"][:length]).reshape(-1, dim)
+                out[i, : len(v)] = v
+                mask[i, : len(v)] = 1
+            return {"values": out, "attention_mask": mask}
+        pad = self.tokenizer.pad_token_id or 0
+        length = max(len(r["input_ids"]) for r in rows)
+        batch = {}
+        for name in rows[0]:
+            fill = pad if name == "input_ids" else 0
+            t = torch.full((len(rows), length), fill, dtype=torch.long)
+            for i, r in enumerate(rows):
+                t[i, : len(r[name])] = torch.tensor(r[name], dtype=torch.long)
+            batch[name] = t
+        return batch
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Yields example positions; the collate function builds the batch from them."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def make_collate(split: Split, student_feat: Featurizer, teacher_feat: Optional[Featurizer] = None
+                 ) -> Callable[[list[int]], dict[str, Any]]:
+    """Batch = positions, student inputs, teacher inputs (same dict when the tokenizer is shared), targets."""
+    s_rows = student_feat.encode(split)
+    t_rows = teacher_feat.encode(split) if teacher_feat is not None and teacher_feat is not student_feat else None
+    targets = torch.from_numpy(split.targets)
+
+    def collate(index: list[int]) -> dict[str, Any]:
+        idx = torch.tensor(index, dtype=torch.long)
+        s_in = student_feat.collate([s_rows[i] for i in index])
+        t_in = teacher_feat.collate([t_rows[i] for i in index]) if t_rows is not None else s_in
+        return {"index": idx, "inputs": s_in, "teacher_inputs": t_in, "labels": targets[idx]}
+
+    return collate
+
+
+def loader(split: Split, collate, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(IndexDataset(len(split)), batch_size=batch_size, shuffle=shuffle,
+                                       collate_fn=collate, generator=gen if shuffle else None)

@@ -1,0 +1,9 @@
+"""One exception type for every mistake a user can make.
+
+The CLI catches :class:`KdflowError` and prints its message as a single sentence
+with exit code 2; anything else is a bug in kdflow and keeps its traceback.
+"""
+
+
+class KdflowError(Exception):
+    """Bad input: the message names what is wrong and how to fix it."""
