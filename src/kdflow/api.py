@@ -21,7 +21,7 @@ import torch
 
 from . import models
 from .config import Config, ModelSpec, load_config
-from .data import Featurizer, Split, TaskData, load_data, loader, make_collate
+from .data import Featurizer, Split, TaskData, load_data, loader, make_collate, set_epoch
 from .distiller import Distiller, freeze
 from .errors import KdflowError
 from .losses import hinton_loss
@@ -240,7 +240,7 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
     info = {"mode": dc.mode, "temperature": dc.temperature, "alpha": dc.alpha,
             "teacher_examples_computed": cache.computed if cache else None,
-            "teacher_calls_in_loop": distiller.teacher_calls}
+            "teacher_calls_in_loop": distiller.teacher_calls, "target_refreshes": distiller.refreshes}
     entry = _final_metrics(ctx, student, s_feat, result, distill=info, compression=round(n_t / n_s, 2))
     if dc.mode != "guide" and d.test is not None:
         t_test = teacher_logits(ctx, teacher, d.test, t_feat, cache).numpy()
@@ -269,6 +269,7 @@ def _guide_hook(ctx: Context, teacher, distiller: Distiller, t_feat: Featurizer)
         return hinton_loss(model(**batch["teacher_inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
 
     def on_epoch_start(epoch: int) -> None:
+        set_epoch(t_dl, epoch)
         losses = train_epoch(t_model, t_dl, optimizer, scheduler, loss_fn, acc, cfg.teach.max_grad_norm)
         metrics = evaluate(t_model)
         ctx.log.epoch("teacher_guide", epoch, {**losses, **{f"val_{k}": v for k, v in metrics.items()}})

@@ -414,7 +414,33 @@ def make_collate(split: Split, student_feat: Featurizer, teacher_feat: Optional[
     return collate
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Order = f(seed, epoch): a resumed run replays exactly the batches it would have seen."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
 def loader(split: Split, collate, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(IndexDataset(len(split)), batch_size=batch_size, shuffle=shuffle,
-                                       collate_fn=collate, generator=gen if shuffle else None)
+    return torch.utils.data.DataLoader(IndexDataset(len(split)), batch_size=batch_size,
+                                       sampler=EpochSampler(len(split), shuffle, seed), collate_fn=collate)
+
+
+def set_epoch(dl, epoch: int) -> None:
+    """Tell a (possibly accelerate-wrapped) loader's sampler which epoch starts."""
+    if hasattr(dl, "set_epoch"):  # accelerate's loaders reach the sampler themselves
+        dl.set_epoch(epoch)
+    elif hasattr(dl.sampler, "set_epoch"):
+        dl.sampler.set_epoch(epoch)

@@ -28,6 +28,7 @@ class Distiller:
         self.teacher, self.mode, self.temperature, self.alpha, self.task = teacher, mode, temperature, alpha, task
         self.targets: Optional[torch.Tensor] = None
         self.teacher_calls = 0  # examples the teacher ran on inside the training loop
+        self.refreshes = 0      # times the targets were (re)set: 1 offline, every k epochs in guide
         if teacher is not None and mode != "guide":
             freeze(teacher)
 
@@ -37,6 +38,7 @@ class Distiller:
 
     def set_targets(self, targets: torch.Tensor) -> None:
         self.targets = targets.float()
+        self.refreshes += 1
 
     def teacher_logits(self, batch: dict, device: torch.device) -> Optional[torch.Tensor]:
         if not self.uses_teacher:

@@ -33,8 +33,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # fp16/bf16 -> fp32, fp64 stays
+    log_p_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
     per_example = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
     return _masked_mean(per_example, mask) * temperature ** 2
 

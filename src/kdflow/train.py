@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .data import set_epoch
 from .errors import KdflowError
 
 
@@ -146,6 +147,7 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["done"]:
             break
+        set_epoch(train_loader, epoch)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         with tqdm(total=len(train_loader), desc=f"{role} epoch {epoch + 1}/{cfg.epochs}", disable=quiet,

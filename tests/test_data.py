@@ -1,0 +1,150 @@
+"""Every loader on real files (../shared/data) and on tiny self-made ones."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdflow import DataConfig, KdflowError
+from kdflow.data import Featurizer, example_ids, load_data, make_collate, stratified_split
+
+
+def cfg(**kw):
+    return DataConfig(**kw)
+
+
+def test_clinc_layout_real_full(shared_data):
+    d = load_data(cfg(path=str(shared_data / "clinc150" / "data_full.json")))
+    assert (len(d.train), len(d.validation), len(d.test)) == (15000, 3000, 4500)
+    assert d.num_labels == 150 and "oos" not in d.label_names
+    assert d.train.ids[0].startswith("train:") and len(set(d.train.ids)) == 15000
+    # the same label map indexes every split
+    assert d.validation.targets.max() == 149 and np.bincount(d.test.targets).tolist() == [30] * 150
+    with_oos = load_data(cfg(path=str(shared_data / "clinc150" / "data_full.json"), include_out_of_scope=True))
+    assert with_oos.num_labels == 151 and len(with_oos.test) == 5500
+
+
+def test_agnews_headerless_tsv_and_string_labels(shared_data):
+    d = load_data(cfg(train=str(shared_data / "agnews" / "train.tsv"), test=str(shared_data / "agnews" / "test.tsv"),
+                      header=False, columns=["text", "label"]))
+    assert d.label_names == ["Business", "Sci/Tech", "Sports", "World"]
+    assert len(d.test) == 7600
+    # no validation file: a seeded stratified 10% of train is held out
+    rows = sum(1 for _ in open(shared_data / "agnews" / "train.tsv", encoding="utf-8"))
+    assert len(d.train) + len(d.validation) == rows and len(d.validation) == pytest.approx(rows / 10, abs=4)
+    assert any("held out a stratified 10%" in n for n in d.notes)
+    assert not set(d.train.ids) & {i.replace("validation:", "train:") for i in d.validation.ids}
+    tr = np.bincount(d.train.targets) / len(d.train)
+    va = np.bincount(d.validation.targets) / len(d.validation)
+    assert np.abs(tr - va).max() < 0.01
+
+
+def test_sst2_tsv_with_header_and_int_labels(shared_data):
+    d = load_data(cfg(train=str(shared_data / "sst2" / "train.tsv"), validation=str(shared_data / "sst2" / "validation.tsv"),
+                      test=str(shared_data / "sst2" / "test.tsv"), text_column="sentence"))
+    assert d.label_names == ["0", "1"] and len(d.test) == 872 and len(d.validation) == 6735
+    assert not d.notes
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "jsonl", "parquet"])
+def test_local_tables_with_column_mapping(tmp_path, fmt):
+    df = pd.DataFrame({"q": ["a cat", "a dog", "the cat", "the dog", "my cat", "my dog"] * 2,
+                       "p": ["x", "y"] * 6, "y": ["pet-c", "pet-d"] * 6})
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "tsv":
+        df.to_csv(path, sep="\t", index=False)
+    elif fmt == "json":
+        path.write_text(json.dumps(df.to_dict(orient="records")))
+    elif fmt == "jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+    d = load_data(cfg(train=str(path), text_column="q", text_pair_column="p", label_column="y"))
+    assert d.label_names == ["pet-c", "pet-d"]
+    assert len(d.train) + len(d.validation) == 12
+    assert set(d.train.inputs) == {"text", "text_pair"}
+    i = d.train.inputs["text"].index(d.train.inputs["text"][0])
+    assert d.label_names[d.train.targets[i]] == ("pet-c" if "cat" in d.train.inputs["text"][i] else "pet-d")
+
+
+def test_regression_targets(tmp_path):
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"text": [f"s{i}" for i in range(20)], "label": [i / 4 for i in range(20)]}).to_csv(path, index=False)
+    d = load_data(cfg(train=str(path), task="regression"))
+    assert d.label_names is None and d.num_labels == 1 and d.train.targets.dtype == np.float32
+    assert sorted(np.concatenate([d.train.targets, d.validation.targets]).tolist()) == [i / 4 for i in range(20)]
+    bad = tmp_path / "b.csv"
+    pd.DataFrame({"text": ["a", "b"], "label": ["1.0", "high"]}).to_csv(bad, index=False)
+    with pytest.raises(KdflowError, match="'high' in the train split is not a number"):
+        load_data(cfg(train=str(bad), task="regression"))
+
+
+def test_bad_input_is_one_sentence(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]}).to_csv(path, index=False)
+    cases = [
+        (cfg(train=str(tmp_path / "missing.csv")), "does not exist"),
+        (cfg(train=str(path), label_column="intent"), "Column 'intent' is not in"),
+        (cfg(train=str(path), text_column="sentence"), "columns: text, label"),
+        (cfg(train=str(tmp_path / "x.xyz")), "does not exist"),
+        (cfg(path=str(path)), "supports the CLINC150 layout"),
+    ]
+    (tmp_path / "x.xyz").write_text("a")
+    cases[3] = (cfg(train=str(tmp_path / "x.xyz")), "Cannot tell the format")
+    other = tmp_path / "v.csv"
+    pd.DataFrame({"text": ["e"], "label": [7]}).to_csv(other, index=False)
+    cases.append((cfg(train=str(path), validation=str(other)), "Label '7' (row 0 of the validation split)"))
+    one = tmp_path / "one.csv"
+    pd.DataFrame({"text": ["a", "b"], "label": [1, 1]}).to_csv(one, index=False)
+    cases.append((cfg(train=str(one)), "needs at least 2"))
+    notclinc = tmp_path / "n.json"
+    notclinc.write_text(json.dumps({"rows": [1, 2]}))
+    cases.append((cfg(path=str(notclinc)), "not in the CLINC150 layout"))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"train": [["a", "x"],')
+    cases.append((cfg(path=str(broken)), "is not valid JSON"))
+    for c, expected in cases:
+        with pytest.raises(KdflowError) as info:
+            load_data(c)
+        assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ids_are_stable_and_unique():
+    a = example_ids("train", {"text": ["x", "y", "x"]})
+    b = example_ids("train", {"text": ["y", "x", "x"]})
+    assert a[0] == b[1] and a[1] == b[0] and len(set(a)) == 3 and a[2].endswith("#1")
+    assert example_ids("train", {"text": ["x"], "text_pair": ["p"]}) != example_ids("train", {"text": ["x"]})
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class():
+    y = np.repeat(np.arange(5), [50, 20, 10, 5, 2])
+    k1, h1 = stratified_split(y, 0.2, 7, True)
+    k2, h2 = stratified_split(y, 0.2, 7, True)
+    assert (h1 == h2).all() and len(np.intersect1d(k1, h1)) == 0 and len(k1) + len(h1) == len(y)
+    assert set(y[k1]) == set(range(5)) and set(y[h1]) == set(range(5))
+    assert np.bincount(y[h1]).tolist() == [10, 4, 2, 1, 1]
+
+
+def test_max_train_examples_subsamples_stratified(intents_json):
+    d = load_data(cfg(path=intents_json, max_train_examples=80))
+    assert len(d.train) == 80 and np.bincount(d.train.targets).tolist() == [20] * 4
+
+
+def test_featurizer_pads_per_batch_and_pairs(tiny_bert):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    from kdflow.data import Split
+    split = Split("train", ["a", "b"], {"text": ["hi", "a much longer sentence here"], "text_pair": ["x", "y"]},
+                  np.array([0, 1]))
+    feat = Featurizer(tok, max_length=6)
+    batch = make_collate(split, feat)([0, 1])
+    assert batch["inputs"]["input_ids"].shape == (2, 6)  # truncated to max_length
+    assert batch["inputs"]["attention_mask"][0].tolist() == [1, 1, 1, 1, 1, 0]  # [CLS] hi [SEP] x [SEP] + pad
+    assert batch["inputs"]["token_type_ids"][0].tolist()[:5] == [0, 0, 0, 1, 1]
+    assert batch["teacher_inputs"] is batch["inputs"] and batch["labels"].tolist() == [0, 1]
+    values = Split("train", ["a", "b"], {"values": [[1.0, 2.0, 3.0], [4.0]]}, np.array([0, 1]))
+    vb = make_collate(values, Featurizer(None, 8))([0, 1])["inputs"]
+    assert vb["values"].shape == (2, 3, 1) and vb["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -1,0 +1,103 @@
+"""Analytic properties of the distillation losses, not just 'it runs'."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdflow.losses import ce_loss, hinton_loss, kd_loss, mse_loss
+
+
+def logits(seed, b=6, c=5, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, generator=g) * scale
+
+
+def test_kd_is_zero_for_identical_logits_and_positive_otherwise():
+    s = logits(0)
+    for T in (0.5, 1.0, 4.0):
+        assert kd_loss(s, s.clone(), T).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(logits(1), logits(2), 2.0).item() > 1e-3
+    # invariant to a per-example shift of the logits (softmax is)
+    assert kd_loss(s + 3.0, s, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_matches_temperature_squared_times_kl():
+    s, t = logits(3), logits(4)
+    for T in (1.0, 2.0, 8.0):
+        p_t = F.softmax(t / T, -1)
+        kl = (p_t * (p_t.log() - F.log_softmax(s / T, -1))).sum(-1).mean()
+        assert kd_loss(s, t, T).item() == pytest.approx(T * T * kl.item(), rel=1e-5)
+
+
+def test_kd_high_temperature_limit_is_logit_matching():
+    # Hinton et al. 2015, sec. 2.1: for large T and zero-mean logits,
+    # T^2 * KL -> (1 / 2C) * sum_c (s_c - t_c)^2 (per example).
+    s, t = logits(5, c=4, scale=0.5).double(), logits(6, c=4, scale=0.5).double()
+    s, t = s - s.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+    expected = ((s - t) ** 2).sum(-1).mean().item() / (2 * 4)
+    assert kd_loss(s, t, 1000.0).item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_kd_gradient_is_T_times_prob_difference():
+    # d/ds [T^2 KL(p_t || softmax(s/T))] = T * (softmax(s/T) - softmax(t/T)) / B
+    s, t, T = logits(7).requires_grad_(True), logits(8), 3.0
+    kd_loss(s, t, T).backward()
+    expected = T * (F.softmax(s.detach() / T, -1) - F.softmax(t / T, -1)) / s.shape[0]
+    torch.testing.assert_close(s.grad, expected, rtol=1e-4, atol=1e-6)
+    # a descent step moves the student towards the teacher
+    with torch.no_grad():
+        stepped = s - 0.5 * s.grad
+    assert kd_loss(stepped, t, T) < kd_loss(s.detach(), t, T)
+
+
+def test_mask_drops_examples_and_empty_mask_gives_zero():
+    s, t = logits(9), logits(10)
+    mask = torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    assert kd_loss(s, t, 2.0, mask).item() == pytest.approx(kd_loss(s[mask], t[mask], 2.0).item(), rel=1e-6)
+    s2 = s.clone()
+    s2[~mask] = 100.0  # masked rows cannot change the value
+    assert kd_loss(s2, t, 2.0, mask).item() == pytest.approx(kd_loss(s, t, 2.0, mask).item(), rel=1e-6)
+    none = torch.zeros(6, dtype=torch.bool)
+    g = s.clone().requires_grad_(True)
+    out = kd_loss(g, t, 2.0, none)
+    out.backward()
+    assert out.item() == 0.0 and torch.count_nonzero(g.grad) == 0
+
+
+def test_ce_skips_ignored_labels():
+    s = logits(11)
+    y = torch.tensor([0, 1, -100, 3, -100, 2])
+    keep = y != -100
+    assert ce_loss(s, y).item() == pytest.approx(F.cross_entropy(s[keep], y[keep]).item(), rel=1e-6)
+    assert ce_loss(s, torch.full((6,), -100)).item() == 0.0
+
+
+def test_hinton_mixes_with_alpha():
+    s, t, y = logits(12), logits(13), torch.tensor([0, 1, 2, 3, 4, 0])
+    kd, ce = kd_loss(s, t, 4.0).item(), F.cross_entropy(s, y).item()
+    for a in (0.0, 0.3, 1.0):
+        out = hinton_loss(s, t, y, 4.0, a)
+        assert out["loss"].item() == pytest.approx(a * kd + (1 - a) * ce, rel=1e-6)
+        assert out["loss_kd"].item() == pytest.approx(kd, rel=1e-6)
+    plain = hinton_loss(s, None, y, 4.0, 0.7)
+    assert set(plain) == {"loss", "loss_hard"} and plain["loss"].item() == pytest.approx(ce, rel=1e-6)
+    with pytest.raises(ValueError):
+        hinton_loss(s, t, y, 4.0, 1.5)
+    with pytest.raises(ValueError):
+        kd_loss(s, t, 0.0)
+
+
+def test_regression_uses_mse_to_teacher_and_target():
+    pred = torch.tensor([[1.0], [2.0], [3.0]])
+    teacher = torch.tensor([[1.5], [2.0], [2.0]])
+    target = torch.tensor([1.0, 4.0, 3.0])
+    out = hinton_loss(pred, teacher, target, 4.0, 0.25, task="regression")
+    kd = (0.25 + 0 + 1) / 3
+    hard = (0 + 4 + 0) / 3
+    assert out["loss_kd"].item() == pytest.approx(kd)
+    assert out["loss_hard"].item() == pytest.approx(hard)
+    assert out["loss"].item() == pytest.approx(0.25 * kd + 0.75 * hard)
+    # a missing (NaN) target is skipped
+    assert mse_loss(pred, torch.tensor([1.0, math.nan, 3.0])).item() == 0.0

@@ -1,0 +1,159 @@
+"""teach -> distill in all three modes on a tiny random BERT; cache reuse; resume; frozen teacher."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import kdflow
+from kdflow import KdflowError
+from kdflow.distiller import Distiller
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="session")
+def taught(tmp_path_factory, tiny_bert, intents_json):
+    out = tmp_path_factory.mktemp("runs")
+    raw = tiny_config(tiny_bert, intents_json, out, "base")
+    entry = kdflow.teach(raw)
+    return raw, out, entry
+
+
+def student_cfg(taught, name, **sections):
+    raw, out, _ = taught
+    cfg = json.loads(json.dumps(raw))
+    cfg["run"]["name"] = name
+    cfg["model"]["teacher"]["name"] = str(out / "base" / "teacher")
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def test_teacher_learns_the_task(taught):
+    raw, out, entry = taught
+    assert entry["validation"]["accuracy"] >= 0.9  # chance is 0.25
+    folder = out / "base" / "teacher"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "kdflow_labels.json"):
+        assert (folder / name).is_file()
+    assert json.loads((folder / "kdflow_labels.json").read_text())["labels"] == ["balance", "flight", "music", "weather"]
+    assert (out / "base" / "config.yaml").is_file() and (out / "base" / "checkpoints" / "teacher" / "best.safetensors").is_file()
+
+
+def test_offline_caches_teacher_outputs_once(taught):
+    first = kdflow.distill(student_cfg(taught, "off1", train={"epochs": 8}))
+    d = first["distill"]
+    assert d["mode"] == "offline" and d["target_refreshes"] == 1 and d["teacher_calls_in_loop"] == 0
+    assert d["teacher_examples_computed"] == 160 + 48  # train targets, then the test split for the table
+    second = kdflow.distill(student_cfg(taught, "off2", train={"epochs": 1}))
+    assert second["distill"]["teacher_examples_computed"] == 0  # every output served from the cache
+    log = (taught[1] / "off2" / "log.txt").read_text()
+    assert "teacher outputs: 0 computed, 160 from cache" in log
+    assert first["teacher_test"] == second["teacher_test"]
+    # the student learns from the teacher: well above chance (0.25)
+    assert first["validation"]["accuracy"] >= 0.6
+    run = taught[1] / "off1"
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "log.txt", "student/model.safetensors",
+                 "student/tokenizer.json", "student/kdflow_labels.json", "checkpoints/student/last/trainer_state.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.*"))
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 8
+    assert first["compression"] > 2
+
+
+def test_cached_targets_equal_live_teacher_outputs(taught):
+    from kdflow.api import Context, teacher_logits
+    from kdflow.config import load_config
+    from kdflow.data import Featurizer, load_data
+    from kdflow.models import fingerprint, load_saved
+    from kdflow.teacher_cache import TeacherCache
+    from kdflow.train import make_accelerator
+
+    cfg = load_config(student_cfg(taught, "check"))
+    teacher, tok, _, _ = load_saved(taught[1] / "base" / "teacher")
+    data = load_data(cfg.data)
+    ctx = Context(cfg, data, make_accelerator(cfg.train), None)
+    cache = TeacherCache(taught[1] / ".teacher_cache",
+                         fingerprint(teacher, f"max_length=32;tok={type(tok).__name__}:{len(tok)}"))
+    assert len(cache) >= 160 and cache.computed == 0
+    feat = Featurizer(tok, 32)
+    cached = teacher_logits(ctx, teacher, data.train, feat, cache)
+    live = teacher_logits(ctx, teacher, data.train, feat, None)
+    assert cache.computed == 0
+    torch.testing.assert_close(cached, live, rtol=1e-4, atol=1e-5)
+
+
+def test_online_runs_teacher_every_batch_and_keeps_it_frozen(taught):
+    before = load_file(taught[1] / "base" / "teacher" / "model.safetensors")
+    entry = kdflow.distill(student_cfg(taught, "online", train={"epochs": 2}, distill={"mode": "online"}))
+    assert entry["distill"]["teacher_calls_in_loop"] == 2 * 160
+    assert entry["distill"]["target_refreshes"] == 0
+    after = load_file(taught[1] / "base" / "teacher" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    teacher = torch.nn.Linear(3, 2)
+    Distiller(teacher, "online", 2.0, 0.5, "classification")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_guide_trains_the_teacher_and_refreshes_every_k(taught, tiny_bert):
+    # the guide teacher starts from the untrained base model and learns alongside the student
+    cfg = student_cfg(taught, "guide", train={"epochs": 4}, distill={"mode": "guide", "guide_every": 2})
+    cfg["model"]["teacher"]["name"] = tiny_bert
+    entry = kdflow.distill(cfg)
+    assert entry["distill"]["target_refreshes"] == 2  # epochs 0 and 2
+    rows = (taught[1] / "guide" / "metrics.csv").read_text().splitlines()
+    guide_rows = [r for r in rows if r.startswith("teacher_guide,")]
+    assert len(guide_rows) == 4
+    header = rows[0].split(",")
+    acc = [float(r.split(",")[header.index("val_accuracy")]) for r in guide_rows]
+    assert acc[-1] > acc[0]  # the teacher kept training
+    assert entry["validation"]["accuracy"] > 0.25
+
+
+def test_no_kd_baseline_never_runs_the_teacher(taught):
+    entry = kdflow.distill(student_cfg(taught, "nokd", train={"epochs": 1}, distill={"alpha": 0.0}))
+    assert entry["distill"]["target_refreshes"] == 0 and entry["distill"]["teacher_calls_in_loop"] == 0
+
+
+def test_resume_after_a_killed_epoch_matches_an_uninterrupted_run(taught, monkeypatch):
+    import kdflow.train as train_mod
+
+    straight = kdflow.distill(student_cfg(taught, "straight", train={"epochs": 3}))
+    real = train_mod.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        kdflow.distill(student_cfg(taught, "killed", train={"epochs": 3}))
+    monkeypatch.setattr(train_mod, "train_epoch", real)
+    state = json.loads((taught[1] / "killed" / "checkpoints" / "student" / "last" / "trainer_state.json").read_text())
+    assert state["epoch"] == 0
+    with pytest.raises(KdflowError, match="pass --resume"):
+        kdflow.distill(student_cfg(taught, "killed", train={"epochs": 3}))
+    resumed = kdflow.distill(student_cfg(taught, "killed", train={"epochs": 3}), resume=True)
+    assert "resumed from" in (taught[1] / "killed" / "log.txt").read_text()
+    a = load_file(taught[1] / "straight" / "student" / "model.safetensors")
+    b = load_file(taught[1] / "killed" / "student" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["validation"] == straight["validation"]
+
+
+def test_distill_without_a_trained_teacher_says_what_to_do(tmp_path, tiny_bert, intents_json):
+    with pytest.raises(KdflowError, match="run 'kdflow teach' with this config first"):
+        kdflow.distill(tiny_config(tiny_bert, intents_json, tmp_path, "x"))
+
+
+def test_evaluate_a_run_folder(taught):
+    result = kdflow.evaluate(str(taught[1] / "off1"))
+    saved = json.loads((taught[1] / "off1" / "metrics.json").read_text())["student"]["test"]
+    assert result["examples"] == 48 and result["accuracy"] == pytest.approx(saved["accuracy"])
+    teacher = kdflow.evaluate(str(taught[1] / "base"), role="teacher", split="validation")
+    assert teacher["accuracy"] == pytest.approx(taught[2]["validation"]["accuracy"])
