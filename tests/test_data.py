@@ -148,3 +148,23 @@ def test_featurizer_pads_per_batch_and_pairs(tiny_bert):
     values = Split("train", ["a", "b"], {"values": [[1.0, 2.0, 3.0], [4.0]]}, np.array([0, 1]))
     vb = make_collate(values, Featurizer(None, 8))([0, 1])["inputs"]
     assert vb["values"].shape == (2, 3, 1) and vb["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_hub_loader_on_a_local_dataset_folder(tmp_path):
+    # the hub path (datasets.load_dataset) without network: a local folder of split files
+    folder = tmp_path / "myset"
+    folder.mkdir()
+    for split, n in (("train", 12), ("validation", 4), ("test", 4)):
+        pd.DataFrame({"sentence": [f"{split} text {i}" for i in range(n)],
+                      "label": [i % 2 for i in range(n)]}).to_csv(folder / f"{split}.csv", index=False)
+    d = load_data(cfg(hub=str(folder)))
+    assert (len(d.train), len(d.validation), len(d.test)) == (12, 4, 4)
+    assert d.label_names == ["0", "1"] and d.train.inputs["text"][0].startswith("train text")
+    assert any("text 'sentence'" in n for n in d.notes)
+
+
+def test_hub_name_readings():
+    from kdflow.data import _hub_attempts
+    assert _hub_attempts("glue/sst2", None) == [("glue", "sst2"), ("glue/sst2", None)]
+    assert _hub_attempts("ag_news", None) == [("ag_news", None)]
+    assert _hub_attempts("SetFit/sst2", "default") == [("SetFit/sst2", "default")]

@@ -76,7 +76,8 @@ class DataConfig(Strict):
     """Where the examples come from; exactly one of ``hub``, ``path``, ``train``.
 
     * ``hub``: a Hugging Face dataset name, e.g. ``ag_news``, ``glue/sst2``,
-      ``clinc_oos/plus`` (``name/config``).
+      ``clinc_oos/plus`` (``name/config``; a repo id such as ``SetFit/sst2``
+      works too), or a local dataset folder; ``hub_config`` names a config.
     * ``path``: one file holding every split, e.g. the CLINC150 layout
       ``{"train": [[text, intent], ...], "val": ..., "test": ...}``.
     * ``train`` (+ ``validation``, ``test``): one file per split, CSV, TSV,
@@ -86,6 +87,7 @@ class DataConfig(Strict):
     """
 
     hub: Optional[str] = None
+    hub_config: Optional[str] = None
     path: Optional[str] = None
     train: Optional[str] = None
     validation: Optional[str] = None

@@ -127,8 +127,7 @@ def read_table(path: Path, cfg: DataConfig, key: str = "train"):
     except KdflowError:
         raise
     except Exception as err:  # a malformed file: say which, and what the parser saw
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdflowError(f"Could not read '{path}' as {fmt}: {first}") from None
+        raise KdflowError(f"Could not read '{path}' as {fmt}: {_first_line(err)}") from None
     if cfg.header is False and cfg.columns is None and fmt in ("csv", "tsv"):
         df.columns = [str(c) for c in df.columns]
     return df
@@ -171,19 +170,37 @@ def _read_clinc(path: Path, include_oos: bool) -> dict[str, tuple[dict, list]]:
     return out
 
 
-def _read_hub(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
+def _hub_attempts(hub: str, config: Optional[str]) -> list[tuple[str, Optional[str]]]:
+    """``glue/sst2`` is (name, config) for the canonical sets, ``SetFit/sst2`` a repo id: try both."""
+    if config or Path(hub).is_dir() or hub.count("/") != 1:
+        return [(hub, config)]
+    name, sub = hub.split("/")
+    return [(name, sub), (hub, None)]
+
+
+def _load_hub_dataset(datasets, hub: str, config: Optional[str]):
+    errors = []
+    for name, sub in _hub_attempts(hub, config):
+        try:
+            return datasets.load_dataset(name, sub)
+        except Exception as err:  # try the other reading of the name, then report the first failure
+            errors.append(_first_line(err))
+    raise KdflowError(f"Could not load hub data set '{hub}' ({errors[0]}); check the name (and data.hub_config) "
+                      "and your network, or download it and use data.train with local files")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
     """A Hugging Face hub data set (needs the network, or a local HF cache)."""
     try:
         import datasets
     except ImportError:
         raise KdflowError("data.hub needs the 'datasets' package: pip install 'kdflow[hf]'") from None
-    name, _, subset = cfg.hub.partition("/")
-    try:
-        ds = datasets.load_dataset(name, subset or None)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdflowError(f"Could not load hub data set '{cfg.hub}' ({first}); check the name and your "
-                          "network, or download it and use data.train with local files") from None
+    ds = _load_hub_dataset(datasets, cfg.hub, cfg.hub_config)
     text_col, label_col = cfg.text_column, cfg.label_column
     first_split = next(iter(ds.values()))
     cols = first_split.column_names
@@ -193,6 +210,9 @@ def _read_hub(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
     pair_col = cfg.text_pair_column or next((c for c in ("sentence2",) if c in cols and text_col == "sentence1"), None)
     if label_col not in cols:
         label_col = next((c for c in ("label", "intent", "labels") if c in cols), label_col)
+    if (text_col, label_col) != (cfg.text_column, cfg.label_column) or pair_col != cfg.text_pair_column:
+        notes.append(f"hub data set columns used: text '{text_col}'" + (f", pair '{pair_col}'" if pair_col else "")
+                     + f", label '{label_col}'")
     for col in [text_col, label_col] + ([pair_col] if pair_col else []):
         if col not in cols:
             raise KdflowError(f"Column '{col}' is not in hub data set '{cfg.hub}' (columns: {', '.join(cols)}); "
@@ -216,6 +236,7 @@ def _read_hub(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
             inputs["text_pair"] = list(part[pair_col])
         # GLUE test splits have hidden labels (-1): unusable for evaluation
         if all(y == -1 for y in labels[:100]):
+            notes.append(f"hub split '{key}' has no labels (-1): not used as the {split} split")
             continue
         out[split] = (inputs, labels)
     return out
@@ -283,7 +304,7 @@ def load_data(cfg: DataConfig, seed: int = 42) -> TaskData:
     """Read, validate and split the data that ``cfg`` describes."""
     notes: list[str] = []
     if cfg.hub:
-        parts = _read_hub(cfg)
+        parts = _read_hub(cfg, notes)
     elif cfg.path:
         path = Path(cfg.path)
         fmt = cfg.format
