@@ -157,3 +157,49 @@ def test_evaluate_a_run_folder(taught):
     assert result["examples"] == 48 and result["accuracy"] == pytest.approx(saved["accuracy"])
     teacher = kdflow.evaluate(str(taught[1] / "base"), role="teacher", split="validation")
     assert teacher["accuracy"] == pytest.approx(taught[2]["validation"]["accuracy"])
+
+
+def test_numeric_sequences_teacher_and_student_encoders(tmp_path):
+    """Time series through the same path: JSONL lists -> encoder teacher -> smaller encoder student."""
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(240):
+        y = i % 2
+        series = np.cumsum(rng.normal(0, 0.1, 16)) + (1 if y else -1) * np.linspace(0, 1, 16)
+        rows.append({"series": series.round(4).tolist(), "trend": "up" if y else "down"})
+    pd.DataFrame(rows[:200]).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    pd.DataFrame(rows[200:]).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    raw = {"model": {"teacher": {"kind": "encoder", "input_dim": 1, "num_layers": 2, "hidden_size": 32, "num_heads": 4},
+                     "student": {"kind": "encoder", "input_dim": 1, "num_layers": 1, "hidden_size": 8, "num_heads": 2}},
+           "data": {"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl"),
+                    "values_column": "series", "label_column": "trend", "max_length": 16},
+           "teach": {"epochs": 6, "lr": 3e-3, "batch_size": 16, "patience": None},
+           "train": {"epochs": 6, "lr": 3e-3, "batch_size": 16, "patience": None},
+           "run": {"name": "series", "output_dir": str(tmp_path / "runs"), "quiet": True}}
+    teacher = kdflow.teach(raw)
+    student = kdflow.distill(raw)
+    assert teacher["test"]["accuracy"] >= 0.9 and student["test"]["accuracy"] >= 0.8
+    assert student["compression"] > 5 and student["distill"]["teacher_examples_computed"] == 180 + 40
+    bad = dict(raw, data=dict(raw["data"], values_column="trend"))
+    with pytest.raises(KdflowError, match="is not a non-empty list of numbers"):
+        kdflow.teach(bad, overwrite=True)
+
+
+def test_regression_end_to_end(tmp_path, tiny_bert):
+    import pandas as pd
+    words = ["good", "great", "fine", "bad", "awful", "poor", "okay", "nice"]
+    score = {"good": 0.8, "great": 1.0, "fine": 0.5, "bad": 0.2, "awful": 0.0, "poor": 0.1, "okay": 0.4, "nice": 0.7}
+    rows = [{"text": f"the film was {a} and the cast {b}", "label": (score[a] + score[b]) / 2}
+            for a in words for b in words]
+    pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
+    raw = tiny_config(tiny_bert, "", tmp_path, "reg")
+    raw["data"] = {"train": str(tmp_path / "r.csv"), "task": "regression", "max_length": 16}
+    raw["teach"].update(epochs=10)
+    teacher = kdflow.teach(raw)
+    assert set(teacher["validation"]) == {"mse", "neg_mse", "pearson", "spearman"}
+    assert teacher["validation"]["pearson"] > 0.5
+    student = kdflow.distill(raw)
+    assert {"mode", "alpha"} <= set(student["distill"]) and student["validation"]["mse"] < 1.0
+    assert "loss_kd" in (tmp_path / "reg" / "metrics.csv").read_text().splitlines()[0]

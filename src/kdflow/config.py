@@ -97,6 +97,7 @@ class DataConfig(Strict):
     columns: Optional[list[str]] = None
     text_column: str = "text"
     text_pair_column: Optional[str] = None
+    values_column: Optional[str] = None
     label_column: str = "label"
     task: Literal["classification", "regression"] = "classification"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)

@@ -134,17 +134,40 @@ def read_table(path: Path, cfg: DataConfig, key: str = "train"):
 
 
 def _columns_from_frame(df, cfg: DataConfig, path: Path) -> tuple[dict[str, list], list]:
-    wanted = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    if cfg.values_column:
+        wanted = [cfg.values_column]
+    else:
+        wanted = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     for col in wanted + [cfg.label_column]:
         if col not in df.columns:
             have = ", ".join(map(str, df.columns))
             raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {have}); set data.text_column / "
                               "data.label_column to the right names"
                               + ("" if cfg.header else " or data.columns to name them"))
+    if cfg.values_column:
+        return {"values": [_sequence(v, i, path, cfg.values_column) for i, v in enumerate(df[cfg.values_column])]}, \
+            df[cfg.label_column].tolist()
     inputs = {"text": df[cfg.text_column].astype(str).tolist()}
     if cfg.text_pair_column:
         inputs["text_pair"] = df[cfg.text_pair_column].astype(str).tolist()
     return inputs, df[cfg.label_column].tolist()
+
+
+def _sequence(value, row: int, path: Path, column: str) -> list:
+    """A numeric sequence cell: a list of numbers ([L]) or of equal-length vectors ([L, D])."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim not in (1, 2) or arr.shape[0] == 0:
+        raise KdflowError(f"Row {row} of column '{column}' in '{path}' is not a non-empty list of numbers (or of "
+                          "equal-length vectors); fix that row")
+    return arr.tolist()
 
 
 def _read_clinc(path: Path, include_oos: bool) -> dict[str, tuple[dict, list]]:
