@@ -201,7 +201,7 @@ def teacher_logits(ctx: Context, teacher, split: Split, feat: Featurizer, cache:
         return compute(list(range(len(split))))
     with ctx.acc.main_process_first():  # one process computes and writes, the others read
         if not ctx.acc.is_main_process:
-            cache.__init__(cache.folder.parent, cache.folder.name)
+            cache.reload()
         return cache.get(split.ids, compute)
 
 

@@ -22,6 +22,10 @@ class TeacherCache:
         self._rows: dict[str, torch.Tensor] = {}
         self.computed = 0  # examples whose outputs this object had to compute
         self.served = 0    # examples answered from disk or memory
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every part on disk (another process may have written new ones)."""
         for part in sorted(self.folder.glob("part-*.pt")):
             blob = torch.load(part, weights_only=True)
             for i, key in enumerate(blob["ids"]):
