@@ -203,3 +203,13 @@ def test_regression_end_to_end(tmp_path, tiny_bert):
     student = kdflow.distill(raw)
     assert {"mode", "alpha"} <= set(student["distill"]) and student["validation"]["mse"] < 1.0
     assert "loss_kd" in (tmp_path / "reg" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_bf16_mixed_precision_flag_on_cpu(taught):
+    entry = kdflow.distill(student_cfg(taught, "bf16", train={"epochs": 2, "mixed_precision": "bf16",
+                                                              "deterministic": False}))
+    rows = (taught[1] / "bf16" / "metrics.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
+    assert all(0 < x < 10 for x in losses) and losses[1] < losses[0]
+    assert entry["validation"]["accuracy"] > 0.25

@@ -31,6 +31,10 @@ def make_accelerator(cfg: TrainConfig):
                                   and not torch.backends.mps.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise KdflowError("train.device is 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
+    # accelerate keeps one state per process; teach and distill in one Python session may want
+    # different precisions, so drop it (the process group, in PartialState, is kept)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed, deterministic=cfg.deterministic)
     if cfg.deterministic:
