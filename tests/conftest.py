@@ -79,7 +79,7 @@ def tiny_config(tiny_bert: str, data: str, out: Path, name: str, **sections) -> 
                   "student": {"num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}},
         "data": {"path": data, "max_length": 32},
         "teach": {"epochs": 8, "lr": 1e-2, "batch_size": 16, "patience": None, "warmup_ratio": 0.0},
-        "train": {"epochs": 3, "lr": 1e-2, "batch_size": 16, "patience": None, "deterministic": True},
+        "train": {"epochs": 3, "lr": 5e-3, "batch_size": 16, "patience": None, "deterministic": True},
         "run": {"name": name, "output_dir": str(out), "quiet": True},
     }
     for section, values in sections.items():

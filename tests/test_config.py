@@ -68,7 +68,22 @@ def test_yaml_file_errors(tmp_path):
     good.write_text("data:\n  train: t.csv\ndistill:\n  mode: guide\n  guide_every: 2\n")
     cfg = load_config(str(good))
     assert cfg.distill.guide_every == 2
-    assert load_config(cfg.to_yaml() and {**cfg.model_dump(mode="json")}).distill.mode == "guide"
+    import yaml
+    again = load_config(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg and again.distill.mode == "guide"
+
+
+def test_overrides_do_not_leak_into_the_callers_dict():
+    raw = {"data": {"path": "x.json"}, "distill": {"alpha": 0.3}}
+    assert load_config(raw, ["distill.alpha=0.9"]).distill.alpha == 0.9
+    assert raw["distill"]["alpha"] == 0.3 and load_config(raw).distill.alpha == 0.3
+
+
+def test_teacher_layers_imply_num_layers_and_explicit_wrong_metric_is_rejected():
+    cfg = load_config({"data": {"path": "x"}, "model": {"student": {"num_layers": None, "teacher_layers": [1, 5]}}})
+    assert cfg.model.student.num_layers == 2
+    assert "is for classification" in err({"data": {"train": "t.csv", "task": "regression"},
+                                            "train": {"metric": "accuracy"}})
 
 
 def test_regression_switches_default_metric():

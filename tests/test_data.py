@@ -66,8 +66,10 @@ def test_local_tables_with_column_mapping(tmp_path, fmt):
     assert d.label_names == ["pet-c", "pet-d"]
     assert len(d.train) + len(d.validation) == 12
     assert set(d.train.inputs) == {"text", "text_pair"}
-    i = d.train.inputs["text"].index(d.train.inputs["text"][0])
-    assert d.label_names[d.train.targets[i]] == ("pet-c" if "cat" in d.train.inputs["text"][i] else "pet-d")
+    for split in (d.train, d.validation):
+        for text, pair, y in zip(split.inputs["text"], split.inputs["text_pair"], split.targets):
+            assert d.label_names[y] == ("pet-c" if "cat" in text else "pet-d")
+            assert pair == ("x" if "cat" in text else "y")
 
 
 def test_regression_targets(tmp_path):
@@ -112,6 +114,29 @@ def test_bad_input_is_one_sentence(tmp_path):
         assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+def test_missing_cells_and_json_shapes(tmp_path):
+    rows = tmp_path / "r.jsonl"
+    rows.write_text('{"text": "a", "label": "001"}\n{"text": "b", "label": "002"}\n{"text": "c", "label": "001"}\n'
+                    '{"text": "d", "label": "002"}\n')
+    assert load_data(cfg(train=str(rows))).label_names == ["001", "002"]  # not turned into 1 and 2
+    cols = tmp_path / "c.json"
+    cols.write_text(json.dumps({"text": ["a", "b", "c", "d"], "label": ["x", "y", "x", "y"]}))
+    d = load_data(cfg(train=str(cols)))  # a dict of columns is a table
+    assert len(d.train) + len(d.validation) == 4 and len(d.validation) == 1
+    gap = tmp_path / "g.csv"
+    gap.write_text("text,label\na,x\nb,\nc,y\n")
+    with pytest.raises(KdflowError, match="Row 1 of .* has no value in column 'label'"):
+        load_data(cfg(train=str(gap)))
+    null = tmp_path / "n.jsonl"
+    null.write_text('{"text": "a", "label": "x"}\n{"text": null, "label": "y"}\n')
+    with pytest.raises(KdflowError, match="no value in column 'text'"):
+        load_data(cfg(train=str(null)))
+    three = tmp_path / "t.tsv"
+    three.write_text("id1\tsome text\tx\nid2\tother text\ty\n")
+    with pytest.raises(KdflowError, match="has 3 fields per row but data.columns names 2"):
+        load_data(cfg(train=str(three), header=False, columns=["text", "label"]))
+
+
 def test_ids_are_stable_and_unique():
     a = example_ids("train", {"text": ["x", "y", "x"]})
     b = example_ids("train", {"text": ["y", "x", "x"]})
@@ -124,8 +149,13 @@ def test_stratified_split_is_seeded_and_keeps_every_class():
     k1, h1 = stratified_split(y, 0.2, 7, True)
     k2, h2 = stratified_split(y, 0.2, 7, True)
     assert (h1 == h2).all() and len(np.intersect1d(k1, h1)) == 0 and len(k1) + len(h1) == len(y)
-    assert set(y[k1]) == set(range(5)) and set(y[h1]) == set(range(5))
-    assert np.bincount(y[h1]).tolist() == [10, 4, 2, 1, 1]
+    assert set(y[k1]) == set(range(5))  # every class keeps training examples
+    # exactly round(0.2 * 87) = 17 held out, by largest remainders of 9.77, 3.9, 1.95, 0.98, 0.39
+    assert len(h1) == 17 and np.bincount(y[h1], minlength=5).tolist() == [10, 4, 2, 1, 0]
+    assert stratified_split(y, 0.2, 8, True)[1].tolist() != h1.tolist()  # the seed matters
+    # singletons stay in train
+    k, h = stratified_split(np.array([0, 0, 0, 0, 1]), 0.5, 0, True)
+    assert 4 in k and len(h) == 2
 
 
 def test_max_train_examples_subsamples_stratified(intents_json):

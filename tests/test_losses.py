@@ -99,5 +99,9 @@ def test_regression_uses_mse_to_teacher_and_target():
     assert out["loss_kd"].item() == pytest.approx(kd)
     assert out["loss_hard"].item() == pytest.approx(hard)
     assert out["loss"].item() == pytest.approx(0.25 * kd + 0.75 * hard)
-    # a missing (NaN) target is skipped
-    assert mse_loss(pred, torch.tensor([1.0, math.nan, 3.0])).item() == 0.0
+    # a missing (NaN) target is skipped, in the value and in the gradient
+    p = pred.clone().requires_grad_(True)
+    out = mse_loss(p, torch.tensor([1.0, math.nan, 4.0]))
+    out.backward()
+    assert out.item() == pytest.approx(0.5)  # only rows 0 and 2: (0 + 1) / 2
+    assert torch.isfinite(p.grad).all() and p.grad.reshape(-1).tolist() == [0.0, 0.0, -1.0]

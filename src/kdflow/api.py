@@ -38,10 +38,13 @@ class Context:
     log: RunLog
 
 
-def _setup(cfg: Config, train_cfg) -> Context:
+def _setup(cfg: Config, train_cfg, role: str, resume: bool = False, overwrite: bool = False) -> Context:
+    """Check the config and read the data first; only then touch the run folder."""
+    _check_inputs(cfg)
     acc = make_accelerator(train_cfg)
+    data = load_data(cfg.data)
+    _guard(cfg, acc, role, resume, overwrite)
     log = RunLog(cfg.run_dir, acc, cfg.run.quiet)
-    data = load_data(cfg.data, train_cfg.seed)
     for note in data.notes:
         log.info(f"[data] {note}")
     log.info(f"[data] train {len(data.train)}, validation {len(data.validation)}, "
@@ -52,16 +55,34 @@ def _setup(cfg: Config, train_cfg) -> Context:
     return Context(cfg, data, acc, log)
 
 
-def _guard(ctx: Context, role: str, resume: bool, overwrite: bool) -> None:
-    """Never silently overwrite finished or half-finished work."""
-    ckpt, out = ctx.cfg.run_dir / "checkpoints" / role, ctx.cfg.run_dir / role
-    if overwrite and ctx.acc.is_main_process:
+def _check_inputs(cfg: Config) -> None:
+    for role in ("teacher", "student"):
+        spec = getattr(cfg.model, role)
+        if cfg.data.values_column and spec.kind == "hf":
+            raise KdflowError(f"data.values_column holds numeric sequences, which an hf {role} cannot read; set "
+                              f"model.{role}.kind: encoder with input_dim")
+        if spec.kind == "encoder" and not cfg.data.values_column and spec.input_dim:
+            raise KdflowError(f"model.{role}.input_dim is for numeric sequences; name their column with "
+                              "data.values_column, or drop input_dim to read text")
+
+
+def _guard(cfg: Config, acc, role: str, resume: bool, overwrite: bool) -> None:
+    """Never silently overwrite finished or half-finished work; --overwrite clears this role's records."""
+    run_dir = cfg.run_dir
+    ckpt, out = run_dir / "checkpoints" / role, run_dir / role
+    if resume and overwrite:
+        raise KdflowError("--resume continues a run and --overwrite discards it; pass only one of them")
+    if overwrite and acc.is_main_process:
         shutil.rmtree(ckpt, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
+        roles = {role, "teacher_guide"} if role == "student" else {role}
+        for r in roles:
+            shutil.rmtree(run_dir / "tensorboard" / r, ignore_errors=True)
+        RunLog.drop_rows(run_dir, roles)
     elif not resume and (ckpt.exists() or out.exists()):
-        raise KdflowError(f"Run folder '{ctx.cfg.run_dir}' already holds a {role}; pass --resume to continue it, "
+        raise KdflowError(f"Run folder '{run_dir}' already holds a {role}; pass --resume to continue it, "
                           f"--overwrite to start it again, or choose another run.name")
-    ctx.acc.wait_for_everyone()
+    acc.wait_for_everyone()
 
 
 def _featurizer(spec: ModelSpec, tokenizer, max_length: int) -> Featurizer:
@@ -107,11 +128,11 @@ def _write_metrics(ctx: Context, role: str, entry: dict) -> None:
 def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
     """Fine-tune the teacher on the labelled data; saves ``<run>/teacher``. Returns its metrics."""
     cfg = load_config(config, overrides)
-    ctx = _setup(cfg, cfg.teach)
-    _guard(ctx, "teacher", resume, overwrite)
+    ctx = _setup(cfg, cfg.teach, "teacher", resume, overwrite)
     spec = cfg.model.teacher
     tokenizer = _tokenizer_for(spec) if spec.kind == "hf" or spec.name else None
     teacher = _new_teacher(ctx, tokenizer)
+    _check_length(teacher, cfg.data.max_length, "teacher")
     feat = _featurizer(spec, tokenizer, cfg.data.max_length)
     ctx.log.info(f"[teacher] {type(teacher).__name__}, {models.count_parameters(teacher):,} parameters")
     train_dl = loader(ctx.data.train, make_collate(ctx.data.train, feat), cfg.teach.batch_size, True, cfg.teach.seed)
@@ -120,7 +141,8 @@ def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, o
         return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, ctx.data.task)
 
     result = fit(teacher, loss_fn, train_dl, _eval_fn(ctx, ctx.data.validation, feat, cfg.teach.eval_batch_size),
-                 cfg.teach, ctx.acc, ctx.log, cfg.run_dir / "checkpoints" / "teacher", "teacher", resume)
+                 cfg.teach, ctx.acc, ctx.log, cfg.run_dir / "checkpoints" / "teacher", "teacher", resume,
+                 signature={"train_examples": len(ctx.data.train), "teacher": spec.model_dump(mode="json")})
     teacher = ctx.acc.unwrap_model(teacher)
     if ctx.acc.is_main_process:
         models.save_model(teacher, cfg.run_dir / "teacher", tokenizer, ctx.data.label_names, ctx.data.task)
@@ -128,6 +150,13 @@ def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, o
     _write_metrics(ctx, "teacher", entry)
     ctx.log.info(f"[teacher] saved to {cfg.run_dir / 'teacher'}; " + _summary(entry))
     return entry
+
+
+def _check_length(model, max_length: int, role: str) -> None:
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise KdflowError(f"data.max_length {max_length} exceeds the {role}'s {limit} positions; "
+                          f"set data.max_length to at most {limit}")
 
 
 def _final_metrics(ctx: Context, model, feat: Featurizer, result=None, **extra) -> dict:
@@ -170,7 +199,7 @@ def _load_teacher(ctx: Context):
         return _new_teacher(ctx, tokenizer), tokenizer, f"{spec.name or spec.kind} (untrained head)"
     raise KdflowError(f"The teacher '{spec.name}' has no trained head for these {d.num_labels} labels; run "
                       f"'kdflow teach' with this config first (it saves {own}), or point model.teacher.name "
-                      "at a fine-tuned classifier")
+                      "at a local classifier fine-tuned on exactly these labels (kdflow_labels.json or id2label)")
 
 
 def _build_student(ctx: Context, teacher, tokenizer):
@@ -208,11 +237,12 @@ def teacher_logits(ctx: Context, teacher, split: Split, feat: Featurizer, cache:
 def distill(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
     """Distil the teacher into the student (mode offline, online or guide); saves ``<run>/student``."""
     cfg = load_config(config, overrides)
-    ctx = _setup(cfg, cfg.train)
-    _guard(ctx, "student", resume, overwrite)
+    ctx = _setup(cfg, cfg.train, "student", resume, overwrite)
     d, dc, acc = ctx.data, cfg.distill, ctx.acc
     teacher, tokenizer, source = _load_teacher(ctx)
     student, s_tokenizer = _build_student(ctx, teacher, tokenizer)
+    _check_length(teacher, cfg.data.max_length, "teacher")
+    _check_length(student, cfg.data.max_length, "student")
     t_feat = _featurizer(cfg.model.teacher, tokenizer, cfg.data.max_length)
     s_feat = t_feat if s_tokenizer is tokenizer and cfg.model.student.input_dim == cfg.model.teacher.input_dim \
         else _featurizer(cfg.model.student, s_tokenizer, cfg.data.max_length)
@@ -222,19 +252,28 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
 
     distiller = Distiller(teacher, dc.mode, dc.temperature, dc.alpha, d.task)
     train_dl = loader(d.train, make_collate(d.train, s_feat, t_feat), cfg.train.batch_size, True, cfg.train.seed)
-    cache, on_epoch_start = None, None
-    if dc.mode != "guide":
+    cache, on_epoch_start, t_test = None, None, None
+    if distiller.uses_teacher and dc.mode != "guide":
         teacher.to(acc.device)  # moved, never prepared: no DDP wrapper around a frozen teacher
-        fp = models.fingerprint(teacher, f"max_length={cfg.data.max_length};tok={_tok_id(tokenizer)}")
+        fp = models.fingerprint(teacher, f"max_length={cfg.data.max_length};tok={_tok_id(tokenizer)};"
+                                         f"precision={cfg.train.mixed_precision}")
         cache = TeacherCache(Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run.output_dir) / ".teacher_cache", fp)
-    if distiller.uses_teacher and dc.mode == "offline":
-        distiller.set_targets(teacher_logits(ctx, teacher, d.train, t_feat, cache))
-        ctx.log.info(f"[distill] teacher outputs: {cache.computed} computed, {cache.served} from cache {cache.folder}")
+        if dc.mode == "offline":
+            distiller.set_targets(teacher_logits(ctx, teacher, d.train, t_feat, cache))
+            ctx.log.info(f"[distill] teacher outputs: {cache.computed} computed, {cache.served} from cache "
+                         f"{cache.folder}")
+        if d.test is not None:  # for the side-by-side table; scored only at the end
+            t_test = teacher_logits(ctx, teacher, d.test, t_feat, cache).numpy()
+        if dc.mode == "offline" and acc.device.type != "cpu":
+            teacher.to("cpu")  # its outputs are cached: free the accelerator for the student
     elif dc.mode == "guide":
-        on_epoch_start = _guide_hook(ctx, teacher, distiller, t_feat)
+        on_epoch_start = _guide_hook(ctx, teacher, distiller, t_feat, resume)
 
+    signature = {"train_examples": len(d.train), "mode": dc.mode, "alpha": dc.alpha, "temperature": dc.temperature,
+                 "guide_every": dc.guide_every, "student": cfg.model.student.model_dump(mode="json")}
     result = fit(student, distiller, train_dl, _eval_fn(ctx, d.validation, s_feat, cfg.train.eval_batch_size),
-                 cfg.train, acc, ctx.log, cfg.run_dir / "checkpoints" / "student", "student", resume, on_epoch_start)
+                 cfg.train, acc, ctx.log, cfg.run_dir / "checkpoints" / "student", "student", resume, on_epoch_start,
+                 signature)
     student = acc.unwrap_model(student)
     if acc.is_main_process:
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
@@ -242,10 +281,8 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
             "teacher_examples_computed": cache.computed if cache else None,
             "teacher_calls_in_loop": distiller.teacher_calls, "target_refreshes": distiller.refreshes}
     entry = _final_metrics(ctx, student, s_feat, result, distill=info, compression=round(n_t / n_s, 2))
-    if dc.mode != "guide" and d.test is not None:
-        t_test = teacher_logits(ctx, teacher, d.test, t_feat, cache).numpy()
+    if t_test is not None:
         entry["teacher_test"] = quality(t_test, d.test.targets, d.task)
-        info["teacher_examples_computed"] = cache.computed
     _write_metrics(ctx, "student", entry)
     ctx.log.info(f"[student] saved to {cfg.run_dir / 'student'}; " + _summary(entry)
                  + (f"; teacher test {entry['teacher_test'][cfg.train.metric]:.4f}" if "teacher_test" in entry else ""))
@@ -256,25 +293,45 @@ def _tok_id(tokenizer) -> str:
     return "none" if tokenizer is None else f"{type(tokenizer).__name__}:{len(tokenizer)}"
 
 
-def _guide_hook(ctx: Context, teacher, distiller: Distiller, t_feat: Featurizer):
+def _guide_hook(ctx: Context, teacher, distiller: Distiller, t_feat: Featurizer, resume: bool):
     """Guide mode: before each student epoch the teacher trains one epoch; every k epochs
-    its current soft labels become the student's targets."""
+    its current soft labels become the student's targets.
+
+    The teacher and its optimizer are prepared here, so the student's checkpoints carry
+    them; the current targets are saved beside them, so a resumed run trains on exactly
+    the targets an uninterrupted one would have.
+    """
     cfg, acc, d = ctx.cfg, ctx.acc, ctx.data
     t_dl = loader(d.train, make_collate(d.train, t_feat), cfg.teach.batch_size, True, cfg.teach.seed)
     optimizer, scheduler = make_optimizer(teacher, cfg.teach, cfg.train.epochs * len(t_dl))
     t_model, optimizer, t_dl, scheduler = acc.prepare(teacher, optimizer, t_dl, scheduler)
     evaluate = _eval_fn(ctx, d.validation, t_feat, cfg.train.eval_batch_size)
+    saved = cfg.run_dir / "checkpoints" / "student" / "guide_targets.pt"
+    restored = {"epoch": None}
+    if resume and saved.is_file():
+        blob = torch.load(saved, weights_only=True)
+        distiller.set_targets(blob["targets"])
+        distiller.refreshes = int(blob["refreshes"])
+        restored["epoch"] = int(blob["epoch"])
 
     def loss_fn(model, batch):
         return hinton_loss(model(**batch["teacher_inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
 
     def on_epoch_start(epoch: int) -> None:
+        if restored["epoch"] is not None and restored["epoch"] >= epoch:
+            # killed inside the epoch that refreshed them: that refresh happens again below
+            distiller.targets, distiller.refreshes, restored["epoch"] = None, distiller.refreshes - 1, None
         set_epoch(t_dl, epoch)
         losses = train_epoch(t_model, t_dl, optimizer, scheduler, loss_fn, acc, cfg.teach.max_grad_norm)
         metrics = evaluate(t_model)
         ctx.log.epoch("teacher_guide", epoch, {**losses, **{f"val_{k}": v for k, v in metrics.items()}})
         if distiller.targets is None or epoch % cfg.distill.guide_every == 0:
             distiller.set_targets(teacher_logits(ctx, acc.unwrap_model(t_model), d.train, t_feat, None))
+            if acc.is_main_process:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"targets": distiller.targets, "refreshes": distiller.refreshes, "epoch": epoch},
+                           saved.with_suffix(".tmp"))
+                saved.with_suffix(".tmp").replace(saved)
             ctx.log.info(f"[guide] epoch {epoch + 1}: teacher val {cfg.train.metric} "
                          f"{metrics[cfg.train.metric]:.4f}; soft labels refreshed")
         t_model.train()
@@ -287,19 +344,25 @@ def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, sp
              role: str = "student") -> dict:
     """Quality of a saved model (a run folder's ``role``, or a model folder) on a split of the data."""
     path = Path(target)
-    if (path / "config.yaml").is_file() and (path / role).is_dir():
+    if (path / "config.yaml").is_file():
         folder, config = path / role, config or (path / "config.yaml")
+        if not folder.is_dir():
+            raise KdflowError(f"Run folder '{path}' has no {role} yet; run 'kdflow "
+                              f"{'teach' if role == 'teacher' else 'distill'}' first, or pick --role")
     else:
         folder = path
     if config is None:
         raise KdflowError(f"'{target}' is a model folder without a run config; pass --config CONFIG to say "
                           "which data to evaluate on")
     cfg = load_config(config, overrides)
-    ctx = Context(cfg, load_data(cfg.data, cfg.train.seed), make_accelerator(cfg.train), None)
-    model, tokenizer, labels, _ = models.load_saved(folder)
-    if labels is not None and labels != ctx.data.label_names:
-        raise KdflowError(f"The model in '{folder}' was trained on other labels than this data's; "
-                          "evaluate it on the data it was trained for")
+    ctx = Context(cfg, load_data(cfg.data), make_accelerator(cfg.train), None)
+    model, tokenizer, labels, task = models.load_saved(folder)
+    if labels is None and hasattr(model, "config") and getattr(model.config, "id2label", None):
+        labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+        task = "regression" if model.config.num_labels == 1 and ctx.data.task == "regression" else task
+    if task != ctx.data.task or labels != ctx.data.label_names:
+        raise KdflowError(f"The model in '{folder}' was trained for other labels (or another task) than this "
+                          "data's; evaluate it on the data it was trained for")
     part = {"train": ctx.data.train, "validation": ctx.data.validation, "test": ctx.data.test}.get(split)
     if part is None:
         raise KdflowError(f"The data has no '{split}' split; use --split validation or give data.test")

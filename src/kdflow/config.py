@@ -9,6 +9,7 @@ The same objects are built from Python without any YAML::
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -54,8 +55,9 @@ class ModelSpec(Strict):
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}; "
                 "pick num_heads that divides it"
             )
-        if self.teacher_layers is not None and self.num_layers is not None \
-                and len(self.teacher_layers) != self.num_layers:
+        if self.teacher_layers is not None and self.num_layers is None:
+            self.num_layers = len(self.teacher_layers)  # one student layer per listed teacher layer
+        if self.teacher_layers is not None and len(self.teacher_layers) != self.num_layers:
             raise ValueError(
                 f"teacher_layers lists {len(self.teacher_layers)} layers but num_layers is "
                 f"{self.num_layers}; give one teacher layer per student layer"
@@ -104,6 +106,7 @@ class DataConfig(Strict):
     max_length: int = Field(128, ge=4, le=4096)
     max_train_examples: Optional[int] = Field(None, ge=2)
     include_out_of_scope: bool = False
+    seed: int = 42  # for the held-out validation split and the train subsample: one for every command
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -179,9 +182,13 @@ class Config(Strict):
     @model_validator(mode="after")
     def _task_metric(self) -> "Config":
         for section in ("train", "teach"):
-            metric = getattr(self, section).metric
+            part = getattr(self, section)
+            metric = part.metric
             if self.data.task == "regression" and metric in ("accuracy", "macro_f1"):
-                getattr(self, section).metric = "pearson"
+                if "metric" in part.model_fields_set:
+                    raise ValueError(f"{section}.metric {metric!r} is for classification; use pearson or "
+                                     "neg_mse for regression")
+                part.metric = "pearson"  # the default follows the task
             if self.data.task == "classification" and metric in ("neg_mse", "pearson"):
                 raise ValueError(f"{section}.metric {metric!r} is for regression; "
                                  "use accuracy or macro_f1 for classification")
@@ -278,9 +285,9 @@ def load_config(source: "str | Path | dict | Config", overrides: Optional[list[s
     if isinstance(source, Config):
         if not overrides:
             return source
-        raw = source.model_dump(mode="json")
+        raw = source.model_dump(mode="json", exclude_unset=True)
     elif isinstance(source, dict):
-        raw = dict(source)
+        raw = copy.deepcopy(source)  # overrides must not leak into the caller's dict
     else:
         path = Path(source)
         if not path.is_file():

@@ -108,17 +108,22 @@ def read_table(path: Path, cfg: DataConfig, key: str = "train"):
     header = 0 if cfg.header else None
     try:
         if fmt in ("csv", "tsv"):
-            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=header, names=cfg.columns,
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=header, index_col=False,
                              quoting=3 if fmt == "tsv" else 0, dtype=str, keep_default_na=False)
+            if cfg.columns is not None:
+                if len(df.columns) != len(cfg.columns):
+                    raise KdflowError(f"'{path}' has {len(df.columns)} fields per row but data.columns names "
+                                      f"{len(cfg.columns)}; list one name per field")
+                df.columns = cfg.columns
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True)
+            df = pd.read_json(path, lines=True, dtype=False)  # keep "001" a string, as CSV does
         elif fmt == "json":
             with open(path, encoding="utf-8") as fh:
                 obj = json.load(fh)
-            if isinstance(obj, dict) and not any(isinstance(v, (str, int, float)) for v in obj.values()):
+            if isinstance(obj, dict) and {"train", "val", "validation", "test"} & set(obj):
                 raise KdflowError(f"'{path}' holds several splits ({', '.join(obj)}); point data.path "
                                   "(not data.train) at it, with data.format: clinc for the CLINC150 layout")
-            df = pd.DataFrame(obj)
+            df = pd.DataFrame(obj)  # a list of records, or a dict of columns
         elif fmt == "parquet":
             df = pd.read_parquet(path)
         else:
@@ -144,13 +149,23 @@ def _columns_from_frame(df, cfg: DataConfig, path: Path) -> tuple[dict[str, list
             raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {have}); set data.text_column / "
                               "data.label_column to the right names"
                               + ("" if cfg.header else " or data.columns to name them"))
+    labels = _cells(df, cfg.label_column, path)
     if cfg.values_column:
         return {"values": [_sequence(v, i, path, cfg.values_column) for i, v in enumerate(df[cfg.values_column])]}, \
-            df[cfg.label_column].tolist()
-    inputs = {"text": df[cfg.text_column].astype(str).tolist()}
+            labels
+    inputs = {"text": [str(v) for v in _cells(df, cfg.text_column, path)]}
     if cfg.text_pair_column:
-        inputs["text_pair"] = df[cfg.text_pair_column].astype(str).tolist()
-    return inputs, df[cfg.label_column].tolist()
+        inputs["text_pair"] = [str(v) for v in _cells(df, cfg.text_pair_column, path)]
+    return inputs, labels
+
+
+def _cells(df, column: str, path: Path) -> list:
+    """A column's values; a missing or empty cell is an error naming its row, never a class "nan"."""
+    values = df[column].tolist()
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            raise KdflowError(f"Row {i} of '{path}' has no value in column '{column}'; fill it in or drop the row")
+    return values
 
 
 def _sequence(value, row: int, path: Path, column: str) -> list:
@@ -206,10 +221,10 @@ def _load_hub_dataset(datasets, hub: str, config: Optional[str]):
     for name, sub in _hub_attempts(hub, config):
         try:
             return datasets.load_dataset(name, sub)
-        except Exception as err:  # try the other reading of the name, then report the first failure
-            errors.append(_first_line(err))
-    raise KdflowError(f"Could not load hub data set '{hub}' ({errors[0]}); check the name (and data.hub_config) "
-                      "and your network, or download it and use data.train with local files")
+        except Exception as err:  # try the other reading of the name, then report both failures
+            errors.append(f"as {name!r}" + (f" config {sub!r}" if sub else "") + f": {_first_line(err)}")
+    raise KdflowError(f"Could not load hub data set '{hub}' ({'; '.join(errors)}); check the name (and "
+                      "data.hub_config) and your network, or download it and use data.train with local files")
 
 
 def _first_line(err: Exception) -> str:
@@ -224,14 +239,20 @@ def _read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]
     except ImportError:
         raise KdflowError("data.hub needs the 'datasets' package: pip install 'kdflow[hf]'") from None
     ds = _load_hub_dataset(datasets, cfg.hub, cfg.hub_config)
-    text_col, label_col = cfg.text_column, cfg.label_column
+    text_col, label_col, pair_col = cfg.text_column, cfg.label_column, cfg.text_pair_column
     first_split = next(iter(ds.values()))
     cols = first_split.column_names
-    # the usual column names of popular sets, so users need not map them
-    if text_col not in cols:
-        text_col = next((c for c in ("text", "sentence", "sentence1", "question") if c in cols), text_col)
-    pair_col = cfg.text_pair_column or next((c for c in ("sentence2",) if c in cols and text_col == "sentence1"), None)
-    if label_col not in cols:
+    # the usual column names of popular sets, used only where the user kept the defaults
+    given = cfg.model_fields_set
+    if text_col not in cols and "text_column" not in given:
+        pairs = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
+                 ("premise", "hypothesis"), ("question", "passage")]
+        found = next(((a, b) for a, b in pairs if a in cols and b in cols), None)
+        if found and "text_pair_column" not in given:
+            text_col, pair_col = found
+        else:
+            text_col = next((c for c in ("text", "sentence", "content", "question") if c in cols), text_col)
+    if label_col not in cols and "label_column" not in given:
         label_col = next((c for c in ("label", "intent", "labels") if c in cols), label_col)
     if (text_col, label_col) != (cfg.text_column, cfg.label_column) or pair_col != cfg.text_pair_column:
         notes.append(f"hub data set columns used: text '{text_col}'" + (f", pair '{pair_col}'" if pair_col else "")
@@ -262,6 +283,11 @@ def _read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]
             notes.append(f"hub split '{key}' has no labels (-1): not used as the {split} split")
             continue
         out[split] = (inputs, labels)
+    if "test" not in out and "validation" in out:
+        # the usual case of GLUE: report on the hub's validation split, select on a part of train
+        out["test"] = out.pop("validation")
+        notes.append("hub data set has no labelled test split: its validation split is used as test, and "
+                     "validation is held out from train")
     return out
 
 
@@ -279,7 +305,11 @@ def _label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
 def _targets(raw: list, names: Optional[list[str]], split: str, cfg: DataConfig) -> np.ndarray:
     if names is None:
         try:
-            return np.asarray([float(y) for y in raw], dtype=np.float32)
+            out = np.asarray([float(y) for y in raw], dtype=np.float32)
+            if np.isnan(out).any():
+                raise KdflowError(f"Regression target in row {int(np.flatnonzero(np.isnan(out))[0])} of the {split} "
+                                  f"split is missing (NaN); fill it in or drop the row")
+            return out
         except (TypeError, ValueError):
             bad = next(y for y in raw if not _is_float(y))
             raise KdflowError(f"Regression target {bad!r} in the {split} split is not a number; "
@@ -303,28 +333,47 @@ def _is_float(y) -> bool:
         return False
 
 
-def stratified_split(targets: np.ndarray, fraction: float, seed: int,
-                     classification: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of indices into (keep, held_out), per class when classifying."""
+def stratified_sample(targets: np.ndarray, n: int, seed: int, classification: bool,
+                      keep_one: bool = False) -> np.ndarray:
+    """Exactly ``n`` sorted indices, each class in proportion (largest remainders), seeded.
+
+    ``keep_one``: never take every example of a class (so a held-out split leaves one in train).
+    """
     rng = np.random.default_rng(seed)
     if not classification:
-        perm = rng.permutation(len(targets))
-        n = max(1, int(round(fraction * len(targets))))
-        return np.sort(perm[n:]), np.sort(perm[:n])
-    held = []
-    for c in np.unique(targets):
-        idx = rng.permutation(np.flatnonzero(targets == c))
-        n = int(round(fraction * len(idx)))
-        if len(idx) > 1:
-            n = min(max(n, 1), len(idx) - 1)
-        held.append(idx[:n])
-    held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
-    keep = np.setdiff1d(np.arange(len(targets)), held_idx)
-    return keep, held_idx
+        return np.sort(rng.permutation(len(targets))[:n])
+    classes, counts = np.unique(targets, return_counts=True)
+    caps = counts - 1 if keep_one else counts
+    caps = np.maximum(caps, 0) if keep_one else caps
+    quota = n * counts / len(targets)
+    take = np.minimum(np.floor(quota).astype(int), caps)
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    while take.sum() < min(n, caps.sum()):
+        grew = False
+        for j in order:
+            if take.sum() >= n:
+                break
+            if take[j] < caps[j]:
+                take[j] += 1
+                grew = True
+        if not grew:
+            break
+    picked = [rng.permutation(np.flatnonzero(targets == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked)) if picked else np.array([], dtype=np.int64)
 
 
-def load_data(cfg: DataConfig, seed: int = 42) -> TaskData:
-    """Read, validate and split the data that ``cfg`` describes."""
+def stratified_split(targets: np.ndarray, fraction: float, seed: int,
+                     classification: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of indices into (keep, held_out): ``fraction`` held out, per class when classifying."""
+    n = max(1, int(round(fraction * len(targets)))) if len(targets) > 1 else 0  # tiny data: hold out one
+    held = stratified_sample(targets, n, seed, classification, keep_one=True)
+    return np.setdiff1d(np.arange(len(targets)), held), held
+
+
+def load_data(cfg: DataConfig) -> TaskData:
+    """Read, validate and split the data that ``cfg`` describes (seeded by ``cfg.seed``, so teach,
+    distill and evaluate always see the same split)."""
+    seed = cfg.seed
     notes: list[str] = []
     if cfg.hub:
         parts = _read_hub(cfg, notes)
@@ -357,8 +406,7 @@ def load_data(cfg: DataConfig, seed: int = 42) -> TaskData:
 
     train = splits["train"]
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
-        frac = 1.0 - cfg.max_train_examples / len(train)
-        keep, _ = stratified_split(train.targets, frac, seed + 1, classification)
+        keep = stratified_sample(train.targets, cfg.max_train_examples, seed + 1, classification)
         notes.append(f"train subsampled from {len(train)} to {len(keep)} examples (data.max_train_examples)")
         train = train.subset(keep)
     if "validation" in splits:
@@ -370,6 +418,9 @@ def load_data(cfg: DataConfig, seed: int = 42) -> TaskData:
         validation = Split("validation", [train.ids[i].replace("train:", "validation:", 1) for i in held],
                            {k: [v[i] for i in held] for k, v in train.inputs.items()}, train.targets[held])
         train = train.subset(keep)
+    if len(validation) == 0:
+        raise KdflowError("The validation split is empty (too few examples per class to hold any out); give a "
+                          "data.validation file or more training data")
     return TaskData(cfg.task, train, validation, splits.get("test"), names, notes)
 
 
@@ -386,30 +437,37 @@ class Featurizer:
     def __init__(self, tokenizer=None, max_length: int = 128):
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self._cache: dict[int, list[dict]] = {}
+        self._rows: dict[str, dict] = {}  # example id -> encoded row; ids are content-derived
 
     def encode(self, split: Split) -> list[dict]:
-        key = id(split)
-        if key not in self._cache:
+        """Encoded rows of ``split`` in order; each example is tokenized once, whatever subset asks."""
+        missing = [i for i, key in enumerate(split.ids) if key not in self._rows]
+        if missing:
             if "text" in split.inputs:
                 if self.tokenizer is None:
-                    raise KdflowError("This model reads text but has no tokenizer; use an hf model or an "
-                                      "encoder student with the teacher's tokenizer")
-                pair = split.inputs.get("text_pair")
-                enc = self.tokenizer(split.inputs["text"], pair, truncation=True, max_length=self.max_length)
+                    raise KdflowError("This model reads text but has no tokenizer; use an hf model, or give an "
+                                      "encoder a tokenizer through model.teacher.name")
+                texts = [split.inputs["text"][i] for i in missing]
+                pair = [split.inputs["text_pair"][i] for i in missing] if "text_pair" in split.inputs else None
+                enc = self.tokenizer(texts, pair, truncation=True, max_length=self.max_length)
                 names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in enc]
-                self._cache[key] = [{n: enc[n][i] for n in names} for i in range(len(split))]
+                for j, i in enumerate(missing):
+                    self._rows[split.ids[i]] = {n: enc[n][j] for n in names}
             elif "values" in split.inputs:
-                self._cache[key] = [{"values": np.asarray(v, dtype=np.float32)} for v in split.inputs["values"]]
+                for i in missing:
+                    self._rows[split.ids[i]] = {"values": np.asarray(split.inputs["values"][i], dtype=np.float32)}
             else:
                 raise KdflowError(f"Split '{split.name}' has inputs {list(split.inputs)}; expected text or values")
-        return self._cache[key]
+        return [self._rows[key] for key in split.ids]
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if "values" in rows[0]:
             length = min(self.max_length, max(len(r["values"]) for r in rows))
             first = rows[0]["values"]
             dim = first.shape[1] if first.ndim == 2 else 1
+            if any((r["values"].shape[1] if r["values"].ndim == 2 else 1) != dim for r in rows):
+                raise KdflowError(f"Numeric sequences mix vector sizes (first is {dim}); every step of every "
+                                  "example must have the same number of values")
             out = torch.zeros(len(rows), length, dim)
             mask = torch.zeros(len(rows), length, dtype=torch.long)
             for i, r in enumerate(rows):

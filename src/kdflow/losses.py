@@ -51,11 +51,13 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, mask: Optional[torch.Ten
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean squared error for regression; ``pred`` ``[B]`` or ``[B, 1]``, ``target`` ``[B]``."""
-    per_example = (pred.float().reshape(-1) - target.float().reshape(-1)) ** 2
-    if mask is None:
-        mask = ~torch.isnan(target.float().reshape(-1))
-    per_example = torch.nan_to_num(per_example)
-    return _masked_mean(per_example, mask)
+    pred, target = pred.float().reshape(-1), target.float().reshape(-1)
+    valid = ~torch.isnan(target)
+    if mask is not None:
+        valid = valid & mask.bool()
+    # replace skipped targets before subtracting: (pred - nan) would poison the gradient
+    safe = torch.where(valid, target, pred.detach())
+    return _masked_mean((pred - safe) ** 2, valid)
 
 
 def hinton_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,

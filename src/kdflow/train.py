@@ -31,6 +31,8 @@ def make_accelerator(cfg: TrainConfig):
                                   and not torch.backends.mps.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise KdflowError("train.device is 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise KdflowError("train.device is 'mps' but Apple's MPS backend is not available; use device: auto or cpu")
     # accelerate keeps one state per process; teach and distill in one Python session may want
     # different precisions, so drop it (the process group, in PartialState, is kept)
     from accelerate.state import AcceleratorState
@@ -48,7 +50,7 @@ class RunLog:
     def __init__(self, run_dir: Path, accelerator, quiet: bool = False):
         self.run_dir, self.acc, self.quiet = run_dir, accelerator, quiet
         self.main = accelerator.is_main_process
-        self._tb = None
+        self._tb: dict = {}
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -73,13 +75,29 @@ class RunLog:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
-        if self._tb is None:
+        if role not in self._tb:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tb[role] = SummaryWriter(str(self.run_dir / "tensorboard" / role))
         for key, value in row.items():
             if isinstance(value, (int, float)):
-                self._tb.add_scalar(f"{role}/{key}", value, epoch)
-        self._tb.flush()
+                self._tb[role].add_scalar(key, value, epoch)
+        self._tb[role].flush()
+
+    @staticmethod
+    def drop_rows(run_dir: Path, roles: set) -> None:
+        """Forget the per-epoch rows and final metrics of ``roles`` (on --overwrite)."""
+        path = run_dir / "metrics.csv"
+        if path.is_file():
+            rows = [r for r in csv.DictReader(open(path)) if r["role"] not in roles]
+            keys = list(dict.fromkeys(k for r in rows for k in r)) or ["role", "epoch"]
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+        final = run_dir / "metrics.json"
+        if final.is_file():
+            blob = {k: v for k, v in json.loads(final.read_text()).items() if k not in roles}
+            final.write_text(json.dumps(blob, indent=2))
 
 
 @dataclass
@@ -94,7 +112,7 @@ class FitResult:
 def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_grad_norm, bar=None) -> dict:
     """One pass over ``loader``; returns the mean of every named loss term."""
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync per step
     n = 0
     for batch in loader:
         with accelerator.autocast():
@@ -107,11 +125,12 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_g
         optimizer.zero_grad(set_to_none=True)
         n += 1
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach())
+            sums[key] = sums[key] + value.detach().float() if key in sums else value.detach().float()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-    return {k: v / max(n, 1) for k, v in sums.items()}
+            if n % 10 == 1:
+                bar.set_postfix(loss=f"{sums['loss'].item() / n:.4f}")
+    return {k: v.item() / max(n, 1) for k, v in sums.items()}
 
 
 def make_optimizer(model, cfg: TrainConfig, steps: int):
@@ -126,13 +145,14 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
 
 def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Module], dict], cfg: TrainConfig,
         accelerator, log: RunLog, ckpt_dir: Path, role: str, resume: bool = False,
-        on_epoch_start: Optional[Callable[[int], None]] = None, extra: tuple = ()) -> FitResult:
+        on_epoch_start: Optional[Callable[[int], None]] = None, signature: Optional[dict] = None) -> FitResult:
     """Train with AdamW + linear warmup/decay, early stopping and best-checkpoint keeping.
 
     ``evaluate(model)`` returns validation metrics including ``cfg.metric``
-    (higher is better). ``extra`` holds further objects to checkpoint with the
-    model (a training teacher and its optimizer in guide mode). The best
-    weights are loaded into ``model`` before returning.
+    (higher is better). Everything prepared on ``accelerator`` before this call
+    (a training teacher and its optimizer in guide mode) is checkpointed too.
+    ``signature`` (settings a resumed run must share) is saved with the state
+    and checked on resume. The best weights are loaded into ``model`` before returning.
     """
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -140,11 +160,24 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
     steps = cfg.epochs * len(train_loader)
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "done": False}
+    signature = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "steps_per_epoch": len(train_loader),
+                 **(signature or {})}
+    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "done": False,
+             "signature": signature}
     last, best_file = ckpt_dir / "last", ckpt_dir / "best.safetensors"
-    if resume and (last / "trainer_state.json").is_file():
+    if resume:
+        if not (last / "trainer_state.json").is_file() and (ckpt_dir / "last.old").is_dir():
+            last = ckpt_dir / "last.old"  # killed between the two renames of a checkpoint swap
+        if not (last / "trainer_state.json").is_file():
+            raise KdflowError(f"There is no {role} checkpoint to resume in '{ckpt_dir}'; drop --resume to start")
+        saved = json.loads((last / "trainer_state.json").read_text())
+        changed = [k for k, v in signature.items() if saved.get("signature", {}).get(k) != v]
+        if changed:
+            k = changed[0]
+            raise KdflowError(f"Cannot resume: {k} was {saved['signature'].get(k)!r} and is now {signature[k]!r}; "
+                              "resume with the settings of the interrupted run, or --overwrite to start again")
         accelerator.load_state(str(last))
-        state = json.loads((last / "trainer_state.json").read_text())
+        state = saved
         log.info(f"[{role}] resumed from {last} after epoch {state['epoch'] + 1}")
     started = time.time()
     quiet = log.quiet or not accelerator.is_main_process
@@ -179,15 +212,32 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             log.info(f"[{role}] early stop: no {cfg.metric} gain for {cfg.patience} epochs")
             state["done"] = True
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(last))
-        if accelerator.is_main_process:
-            (last / "trainer_state.json").write_text(json.dumps(state))
+        save_checkpoint(accelerator, ckpt_dir, state)
     accelerator.wait_for_everyone()
     if best_file.is_file():
         accelerator.unwrap_model(model).load_state_dict(load_file(best_file, device="cpu"))
     return FitResult(state["best"], state["best_epoch"], state["epoch"] + 1, state["history"],
                      time.time() - started)
+
+
+def save_checkpoint(accelerator, ckpt_dir: Path, state: dict) -> None:
+    """Write ``last/`` atomically: a kill mid-save leaves the previous checkpoint whole."""
+    import shutil
+    last, tmp, old = ckpt_dir / "last", ckpt_dir / "last.tmp", ckpt_dir / "last.old"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        shutil.rmtree(old, ignore_errors=True)
+        if last.exists():
+            last.rename(old)
+        tmp.rename(last)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()
