@@ -26,6 +26,7 @@ from .distiller import Distiller, freeze
 from .errors import KdflowError
 from .losses import hinton_loss
 from .metrics import quality
+from .models import LABELS_FILE as LABELS
 from .teacher_cache import TeacherCache
 from .train import RunLog, fit, make_accelerator, make_optimizer, predict, train_epoch
 
@@ -370,3 +371,60 @@ def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, sp
     model.to(ctx.acc.device)
     result = _eval_fn(ctx, part, feat, cfg.train.eval_batch_size)(model)
     return {"model": str(folder), "split": split, "examples": len(part), **result}
+
+
+# ------------------------------------------------------------------ compare / export
+
+def _run_parts(target: Path, role: str):
+    folder = target / role
+    if not (folder / LABELS).is_file() and not (folder / "config.json").is_file():
+        raise KdflowError(f"'{folder}' holds no saved {role}; run 'kdflow "
+                          f"{'teach' if role == 'teacher' else 'distill'}' first")
+    return folder
+
+
+def compare(teacher: str, student: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",
+            onnx: bool = False, int8: bool = False, out_dir: Optional[str] = None, threads: int = 1,
+            latency_examples: int = 100, repeats: int = 3) -> list[dict]:
+    """Teacher vs student (and exported forms) on one split: quality, size, latency, throughput."""
+    from .compare import compare_models
+    if config is None:
+        raise KdflowError("compare needs --config CONFIG to know which data to score on")
+    cfg = load_config(config, overrides)
+    data = load_data(cfg.data)
+    part = {"train": data.train, "validation": data.validation, "test": data.test}.get(split)
+    if part is None:
+        raise KdflowError(f"The data has no '{split}' split; use --split validation or give data.test")
+    loaded = []
+    for folder in (teacher, student):
+        model, tok, labels, task = models.load_saved(folder)
+        if labels != data.label_names or task != data.task:
+            raise KdflowError(f"The model in '{folder}' was trained for other labels than this data's; "
+                              "compare models of the same task")
+        loaded.append((model, Featurizer(tok, cfg.data.max_length), measure_size(folder)))
+    (t, t_feat, t_mb), (s, s_feat, s_mb) = loaded
+    return compare_models(t, s, t_feat, s_feat, part, data.task, data.label_names, t_mb, s_mb, onnx=onnx, int8=int8,
+                          out_dir=Path(out_dir) if out_dir else None, threads=threads,
+                          latency_examples=latency_examples, repeats=repeats)
+
+
+def measure_size(folder) -> float:
+    from .measure import files_size_mb
+    return files_size_mb(folder)
+
+
+def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, latency_examples: int = 100,
+           repeats: int = 3) -> list[dict]:
+    """Export a run's student (ONNX and/or int8) into ``<run>/export`` and measure every form
+    beside the teacher; the rows go into ``metrics.json`` under ``deploy``."""
+    target = Path(run)
+    if not (target / "config.yaml").is_file():
+        raise KdflowError(f"'{run}' is not a run folder (no config.yaml); give runs/NAME")
+    rows = compare(str(_run_parts(target, "teacher")), str(_run_parts(target, "student")), target / "config.yaml",
+                   onnx=onnx, int8=int8, out_dir=str(target / "export"), threads=threads,
+                   latency_examples=latency_examples, repeats=repeats)
+    path = target / "metrics.json"
+    blob = json.loads(path.read_text()) if path.is_file() else {}
+    blob["deploy"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    path.write_text(json.dumps(blob, indent=2))
+    return rows

@@ -55,6 +55,34 @@ def cmd_evaluate(args) -> dict:
     return result
 
 
+def _speed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while timing (default: 1)")
+    p.add_argument("--latency-examples", type=int, default=100,
+                   help="examples timed one by one for latency p50/p95 (default: 100)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats; medians are reported (default: 3)")
+
+
+def cmd_compare(args) -> list:
+    from .api import compare
+    from .compare import table
+    rows = compare(args.teacher, args.student, args.config, args.overrides, split=args.split, onnx=args.onnx,
+                   int8=args.int8, threads=args.threads, latency_examples=args.latency_examples, repeats=args.repeats)
+    print(table(rows))
+    return rows
+
+
+def cmd_export(args) -> list:
+    from .api import export
+    from .compare import table
+    if not (args.onnx or args.int8):
+        raise KdflowError("export needs at least one of --onnx and --int8")
+    rows = export(args.run, onnx=args.onnx, int8=args.int8, threads=args.threads,
+                  latency_examples=args.latency_examples, repeats=args.repeats)
+    print(table(rows))
+    print(f"exported to {args.run}/export; rows saved in {args.run}/metrics.json under 'deploy'")
+    return rows
+
+
 def cmd_config(args) -> dict:
     from .config import load_config
     cfg = load_config(args.config, args.overrides)
@@ -65,7 +93,8 @@ def cmd_config(args) -> dict:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = top.add_subparsers(dest="command", required=True, metavar="{teach,distill,evaluate,config}")
+    sub = top.add_subparsers(dest="command", required=True,
+                             metavar="{teach,distill,evaluate,compare,export,config}")
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("teach", help="fine-tune the teacher on the labelled data (saves RUN/teacher)",
                        epilog=EPILOG, formatter_class=fmt)
@@ -84,6 +113,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable; default: none)")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("compare", help="teacher vs student side by side: quality, size, latency, speed-up")
+    p.add_argument("teacher", help="saved teacher folder (e.g. runs/NAME/teacher)")
+    p.add_argument("student", help="saved student folder (e.g. runs/NAME/student)")
+    p.add_argument("--config", required=True, help="config naming the data (e.g. runs/NAME/config.yaml)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split (default: test)")
+    p.add_argument("--onnx", action="store_true", help="also export the student to ONNX and measure it (default: off)")
+    p.add_argument("--int8", action="store_true", help="also measure int8 forms of the student (default: off)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable; default: none)")
+    _speed_options(p)
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("export", help="export a run's student to ONNX / int8 and measure every form")
+    p.add_argument("run", help="run folder (runs/NAME) holding teacher/ and student/")
+    p.add_argument("--onnx", action="store_true", help="ONNX with dynamic batch and sequence axes (default: off)")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization, PyTorch and ONNX (default: off)")
+    _speed_options(p)
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("config", help="print the resolved config with every default", epilog=EPILOG,
                        formatter_class=fmt)
     p.add_argument("config", help="YAML config file")

@@ -1,0 +1,102 @@
+"""Deployable forms of a model: ONNX (dynamic batch and sequence axes) and int8.
+
+Every exported form is checked against the PyTorch model on real batches (max
+absolute logit difference) and measured like the original by :mod:`kdflow.measure`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import KdflowError
+
+
+class _LogitsOnly(nn.Module):
+    """Positional inputs in, logits out: the signature ONNX export wants."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args))).logits
+
+
+def _need(module: str, extra: str = "onnx"):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise KdflowError(f"Export needs the '{module}' package: pip install 'kdflow[{extra}]'") from None
+
+
+def export_onnx(model: nn.Module, example: dict, path: "str | Path", opset: int = 17) -> Path:
+    """Write ``model`` as ONNX with dynamic ``batch`` and ``sequence`` axes on every input."""
+    _need("onnx")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(example)
+    model = model.eval()
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter from transformers' mask helpers
+        torch.onnx.export(_LogitsOnly(model, names), tuple(example[n] for n in names), str(path),
+                          input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                          dynamo=False)
+    return path
+
+
+def ort_session(path: "str | Path", threads: int = 1):
+    ort = _need("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(session) -> Callable[[dict], np.ndarray]:
+    wanted = {i.name for i in session.get_inputs()}
+
+    def run(inputs: dict) -> np.ndarray:
+        feed = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if k in wanted}
+        return session.run(["logits"], feed)[0]
+    return run
+
+
+def max_abs_diff(reference: Callable[[dict], object], other: Callable[[dict], object], batches: Sequence[dict]) -> float:
+    worst = 0.0
+    with torch.inference_mode():
+        for b in batches:
+            a = np.asarray(reference(b), dtype=np.float64)
+            o = np.asarray(other(b), dtype=np.float64)
+            worst = max(worst, float(np.abs(a - o).max()))
+    return worst
+
+
+def quantize_torch_int8(model: nn.Module) -> nn.Module:
+    """int8 dynamic quantization of every ``nn.Linear`` (weights int8, activations quantized on the fly)."""
+    from torch.ao.quantization import quantize_dynamic
+    import copy
+    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def quantize_onnx_int8(src: "str | Path", dst: "str | Path") -> Path:
+    """int8 dynamic quantization of an ONNX model's MatMul/Gemm weights with ONNX Runtime."""
+    _need("onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return Path(dst)
+
+
+def save_torch_int8(model: nn.Module, path: "str | Path") -> Path:
+    """The quantized state dict (packed int8 weights) as one file, to measure its size."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path

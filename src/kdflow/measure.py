@@ -1,0 +1,136 @@
+"""Quality and cost of a model, measured the same way for teacher, student and exported forms.
+
+Quality comes from scikit-learn / scipy. Cost: parameters (total and without
+embeddings), size of the saved weights, CPU latency at batch 1 (p50 / p95 over
+real examples at their own length) and throughput at batch 64, after warm-up,
+with a fixed thread count, medians of several repeats, and the peak resident
+memory added while running inference.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def quality_report(logits: np.ndarray, targets: np.ndarray, task: str,
+                   label_names: Optional[Sequence[str]] = None) -> dict:
+    """Headline metrics plus, for classification, a per-class report and the top confusions."""
+    from .metrics import quality
+    out = quality(logits, targets, task)
+    if task == "regression":
+        return out
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    pred = logits.argmax(-1)
+    labels = list(range(len(label_names))) if label_names else sorted(set(targets) | set(pred))
+    names = list(label_names) if label_names else [str(i) for i in labels]
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(targets, pred, labels=labels, average=avg, zero_division=0)
+        out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
+    p, r, f, s = precision_recall_fscore_support(targets, pred, labels=labels, zero_division=0)
+    out["per_class"] = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                   "support": int(s[i])} for i in range(len(labels))}
+    cm = confusion_matrix(targets, pred, labels=labels)
+    off = [(int(cm[i, j]), names[i], names[j]) for i in range(len(labels)) for j in range(len(labels))
+           if i != j and cm[i, j]]
+    out["top_confusions"] = [{"true": t, "predicted": p_, "count": c} for c, t, p_ in sorted(off, reverse=True)[:10]]
+    return out
+
+
+def parameter_counts(model: nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
+    return {"total": total, "embeddings": emb, "non_embedding": total - emb}
+
+
+def files_size_mb(folder: "str | Path", patterns: Sequence[str] = ("*.safetensors", "*.onnx", "*.pt")) -> float:
+    """Size on disk of the weight files in a saved model folder (tokenizer and configs excluded)."""
+    folder = Path(folder)
+    files = {f for pat in patterns for f in folder.glob(pat)}
+    return sum(f.stat().st_size for f in files) / 2 ** 20
+
+
+class _PeakRSS:
+    """Samples this process's resident memory in a thread; ``peak_mb`` is the growth over the start."""
+
+    def __init__(self, every: float = 0.002):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.every)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.start) / 2 ** 20
+
+
+def time_calls(run: Callable[[dict], object], inputs: Sequence[dict], warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of ``run`` on each input, ``repeats`` passes after ``warmup`` passes over the first ones."""
+    for x in inputs[:warmup]:
+        run(x)
+    times = []
+    for _ in range(repeats):
+        for x in inputs:
+            t0 = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def latency_and_throughput(run: Callable[[dict], object], singles: Sequence[dict], batches: Sequence[dict],
+                           batch_size: int, threads: int = 1, warmup: int = 10, repeats: int = 3) -> dict:
+    """p50/p95 latency (ms) at batch 1 and throughput (examples/s) at ``batch_size``, at ``threads`` threads.
+
+    Each throughput repeat times all ``batches``; the median repeat is reported. Peak
+    memory is the resident growth while running the batches.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            lat = np.array(time_calls(run, singles, warmup, repeats)) * 1000
+            time_calls(run, batches[:1], 1, 1)  # warm the larger shapes
+            per_repeat = []
+            with _PeakRSS() as mem:
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    for b in batches:
+                        run(b)
+                    per_repeat.append(time.perf_counter() - t0)
+        n = sum(len(next(iter(b.values()))) for b in batches)
+        return {"latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
+                "throughput_per_s": n / statistics.median(per_repeat), "batch_size": batch_size,
+                "threads": threads, "repeats": repeats, "peak_memory_mb": round(mem.peak_mb, 1)}
+    finally:
+        torch.set_num_threads(before)
+
+
+def torch_runner(model: nn.Module) -> Callable[[dict], object]:
+    model.eval()
+    return lambda inputs: model(**inputs).logits

@@ -1,0 +1,104 @@
+"""Metric values against hand-computed cases; cost fields; ONNX agrees with PyTorch; int8 is smaller."""
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow import ModelSpec
+from kdflow.compare import compare_models, table
+from kdflow.data import Featurizer, load_data
+from kdflow.config import DataConfig
+from kdflow.measure import parameter_counts, quality_report
+from kdflow.models import build_hf_student, load_hf_classifier, load_tokenizer
+
+
+def test_quality_report_against_hand_computed_values():
+    # true:  0 0 0 1 1 2 ; predicted: 0 0 1 1 2 2
+    targets = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.eye(3)[pred]
+    r = quality_report(logits, targets, "classification", ["a", "b", "c"])
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    # per class: a P=2/2 R=2/3; b P=1/2 R=1/2; c P=1/2 R=1/1
+    assert r["per_class"]["a"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert r["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
+    f1 = [0.8, 0.5, 2 / 3]
+    assert r["f1_macro"] == pytest.approx(np.mean(f1))
+    assert r["f1_weighted"] == pytest.approx((3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6)
+    assert r["precision_macro"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert r["recall_macro"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert r["top_confusions"] == [{"true": "b", "predicted": "c", "count": 1},
+                                   {"true": "a", "predicted": "b", "count": 1}]
+    # MCC by its multiclass definition (Gorodkin 2004) from the confusion matrix
+    c, s = 4, 6
+    t_k, p_k = np.array([3, 2, 1]), np.array([2, 2, 2])
+    mcc = (c * s - t_k @ p_k) / np.sqrt((s ** 2 - p_k @ p_k) * (s ** 2 - t_k @ t_k))
+    assert r["mcc"] == pytest.approx(mcc)
+    reg = quality_report(np.array([[1.0], [2.0], [4.0]]), np.array([1.0, 3.0, 5.0]), "regression")
+    assert reg["mse"] == pytest.approx(2 / 3) and reg["spearman"] == pytest.approx(1.0)
+    assert reg["pearson"] == pytest.approx(np.corrcoef([1, 2, 4], [1, 3, 5])[0, 1])
+
+
+def test_parameter_counts_split_embeddings(tiny_bert):
+    m = load_hf_classifier(tiny_bert, ["a", "b"], "classification")
+    counts = parameter_counts(m)
+    emb = sum(p.numel() for n, p in m.named_parameters() if "embeddings" in n and "LayerNorm" not in n)
+    assert counts["embeddings"] == emb and counts["total"] == counts["embeddings"] + counts["non_embedding"]
+
+
+def test_compare_exports_onnx_and_int8(tiny_bert, intents_json, tmp_path):
+    data = load_data(DataConfig(path=intents_json, max_length=32))
+    teacher = load_hf_classifier(tiny_bert, data.label_names, "classification")
+    spec = ModelSpec(num_layers=1, hidden_size=64, num_heads=2, intermediate_size=256)
+    student = build_hf_student(spec, teacher, data.label_names, "classification")
+    feat = Featurizer(load_tokenizer(tiny_bert), 32)
+    rows = compare_models(teacher, student, feat, feat, data.test, "classification", data.label_names,
+                          teacher_size_mb=4.0, student_size_mb=8.0, onnx=True, int8=True, out_dir=tmp_path,
+                          latency_examples=8, repeats=1)
+    names = [r["model"] for r in rows]
+    assert names == ["teacher", "student", "student-int8", "student-onnx", "student-onnx-int8"]
+    by = {r["model"]: r for r in rows}
+    for r in rows:
+        assert r["latency_ms_p50"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"] and r["throughput_per_s"] > 0
+        assert r["size_mb"] > 0 and r["examples"] == 48 and r["peak_memory_mb"] >= 0
+    # fp32 ONNX reproduces PyTorch; int8 forms stay close and are smaller
+    assert by["student-onnx"]["max_abs_diff_vs_student"] < 1e-4
+    assert by["student-onnx"]["accuracy"] == by["student"]["accuracy"]
+    assert by["student-onnx-int8"]["size_mb"] < by["student-onnx"]["size_mb"] / 2
+    assert by["student-int8"]["size_mb"] < (tmp_path / "student.onnx").stat().st_size / 2 ** 20
+    assert by["student-int8"]["max_abs_diff_vs_student"] < 0.5
+    assert by["student"]["retention"] == pytest.approx(by["student"]["accuracy"] / by["teacher"]["accuracy"]) \
+        if by["teacher"]["accuracy"] else True
+    assert by["student"]["compression"] == pytest.approx(0.5)  # 4 MB teacher / 8 MB student as given
+    text = table(rows)
+    assert text.count("\n") == 6 and "student-onnx-int8" in text
+    # dynamic axes: a batch and length never seen at export time runs
+    from kdflow.export import ort_runner, ort_session
+    run = ort_runner(ort_session(tmp_path / "student.onnx"))
+    x = {"input_ids": torch.randint(1000, 2000, (3, 29)), "token_type_ids": torch.zeros(3, 29, dtype=torch.long),
+         "attention_mask": torch.ones(3, 29, dtype=torch.long)}
+    assert run(x).shape == (3, 4)
+
+
+def test_export_command_on_a_run(tiny_bert, intents_json, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import kdflow
+    from conftest import tiny_config
+    raw = tiny_config(tiny_bert, intents_json, tmp_path, "exp", teach={"epochs": 2}, train={"epochs": 1})
+    kdflow.teach(raw)
+    kdflow.distill(raw)
+    out = subprocess.run([sys.executable, "-m", "kdflow", "export", str(tmp_path / "exp"), "--onnx", "--int8",
+                          "--latency-examples", "5", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| student-onnx-int8 |" in out.stdout
+    rows = json.loads((tmp_path / "exp" / "metrics.json").read_text())["deploy"]
+    assert [r["model"] for r in rows] == ["teacher", "student", "student-int8", "student-onnx", "student-onnx-int8"]
+    assert (tmp_path / "exp" / "export" / "student.onnx").is_file()
+    assert (tmp_path / "exp" / "export" / "student-int8.onnx").is_file()
+    assert rows[1]["compression"] > 1.5  # sizes on disk: the student's weights are smaller
+    bad = subprocess.run([sys.executable, "-m", "kdflow", "export", str(tmp_path / "exp")], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "at least one of --onnx and --int8" in bad.stderr
