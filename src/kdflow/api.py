@@ -149,8 +149,15 @@ def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, o
         models.save_model(teacher, cfg.run_dir / "teacher", tokenizer, ctx.data.label_names, ctx.data.task)
     entry = _final_metrics(ctx, teacher, feat, result)
     _write_metrics(ctx, "teacher", entry)
+    _report(ctx)
     ctx.log.info(f"[teacher] saved to {cfg.run_dir / 'teacher'}; " + _summary(entry))
     return entry
+
+
+def _report(ctx: Context) -> None:
+    if ctx.acc.is_main_process:
+        from .report import write_report
+        write_report(ctx.cfg.run_dir)
 
 
 def _check_length(model, max_length: int, role: str) -> None:
@@ -285,6 +292,7 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     if t_test is not None:
         entry["teacher_test"] = quality(t_test, d.test.targets, d.task)
     _write_metrics(ctx, "student", entry)
+    _report(ctx)
     ctx.log.info(f"[student] saved to {cfg.run_dir / 'student'}; " + _summary(entry)
                  + (f"; teacher test {entry['teacher_test'][cfg.train.metric]:.4f}" if "teacher_test" in entry else ""))
     return entry
@@ -427,4 +435,6 @@ def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, lat
     blob = json.loads(path.read_text()) if path.is_file() else {}
     blob["deploy"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     path.write_text(json.dumps(blob, indent=2))
+    from .report import write_report
+    write_report(target)
     return rows

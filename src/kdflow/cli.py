@@ -83,6 +83,17 @@ def cmd_export(args) -> list:
     return rows
 
 
+def cmd_report(args) -> dict:
+    from pathlib import Path
+
+    from .report import write_report
+    if not (Path(args.run) / "metrics.json").is_file():
+        raise KdflowError(f"'{args.run}' holds no metrics.json; give a run folder after 'kdflow teach' or 'distill'")
+    out = write_report(args.run)
+    print(f"wrote {out['md']} and {out['html']} ({len(out['plots'])} plots)")
+    return out
+
+
 def cmd_config(args) -> dict:
     from .config import load_config
     cfg = load_config(args.config, args.overrides)
@@ -94,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{teach,distill,evaluate,compare,export,config}")
+                             metavar="{teach,distill,evaluate,compare,export,report,config}")
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("teach", help="fine-tune the teacher on the labelled data (saves RUN/teacher)",
                        epilog=EPILOG, formatter_class=fmt)
@@ -130,6 +141,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization, PyTorch and ONNX (default: off)")
     _speed_options(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help="(re)write a run folder's report.md / report.html and plots")
+    p.add_argument("run", help="run folder (runs/NAME)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("config", help="print the resolved config with every default", epilog=EPILOG,
                        formatter_class=fmt)
     p.add_argument("config", help="YAML config file")

@@ -42,6 +42,8 @@ def measure_form(name: str, run: Callable[[dict], object], split: Split, feat: F
            "size_mb": round(size_mb, 2), **speed}
     if params:
         row.update(parameters=params["total"], parameters_non_embedding=params["non_embedding"])
+    if "top_confusions" in quality:
+        row["top_confusions"] = quality["top_confusions"]
     row["_quality"] = quality
     return row
 
