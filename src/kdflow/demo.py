@@ -75,15 +75,18 @@ def main() -> int:
         cfg = config(train_csv, test_csv)
         teacher = api.teach(cfg, overwrite=True)
         student = api.distill(cfg, overwrite=True)
+        print("Exporting the student (int8, ONNX, ONNX int8) and timing every form at 1 CPU thread ...", flush=True)
+        rows = api.export(str(run_dir), onnx=True, int8=True)
     except KdflowError as err:
         print(f"kdflow: error: {err}", file=sys.stderr)
         return 2
+    from .compare import table
     t, s = teacher["test"]["accuracy"], student["test"]["accuracy"]
-    print(f"\n{'':10}{'params':>12}{'test acc':>10}\n{'teacher':10}{teacher['parameters']:>12,}{t:>10.3f}\n"
-          f"{'student':10}{student['parameters']:>12,}{s:>10.3f}\n"
+    print(f"\n{table(rows)}\n\n"
           f"student: {student['compression']:.1f}x fewer parameters, {s / t:.1%} of the teacher's accuracy; "
           f"{time.time() - started:.0f} s in all.\n"
-          f"Run folder: {run_dir}/ (config.yaml, teacher/, student/, metrics.json, metrics.csv, log.txt).\n"
+          f"Report: {run_dir}/report.html (and report.md); run folder {run_dir}/ holds config.yaml, teacher/, "
+          "student/, export/, metrics.json, metrics.csv, log.txt.\n"
           "Same on your data:  kdflow teach my.yaml && kdflow distill my.yaml   with, in my.yaml,\n"
           "  data: {train: my_train.csv, test: my_test.csv, text_column: text, label_column: label}\n"
           "or a hub data set:  data: {hub: ag_news}", flush=True)
