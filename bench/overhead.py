@@ -113,7 +113,7 @@ def modes(args, out: Path) -> dict:
         raw["model"]["teacher"]["name"] = str(out / "teacher")
         t0 = time.perf_counter()
         entry = kdflow.distill(raw, overrides)
-        result[name] = {"wall_s": round(time.perf_counter() - t0, 1),
+        result[name] = {"wall_s": round(time.perf_counter() - t0, 1), "train_loop_s": entry["train_seconds"],
                         "teacher_examples_computed": entry["distill"]["teacher_examples_computed"],
                         "teacher_calls_in_loop": entry["distill"]["teacher_calls_in_loop"],
                         "val_accuracy": round(entry["validation"]["accuracy"], 4)}

@@ -300,3 +300,13 @@ def test_guide_resume_trains_on_the_same_targets(taught, tiny_bert, monkeypatch)
     a = load_file(taught[1] / "g-straight" / "student" / "model.safetensors")
     b = load_file(taught[1] / "g-killed" / "student" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cached_run_trains_exactly_like_a_fresh_one(taught):
+    # computing teacher outputs must not shift the RNG the student's dropout draws from
+    fresh = kdflow.distill(student_cfg(taught, "rng-fresh", train={"epochs": 1}))
+    cached = kdflow.distill(student_cfg(taught, "rng-cached", cache="rng-fresh", train={"epochs": 1}))
+    assert fresh["distill"]["teacher_examples_computed"] > 0 and cached["distill"]["teacher_examples_computed"] == 0
+    a = load_file(taught[1] / "rng-fresh" / "student" / "model.safetensors")
+    b = load_file(taught[1] / "rng-cached" / "student" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

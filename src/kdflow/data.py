@@ -536,8 +536,11 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def loader(split: Split, collate, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
+    # a generator of its own: without one, every iteration of a DataLoader draws from the global
+    # RNG, so inference loops (teacher outputs, validation) would shift the training's dropout masks
     return torch.utils.data.DataLoader(IndexDataset(len(split)), batch_size=batch_size,
-                                       sampler=EpochSampler(len(split), shuffle, seed), collate_fn=collate)
+                                       sampler=EpochSampler(len(split), shuffle, seed), collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def set_epoch(dl, epoch: int) -> None:
