@@ -5,7 +5,7 @@ import torch
 from transformers import AutoTokenizer
 
 from kdflow import KdflowError, ModelSpec
-from kdflow.models import (TransformerEncoderClassifier, build_encoder_student, build_hf_student,
+from kdflow.models import (build_encoder_student, build_hf_student,
                            count_parameters, default_teacher_layers, fingerprint, has_task_head,
                            load_hf_classifier, load_saved, save_model)
 

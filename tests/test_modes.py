@@ -1,7 +1,6 @@
 """teach -> distill in all three modes on a tiny random BERT; cache reuse; resume; frozen teacher."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

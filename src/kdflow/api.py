@@ -22,7 +22,7 @@ import torch
 from . import models
 from .config import Config, ModelSpec, load_config
 from .data import Featurizer, Split, TaskData, load_data, loader, make_collate, set_epoch
-from .distiller import Distiller, freeze
+from .distiller import Distiller
 from .errors import KdflowError
 from .losses import hinton_loss
 from .metrics import quality
