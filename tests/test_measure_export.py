@@ -91,14 +91,22 @@ def test_export_command_on_a_run(tiny_bert, intents_json, tmp_path):
     kdflow.teach(raw)
     kdflow.distill(raw)
     out = subprocess.run([sys.executable, "-m", "kdflow", "export", str(tmp_path / "exp"), "--onnx", "--int8",
-                          "--latency-examples", "5", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+                          "--prune-vocab", "--latency-examples", "5", "--repeats", "1"], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| student-onnx-int8 |" in out.stdout
     rows = json.loads((tmp_path / "exp" / "metrics.json").read_text())["deploy"]
-    assert [r["model"] for r in rows] == ["teacher", "student", "student-int8", "student-onnx", "student-onnx-int8"]
+    forms = ["", "-int8", "-onnx", "-onnx-int8"]
+    assert [r["model"] for r in rows] == ["teacher"] + [f"student{f}" for f in forms] + \
+        [f"student-pruned{f}" for f in forms]
+    by = {r["model"]: r for r in rows}
+    assert by["student-pruned"]["size_mb"] < by["student"]["size_mb"] / 5  # 30,522 rows -> the ~100 used
+    assert by["student-pruned-onnx"]["max_abs_diff_vs_student"] < 1e-4
+    # train-only vocabulary: test words outside it become [UNK], so accuracy may move, and is reported
+    assert abs(by["student-pruned"]["accuracy"] - by["student"]["accuracy"]) <= 0.1
     assert (tmp_path / "exp" / "export" / "student.onnx").is_file()
     assert (tmp_path / "exp" / "export" / "student-int8.onnx").is_file()
     assert rows[1]["compression"] > 1.5  # sizes on disk: the student's weights are smaller
     bad = subprocess.run([sys.executable, "-m", "kdflow", "export", str(tmp_path / "exp")], capture_output=True,
                          text=True, timeout=300)
-    assert bad.returncode == 2 and "at least one of --onnx and --int8" in bad.stderr
+    assert bad.returncode == 2 and "at least one of --onnx, --int8 and --prune-vocab" in bad.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -393,7 +394,7 @@ def _run_parts(target: Path, role: str):
 
 def compare(teacher: str, student: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",
             onnx: bool = False, int8: bool = False, out_dir: Optional[str] = None, threads: int = 1,
-            latency_examples: int = 100, repeats: int = 3) -> list[dict]:
+            latency_examples: int = 100, repeats: int = 3, prune_vocab: bool = False) -> list[dict]:
     """Teacher vs student (and exported forms) on one split: quality, size, latency, throughput."""
     from .compare import compare_models
     if config is None:
@@ -411,9 +412,26 @@ def compare(teacher: str, student: str, config=None, overrides: Optional[list[st
                               "compare models of the same task")
         loaded.append((model, Featurizer(tok, cfg.data.max_length), measure_size(folder)))
     (t, t_feat, t_mb), (s, s_feat, s_mb) = loaded
+    extra = ()
+    if prune_vocab:
+        extra = (_pruned_student(s, s_feat.tokenizer, data, cfg, Path(out_dir or tempfile.mkdtemp())),)
     return compare_models(t, s, t_feat, s_feat, part, data.task, data.label_names, t_mb, s_mb, onnx=onnx, int8=int8,
                           out_dir=Path(out_dir) if out_dir else None, threads=threads,
-                          latency_examples=latency_examples, repeats=repeats)
+                          latency_examples=latency_examples, repeats=repeats, extra_students=extra)
+
+
+def _pruned_student(student, tokenizer, data: TaskData, cfg: Config, out_dir: Path):
+    """The student with only the tokens of the training text (train split only: no test leakage)."""
+    import copy
+
+    from .prune import prune_vocabulary
+    if tokenizer is None:
+        raise KdflowError("--prune-vocab needs a student that reads text with a tokenizer")
+    pruned, ptok, kept = prune_vocabulary(copy.deepcopy(student), tokenizer, data.train.inputs["text"],
+                                          data.train.inputs.get("text_pair"))
+    folder = out_dir / "student-pruned"
+    models.save_model(pruned, folder, ptok, data.label_names, data.task)
+    return "student-pruned", pruned, Featurizer(ptok, cfg.data.max_length), measure_size(folder)
 
 
 def measure_size(folder) -> float:
@@ -422,7 +440,7 @@ def measure_size(folder) -> float:
 
 
 def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, latency_examples: int = 100,
-           repeats: int = 3) -> list[dict]:
+           repeats: int = 3, prune_vocab: bool = False) -> list[dict]:
     """Export a run's student (ONNX and/or int8) into ``<run>/export`` and measure every form
     beside the teacher; the rows go into ``metrics.json`` under ``deploy``."""
     target = Path(run)
@@ -430,7 +448,7 @@ def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, lat
         raise KdflowError(f"'{run}' is not a run folder (no config.yaml); give runs/NAME")
     rows = compare(str(_run_parts(target, "teacher")), str(_run_parts(target, "student")), target / "config.yaml",
                    onnx=onnx, int8=int8, out_dir=str(target / "export"), threads=threads,
-                   latency_examples=latency_examples, repeats=repeats)
+                   latency_examples=latency_examples, repeats=repeats, prune_vocab=prune_vocab)
     path = target / "metrics.json"
     blob = json.loads(path.read_text()) if path.is_file() else {}
     blob["deploy"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

@@ -74,10 +74,10 @@ def cmd_compare(args) -> list:
 def cmd_export(args) -> list:
     from .api import export
     from .compare import table
-    if not (args.onnx or args.int8):
-        raise KdflowError("export needs at least one of --onnx and --int8")
+    if not (args.onnx or args.int8 or args.prune_vocab):
+        raise KdflowError("export needs at least one of --onnx, --int8 and --prune-vocab")
     rows = export(args.run, onnx=args.onnx, int8=args.int8, threads=args.threads,
-                  latency_examples=args.latency_examples, repeats=args.repeats)
+                  latency_examples=args.latency_examples, repeats=args.repeats, prune_vocab=args.prune_vocab)
     print(table(rows))
     print(f"exported to {args.run}/export; rows saved in {args.run}/metrics.json under 'deploy'")
     return rows
@@ -139,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder (runs/NAME) holding teacher/ and student/")
     p.add_argument("--onnx", action="store_true", help="ONNX with dynamic batch and sequence axes (default: off)")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization, PyTorch and ONNX (default: off)")
+    p.add_argument("--prune-vocab", action="store_true",
+                   help="also a student keeping only the tokens of the training text, with every form (default: off)")
     _speed_options(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help="(re)write a run folder's report.md / report.html and plots")

@@ -62,36 +62,46 @@ def relate(rows: list[dict], metric: str) -> list[dict]:
 def compare_models(teacher, student, t_feat: Featurizer, s_feat: Featurizer, split: Split, task: str, label_names,
                    teacher_size_mb: float, student_size_mb: float, onnx: bool = False, int8: bool = False,
                    out_dir: Optional[Path] = None, threads: int = 1, latency_examples: int = 100,
-                   repeats: int = 3) -> list[dict]:
-    """Rows for teacher, student and (optionally) student-int8, student-ONNX, student-ONNX-int8."""
-    teacher, student = teacher.cpu().eval(), student.cpu().eval()
+                   repeats: int = 3, extra_students: tuple = ()) -> list[dict]:
+    """Rows for teacher, student and (optionally) student-int8, student-onnx, student-onnx-int8.
+
+    ``extra_students``: further ``(name, model, featurizer, size_mb)`` students (e.g. the
+    vocabulary-pruned one), each measured with the same exported forms.
+    """
+    teacher = teacher.cpu().eval()
     common = dict(split=split, task=task, label_names=label_names, threads=threads,
                   latency_examples=latency_examples, repeats=repeats)
     rows = [measure_form("teacher", measure.torch_runner(teacher), feat=t_feat, size_mb=teacher_size_mb,
-                         params=measure.parameter_counts(teacher), **common),
-            measure_form("student", measure.torch_runner(student), feat=s_feat, size_mb=student_size_mb,
-                         params=measure.parameter_counts(student), **common)]
+                         params=measure.parameter_counts(teacher), **common)]
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
-    check = _batches(split, s_feat, 16, 64)
+    for name, model, feat, size_mb in (("student", student, s_feat, student_size_mb), *extra_students):
+        rows += _student_forms(name, model.cpu().eval(), feat, size_mb, onnx, int8, out_dir, common)
+    return relate(rows, "accuracy" if task == "classification" else "pearson")
+
+
+def _student_forms(name, student, feat, size_mb, onnx, int8, out_dir: Path, common: dict) -> list[dict]:
+    rows = [measure_form(name, measure.torch_runner(student), feat=feat, size_mb=size_mb,
+                         params=measure.parameter_counts(student), **common)]
+    check = _batches(common["split"], feat, 16, 64)
     if int8:
         q = ex.quantize_torch_int8(student)
-        path = ex.save_torch_int8(q, out_dir / "student-int8.pt")
-        row = measure_form("student-int8", measure.torch_runner(q), feat=s_feat, size_mb=path.stat().st_size / 2 ** 20,
+        path = ex.save_torch_int8(q, out_dir / f"{name}-int8.pt")
+        row = measure_form(f"{name}-int8", measure.torch_runner(q), feat=feat, size_mb=path.stat().st_size / 2 ** 20,
                            params=None, **common)
         row["max_abs_diff_vs_student"] = ex.max_abs_diff(measure.torch_runner(student), measure.torch_runner(q), check)
         rows.append(row)
     if onnx:
-        path = ex.export_onnx(student, check[0], out_dir / "student.onnx")
-        forms = [("student-onnx", path)]
+        path = ex.export_onnx(student, check[0], out_dir / f"{name}.onnx")
+        forms = [(f"{name}-onnx", path)]
         if int8:
-            forms.append(("student-onnx-int8", ex.quantize_onnx_int8(path, out_dir / "student-int8.onnx")))
-        for name, p in forms:
-            run = ex.ort_runner(ex.ort_session(p, threads))
-            row = measure_form(name, run, feat=s_feat, size_mb=p.stat().st_size / 2 ** 20, params=None, **common)
+            forms.append((f"{name}-onnx-int8", ex.quantize_onnx_int8(path, out_dir / f"{name}-int8.onnx")))
+        for form, p in forms:
+            run = ex.ort_runner(ex.ort_session(p, common["threads"]))
+            row = measure_form(form, run, feat=feat, size_mb=p.stat().st_size / 2 ** 20, params=None, **common)
             row["max_abs_diff_vs_student"] = ex.max_abs_diff(measure.torch_runner(student), run, check)
             row["path"] = str(p)
             rows.append(row)
-    return relate(rows, "accuracy" if task == "classification" else "pearson")
+    return rows
 
 
 COLUMNS = [("model", "{}"), ("accuracy", "{:.4f}"), ("f1_macro", "{:.4f}"), ("size_mb", "{:.1f}"),

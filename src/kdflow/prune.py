@@ -1,0 +1,82 @@
+"""Vocabulary pruning: keep only the tokens the task's training text uses.
+
+In a small text student the embedding matrix dominates (30,522 × 128 = 3.9M of a
+4.4M-parameter BERT student). Rows of tokens that never occur in training were
+never trained either; dropping them loses nothing the student learnt. The
+tokenizer is rebuilt with the kept WordPiece vocabulary in the same relative
+order, and the embedding rows are sliced to match, so the pruned pair still
+saves with ``save_pretrained`` and exports to ONNX. A word whose pieces were
+pruned becomes ``[UNK]``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from .errors import KdflowError
+
+
+def used_token_ids(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None) -> list[int]:
+    """Sorted ids the texts tokenize to, plus every special token."""
+    texts = list(texts)
+    enc = tokenizer(texts, list(pairs) if pairs is not None else None, truncation=False)
+    used = {i for row in enc["input_ids"] for i in row}
+    used.update(tokenizer.all_special_ids)
+    return sorted(used)
+
+
+def prune_tokenizer(tokenizer, kept: list[int]):
+    """A fast WordPiece tokenizer over ``kept`` (old ids, ascending); ids are renumbered 0..len-1."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
+        raise KdflowError("Vocabulary pruning needs a fast (Rust) tokenizer; this model's tokenizer is not one")
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec["model"]["type"] != "WordPiece":
+        raise KdflowError(f"Vocabulary pruning supports WordPiece tokenizers (BERT family), not "
+                          f"{spec['model']['type']}")
+    new_id = {old: new for new, old in enumerate(kept)}
+    old_vocab = spec["model"]["vocab"]
+    spec["model"]["vocab"] = {tok: new_id[i] for tok, i in sorted(old_vocab.items(), key=lambda kv: kv[1])
+                              if i in new_id}
+    for added in spec.get("added_tokens") or []:
+        added["id"] = new_id[added["id"]]
+    post = spec.get("post_processor") or {}
+    for entry in (post.get("special_tokens") or {}).values():  # TemplateProcessing
+        entry["ids"] = [new_id[i] for i in entry["ids"]]
+    for key in ("cls", "sep"):  # BertProcessing
+        if key in post:
+            post[key][1] = new_id[post[key][1]]
+    backend = Tokenizer.from_str(json.dumps(spec))
+    special = {k: getattr(tokenizer, k) for k in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token")
+               if getattr(tokenizer, k, None)}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=tokenizer.model_max_length, **special)
+
+
+def prune_embeddings(model: nn.Module, kept: list[int]) -> nn.Module:
+    """Keep the rows ``kept`` of the input embedding (in place); returns the model."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model.embed
+    if not isinstance(emb, nn.Embedding):
+        raise KdflowError("Vocabulary pruning needs a model that reads token ids through an nn.Embedding")
+    small = nn.Embedding(len(kept), emb.embedding_dim, padding_idx=None)
+    with torch.no_grad():
+        small.weight.copy_(emb.weight[torch.tensor(kept)])
+    if hasattr(model, "set_input_embeddings"):
+        model.set_input_embeddings(small)
+        model.config.vocab_size = len(kept)
+        if getattr(model.config, "pad_token_id", None) is not None and model.config.pad_token_id in kept:
+            model.config.pad_token_id = kept.index(model.config.pad_token_id)
+    else:
+        model.embed = small
+        model.config["vocab_size"] = len(kept)
+    return model
+
+
+def prune_vocabulary(model: nn.Module, tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None):
+    """(pruned model, pruned tokenizer, kept old ids) for a model reading ``tokenizer``'s ids."""
+    kept = used_token_ids(tokenizer, texts, pairs)
+    return prune_embeddings(model, kept), prune_tokenizer(tokenizer, kept), kept
