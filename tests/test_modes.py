@@ -309,3 +309,16 @@ def test_cached_run_trains_exactly_like_a_fresh_one(taught):
     a = load_file(taught[1] / "rng-fresh" / "student" / "model.safetensors")
     b = load_file(taught[1] / "rng-cached" / "student" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_student_with_pruned_vocabulary_distils_and_evaluates(taught):
+    entry = kdflow.distill(student_cfg(taught, "pruned", train={"epochs": 2},
+                                       model={"student": {"num_layers": 1, "hidden_size": 16, "num_heads": 2,
+                                                          "intermediate_size": 32, "prune_vocab": True}}))
+    log = (taught[1] / "pruned" / "log.txt").read_text()
+    assert "vocabulary pruned to the training text: 30,522 ->" in log
+    from kdflow.models import load_saved
+    student, tok, _, _ = load_saved(taught[1] / "pruned" / "student")
+    assert len(tok) < 200 and student.get_input_embeddings().num_embeddings == len(tok)
+    assert entry["compression"] > 20  # the teacher keeps its 30,522-row embedding
+    assert kdflow.evaluate(str(taught[1] / "pruned"))["accuracy"] == pytest.approx(entry["test"]["accuracy"])

@@ -212,6 +212,20 @@ def _load_teacher(ctx: Context):
 
 
 def _build_student(ctx: Context, teacher, tokenizer):
+    student, s_tokenizer = _new_student(ctx, teacher, tokenizer)
+    spec, d = ctx.cfg.model.student, ctx.data
+    if spec.prune_vocab:
+        from .prune import prune_vocabulary
+        if s_tokenizer is None:
+            raise KdflowError("model.student.prune_vocab needs a student that reads text through a tokenizer")
+        before = len(s_tokenizer)
+        student, s_tokenizer, kept = prune_vocabulary(student, s_tokenizer, d.train.inputs["text"],
+                                                      d.train.inputs.get("text_pair"))
+        ctx.log.info(f"[student] vocabulary pruned to the training text: {before:,} -> {len(kept):,} tokens")
+    return student, s_tokenizer
+
+
+def _new_student(ctx: Context, teacher, tokenizer):
     spec, d = ctx.cfg.model.student, ctx.data
     if spec.kind == "encoder":
         return models.build_encoder_student(spec, d.num_labels, tokenizer, ctx.cfg.data.max_length), tokenizer

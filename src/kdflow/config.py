@@ -46,6 +46,7 @@ class ModelSpec(Strict):
     init_from_teacher: bool = False
     teacher_layers: Optional[list[int]] = None
     input_dim: Optional[int] = Field(None, ge=1)
+    prune_vocab: bool = False  # student: keep only the tokens of the training text (own, smaller tokenizer)
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
