@@ -408,8 +408,15 @@ def _run_parts(target: Path, role: str):
 
 def compare(teacher: str, student: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",
             onnx: bool = False, int8: bool = False, out_dir: Optional[str] = None, threads: int = 1,
-            latency_examples: int = 100, repeats: int = 3, prune_vocab: bool = False) -> list[dict]:
-    """Teacher vs student (and exported forms) on one split: quality, size, latency, throughput."""
+            latency_examples: int = 100, repeats: int = 3, prune_vocab: bool = False, prune_heads: float = 0.0,
+            memory: bool = True) -> list[dict]:
+    """Teacher vs student (and exported forms) on one split: quality, size, latency, throughput,
+    peak memory (fresh process per form, unless ``memory=False``).
+
+    ``prune_vocab``: also a student keeping only the training text's tokens. ``prune_heads``:
+    also a student without that fraction of its attention heads, the least important by
+    gate-gradient importance (Michel et al. 2019) on the validation split, without retraining.
+    """
     from .compare import compare_models
     if config is None:
         raise KdflowError("compare needs --config CONFIG to know which data to score on")
@@ -426,12 +433,42 @@ def compare(teacher: str, student: str, config=None, overrides: Optional[list[st
                               "compare models of the same task")
         loaded.append((model, Featurizer(tok, cfg.data.max_length), measure_size(folder)))
     (t, t_feat, t_mb), (s, s_feat, s_mb) = loaded
+    if prune_heads and not 0.0 < prune_heads < 1.0:
+        raise KdflowError(f"--prune-heads is the fraction of heads to remove, between 0 and 1; got {prune_heads}")
+    work = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
     extra = ()
     if prune_vocab:
-        extra = (_pruned_student(s, s_feat.tokenizer, data, cfg, Path(out_dir or tempfile.mkdtemp())),)
+        extra += (_pruned_student(s, s_feat.tokenizer, data, cfg, work),)
+    if prune_heads:
+        extra += (_head_pruned_student(s, s_feat, data, cfg, prune_heads, work),)
     return compare_models(t, s, t_feat, s_feat, part, data.task, data.label_names, t_mb, s_mb, onnx=onnx, int8=int8,
-                          out_dir=Path(out_dir) if out_dir else None, threads=threads,
-                          latency_examples=latency_examples, repeats=repeats, extra_students=extra)
+                          out_dir=work, threads=threads, latency_examples=latency_examples, repeats=repeats,
+                          extra_students=extra, memory=memory)
+
+
+def _head_pruned_student(student, feat: Featurizer, data: TaskData, cfg: Config, fraction: float, out_dir: Path):
+    """The student without its least important ``fraction`` of attention heads (importance
+    from the validation split, never test), measured as it is: no retraining after pruning."""
+    import copy
+
+    import torch
+
+    from .compare import _batches
+    from .heads import head_importance, heads_to_prune, prune_heads
+    if data.task != "classification":
+        raise KdflowError("--prune-heads scores heads with the classification loss; it needs a classification task")
+    batches = _batches(data.validation, feat, 32)
+    targets = [torch.as_tensor(data.validation.targets[i:i + 32], dtype=torch.long)
+               for i in range(0, len(data.validation), 32)]
+    pruned = copy.deepcopy(student).cpu()
+    drop = heads_to_prune(head_importance(pruned, batches, targets), fraction)
+    prune_heads(pruned, drop)
+    name = f"student-heads{round(100 * fraction)}"
+    folder = out_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(pruned.state_dict(), folder / "weights.pt")
+    (folder / "pruned_heads.json").write_text(json.dumps({str(k): v for k, v in drop.items()}))
+    return name, pruned, feat, measure_size(folder)
 
 
 def _pruned_student(student, tokenizer, data: TaskData, cfg: Config, out_dir: Path):
@@ -454,7 +491,7 @@ def measure_size(folder) -> float:
 
 
 def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, latency_examples: int = 100,
-           repeats: int = 3, prune_vocab: bool = False) -> list[dict]:
+           repeats: int = 3, prune_vocab: bool = False, prune_heads: float = 0.0, memory: bool = True) -> list[dict]:
     """Export a run's student (ONNX and/or int8) into ``<run>/export`` and measure every form
     beside the teacher; the rows go into ``metrics.json`` under ``deploy``."""
     target = Path(run)
@@ -462,7 +499,8 @@ def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, lat
         raise KdflowError(f"'{run}' is not a run folder (no config.yaml); give runs/NAME")
     rows = compare(str(_run_parts(target, "teacher")), str(_run_parts(target, "student")), target / "config.yaml",
                    onnx=onnx, int8=int8, out_dir=str(target / "export"), threads=threads,
-                   latency_examples=latency_examples, repeats=repeats, prune_vocab=prune_vocab)
+                   latency_examples=latency_examples, repeats=repeats, prune_vocab=prune_vocab,
+                   prune_heads=prune_heads, memory=memory)
     path = target / "metrics.json"
     blob = json.loads(path.read_text()) if path.is_file() else {}
     blob["deploy"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

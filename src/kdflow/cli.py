@@ -38,14 +38,30 @@ def _overrides(args) -> list[str]:
     return args.overrides + (["run.quiet=true"] if getattr(args, "quiet", False) else [])
 
 
+def _print_run(role: str, entry: dict, args) -> None:
+    if not args.quiet:
+        from .config import load_config
+        from .console import run_table, show
+        show(run_table(role, entry, load_config(args.config, args.overrides).train.metric))
+
+
 def cmd_teach(args) -> dict:
     from .api import teach
-    return teach(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
+    entry = teach(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
+    _print_run("teacher", entry, args)
+    return entry
 
 
 def cmd_distill(args) -> dict:
     from .api import distill
-    return distill(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
+    entry = distill(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
+    _print_run("student", entry, args)
+    return entry
+
+
+def print_rows(rows: list) -> None:
+    from .console import rows_table, show
+    show(rows_table(rows))
 
 
 def cmd_evaluate(args) -> dict:
@@ -60,25 +76,27 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-examples", type=int, default=100,
                    help="examples timed one by one for latency p50/p95 (default: 100)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats; medians are reported (default: 3)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak-memory probe (a fresh process per model, a few seconds each; default: on)")
 
 
 def cmd_compare(args) -> list:
     from .api import compare
-    from .compare import table
     rows = compare(args.teacher, args.student, args.config, args.overrides, split=args.split, onnx=args.onnx,
-                   int8=args.int8, threads=args.threads, latency_examples=args.latency_examples, repeats=args.repeats)
-    print(table(rows))
+                   int8=args.int8, threads=args.threads, latency_examples=args.latency_examples, repeats=args.repeats,
+                   memory=args.memory)
+    print_rows(rows)
     return rows
 
 
 def cmd_export(args) -> list:
     from .api import export
-    from .compare import table
-    if not (args.onnx or args.int8 or args.prune_vocab):
-        raise KdflowError("export needs at least one of --onnx, --int8 and --prune-vocab")
+    if not (args.onnx or args.int8 or args.prune_vocab or args.prune_heads):
+        raise KdflowError("export needs at least one of --onnx, --int8, --prune-vocab and --prune-heads")
     rows = export(args.run, onnx=args.onnx, int8=args.int8, threads=args.threads,
-                  latency_examples=args.latency_examples, repeats=args.repeats, prune_vocab=args.prune_vocab)
-    print(table(rows))
+                  latency_examples=args.latency_examples, repeats=args.repeats, prune_vocab=args.prune_vocab,
+                  prune_heads=args.prune_heads, memory=args.memory)
+    print_rows(rows)
     print(f"exported to {args.run}/export; rows saved in {args.run}/metrics.json under 'deploy'")
     return rows
 
@@ -141,6 +159,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization, PyTorch and ONNX (default: off)")
     p.add_argument("--prune-vocab", action="store_true",
                    help="also a student keeping only the tokens of the training text, with every form (default: off)")
+    p.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
+                   help="also a student without this fraction of its least important attention heads "
+                        "(scored on validation, no retraining), with every form (default: 0, off)")
     _speed_options(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help="(re)write a run folder's report.md / report.html and plots")

@@ -3,15 +3,13 @@
 Quality comes from scikit-learn / scipy. Cost: parameters (total and without
 embeddings), size of the saved weights, CPU latency at batch 1 (p50 / p95 over
 real examples at their own length) and throughput at batch 64, after warm-up,
-with a fixed thread count, medians of several repeats, and the peak resident
-memory added while running inference.
+with a fixed thread count, medians of several repeats. Peak memory of inference
+is measured in a fresh process per model (:mod:`kdflow.memprobe`).
 """
 
 from __future__ import annotations
 
-import os
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -58,38 +56,6 @@ def files_size_mb(folder: "str | Path", patterns: Sequence[str] = ("*.safetensor
     return sum(f.stat().st_size for f in files) / 2 ** 20
 
 
-class _PeakRSS:
-    """Samples this process's resident memory in a thread; ``peak_mb`` is the growth over the start."""
-
-    def __init__(self, every: float = 0.002):
-        self.every, self.peak, self._stop = every, 0, threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        self.start = self.peak = self._rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(self.every)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def peak_mb(self) -> float:
-        return (self.peak - self.start) / 2 ** 20
-
-
 def time_calls(run: Callable[[dict], object], inputs: Sequence[dict], warmup: int, repeats: int) -> list[float]:
     """Seconds per call of ``run`` on each input, ``repeats`` passes after ``warmup`` passes over the first ones."""
     for x in inputs[:warmup]:
@@ -108,7 +74,7 @@ def latency_and_throughput(run: Callable[[dict], object], singles: Sequence[dict
     """p50/p95 latency (ms) at batch 1 and throughput (examples/s) at ``batch_size``, at ``threads`` threads.
 
     Each throughput repeat times all ``batches``; the median repeat is reported. Peak
-    memory is the resident growth while running the batches.
+    memory is measured separately, in a fresh process (:mod:`kdflow.memprobe`).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -117,16 +83,15 @@ def latency_and_throughput(run: Callable[[dict], object], singles: Sequence[dict
             lat = np.array(time_calls(run, singles, warmup, repeats)) * 1000
             time_calls(run, batches[:1], 1, 1)  # warm the larger shapes
             per_repeat = []
-            with _PeakRSS() as mem:
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    for b in batches:
-                        run(b)
-                    per_repeat.append(time.perf_counter() - t0)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for b in batches:
+                    run(b)
+                per_repeat.append(time.perf_counter() - t0)
         n = sum(len(next(iter(b.values()))) for b in batches)
         return {"latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p95": float(np.percentile(lat, 95)),
                 "throughput_per_s": n / statistics.median(per_repeat), "batch_size": batch_size,
-                "threads": threads, "repeats": repeats, "peak_memory_mb": round(mem.peak_mb, 1)}
+                "threads": threads, "repeats": repeats}
     finally:
         torch.set_num_threads(before)
 

@@ -1,0 +1,73 @@
+"""The short tables printed on the terminal at the end of a command (rich)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _console(width: Optional[int] = None) -> Console:
+    probe = Console()
+    return Console(width=width or (probe.width if probe.is_terminal else 200), highlight=False)
+
+
+def run_table(role: str, entry: dict, metric: str = "accuracy") -> Table:
+    """One run's outcome: size, training, validation and test quality, and the teacher beside it."""
+    t = Table(title=f"kdflow {'teach' if role == 'teacher' else 'distill'}: {role}", title_justify="left")
+    t.add_column("model")
+    t.add_column("parameters", justify="right")
+    t.add_column("best epoch", justify="right")
+    t.add_column("train s", justify="right")
+    t.add_column(f"val {metric}", justify="right")
+    split = "test" if "test" in entry else "validation"
+    for k in entry[split]:
+        t.add_column(f"{split} {k}", justify="right")
+    if "teacher_test" in entry:
+        t.add_column("retention", justify="right")
+        t.add_column("fewer params", justify="right")
+
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    row = [role, f"{entry.get('parameters', 0):,}", fmt(entry.get("best_epoch", "-")),
+           fmt(entry.get("train_seconds", "-")), fmt(entry["validation"].get(metric, float("nan")))]
+    row += [fmt(v) for v in entry[split].values()]
+    if "teacher_test" in entry:
+        base = entry["teacher_test"].get(metric)
+        row += [f"{entry['test'][metric] / base:.1%}" if base else "-", f"{entry.get('compression', 0):.1f}x"]
+        t.add_row(*row)
+        t.add_row("teacher", "", "", "", "", *[fmt(entry["teacher_test"].get(k, "-")) for k in entry[split]], "", "")
+    else:
+        t.add_row(*row)
+    return t
+
+
+ROW_COLUMNS = [("model", "model", "{}"), ("accuracy", "acc", "{:.4f}"), ("pearson", "pearson", "{:.4f}"),
+               ("f1_macro", "F1 macro", "{:.4f}"), ("size_mb", "MB", "{:.1f}"),
+               ("latency_ms_p50", "p50 ms", "{:.2f}"), ("latency_ms_p95", "p95 ms", "{:.2f}"),
+               ("throughput_per_s", "ex/s b64", "{:,.0f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
+               ("retention", "retention", "{:.1%}"), ("compression", "smaller", "{:.1f}x"),
+               ("speedup_p50", "faster", "{:.1f}x")]
+
+
+def rows_table(rows: list[dict], title: str = "teacher vs student (same split, same threads)") -> Table:
+    """Compare/export rows side by side, the teacher (reference) row in bold."""
+    cols = [c for c in ROW_COLUMNS if any(c[0] in r for r in rows)]
+    t = Table(title=title, title_justify="left")
+    for key, head, _ in cols:
+        t.add_column(head, justify="left" if key == "model" else "right", no_wrap=key == "model")
+    for r in rows:
+        t.add_row(*[fmt.format(r[k]) if k in r else "-" for k, _, fmt in cols],
+                  style="bold" if r is rows[0] else None)
+    return t
+
+
+def show(table: Table, width: Optional[int] = None) -> None:
+    """Print on the main process only."""
+    if os.environ.get("RANK", "0") == "0":
+        _console(width).print(table)
+
+
+__all__ = ["run_table", "rows_table", "show"]
