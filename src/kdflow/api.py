@@ -406,6 +406,16 @@ def _run_parts(target: Path, role: str):
     return folder
 
 
+def _run_teacher(target: Path) -> Path:
+    """The run's own fine-tuned teacher, else the saved teacher its config distilled from."""
+    if (target / "teacher").is_dir():
+        return _run_parts(target, "teacher")
+    name = load_config(target / "config.yaml").model.teacher.name
+    if name and (Path(name) / "config.json").is_file() and (Path(name) / LABELS).is_file():
+        return Path(name)
+    return _run_parts(target, "teacher")  # its error names the missing folder
+
+
 def compare(teacher: str, student: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",
             onnx: bool = False, int8: bool = False, out_dir: Optional[str] = None, threads: int = 1,
             latency_examples: int = 100, repeats: int = 3, prune_vocab: bool = False, prune_heads: float = 0.0,
@@ -497,7 +507,7 @@ def export(run: str, onnx: bool = True, int8: bool = True, threads: int = 1, lat
     target = Path(run)
     if not (target / "config.yaml").is_file():
         raise KdflowError(f"'{run}' is not a run folder (no config.yaml); give runs/NAME")
-    rows = compare(str(_run_parts(target, "teacher")), str(_run_parts(target, "student")), target / "config.yaml",
+    rows = compare(str(_run_teacher(target)), str(_run_parts(target, "student")), target / "config.yaml",
                    onnx=onnx, int8=int8, out_dir=str(target / "export"), threads=threads,
                    latency_examples=latency_examples, repeats=repeats, prune_vocab=prune_vocab,
                    prune_heads=prune_heads, memory=memory)

@@ -80,3 +80,133 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Ten
     if soft is None:
         return {"loss": hard, "loss_hard": hard}
     return {"loss": alpha * soft + (1.0 - alpha) * hard, "loss_kd": soft, "loss_hard": hard}
+
+
+# ------------------------------------------------------------ more logit losses
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+             temperature: float, alpha: float = 1.0, beta: float = 8.0,
+             mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """Decoupled KD (Zhao, Cui, Song, Qiu & Liang, CVPR 2022), logits ``[B, C]``, labels ``[B]``.
+
+    Hinton's KD splits into a target-class term and a non-target term:
+    ``KD = TCKD + (1 − p_t^T) · NCKD`` where, at temperature ``T``,
+
+    * TCKD = ``KL(b^T ‖ b^S)``, ``b = [p_target, 1 − p_target]`` (binary: how sure of the gold class),
+    * NCKD = ``KL(p̂^T ‖ p̂^S)``, ``p̂`` = the softmax over the non-target classes only.
+
+    DKD weights them freely: ``alpha · TCKD + beta · NCKD`` (times ``T²``), so the
+    "dark knowledge" among wrong classes is not suppressed when the teacher is
+    confident. Examples labelled -100 are skipped. Returns ``loss``, ``tckd``, ``nckd``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    valid = labels != IGNORE
+    if mask is not None:
+        valid = valid & mask.bool()
+    y = labels.clamp(min=0)
+    s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
+    gold = F.one_hot(y, s.shape[-1]).bool()
+    p_s, p_t = F.softmax(s, -1), F.softmax(t, -1)
+    eps = 1e-12
+    bs = torch.stack([p_s[gold], 1 - p_s[gold]], -1).clamp_min(eps)
+    bt = torch.stack([p_t[gold], 1 - p_t[gold]], -1).clamp_min(eps)
+    tckd = (bt * (bt.log() - bs.log())).sum(-1)
+    big = torch.finfo(s.dtype).max / 4  # remove the gold class from the non-target softmax
+    log_q_s = F.log_softmax(s.masked_fill(gold, -big), -1)
+    log_q_t = F.log_softmax(t.masked_fill(gold, -big), -1)
+    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).masked_fill(gold, 0.0).sum(-1)
+    tckd_m, nckd_m = _masked_mean(tckd, valid), _masked_mean(nckd, valid)
+    scale = temperature ** 2
+    return {"loss": scale * (alpha * tckd_m + beta * nckd_m), "tckd": scale * tckd_m, "nckd": scale * nckd_m}
+
+
+def multi_teacher_kd(student_logits: torch.Tensor, teacher_logits: "list[torch.Tensor]",
+                     weights: "Optional[list[float]]", temperature: float,
+                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """KD against the weighted average of several teachers' soft targets (each ``[B, C]``).
+
+    ``T² · KL(Σ_k w_k softmax(t_k/T) ‖ softmax(s/T))`` with ``w`` normalised to sum
+    to 1 (equal weights when ``None``). Averaging probabilities, not logits, keeps
+    each teacher's distribution intact (an ensemble's predictive distribution).
+    One teacher with weight 1 is exactly :func:`kd_loss`.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    w = torch.tensor(weights if weights is not None else [1.0] * len(teacher_logits), dtype=torch.float32)
+    if len(w) != len(teacher_logits) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("teacher weights must be one non-negative number per teacher, not all zero")
+    w = (w / w.sum()).to(student_logits.device)
+    p_t = sum(wk * F.softmax(t.float() / temperature, -1) for wk, t in zip(w, teacher_logits))
+    log_p_s = F.log_softmax(student_logits.float() / temperature, -1)
+    per_example = (p_t * (p_t.clamp_min(1e-12).log() - log_p_s)).sum(-1)
+    return _masked_mean(per_example, mask) * temperature ** 2
+
+
+# ------------------------------------------------------------ intermediate losses
+# Shapes: ``L`` tokens, ``D`` widths, ``H`` heads; ``token_mask`` ``[B, L]`` (1 = real token).
+
+def _token_mean(per_token: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    if token_mask is None:
+        return per_token.mean()
+    m = token_mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+
+
+def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+               token_mask: Optional[torch.Tensor] = None, projection: Optional[torch.nn.Module] = None
+               ) -> torch.Tensor:
+    """FitNets (Romero et al. 2015) / TinyBERT (Jiao et al. 2020) hidden-state loss.
+
+    ``mean over real tokens of mean_d (W·h_s − h_t)²`` with ``h_s: [B, L, D_s]``,
+    ``h_t: [B, L, D_t]``. ``projection`` (a learned ``D_s → D_t`` linear map,
+    trained with the student) is required when the widths differ.
+    """
+    s = student_hidden.float() if projection is None else projection(student_hidden.float())
+    if s.shape[-1] != teacher_hidden.shape[-1]:
+        raise ValueError(f"hidden widths differ ({s.shape[-1]} vs {teacher_hidden.shape[-1]}); give a projection")
+    return _token_mean(((s - teacher_hidden.float()) ** 2).mean(-1), token_mask)
+
+
+def cosine_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                       token_mask: Optional[torch.Tensor] = None,
+                       projection: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """DistilBERT's cosine embedding loss (Sanh et al. 2019): ``1 − cos(W·h_s, h_t)`` per
+    real token, averaged. Aligns directions of the hidden states, not their scale."""
+    s = student_hidden.float() if projection is None else projection(student_hidden.float())
+    if s.shape[-1] != teacher_hidden.shape[-1]:
+        raise ValueError(f"hidden widths differ ({s.shape[-1]} vs {teacher_hidden.shape[-1]}); give a projection")
+    return _token_mean(1.0 - F.cosine_similarity(s, teacher_hidden.float(), dim=-1, eps=1e-8), token_mask)
+
+
+def pkd_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor,
+             projection: Optional[torch.nn.Module] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Patient KD (Sun et al. 2019): ``‖ h_s/‖h_s‖₂ − h_t/‖h_t‖₂ ‖²₂`` on the [CLS]
+    states ``[B, D]`` of matched layers, averaged over examples. Normalising makes
+    it scale-free; its value lies in ``[0, 4]``."""
+    s = student_cls.float() if projection is None else projection(student_cls.float())
+    if s.shape[-1] != teacher_cls.shape[-1]:
+        raise ValueError(f"[CLS] widths differ ({s.shape[-1]} vs {teacher_cls.shape[-1]}); give a projection")
+    d = F.normalize(s, dim=-1, eps=1e-8) - F.normalize(teacher_cls.float(), dim=-1, eps=1e-8)
+    return _masked_mean((d ** 2).sum(-1), mask)
+
+
+def attention_kl(student_attention: torch.Tensor, teacher_attention: torch.Tensor,
+                 token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention-distribution KL (TinyBERT uses MSE of the maps; MiniLM the KL of the
+    distributions, which we follow): ``KL(A_t[q] ‖ A_s[q])`` for every head and every
+    real query ``q``, averaged. Maps are ``[B, H, L, L]`` softmax rows over keys.
+
+    When the head counts differ, each model's heads are averaged first (one map per
+    layer). Padded queries are excluded; padded keys carry (near-)zero probability in
+    both maps and are skipped by the mask.
+    """
+    s, t = student_attention.float(), teacher_attention.float()
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+    eps = 1e-12
+    per = t * (t.clamp_min(eps).log() - s.clamp_min(eps).log())
+    if token_mask is not None:
+        per = per * token_mask[:, None, None, :].to(per.dtype)  # keys
+    per_query = per.sum(-1).mean(1)  # [B, L]: sum over keys, mean over heads
+    return _token_mean(per_query, token_mask)

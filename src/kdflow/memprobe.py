@@ -6,9 +6,12 @@ child process imports only what the form needs (``torch`` and the model's
 module, or ``onnxruntime`` alone for ONNX), records its resident memory as the
 baseline, loads the model, runs the batches and reports its high-water mark.
 
-``peak_rss_mb`` is what the deployed process holds at its worst (runtime
-included); ``peak_memory_mb`` is the part added by loading the model and running
-inference (peak minus the baseline after imports).
+``peak_rss_mb`` is what the deployed process holds at its worst (runtime and
+library code included); ``peak_memory_mb`` is the anonymous (heap) memory added by
+loading the model and running inference: the highest ``RssAnon`` seen by a
+sampling thread minus its value after the imports. Code pages that the first
+call of each kernel faults in are left out of it: they vary from run to run and
+are not the model's.
 
 Child usage (internal)::
 
@@ -18,24 +21,53 @@ Child usage (internal)::
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def _anon_mb() -> float:
+    """Anonymous resident memory (heap: weights, activations, arenas), without the code
+    pages of the libraries, which the first call of each kernel faults in."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class _AnonPeak:
+    """Highest anonymous resident memory seen by a sampling thread (every ``every`` s)."""
+
+    def __init__(self, every: float = 0.0005):
+        self.every, self.peak, self._stop = every, 0.0, threading.Event()
+
+    def __enter__(self) -> "_AnonPeak":
+        self.peak = _anon_mb()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _anon_mb())
+            time.sleep(self.every)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _anon_mb())
 
 
 def save_inputs(batches: Sequence[dict], path: "str | Path") -> Path:
@@ -60,11 +92,12 @@ def _child(kind: str, model_file: str, inputs: str, threads: int, module: Option
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        base = _rss_mb()
-        sess = ort.InferenceSession(model_file, opts, providers=["CPUExecutionProvider"])
-        names = {i.name for i in sess.get_inputs()}
-        for b in batches:
-            sess.run(None, {k: v.astype(np.int64) for k, v in b.items() if k in names})
+        with _AnonPeak() as mem:
+            base = mem.peak
+            sess = ort.InferenceSession(model_file, opts, providers=["CPUExecutionProvider"])
+            names = {i.name for i in sess.get_inputs()}
+            for b in batches:
+                sess.run(None, {k: v.astype(np.int64) for k, v in b.items() if k in names})
     else:
         import importlib
 
@@ -72,13 +105,14 @@ def _child(kind: str, model_file: str, inputs: str, threads: int, module: Option
         torch.set_num_threads(threads)
         for name in filter(None, (module or "").split(",")):
             importlib.import_module(name)  # the model's classes: their import cost is not the model's
-        base = _rss_mb()
-        model = torch.load(model_file, weights_only=False, map_location="cpu").eval()
-        with torch.inference_mode():
-            for b in batches:
-                model(**{k: torch.from_numpy(v) for k, v in b.items()})
-    peak = _peak_mb()
-    return {"peak_rss_mb": round(peak, 1), "baseline_mb": round(base, 1), "peak_memory_mb": round(peak - base, 1)}
+        with _AnonPeak() as mem:
+            base = mem.peak
+            model = torch.load(model_file, weights_only=False, map_location="cpu").eval()
+            with torch.inference_mode():
+                for b in batches:
+                    model(**{k: torch.from_numpy(v) for k, v in b.items()})
+    return {"peak_rss_mb": round(_peak_mb(), 1), "baseline_anon_mb": round(base, 1),
+            "peak_memory_mb": round(mem.peak - base, 1)}
 
 
 def probe(kind: str, model_file: "str | Path", inputs_file: "str | Path", threads: int = 1,
