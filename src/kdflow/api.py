@@ -273,34 +273,56 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     ctx.log.info(f"[distill] mode {dc.mode}, T={dc.temperature}, alpha={dc.alpha}; teacher {source} "
                  f"({n_t:,} params) -> student {type(student).__name__} ({n_s:,} params, {n_t / n_s:.1f}x fewer)")
 
-    distiller = Distiller(teacher, dc.mode, dc.temperature, dc.alpha, d.task)
+    pairs = _layer_map(ctx, teacher, student, t_feat) if dc.intermediate and dc.alpha > 0 else []
+    if dc.extra_teachers and dc.mode != "offline":
+        raise KdflowError("distill.extra_teachers averages cached soft targets, so it needs distill.mode: offline")
+    weights = [dc.teacher_weight] + [e.weight for e in dc.extra_teachers] if dc.extra_teachers else None
+    distiller = Distiller(teacher, dc.mode, dc.temperature, dc.alpha, d.task, logit_loss=dc.logit_loss,
+                          dkd_alpha=dc.dkd_alpha, dkd_beta=dc.dkd_beta, pairs=pairs, teacher_weights=weights)
     train_dl = loader(d.train, make_collate(d.train, s_feat, t_feat), cfg.train.batch_size, True, cfg.train.seed)
+    cache_root = Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run.output_dir) / ".teacher_cache"
     cache, on_epoch_start, t_test = None, None, None
     if distiller.uses_teacher and dc.mode != "guide":
         teacher.to(acc.device)  # moved, never prepared: no DDP wrapper around a frozen teacher
         fp = models.fingerprint(teacher, f"max_length={cfg.data.max_length};tok={_tok_id(tokenizer)};"
                                          f"precision={cfg.train.mixed_precision}")
-        cache = TeacherCache(Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run.output_dir) / ".teacher_cache", fp)
+        cache = TeacherCache(cache_root, fp)
         if dc.mode == "offline":
             distiller.set_targets(teacher_logits(ctx, teacher, d.train, t_feat, cache))
             ctx.log.info(f"[distill] teacher outputs: {cache.computed} computed, {cache.served} from cache "
                          f"{cache.folder}")
+            distiller.extra_targets = _extra_teacher_targets(ctx, cache_root)
         if d.test is not None:  # for the side-by-side table; scored only at the end
             t_test = teacher_logits(ctx, teacher, d.test, t_feat, cache).numpy()
-        if dc.mode == "offline" and acc.device.type != "cpu":
+        if dc.mode == "offline" and acc.device.type != "cpu" and not pairs:
             teacher.to("cpu")  # its outputs are cached: free the accelerator for the student
     elif dc.mode == "guide":
         on_epoch_start = _guide_hook(ctx, teacher, distiller, t_feat, resume)
 
+    model = student
+    if pairs:
+        from .distiller import FeatureStudent, feature_widths
+        teacher.to(acc.device)
+        probe = next(iter(loader(d.train.subset(list(range(min(4, len(d.train))))),
+                                 make_collate(d.train, s_feat, t_feat), 4, shuffle=False)))
+        model = FeatureStudent(student, pairs, feature_widths(student, teacher, pairs, probe))
+        if model.projections:
+            ctx.log.info(f"[distill] learned projections student->teacher width: {', '.join(model.projections)}")
     signature = {"train_examples": len(d.train), "mode": dc.mode, "alpha": dc.alpha, "temperature": dc.temperature,
-                 "guide_every": dc.guide_every, "student": cfg.model.student.model_dump(mode="json")}
-    result = fit(student, distiller, train_dl, _eval_fn(ctx, d.validation, s_feat, cfg.train.eval_batch_size),
+                 "guide_every": dc.guide_every, "student": cfg.model.student.model_dump(mode="json"),
+                 "logit_loss": dc.logit_loss, "layers": [p.name for p in pairs],
+                 "extra_teachers": [e.name for e in dc.extra_teachers]}
+    result = fit(model, distiller, train_dl, _eval_fn(ctx, d.validation, s_feat, cfg.train.eval_batch_size),
                  cfg.train, acc, ctx.log, cfg.run_dir / "checkpoints" / "student", "student", resume, on_epoch_start,
                  signature)
-    student = acc.unwrap_model(student)
+    student = acc.unwrap_model(model)
+    if pairs:
+        student = student.student
     if acc.is_main_process:
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
-    info = {"mode": dc.mode, "temperature": dc.temperature, "alpha": dc.alpha,
+    info = {"mode": dc.mode, "temperature": dc.temperature, "alpha": dc.alpha, "logit_loss": dc.logit_loss,
+            "layers": [{"student": p.student, "teacher": p.teacher, "kind": p.kind, "weight": p.weight}
+                       for p in pairs], "teachers": 1 + len(dc.extra_teachers),
             "teacher_examples_computed": cache.computed if cache else None,
             "teacher_calls_in_loop": distiller.teacher_calls, "target_refreshes": distiller.refreshes}
     entry = _final_metrics(ctx, student, s_feat, result, distill=info, compression=round(n_t / n_s, 2))
@@ -311,6 +333,87 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     ctx.log.info(f"[student] saved to {cfg.run_dir / 'student'}; " + _summary(entry)
                  + (f"; teacher test {entry['teacher_test'][cfg.train.metric]:.4f}" if "teacher_test" in entry else ""))
     return entry
+
+
+def _layer_map(ctx: Context, teacher, student, t_feat: Featurizer) -> list:
+    """The resolved layer map of distill.layers (``auto:K`` scores the teacher's blocks first)."""
+    from .distiller import use_eager_attention
+    from .layers import num_blocks, resolve
+    dc = ctx.cfg.distill
+    spec = dc.layers if isinstance(dc.layers, str) else [e.model_dump() for e in dc.layers]
+    named = isinstance(spec, str)
+    n_s = num_blocks(student) if named else 0
+    n_t = num_blocks(teacher) if named else 0
+    if not named:  # explicit maps may use module paths; block indices are checked against the models
+        n_s = num_blocks(student) if any(isinstance(e["student"], int) for e in spec) else 10 ** 6
+        n_t = num_blocks(teacher) if any(isinstance(e["teacher"], int) for e in spec) else 10 ** 6
+    ranking = None
+    if named and spec.startswith("auto:"):
+        ranking = layer_scores(ctx, teacher, t_feat)["ranking"]
+    pairs = resolve(spec, n_s, n_t, dict(dc.layer_losses), ranking)
+    if not pairs:
+        raise KdflowError("distill.intermediate is on but the layer map is empty: give distill.layer_losses a "
+                          "positive weight (hidden, attention, pkd or cosine)")
+    if any(p.kind == "attention" for p in pairs):
+        use_eager_attention(teacher)
+        use_eager_attention(student)
+    ctx.log.info("[distill] layer map (student block <- teacher block, kind x weight): "
+                 + "; ".join(f"{p.student}<-{p.teacher} {p.kind}x{p.weight:g}" for p in pairs))
+    return pairs
+
+
+def layer_scores(ctx: Context, teacher, t_feat: Featurizer) -> dict:
+    """The teacher's block scores (kdflow.critical), cached in ``<run>/layers`` per teacher."""
+    from .critical import load_scores, save_scores, score_layers
+    dc, d = ctx.cfg.distill, ctx.data
+    if d.task != "classification":
+        raise KdflowError("layer scoring (auto:K, kdflow layers) needs a classification task")
+    fp = models.fingerprint(teacher, f"max_length={ctx.cfg.data.max_length};n={dc.layer_score_examples}")
+    folder = ctx.cfg.run_dir / "layers"
+    found = load_scores(folder, fp, dc.layer_score)
+    if found is not None:
+        ctx.log.info(f"[layers] block scores from {folder / 'layers.json'}; ranking {found['ranking']}")
+        return found
+    from .data import stratified_sample
+    n = dc.layer_score_examples
+    fit_part = d.train.subset(stratified_sample(d.train.targets, min(n, len(d.train)), ctx.cfg.data.seed, True))
+    ev = d.validation
+    eval_part = ev.subset(stratified_sample(ev.targets, n, ctx.cfg.data.seed, True)) if len(ev) > n else ev
+
+    def batches(part):
+        return [b["inputs"] for b in loader(part, make_collate(part, t_feat), 64, shuffle=False)]
+    teacher = teacher.cpu().eval()
+    ctx.log.info(f"[layers] scoring the teacher's blocks on {len(fit_part)} train / {len(eval_part)} validation "
+                 "examples")
+    scores = score_layers(teacher, batches(fit_part), fit_part.targets, batches(eval_part), eval_part.targets,
+                          dc.layer_score, progress=lambda m: ctx.log.info(f"[layers] {m}"))
+    if ctx.acc.is_main_process:
+        save_scores(scores, folder, fp)
+    ctx.log.info(f"[layers] ranking by {dc.layer_score}: {scores['ranking']}")
+    return scores
+
+
+def _extra_teacher_targets(ctx: Context, cache_root: Path) -> list:
+    """Cached logits of distill.extra_teachers on the training split (multi-teacher KD)."""
+    out = []
+    for e in ctx.cfg.distill.extra_teachers:
+        model, tok, labels, task = models.load_saved(e.name)
+        if labels != ctx.data.label_names or task != ctx.data.task:
+            raise KdflowError(f"Extra teacher '{e.name}' was trained for other labels than this data's; give "
+                              "teachers fine-tuned on exactly these labels")
+        feat = Featurizer(tok, ctx.cfg.data.max_length)
+        fp = models.fingerprint(model, f"max_length={ctx.cfg.data.max_length};tok={_tok_id(tok)};"
+                                       f"precision={ctx.cfg.train.mixed_precision}")
+        cache = TeacherCache(cache_root, fp)
+        out.append(teacher_logits(ctx, freeze_model(model), ctx.data.train, feat, cache))
+        ctx.log.info(f"[distill] extra teacher {e.name} (weight {e.weight:g}): {cache.computed} computed, "
+                     f"{cache.served} from cache")
+    return out
+
+
+def freeze_model(model):
+    from .distiller import freeze
+    return freeze(model)
 
 
 def _tok_id(tokenizer) -> str:

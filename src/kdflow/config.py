@@ -123,6 +123,27 @@ class DataConfig(Strict):
         return self
 
 
+class LayerEntry(Strict):
+    """One explicit pair: a block index (0-based) or a module path on each side."""
+
+    student: "int | str"
+    teacher: "int | str"
+    kind: Literal["hidden", "attention", "pkd", "cosine"] = "hidden"
+    weight: float = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _attention_needs_blocks(self) -> "LayerEntry":
+        if self.kind == "attention" and (isinstance(self.student, str) or isinstance(self.teacher, str)):
+            raise ValueError("kind attention pairs blocks by index (attention maps come from the encoder), "
+                             "not module paths")
+        return self
+
+
+class ExtraTeacher(Strict):
+    name: str
+    weight: float = Field(1.0, ge=0.0)
+
+
 class DistillConfig(Strict):
     """Hinton distillation: ``alpha * KD(T) + (1 - alpha) * CE``; MSE for regression.
 
@@ -137,6 +158,42 @@ class DistillConfig(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     guide_every: int = Field(1, ge=1)
     cache_dir: Optional[str] = None
+    # logit loss: Hinton KD, or Decoupled KD (Zhao et al. 2022) weighting its target / non-target parts
+    logit_loss: Literal["hinton", "dkd"] = "hinton"
+    dkd_alpha: float = Field(1.0, ge=0.0)
+    dkd_beta: float = Field(8.0, ge=0.0)
+    # multi-teacher: further fine-tuned teachers (saved folders) whose soft targets are averaged in
+    extra_teachers: list[ExtraTeacher] = Field(default_factory=list)
+    teacher_weight: float = Field(1.0, ge=0.0)
+    # critical-layer (intermediate) distillation; off unless intermediate: true
+    intermediate: bool = False
+    layers: Any = "last:3"
+    layer_losses: dict[Literal["hidden", "attention", "pkd", "cosine"], float] = Field(
+        default_factory=lambda: {"hidden": 1.0, "attention": 1.0})
+    layer_score: Literal["drop", "probe"] = "drop"
+    layer_score_examples: int = Field(1000, ge=20)
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_map(cls, v):
+        import re
+        if isinstance(v, str):
+            if not re.fullmatch(r"(last|auto):[1-9]\d*|uniform|skip", v):
+                raise ValueError(f"'{v}' is not a layer map; use last:K, auto:K, uniform, skip or a list of "
+                                 "{student, teacher, kind, weight}")
+            return v
+        if isinstance(v, list):
+            return [LayerEntry.model_validate(e) if not isinstance(e, LayerEntry) else e for e in v]
+        raise ValueError("give a layer map name (last:3, auto:3, uniform, skip) or a list of "
+                         "{student, teacher, kind, weight}")
+
+    @field_validator("layer_losses")
+    @classmethod
+    def _weights(cls, v):
+        bad = {k: w for k, w in v.items() if w < 0}
+        if bad:
+            raise ValueError(f"layer loss weights must be >= 0, got {bad}")
+        return v
 
 
 class TrainConfig(Strict):

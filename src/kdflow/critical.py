@@ -1,0 +1,143 @@
+"""Which teacher layers matter: scores for every block, on a small labelled sample.
+
+Two scores per block ``i`` (0-based), both on held-out examples (a validation
+sample, never test):
+
+* ``drop``: how much the teacher's accuracy falls when block ``i`` is skipped
+  (the block removed from the layer list, everything else unchanged) — the
+  teacher's own reliance on the block;
+* ``probe``: accuracy of a logistic-regression probe (scikit-learn) fitted on the
+  block's mean-pooled output for a training sample — how linearly decodable the
+  task is at that depth.
+
+``ranking`` orders the blocks by the chosen score, highest first (ties: the later
+block first); ``distill.layers: auto:K`` distils the top ``K``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import KdflowError
+
+
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    from .models import _layer_list as find
+    if hasattr(model, "layers") and isinstance(model.layers, nn.ModuleList):
+        return model.layers
+    return find(model)[1]
+
+
+@torch.no_grad()
+def _pooled_states(model: nn.Module, batches: list[dict]) -> list[np.ndarray]:
+    """Per block: ``[N, D]`` mean of its output over real tokens."""
+    per_layer: Optional[list[list[np.ndarray]]] = None
+    for b in batches:
+        out = model(**b, output_hidden_states=True)
+        states = out.hidden_states[1:]
+        mask = b.get("attention_mask")
+        keep = (mask if mask is not None else torch.ones(states[0].shape[:2])).unsqueeze(-1).float()
+        pooled = [((h.float() * keep).sum(1) / keep.sum(1).clamp(min=1)).numpy() for h in states]
+        per_layer = [[p] for p in pooled] if per_layer is None else [acc + [p] for acc, p in zip(per_layer, pooled)]
+    return [np.concatenate(chunks) for chunks in per_layer or []]
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, batches: list[dict], targets: np.ndarray) -> float:
+    pred = np.concatenate([model(**b).logits.argmax(-1).numpy() for b in batches])
+    return float((pred == targets).mean())
+
+
+def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarray, eval_batches: list[dict],
+                 eval_targets: np.ndarray, method: str = "drop",
+                 progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Scores of every block of a classifier ``model`` (frozen, CPU or its device)."""
+    if method not in ("drop", "probe"):
+        raise KdflowError(f"layer scoring method '{method}' is unknown; use drop or probe")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    was = model.training
+    model.eval()
+    layers = _layer_list(model)
+    blocks = list(layers)
+    base = _accuracy(model, eval_batches, eval_targets)
+    drop = []
+    try:
+        for i in range(len(blocks)):
+            layers._modules.clear()
+            for j, blk in enumerate(b for k, b in enumerate(blocks) if k != i):
+                layers._modules[str(j)] = blk
+            drop.append(base - _accuracy(model, eval_batches, eval_targets))
+            if progress:
+                progress(f"block {i}: accuracy without it {base - drop[-1]:.4f}")
+    finally:
+        layers._modules.clear()
+        for j, blk in enumerate(blocks):
+            layers._modules[str(j)] = blk
+        model.train(was)
+    probe = []
+    fit_x, eval_x = _pooled_states(model, fit_batches), _pooled_states(model, eval_batches)
+    for i, (fx, ex) in enumerate(zip(fit_x, eval_x)):
+        scaler = StandardScaler().fit(fx)
+        clf = LogisticRegression(max_iter=500).fit(scaler.transform(fx), fit_targets)
+        probe.append(float(clf.score(scaler.transform(ex), eval_targets)))
+        if progress:
+            progress(f"block {i}: probe accuracy {probe[-1]:.4f}")
+    score = drop if method == "drop" else probe
+    ranking = sorted(range(len(blocks)), key=lambda i: (score[i], i), reverse=True)
+    return {"blocks": len(blocks), "base_accuracy": base, "drop": drop, "probe": probe, "method": method,
+            "ranking": ranking, "fit_examples": int(len(fit_targets)), "eval_examples": int(len(eval_targets))}
+
+
+def plot_scores(scores: dict, path: "str | Path") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = scores["blocks"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].bar(range(n), scores["drop"], color="#c44e52")
+    axes[0].set(title="accuracy lost without the block", xlabel="teacher block", ylabel="accuracy drop")
+    axes[1].bar(range(n), scores["probe"], color="#4c72b0")
+    axes[1].set(title="linear probe on the block's output", xlabel="teacher block", ylabel="probe accuracy",
+                ylim=(0, 1))
+    for ax in axes:
+        ax.set_xticks(range(n))
+    top = set(scores["ranking"][:3])
+    for i in top:
+        axes[0 if scores["method"] == "drop" else 1].patches[i].set_edgecolor("black")
+        axes[0 if scores["method"] == "drop" else 1].patches[i].set_linewidth(2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_scores(scores: dict, folder: "str | Path", fingerprint: str) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "layers.json"
+    path.write_text(json.dumps({**scores, "teacher_fingerprint": fingerprint}, indent=2))
+    plot_scores(scores, folder / "layers.png")
+    return path
+
+
+def load_scores(folder: "str | Path", fingerprint: str, method: str) -> Optional[dict]:
+    path = Path(folder) / "layers.json"
+    if not path.is_file():
+        return None
+    blob = json.loads(path.read_text())
+    if blob.get("teacher_fingerprint") != fingerprint:
+        return None
+    score = blob[method]  # both scores are stored: re-rank by the one asked for
+    return {**blob, "method": method,
+            "ranking": sorted(range(blob["blocks"]), key=lambda i: (score[i], i), reverse=True)}
+
+
+__all__ = ["score_layers", "plot_scores", "save_scores", "load_scores"]
