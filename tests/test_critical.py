@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 import kdflow
 from conftest import tiny_config
