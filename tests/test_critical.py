@@ -113,3 +113,22 @@ def test_layer_map_errors_are_one_sentence(taught, intents_json, tiny_bert):
         _run(taught, intents_json, tiny_bert, "bad4", mode="online", extra_teachers=[{"name": taught[0]}])
     with pytest.raises(KdflowError, match="k must be between 1"):
         _run(taught, intents_json, tiny_bert, "bad5", intermediate=True, layers="last:5")
+
+
+def test_layers_command_prints_the_ranking(taught, intents_json, tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    teacher, _ = taught
+    raw = tiny_config(tiny_bert, intents_json, tmp_path, "cli", model={"teacher": {"name": teacher}})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "kdflow", "layers", str(tmp_path / "c.yaml"), "--method", "probe",
+                          "--examples", "40"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores = json.loads((tmp_path / "cli" / "layers" / "layers.json").read_text())
+    assert scores["method"] == "probe" and scores["probe"][scores["ranking"][0]] == max(scores["probe"])
+    assert "linear-probe accuracy" in out.stdout and "auto:3" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "kdflow", "layers", str(tmp_path / "c.yaml"), "--teacher",
+                          str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

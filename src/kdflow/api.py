@@ -465,6 +465,34 @@ def _guide_hook(ctx: Context, teacher, distiller: Distiller, t_feat: Featurizer,
     return on_epoch_start
 
 
+# ------------------------------------------------------------------ layers
+
+def layers(config, overrides: Optional[list[str]] = None, teacher: Optional[str] = None,
+           method: Optional[str] = None, examples: Optional[int] = None) -> dict:
+    """Score every block of the teacher (drop-layer impact and linear-probe accuracy on a
+    train / validation sample) and rank them; writes ``<run>/layers/layers.json`` and
+    ``layers.png``. ``distill.layers: auto:K`` then uses the top ``K``."""
+    extra = list(overrides or [])
+    if method:
+        extra.append(f"distill.layer_score={method}")
+    if examples:
+        extra.append(f"distill.layer_score_examples={examples}")
+    cfg = load_config(config, extra)
+    _check_inputs(cfg)
+    acc = make_accelerator(cfg.train)
+    data = load_data(cfg.data)
+    ctx = Context(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
+    if teacher:
+        model, tok, labels, _ = models.load_saved(teacher)
+        if labels != data.label_names:
+            raise KdflowError(f"The teacher in '{teacher}' was trained for other labels than this data's; give a "
+                              "teacher fine-tuned on exactly these labels")
+    else:
+        model, tok, _ = _load_teacher(ctx)
+    scores = layer_scores(ctx, model, _featurizer(cfg.model.teacher, tok, cfg.data.max_length))
+    return {**scores, "folder": str(cfg.run_dir / "layers")}
+
+
 # ------------------------------------------------------------------ evaluate
 
 def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",

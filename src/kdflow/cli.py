@@ -1,4 +1,5 @@
-"""``kdflow teach | distill | evaluate | config``: one thin function per subcommand over the API."""
+"""``kdflow teach | distill | evaluate | compare | export | layers | report | config``: one thin function
+per subcommand over the API."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       init_from_teacher, teacher_layers, input_dim, name
   data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
                       label_column, task (classification|regression), max_length, validation_fraction
-  distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir
+  distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir,
+                      logit_loss (hinton|dkd), dkd_alpha (1.0), dkd_beta (8.0), extra_teachers ([{name, weight}]),
+                      teacher_weight (1.0), intermediate (false), layers (last:3 | auto:K | uniform | skip |
+                      [{student, teacher, kind, weight}]), layer_losses ({hidden: 1.0, attention: 1.0}; also pkd,
+                      cosine), layer_score (drop|probe), layer_score_examples (1000)
   train.* / teach.*   epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, patience,
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
   run.*               name (kdflow), output_dir (runs), quiet
@@ -101,6 +106,24 @@ def cmd_export(args) -> list:
     return rows
 
 
+def cmd_layers(args) -> dict:
+    from rich.table import Table
+
+    from .api import layers
+    from .console import show
+    out = layers(args.config, args.overrides, teacher=args.teacher, method=args.method, examples=args.examples)
+    t = Table(title=f"teacher blocks, ranked by {out['method']} (base accuracy {out['base_accuracy']:.4f})",
+              title_justify="left")
+    for col in ("rank", "block", "accuracy drop without it", "linear-probe accuracy"):
+        t.add_column(col, justify="right")
+    for rank, i in enumerate(out["ranking"], 1):
+        t.add_row(str(rank), str(i), f"{out['drop'][i]:+.4f}", f"{out['probe'][i]:.4f}")
+    show(t)
+    print(f"scores in {out['folder']}/layers.json, plot {out['folder']}/layers.png; "
+          f"distill.layers: auto:3 distils the top 3")
+    return out
+
+
 def cmd_report(args) -> dict:
     from pathlib import Path
 
@@ -123,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{teach,distill,evaluate,compare,export,report,config}")
+                             metavar="{teach,distill,evaluate,compare,export,layers,report,config}")
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("teach", help="fine-tune the teacher on the labelled data (saves RUN/teacher)",
                        epilog=EPILOG, formatter_class=fmt)
@@ -164,6 +187,17 @@ def parser() -> argparse.ArgumentParser:
                         "(scored on validation, no retraining), with every form (default: 0, off)")
     _speed_options(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("layers", help="score and rank the teacher's blocks (drop-layer impact, linear probe)")
+    p.add_argument("config", help="YAML config naming the data (and the teacher, or use --teacher)")
+    p.add_argument("--teacher", default=None,
+                   help="saved teacher folder (default: the run's fine-tuned teacher, else model.teacher.name)")
+    p.add_argument("--method", default=None, choices=["drop", "probe"],
+                   help="score that ranks the blocks (default: distill.layer_score, drop)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="train and validation examples used (default: distill.layer_score_examples, 1000)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable; default: none)")
+    p.set_defaults(func=cmd_layers)
     p = sub.add_parser("report", help="(re)write a run folder's report.md / report.html and plots")
     p.add_argument("run", help="run folder (runs/NAME)")
     p.set_defaults(func=cmd_report)
