@@ -132,3 +132,24 @@ def test_layers_command_prints_the_ranking(taught, intents_json, tiny_bert, tmp_
     bad = subprocess.run([sys.executable, "-m", "kdflow", "layers", str(tmp_path / "c.yaml"), "--teacher",
                           str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_student_built_from_the_most_critical_teacher_block(taught, intents_json, tiny_bert):
+    teacher, out = taught
+    raw = tiny_config(tiny_bert, intents_json, out, "fromteacher", train={"epochs": 1, "lr": 1e-9},
+                      model={"teacher": {"name": teacher},
+                             "student": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+                                         "init_from_teacher": True, "teacher_layers": "auto", "dropout": 0.0}},
+                      distill={"alpha": 0.0, "layer_score_examples": 40})
+    kdflow.distill(raw)
+    scores = json.loads((out / "fromteacher" / "layers" / "layers.json").read_text())
+    best = scores["ranking"][0]
+    t = kdflow.models.load_saved(teacher)[0].bert.encoder.layer[best]
+    s = kdflow.models.load_saved(out / "fromteacher" / "student")[0].bert.encoder.layer[0]
+    # lr 1e-9 for one epoch: the copied block is still (numerically) the teacher's
+    assert (s.output.dense.weight - t.output.dense.weight).abs().max() < 1e-5
+    assert f"most critical teacher blocks: [{best}]" in (out / "fromteacher" / "log.txt").read_text()
+    raw["model"]["student"]["init_from_teacher"] = False
+    raw["run"]["name"] = "fromteacher2"
+    with pytest.raises(KdflowError, match="needs model.student.init_from_teacher"):
+        kdflow.distill(raw)

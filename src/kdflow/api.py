@@ -227,6 +227,15 @@ def _build_student(ctx: Context, teacher, tokenizer):
 
 def _new_student(ctx: Context, teacher, tokenizer):
     spec, d = ctx.cfg.model.student, ctx.data
+    if spec.teacher_layers == "auto":
+        if not spec.init_from_teacher:
+            raise KdflowError("model.student.teacher_layers: auto picks the teacher blocks to copy, so it needs "
+                              "model.student.init_from_teacher: true")
+        n = spec.num_layers or 2
+        t_feat = _featurizer(ctx.cfg.model.teacher, tokenizer, ctx.cfg.data.max_length)
+        chosen = sorted(layer_scores(ctx, teacher, t_feat)["ranking"][:n])
+        ctx.log.info(f"[student] initialised from the {n} most critical teacher blocks: {chosen}")
+        spec = spec.model_copy(update={"teacher_layers": chosen, "num_layers": n})
     if spec.kind == "encoder":
         return models.build_encoder_student(spec, d.num_labels, tokenizer, ctx.cfg.data.max_length), tokenizer
     if spec.name:

@@ -44,7 +44,7 @@ class ModelSpec(Strict):
     intermediate_size: Optional[int] = Field(None, ge=8)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     init_from_teacher: bool = False
-    teacher_layers: Optional[list[int]] = None
+    teacher_layers: Optional["list[int] | Literal['auto']"] = None  # auto: the top blocks of kdflow layers
     input_dim: Optional[int] = Field(None, ge=1)
     prune_vocab: bool = False  # student: keep only the tokens of the training text (own, smaller tokenizer)
     trust_remote_code: bool = False
@@ -56,9 +56,10 @@ class ModelSpec(Strict):
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}; "
                 "pick num_heads that divides it"
             )
-        if self.teacher_layers is not None and self.num_layers is None:
+        listed = isinstance(self.teacher_layers, list)
+        if listed and self.num_layers is None:
             self.num_layers = len(self.teacher_layers)  # one student layer per listed teacher layer
-        if self.teacher_layers is not None and len(self.teacher_layers) != self.num_layers:
+        if listed and len(self.teacher_layers) != self.num_layers:
             raise ValueError(
                 f"teacher_layers lists {len(self.teacher_layers)} layers but num_layers is "
                 f"{self.num_layers}; give one teacher layer per student layer"
