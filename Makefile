@@ -30,7 +30,7 @@ $(VENV)/.demo-data: | $(VENV)/.installed
 demo: install $(VENV)/.demo-data
 	$(BIN)/python -m kdflow.demo
 
-test: install
+test: install $(VENV)/.demo-data
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -322,3 +322,41 @@ def test_student_with_pruned_vocabulary_distils_and_evaluates(taught):
     assert len(tok) < 200 and student.get_input_embeddings().num_embeddings == len(tok)
     assert entry["compression"] > 20  # the teacher keeps its 30,522-row embedding
     assert kdflow.evaluate(str(taught[1] / "pruned"))["accuracy"] == pytest.approx(entry["test"]["accuracy"])
+
+
+def test_unlabelled_transfer_set_is_labelled_by_the_teacher_only(taught, tmp_path, intents_json):
+    import csv
+
+    from conftest import make_intents
+    raw_data = json.loads(open(intents_json).read())
+    test_texts = [t for t, _ in raw_data["test"]]
+    held = set(test_texts) | {t for t, _ in raw_data["val"]}
+    rows = [t for t, _ in make_intents(15, 7)] + test_texts[:3]  # 60 more texts, 3 that leak test inputs
+    path = tmp_path / "unlabelled.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text"])
+        w.writerows([[t] for t in rows])
+    leaked = sum(t in held for t in rows)
+    new = len(rows) - leaked
+    assert leaked >= 3 and new > 20
+    entry = kdflow.distill(student_cfg(taught, "transfer", train={"epochs": 2},
+                                       data={"unlabelled": str(path)}, distill={"alpha": 0.9}))
+    log = (taught[1] / "transfer" / "log.txt").read_text()
+    assert f"dropped {leaked} texts that are in validation or test" in log
+    assert f"student trains on 160 labelled + {new} unlabelled examples" in log
+    # the teacher labels train + transfer set once (then the test split for the table)
+    assert entry["distill"]["teacher_examples_computed"] == 160 + new + 48
+    # teach never sees them: the teacher's data is the labelled train split
+    from kdflow.config import DataConfig
+    from kdflow.data import load_data
+    d = load_data(DataConfig(path=intents_json, max_length=32, unlabelled=str(path), max_unlabelled_examples=10))
+    assert len(d.unlabelled) == 10 and (d.unlabelled.targets == -100).all() and len(d.train.labelled) == 160
+    joined = d.train + d.unlabelled
+    assert list(joined.labelled) == list(range(160))
+    with pytest.raises(KdflowError, match="set distill.alpha > 0"):
+        kdflow.distill(student_cfg(taught, "transfer0", data={"unlabelled": str(path)}, distill={"alpha": 0.0}))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence\nhello there\n")
+    with pytest.raises(KdflowError, match="Column 'text' is not in"):
+        kdflow.distill(student_cfg(taught, "transfer1", data={"unlabelled": str(bad)}, distill={"alpha": 0.9}))

@@ -270,6 +270,7 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     """Distil the teacher into the student (mode offline, online or guide); saves ``<run>/student``."""
     cfg = load_config(config, overrides)
     ctx = _setup(cfg, cfg.train, "student", resume, overwrite)
+    _with_transfer_set(ctx)
     d, dc, acc = ctx.data, cfg.distill, ctx.acc
     teacher, tokenizer, source = _load_teacher(ctx)
     student, s_tokenizer = _build_student(ctx, teacher, tokenizer)
@@ -385,7 +386,8 @@ def layer_scores(ctx: Context, teacher, t_feat: Featurizer) -> dict:
         return found
     from .data import stratified_sample
     n = dc.layer_score_examples
-    fit_part = d.train.subset(stratified_sample(d.train.targets, min(n, len(d.train)), ctx.cfg.data.seed, True))
+    labelled = d.train.subset(d.train.labelled)
+    fit_part = labelled.subset(stratified_sample(labelled.targets, min(n, len(labelled)), ctx.cfg.data.seed, True))
     ev = d.validation
     eval_part = ev.subset(stratified_sample(ev.targets, n, ctx.cfg.data.seed, True)) if len(ev) > n else ev
 
@@ -423,6 +425,23 @@ def _extra_teacher_targets(ctx: Context, cache_root: Path) -> list:
 def freeze_model(model):
     from .distiller import freeze
     return freeze(model)
+
+
+def _with_transfer_set(ctx: Context) -> None:
+    """Append data.unlabelled to the student's training split; only the teacher labels it."""
+    d, dc = ctx.data, ctx.cfg.distill
+    if d.unlabelled is None:
+        return
+    if dc.alpha == 0:
+        raise KdflowError("data.unlabelled has no labels, only the teacher's soft targets: set distill.alpha > 0 "
+                          "(e.g. 0.9), or drop data.unlabelled")
+    if dc.mode == "guide":
+        raise KdflowError("data.unlabelled works with distill.mode offline or online, not guide (the guided "
+                          "teacher trains on labelled examples only)")
+    from dataclasses import replace
+    ctx.data = replace(d, train=d.train + d.unlabelled)
+    ctx.log.info(f"[distill] student trains on {len(d.train)} labelled + {len(d.unlabelled)} unlabelled examples "
+                 "(teacher soft targets only)")
 
 
 def _tok_id(tokenizer) -> str:

@@ -88,6 +88,12 @@ class DataConfig(Strict):
       JSON, JSONL or Parquet; columns mapped by ``text_column`` etc.
     Without a validation split, a seeded stratified ``validation_fraction`` of
     train is held out. The test split is never used for model selection.
+
+    ``unlabelled``: a file of extra inputs without labels (a *transfer set*, Hinton
+    et al. 2015), same columns as train, any label column ignored. Only the
+    teacher labels them (soft targets), so they feed the student in ``distill``
+    (never the teacher in ``teach``); texts that also occur in validation or test
+    are dropped. ``max_unlabelled_examples`` caps how many are used (seeded).
     """
 
     hub: Optional[str] = None
@@ -107,6 +113,8 @@ class DataConfig(Strict):
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
     max_length: int = Field(128, ge=4, le=4096)
     max_train_examples: Optional[int] = Field(None, ge=2)
+    unlabelled: Optional[str] = None
+    max_unlabelled_examples: Optional[int] = Field(None, ge=1)
     include_out_of_scope: bool = False
     seed: int = 42  # for the held-out validation split and the train subsample: one for every command
 

@@ -37,6 +37,19 @@ class Split:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __add__(self, other: "Split") -> "Split":
+        """This split's examples followed by ``other``'s (same input names)."""
+        if set(self.inputs) != set(other.inputs):
+            raise KdflowError(f"Cannot join splits with inputs {sorted(self.inputs)} and {sorted(other.inputs)}")
+        return Split(self.name, self.ids + other.ids, {k: v + other.inputs[k] for k, v in self.inputs.items()},
+                     np.concatenate([self.targets, other.targets.astype(self.targets.dtype)]))
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Positions of the examples that carry a label (not -100 / NaN)."""
+        t = self.targets
+        return np.flatnonzero(~np.isnan(t)) if t.dtype.kind == "f" else np.flatnonzero(t != -100)
+
     def subset(self, index: "np.ndarray | list[int]") -> "Split":
         index = np.asarray(index, dtype=np.int64)
         return Split(self.name, [self.ids[i] for i in index],
@@ -51,6 +64,7 @@ class TaskData:
     test: Optional[Split]
     label_names: Optional[list[str]] = None  # index -> name; None for regression
     notes: list[str] = field(default_factory=list)
+    unlabelled: Optional[Split] = None  # transfer set: inputs only (targets -100 / NaN)
 
     @property
     def num_labels(self) -> int:
@@ -421,7 +435,40 @@ def load_data(cfg: DataConfig) -> TaskData:
     if len(validation) == 0:
         raise KdflowError("The validation split is empty (too few examples per class to hold any out); give a "
                           "data.validation file or more training data")
-    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes)
+    unlabelled = _read_unlabelled(cfg, [validation, splits.get("test")], notes) if cfg.unlabelled else None
+    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled)
+
+
+def _read_unlabelled(cfg: DataConfig, held: list, notes: list[str]) -> Split:
+    """The transfer set: inputs only; rows whose text is in validation or test are dropped (they
+    would leak held-out inputs into training)."""
+    if cfg.values_column:
+        raise KdflowError("data.unlabelled reads text; numeric sequences (data.values_column) are not supported")
+    path = Path(cfg.unlabelled)
+    df = read_table(path, cfg, "unlabelled")
+    cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for col in cols:
+        if col not in df.columns:
+            raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {', '.join(map(str, df.columns))}); "
+                              "the unlabelled file needs the same text column(s) as train")
+    inputs = {"text": [str(v) for v in _cells(df, cfg.text_column, path)]}
+    if cfg.text_pair_column:
+        inputs["text_pair"] = [str(v) for v in _cells(df, cfg.text_pair_column, path)]
+    seen = {t for s in held if s is not None for t in s.inputs.get("text", [])}
+    keep = [i for i, t in enumerate(inputs["text"]) if t not in seen]
+    if len(keep) < len(inputs["text"]):
+        notes.append(f"unlabelled: dropped {len(inputs['text']) - len(keep)} texts that are in validation or test")
+    if cfg.max_unlabelled_examples and len(keep) > cfg.max_unlabelled_examples:
+        rng = np.random.default_rng(cfg.seed + 2)
+        keep = sorted(rng.choice(keep, cfg.max_unlabelled_examples, replace=False).tolist())
+    inputs = {k: [v[i] for i in keep] for k, v in inputs.items()}
+    if not keep:
+        raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give texts that are not in validation "
+                          "or test")
+    targets = np.full(len(keep), np.nan if cfg.task == "regression" else -100,
+                      dtype=np.float32 if cfg.task == "regression" else np.int64)
+    notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
+    return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets)
 
 
 # ------------------------------------------------------------ batches
