@@ -93,3 +93,27 @@ def test_attention_kl_masks_padding_and_averages_heads():
     one = torch.tensor([[[[0.5, 0.5]]]]), torch.tensor([[[[0.25, 0.75]]]])
     expected = 0.5 * torch.log(torch.tensor(0.5 / 0.25)) + 0.5 * torch.log(torch.tensor(0.5 / 0.75))
     assert attention_kl(one[1], one[0]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_taps_read_cnn_feature_maps_for_hidden_matching():
+    from torch import nn
+
+    from kdflow.errors import KdflowError
+    from kdflow.layers import Taps, as_tokens, match_length
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
+    student = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+    x = torch.randn(2, 3, 8, 8)
+    with Taps(teacher, ["2"]) as tt, Taps(student, ["1"]) as ts:
+        teacher(x), student(x)
+    t, s = as_tokens(tt.outputs["2"]), as_tokens(ts.outputs["1"])
+    assert t.shape == (2, 64, 32) and s.shape == (2, 16, 8)
+    s = match_length(s, t)  # the 4x4 student grid resampled to the teacher's 8x8 (adaptive average pooling)
+    assert s.shape == (2, 64, 8)
+    proj = nn.Linear(8, 32)
+    loss = hidden_mse(s, t.detach(), projection=proj)
+    loss.backward()
+    assert student[0].weight.grad.abs().sum() > 0  # the student learns through the tap
+    assert not teacher[2]._forward_hooks  # hooks removed on exit
+    with pytest.raises(KdflowError, match="no module 'conv9'"):
+        Taps(teacher, ["conv9"])
