@@ -45,8 +45,31 @@ def test_init_from_teacher_copies_chosen_layers_and_embeddings(teacher):
     torch.testing.assert_close(default.bert.encoder.layer[0].output.dense.weight,
                                teacher.bert.encoder.layer[1].output.dense.weight)  # last layer by default
     with pytest.raises(KdflowError, match="must equal the teacher's"):
-        build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, init_from_teacher=True), teacher,
+        build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, init_from_teacher=True,
+                                   teacher_layers=[1]), teacher, LABELS, "classification")
+    with pytest.raises(KdflowError, match="must equal the teacher's"):  # wider cannot be projected down
+        build_hf_student(ModelSpec(num_layers=1, hidden_size=64, num_heads=2, init_from_teacher=True), teacher,
                          LABELS, "classification")
+
+
+def test_narrower_student_gets_pca_projected_teacher_embeddings(teacher):
+    s = build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32,
+                                   init_from_teacher=True), teacher, LABELS, "classification")
+    e_t = teacher.bert.embeddings.word_embeddings.weight.detach()
+    e_s = s.bert.embeddings.word_embeddings.weight.detach()
+    assert e_s.shape == (e_t.shape[0], 16)
+    # E_s = E_t P with P the top-16 principal directions: orthonormal, so E_s P^T is the best
+    # rank-16 reconstruction of E_t around its mean, and no other 16-d projection keeps more variance
+    from kdflow.models import project_embeddings
+    p = project_embeddings(s, teacher)
+    torch.testing.assert_close(p.T @ p, torch.eye(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(e_s, e_t @ p, atol=1e-5, rtol=0)
+    centred = e_t - e_t.mean(0)
+    kept = (centred @ p).pow(2).sum()
+    random_q, _ = torch.linalg.qr(torch.randn(e_t.shape[1], 16, generator=torch.Generator().manual_seed(0)))
+    assert kept > (centred @ random_q).pow(2).sum()
+    pos_t, pos_s = teacher.bert.embeddings.position_embeddings.weight, s.bert.embeddings.position_embeddings.weight
+    torch.testing.assert_close(pos_s.detach(), pos_t.detach() @ p, atol=1e-5, rtol=0)
     with pytest.raises(KdflowError, match="do not exist"):
         build_hf_student(ModelSpec(num_layers=1, init_from_teacher=True, teacher_layers=[7]), teacher, LABELS,
                          "classification")

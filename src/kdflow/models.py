@@ -141,13 +141,44 @@ def build_hf_student(spec: ModelSpec, teacher: nn.Module, label_names, task: str
     return student
 
 
+def project_embeddings(student: nn.Module, teacher: nn.Module) -> torch.Tensor:
+    """Initialise a narrower student's embedding tables from the teacher's through a projection
+    learned from the teacher's word embeddings: their top ``D_s`` principal directions (PCA).
+
+    ``E_s = E_t · P`` with ``P: [D_t, D_s]`` orthonormal columns, for the word, position and
+    token-type tables (matched by name); the student's blocks keep their own initialisation.
+    Returns ``P``.
+    """
+    t_emb, s_emb = teacher.get_input_embeddings(), student.get_input_embeddings()
+    d_s = s_emb.embedding_dim
+    words = t_emb.weight.detach().float()
+    _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)
+    proj = vh[:d_s].T.contiguous()  # [D_t, D_s]
+    t_tables = {n: m for n, m in teacher.named_modules() if isinstance(m, nn.Embedding)}
+    with torch.no_grad():
+        for name, m in student.named_modules():
+            t = t_tables.get(name)
+            if isinstance(m, nn.Embedding) and t is not None and t.embedding_dim == proj.shape[0]:
+                rows = min(m.num_embeddings, t.num_embeddings)
+                m.weight[:rows] = (t.weight[:rows].float() @ proj).to(m.weight.dtype)
+    return proj
+
+
 def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[list[int]] = None) -> list[int]:
-    """Copy embeddings and the chosen teacher blocks into the student (DistilBERT-style)."""
+    """Copy embeddings and the chosen teacher blocks into the student (DistilBERT-style).
+
+    A student narrower than the teacher gets its embeddings through a PCA projection
+    (:func:`project_embeddings`) and no blocks (their shapes differ); returns the copied blocks.
+    """
     t_cfg, s_cfg = teacher.config, student.config
+    if s_cfg.hidden_size < t_cfg.hidden_size and layers is None:
+        project_embeddings(student, teacher)
+        return []
     if t_cfg.hidden_size != s_cfg.hidden_size or t_cfg.intermediate_size != s_cfg.intermediate_size:
-        raise KdflowError(f"init_from_teacher copies weights, so the student's hidden_size/intermediate_size "
+        raise KdflowError(f"init_from_teacher copies teacher blocks, so the student's hidden_size/intermediate_size "
                           f"({s_cfg.hidden_size}/{s_cfg.intermediate_size}) must equal the teacher's "
-                          f"({t_cfg.hidden_size}/{t_cfg.intermediate_size}); drop those overrides")
+                          f"({t_cfg.hidden_size}/{t_cfg.intermediate_size}); drop those overrides (or drop "
+                          "teacher_layers for a narrower student that only gets projected embeddings)")
     t_name, t_layers = _layer_list(teacher)
     s_name, s_layers = _layer_list(student)
     layers = layers or default_teacher_layers(len(t_layers), len(s_layers))
