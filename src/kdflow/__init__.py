@@ -1,9 +1,10 @@
 """kdflow: knowledge distillation with active learning, from a laptop CPU to many GPUs."""
 
+from .active import active
 from .api import distill, evaluate, teach
-from .config import Config, DataConfig, DistillConfig, ModelConfig, ModelSpec, RunConfig, TrainConfig, load_config
+from .config import ActiveConfig, Config, DataConfig, DistillConfig, ModelConfig, ModelSpec, RunConfig, TrainConfig, load_config
 from .errors import KdflowError
 
 __version__ = "0.1.0"
-__all__ = ["teach", "distill", "evaluate", "Config", "DataConfig", "DistillConfig", "ModelConfig", "ModelSpec",
+__all__ = ["teach", "distill", "evaluate", "active", "ActiveConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "ModelSpec",
            "RunConfig", "TrainConfig", "load_config", "KdflowError", "__version__"]

@@ -294,9 +294,7 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     cache, on_epoch_start, t_test = None, None, None
     if distiller.uses_teacher and dc.mode != "guide":
         teacher.to(acc.device)  # moved, never prepared: no DDP wrapper around a frozen teacher
-        fp = models.fingerprint(teacher, f"max_length={cfg.data.max_length};tok={_tok_id(tokenizer)};"
-                                         f"precision={cfg.train.mixed_precision}")
-        cache = TeacherCache(cache_root, fp)
+        cache = teacher_cache(ctx, teacher, tokenizer)
         if dc.mode == "offline":
             distiller.set_targets(teacher_logits(ctx, teacher, d.train, t_feat, cache))
             ctx.log.info(f"[distill] teacher outputs: {cache.computed} computed, {cache.served} from cache "
@@ -442,6 +440,16 @@ def _with_transfer_set(ctx: Context) -> None:
     ctx.data = replace(d, train=d.train + d.unlabelled)
     ctx.log.info(f"[distill] student trains on {len(d.train)} labelled + {len(d.unlabelled)} unlabelled examples "
                  "(teacher soft targets only)")
+
+
+def teacher_cache(ctx: Context, teacher, tokenizer) -> TeacherCache:
+    """The on-disk cache of this teacher's logits (``distill.cache_dir``, else ``<output_dir>/.teacher_cache``),
+    keyed by its weights and the tokenization settings."""
+    dc, cfg = ctx.cfg.distill, ctx.cfg
+    root = Path(dc.cache_dir) if dc.cache_dir else Path(cfg.run.output_dir) / ".teacher_cache"
+    fp = models.fingerprint(teacher, f"max_length={cfg.data.max_length};tok={_tok_id(tokenizer)};"
+                                     f"precision={cfg.train.mixed_precision}")
+    return TeacherCache(root, fp)
 
 
 def _tok_id(tokenizer) -> str:

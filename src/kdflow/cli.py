@@ -1,4 +1,4 @@
-"""``kdflow teach | distill | evaluate | compare | export | layers | report | config``: one thin function
+"""``kdflow teach | distill | active | evaluate | compare | export | layers | report | config``: one thin function
 per subcommand over the API."""
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       cosine), layer_score (drop|probe), layer_score_examples (1000)
   train.* / teach.*   epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, patience,
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
+  active.*            strategy (entropy | random, least_confidence, margin, bald, vote_entropy, committee_kl,
+                      coreset, badge, disagreement), oracle (gold|teacher|human|hybrid), initial (100),
+                      initial_strategy (stratified|random), per_round (100), growth (1.0), budget, rounds (10),
+                      retrain (scratch|warm), min_steps (100), diversity (1 = off), mc_samples (10),
+                      committee (checkpoints|teacher_student), committee_size (3), hybrid_threshold (0.9),
+                      hybrid_human (human|gold), stop_parity, stop_kappa, stop_window (2), evaluate_test (true),
+                      pool_batch_size (256), pool_chunk (2048), seed (0)
   run.*               name (kdflow), output_dir (runs), quiet
 'kdflow config CONFIG' prints the resolved config with every default."""
 
@@ -106,6 +113,63 @@ def cmd_export(args) -> list:
     return rows
 
 
+def cmd_active(args) -> dict:
+    if args.strategies:
+        from .active import compare_strategies
+        if args.labels:
+            raise KdflowError("--labels continues one run that waits for human labels; it does not go with --strategies")
+        try:
+            seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
+        except ValueError:
+            raise KdflowError(f"--seeds {args.seeds!r} must be a count (3) or a comma list of seeds (0,1,2)") from None
+        out = compare_strategies(args.config, [x.strip() for x in args.strategies.split(",") if x.strip()], seeds,
+                                 _overrides(args), full=args.full, target=args.target, quiet=True)
+        _print_compare(out)
+        return out
+    from .active import active
+    out = active(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite, labels=args.labels)
+    if not args.quiet:
+        _print_active(out)
+    return out
+
+
+def _print_active(out: dict) -> None:
+    from rich.table import Table
+
+    from .console import show
+    t = Table(title=f"active learning: {out['strategy']}, {out['oracle']} oracle — {out['status']}"
+                    + (f" ({out['stopped']})" if out.get("stopped") else ""), title_justify="left")
+    for col in ("round", "labels", "teacher queries", "val accuracy", "test accuracy", "kappa"):
+        t.add_column(col, justify="right")
+    for r in out["rounds"]:
+        t.add_row(str(r["round"]), str(r["labels"]), str(r["teacher_queries"]),
+                  f"{r['validation']['accuracy']:.4f}", f"{r['test']['accuracy']:.4f}" if "test" in r else "",
+                  f"{r['kappa']:.3f}" if r.get("kappa") is not None else "")
+    show(t)
+    if out["status"] == "waiting":
+        print(f"label {out['pending']['files']['csv']}, then: kdflow active CONFIG --resume --labels "
+              f"{out['pending']['files']['csv']}")
+
+
+def _print_compare(out: dict) -> None:
+    from rich.table import Table
+
+    from .console import show
+    ref = out.get("reference")
+    title = f"label efficiency ({out['split']} {out['metric']}, {len(out['seeds'])} seeds)"
+    if ref:
+        title += f"; all {ref['labels']} labels: {ref['mean']:.4f}, target {out['target']:.0%}"
+    t = Table(title=title, title_justify="left")
+    for col in ("strategy", "labels to reach target", "vs random", "metric at most labels", "teacher queries"):
+        t.add_column(col, justify="right")
+    for name, st in out["strategies"].items():
+        need, frac = st.get("labels_to_reach"), st.get("fraction_of_random")
+        t.add_row(name, "not reached" if need is None else f"{need:.0f}", "" if frac is None else f"{frac:.0%}",
+                  f"{st['mean'][-1]:.4f} ± {st['std'][-1]:.4f}" if st["labels"] else "", f"{st['teacher_queries']:.0f}")
+    show(t)
+    print(f"curves and table in {out['path']} and the report beside it")
+
+
 def cmd_layers(args) -> dict:
     from rich.table import Table
 
@@ -146,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{teach,distill,evaluate,compare,export,layers,report,config}")
+                             metavar="{teach,distill,active,evaluate,compare,export,layers,report,config}")
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("teach", help="fine-tune the teacher on the labelled data (saves RUN/teacher)",
                        epilog=EPILOG, formatter_class=fmt)
@@ -187,6 +251,21 @@ def parser() -> argparse.ArgumentParser:
                         "(scored on validation, no retraining), with every form (default: 0, off)")
     _speed_options(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("active", help="active learning: rounds of train, score the pool, select, label "
+                                      "(oracle gold, teacher, human or hybrid)", epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="the filled-in label file of the batch a human oracle waits for (CSV, JSONL or Label Studio "
+                        "JSON export); implies --resume (default: none)")
+    p.add_argument("--strategies", default=None, metavar="A,B,...",
+                   help="compare these strategies (each x --seeds) as separate runs under RUN/active-runs and plot "
+                        "label efficiency against random (default: off, one run of active.strategy)")
+    p.add_argument("--seeds", default="3", help="with --strategies: a count, or a comma list of seeds (default: 3)")
+    p.add_argument("--no-full", dest="full", action="store_false",
+                   help="with --strategies: skip the reference student trained on every pool label (default: on)")
+    p.add_argument("--target", type=float, default=0.95,
+                   help="with --strategies: fraction of the all-labels student's metric to reach (default: 0.95)")
+    p.set_defaults(func=cmd_active)
     p = sub.add_parser("layers", help="score and rank the teacher's blocks (drop-layer impact, linear probe)")
     p.add_argument("config", help="YAML config naming the data (and the teacher, or use --teacher)")
     p.add_argument("--teacher", default=None,

@@ -225,6 +225,50 @@ def _default_teach() -> TrainConfig:
     return TrainConfig(epochs=10, lr=5e-5, batch_size=32)
 
 
+STRATEGIES = Literal["random", "least_confidence", "margin", "entropy", "bald", "vote_entropy", "committee_kl",
+                     "coreset", "badge", "disagreement"]
+
+
+class ActiveConfig(Strict):
+    """Pool-based active learning (``kdflow active``): rounds of train -> evaluate -> score the
+    pool -> select -> label.
+
+    The pool is ``data.train`` with its labels hidden until queried (a simulation; the
+    first ``initial`` examples are drawn by ``initial_strategy``), or, when
+    ``data.unlabelled`` is given, those texts, with ``data.train`` as the labelled seed set.
+    Batch ``b >= 1`` holds ``per_round * growth**(b-1)`` examples. The student trains on
+    the labelled set with the teacher's soft targets (``distill.alpha``, offline, cached)
+    and the labels of the ``oracle``. Stops at ``budget`` labels, after ``rounds`` rounds,
+    at teacher parity on validation (``stop_parity``: within that fraction of the teacher's
+    metric), or when predictions stabilise (Cohen's kappa between consecutive rounds'
+    validation predictions >= ``stop_kappa`` for ``stop_window`` rounds).
+    """
+
+    strategy: STRATEGIES = "entropy"
+    oracle: Literal["gold", "teacher", "human", "hybrid"] = "gold"
+    hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this
+    hybrid_human: Literal["human", "gold"] = "human"  # hybrid: who labels the rest (gold = simulation)
+    initial: int = Field(100, ge=1)
+    initial_strategy: Literal["random", "stratified"] = "stratified"
+    per_round: int = Field(100, ge=1)
+    growth: float = Field(1.0, ge=1.0)
+    budget: Optional[int] = Field(None, ge=1)
+    rounds: Optional[int] = Field(10, ge=1)
+    retrain: Literal["scratch", "warm"] = "scratch"
+    min_steps: int = Field(100, ge=0)  # optimizer steps per round at least (small labelled sets get more epochs)
+    diversity: int = Field(1, ge=1)  # batch-mode diversity: k-centre among the diversity*k best scores (1 = off)
+    mc_samples: int = Field(10, ge=2)  # MC-dropout passes for bald
+    committee: Literal["checkpoints", "teacher_student"] = "checkpoints"
+    committee_size: int = Field(3, ge=2)  # checkpoints: the student after each of its last N epochs
+    stop_parity: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    stop_kappa: Optional[float] = Field(None, gt=0.0, le=1.0)
+    stop_window: int = Field(2, ge=1)
+    evaluate_test: bool = True  # score test after each round for the curve; never used to select or stop
+    pool_batch_size: int = Field(256, ge=1)
+    pool_chunk: int = Field(2048, ge=1)  # examples tokenized and scored at a time (memory bound)
+    seed: int = 0  # seed set and selection; the student's own seed is train.seed
+
+
 class RunConfig(Strict):
     name: str = "kdflow"
     output_dir: str = "runs"
@@ -244,6 +288,7 @@ class Config(Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     teach: TrainConfig = Field(default_factory=_default_teach)
+    active: ActiveConfig = Field(default_factory=ActiveConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")

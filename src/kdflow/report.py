@@ -14,6 +14,8 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def _plt():
     import matplotlib
@@ -90,6 +92,96 @@ def plot_confusions(confusions: list[dict], out: Path) -> "Path | None":
     return out
 
 
+STRATEGY_COLORS = {"random": "black"}
+
+
+def plot_active(summary: dict, metric: str, out: Path) -> "Path | None":
+    """One active-learning run: validation and test metric against the number of labels."""
+    rounds = summary.get("rounds") or []
+    if not rounds:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    labels = [r["labels"] for r in rounds]
+    for split, style in (("validation", "--"), ("test", "-")):
+        vals = [r[split][metric] for r in rounds if split in r]
+        if len(vals) == len(rounds):
+            ax.plot(labels, vals, style, marker="o", ms=4, label=f"student, {split}")
+    teacher = summary.get("teacher_validation")
+    if teacher and metric in teacher:
+        ax.axhline(teacher[metric], color="#4C72B0", ls=":", label="teacher, validation")
+    ax.set(title=f"active learning: {summary.get('strategy')} ({summary.get('oracle')} oracle)",
+           xlabel="labelled examples", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_label_efficiency(comp: dict, out: Path) -> "Path | None":
+    """Mean ± std (over seeds) of every strategy's curve; the all-labels student and the target."""
+    strategies = comp.get("strategies") or {}
+    if not strategies:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for name, st in strategies.items():
+        if not st["labels"]:
+            continue
+        x, m, sd = np.asarray(st["labels"]), np.asarray(st["mean"]), np.asarray(st["std"])
+        color = STRATEGY_COLORS.get(name)
+        line, = ax.plot(x, m, marker="o", ms=3, label=name, color=color, ls="--" if name == "random" else "-")
+        ax.fill_between(x, m - sd, m + sd, alpha=0.15, color=line.get_color())
+    ref = comp.get("reference")
+    if ref:
+        ax.axhline(ref["mean"], color="grey", lw=1, label=f"all {ref['labels']} labels")
+        ax.axhline(comp["target"] * ref["mean"], color="grey", lw=1, ls=":",
+                   label=f"{comp['target']:.0%} of all-labels")
+    ax.set(title=f"label efficiency ({comp['split']} {comp['metric']}, mean ± std over {len(comp['seeds'])} seeds, "
+                 f"{comp.get('oracle')} oracle)", xlabel="labelled examples", ylabel=comp["metric"])
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _active_md(summary: dict, metric: str) -> list[str]:
+    lines = ["## Active learning", "",
+             f"Strategy **{summary['strategy']}**, oracle **{summary['oracle']}**: {summary['labels']} labels "
+             f"({', '.join(f'{k} {v}' for k, v in summary['sources'].items())}), {summary['teacher_queries']} distinct "
+             f"examples asked of the teacher, {summary['ignored']} pool examples ignored; "
+             f"status {summary['status']}" + (f" ({summary['stopped']})" if summary.get("stopped") else "") + ".", "",
+             f"| round | labels | validation {metric} | test {metric} | kappa | train s |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in summary["rounds"]:
+        test = f"{r['test'][metric]:.4f}" if "test" in r else ""
+        kappa = f"{r['kappa']:.3f}" if r.get("kappa") is not None else ""
+        lines.append(f"| {r['round']} | {r['labels']} | {r['validation'][metric]:.4f} | {test} | {kappa} | "
+                     f"{r['train_seconds']} |")
+    return lines + [""]
+
+
+def _compare_md(comp: dict) -> list[str]:
+    ref = comp.get("reference")
+    lines = ["## Label efficiency", ""]
+    if ref:
+        lines += [f"All {ref['labels']} pool labels: {comp['split']} {comp['metric']} {ref['mean']:.4f} ± {ref['std']:.4f}; "
+                  f"target {comp['target']:.0%} of it = {comp['target'] * ref['mean']:.4f}.", ""]
+    lines += [f"| strategy | labels to reach target | vs random | {comp['metric']} at most labels | teacher queries |",
+              "|---|---:|---:|---:|---:|"]
+    for name, st in comp["strategies"].items():
+        need = st.get("labels_to_reach")
+        frac = st.get("fraction_of_random")
+        last = f"{st['mean'][-1]:.4f} ± {st['std'][-1]:.4f} ({st['labels'][-1]})" if st["labels"] else ""
+        lines.append(f"| {name} | {'not reached' if need is None else f'{need:.0f}'} | "
+                     f"{'' if frac is None else f'{frac:.0%}'} | {last} | {st['teacher_queries']:.0f} |")
+    return lines + [""]
+
+
 def _table_md(rows: list[dict]) -> str:
     from .compare import table
     return table(rows)
@@ -108,8 +200,13 @@ def write_report(run: "str | Path") -> dict:
                   if role in blob and "test" in blob[role]]
         metric = "accuracy" if deploy and "accuracy" in deploy[0] else "pearson"
     student_row = next((r for r in deploy if r["model"] == "student"), {})
+    active = blob.get("active")
+    comp_path = run / "active_compare.json"
+    comp = json.loads(comp_path.read_text()) if comp_path.is_file() else None
     images = [p for p in (plot_curves(run, plots / "curves.png"), plot_bars(deploy, metric, plots / "compare.png"),
-                          plot_confusions(student_row.get("top_confusions", []), plots / "confusions.png")) if p]
+                          plot_confusions(student_row.get("top_confusions", []), plots / "confusions.png"),
+                          plot_active(active, "accuracy", plots / "active.png") if active else None,
+                          plot_label_efficiency(comp, plots / "label_efficiency.png") if comp else None) if p]
 
     lines = [f"# kdflow report: {run.name}", ""]
     if deploy and "latency_ms_p50" in deploy[0]:
@@ -124,6 +221,10 @@ def write_report(run: "str | Path") -> dict:
                      if k in entry}
             lines += [f"## {role}", "", "| " + " | ".join(facts) + " |", "|" + "---|" * len(facts),
                       "| " + " | ".join(str(v) for v in facts.values()) + " |", ""]
+    if comp:
+        lines += _compare_md(comp)
+    if active:
+        lines += _active_md(active, "accuracy")
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     (run / "report.md").write_text("\n".join(lines))
 
@@ -137,6 +238,8 @@ def write_report(run: "str | Path") -> dict:
                             "throughput_per_s", "retention", "compression", "speedup_p50") if k in deploy[0]]
         body.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{_fmt(r[k])}</td>" for k in keys) + "</tr>" for r in deploy) + "</table>")
+    if comp or active:
+        body.append(md_to_html((_compare_md(comp) if comp else []) + (_active_md(active, "accuracy") if active else [])))
     body += [img(p) for p in images]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>kdflow report</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
@@ -144,6 +247,34 @@ def write_report(run: "str | Path") -> dict:
             "</style></head><body>" + "\n".join(body) + "</body></html>")
     (run / "report.html").write_text(page)
     return {"md": run / "report.md", "html": run / "report.html", "plots": images}
+
+
+def md_to_html(lines: list[str]) -> str:
+    """The small Markdown subset the report writes: ``## headings``, ``|`` tables, ``**bold**`` paragraphs."""
+    import re
+
+    def inline(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    out, table = [], []
+
+    def flush() -> None:
+        if table:
+            head, *rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in table
+                           if not re.fullmatch(r"\|[-:|\s]+\|", r.strip())]
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+            table.clear()
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    return "\n".join(out)
 
 
 def _fmt(v) -> str:

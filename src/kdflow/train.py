@@ -47,9 +47,11 @@ def make_accelerator(cfg: TrainConfig):
 class RunLog:
     """Log file + per-epoch CSV + TensorBoard, written by the main process only."""
 
-    def __init__(self, run_dir: Path, accelerator, quiet: bool = False):
+    def __init__(self, run_dir: Path, accelerator, quiet: bool = False, metrics_file: str = "metrics.csv",
+                 tensorboard: str = "tensorboard"):
         self.run_dir, self.acc, self.quiet = run_dir, accelerator, quiet
         self.main = accelerator.is_main_process
+        self.metrics_file, self.tensorboard = metrics_file, tensorboard  # relative to run_dir
         self._tb: dict = {}
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,8 @@ class RunLog:
     def epoch(self, role: str, epoch: int, row: dict) -> None:
         if not self.main:
             return
-        path = self.run_dir / "metrics.csv"
+        path = self.run_dir / self.metrics_file
+        path.parent.mkdir(parents=True, exist_ok=True)
         full = {"role": role, "epoch": epoch, **{k: round(v, 6) if isinstance(v, float) else v
                                                   for k, v in row.items()}}
         rows = list(csv.DictReader(open(path))) if path.is_file() else []
@@ -77,11 +80,16 @@ class RunLog:
             writer.writerows(rows)
         if role not in self._tb:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb[role] = SummaryWriter(str(self.run_dir / "tensorboard" / role))
+            self._tb[role] = SummaryWriter(str(self.run_dir / self.tensorboard / role))
         for key, value in row.items():
             if isinstance(value, (int, float)):
                 self._tb[role].add_scalar(key, value, epoch)
         self._tb[role].flush()
+
+    def close(self) -> None:
+        for writer in self._tb.values():
+            writer.close()
+        self._tb.clear()
 
     @staticmethod
     def drop_rows(run_dir: Path, roles: set) -> None:
@@ -145,14 +153,17 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
 
 def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Module], dict], cfg: TrainConfig,
         accelerator, log: RunLog, ckpt_dir: Path, role: str, resume: bool = False,
-        on_epoch_start: Optional[Callable[[int], None]] = None, signature: Optional[dict] = None) -> FitResult:
+        on_epoch_start: Optional[Callable[[int], None]] = None, signature: Optional[dict] = None,
+        on_epoch_end: Optional[Callable[[int, torch.nn.Module], None]] = None) -> FitResult:
     """Train with AdamW + linear warmup/decay, early stopping and best-checkpoint keeping.
 
     ``evaluate(model)`` returns validation metrics including ``cfg.metric``
     (higher is better). Everything prepared on ``accelerator`` before this call
     (a training teacher and its optimizer in guide mode) is checkpointed too.
     ``signature`` (settings a resumed run must share) is saved with the state
-    and checked on resume. The best weights are loaded into ``model`` before returning.
+    and checked on resume. ``on_epoch_end(epoch, model)`` sees the unwrapped model after each
+    epoch (active learning snapshots it for a committee). The best weights are loaded into
+    ``model`` before returning.
     """
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -192,6 +203,8 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
             losses = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, accelerator,
                                  cfg.max_grad_norm, bar)
         metrics = evaluate(model)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, accelerator.unwrap_model(model))
         score = metrics[cfg.metric]
         row = {**losses, **{f"val_{k}": v for k, v in metrics.items()}, "lr": scheduler.get_last_lr()[0],
                "seconds": round(time.time() - started, 2)}

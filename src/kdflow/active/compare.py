@@ -1,0 +1,120 @@
+"""Label-efficiency comparison: several strategies x several seeds, against random and the
+same student trained on every label of the pool.
+
+``kdflow active CONFIG --strategies random,entropy,badge --seeds 3 --full`` runs each
+(strategy, seed) as its own active-learning run under ``<run>/active-runs/`` (resumable:
+a finished one is read back, not rerun), all sharing the teacher and its logit cache,
+then writes ``<run>/active_compare.json``, the curve plot (mean ± std over seeds) and
+the report. ``labels_to_reach``: the labels each strategy's mean test curve needs to
+reach ``target`` (e.g. 95 %) of the all-labels student's mean test metric, linearly
+interpolated between rounds; ``None`` when its curve never gets there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import load_config
+from ..errors import KdflowError
+from .strategies import STRATEGIES
+
+
+def labels_to_reach(labels: list[float], values: list[float], goal: float) -> Optional[float]:
+    """The first label count where the curve reaches ``goal`` (linear interpolation between
+    points); ``None`` if it never does."""
+    for i, (n, v) in enumerate(zip(labels, values)):
+        if v >= goal:
+            if i == 0:
+                return float(n)
+            n0, v0 = labels[i - 1], values[i - 1]
+            return float(n0 + (goal - v0) * (n - n0) / (v - v0))
+    return None
+
+
+def curve_stats(runs: list[dict], split: str, metric: str) -> dict:
+    """Mean and std of ``split``'s metric per label count over seeds (label counts that every seed reached)."""
+    by_labels: dict[int, list[float]] = {}
+    for run in runs:
+        for rec in run["rounds"]:
+            if split in rec:
+                by_labels.setdefault(rec["labels"], []).append(rec[split][metric])
+    full = sorted(n for n, v in by_labels.items() if len(v) == len(runs))
+    return {"labels": full, "mean": [float(np.mean(by_labels[n])) for n in full],
+            "std": [float(np.std(by_labels[n])) for n in full], "seeds": len(runs)}
+
+
+def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" = 3,
+                       overrides: Optional[list[str]] = None, full: bool = True, target: float = 0.95,
+                       quiet: bool = True) -> dict:
+    from .loop import active
+    cfg = load_config(config, overrides)
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise KdflowError(f"Unknown strategy '{bad[0]}' in --strategies; choose from {', '.join(STRATEGIES)}")
+    if not strategies:
+        raise KdflowError("--strategies names no strategy; give e.g. random,entropy")
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    base = cfg.run_dir
+    sub_root = base / "active-runs"
+    common = list(overrides or [])
+    if (base / "teacher").is_dir():  # the run's own fine-tuned teacher serves every sub-run
+        common.append(f"model.teacher.name={base / 'teacher'}")
+    cache = cfg.distill.cache_dir or str(Path(cfg.run.output_dir) / ".teacher_cache")
+    common += [f"distill.cache_dir={cache}", f"run.output_dir={sub_root}", f"run.quiet={str(quiet).lower()}"]
+    metric = cfg.train.metric
+
+    def run(name: str, extra: list[str]) -> dict:
+        done = sub_root / name / "active" / "state.json"
+        sets = common + extra + [f"run.name={name}"]
+        summary = active(config, sets, resume=done.is_file())
+        if summary["status"] != "done":
+            raise KdflowError(f"Sub-run {name} waits for human labels; compare strategies with oracle gold or teacher")
+        print(f"[compare] {name}: " + ", ".join(
+            f"{r['labels']}:{r.get('test', r['validation'])[metric]:.4f}" for r in summary["rounds"]), flush=True)
+        return summary
+
+    results: dict[str, list[dict]] = {}
+    for strategy in strategies:
+        for seed in seeds:
+            results.setdefault(strategy, []).append(
+                run(f"{strategy}-s{seed}", [f"active.strategy={strategy}", f"active.seed={seed}", f"train.seed={seed}"]))
+    reference = None
+    if full:
+        pool_runs = []
+        for seed in seeds:  # every pool label at once: one round, no selection
+            pool_runs.append(run(f"all-labels-s{seed}", [
+                "active.strategy=random", f"active.seed={seed}", f"train.seed={seed}", "active.initial=100000000",
+                "active.initial_strategy=random", "active.rounds=1", "active.budget=null", "active.oracle=gold"]))
+        vals = [r["rounds"][-1].get("test", r["rounds"][-1]["validation"])[metric] for r in pool_runs]
+        reference = {"labels": pool_runs[0]["labels"], "mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                     "runs": vals}
+    split = "test" if all("test" in r["rounds"][0] for rs in results.values() for r in rs) else "validation"
+    out = {"metric": metric, "split": split, "target": target, "seeds": seeds, "oracle": cfg.active.oracle,
+           "reference": reference, "strategies": {}}
+    for strategy, runs in results.items():
+        stats = curve_stats(runs, split, metric)
+        entry = {**stats, "teacher_queries": float(np.mean([r["teacher_queries"] for r in runs])),
+                 "select_seconds": float(np.mean([b.get("select_seconds") or 0 for r in runs for b in r["batches"]]))}
+        if reference:
+            entry["labels_to_reach"] = labels_to_reach(stats["labels"], stats["mean"], target * reference["mean"])
+            per_seed = [labels_to_reach([x["labels"] for x in r["rounds"]],
+                                        [x.get(split, {}).get(metric, float("nan")) for x in r["rounds"]],
+                                        target * reference["mean"]) for r in runs]
+            entry["labels_to_reach_per_seed"] = per_seed
+        out["strategies"][strategy] = entry
+    if reference and "random" in out["strategies"] and out["strategies"]["random"].get("labels_to_reach"):
+        rnd = out["strategies"]["random"]["labels_to_reach"]
+        for entry in out["strategies"].values():
+            need = entry.get("labels_to_reach")
+            entry["fraction_of_random"] = None if need is None else need / rnd
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / "active_compare.json"
+    path.write_text(json.dumps(out, indent=2))
+    from ..report import write_report
+    write_report(base)
+    out["path"] = str(path)
+    return out

@@ -1,0 +1,188 @@
+"""Who labels the selected examples.
+
+* ``gold`` — the pool's own labels, hidden until queried (simulation, for experiments).
+* ``teacher`` — the teacher's prediction (its soft targets feed the student anyway);
+  free of human effort, paid in teacher calls, which the run counts.
+* ``human`` — the batch is written to ``to_label.csv`` / ``.jsonl`` and as Label Studio
+  tasks; the run stops and goes on with ``kdflow active CONFIG --resume --labels FILE``.
+* ``hybrid`` — the teacher labels what it is confident about (max probability >=
+  ``active.hybrid_threshold``), humans (or, in simulation, the gold labels) the rest.
+
+A label file is checked whole before anything is kept: an unknown id, a label that
+is not one of the task's, a duplicate or a missing row stops with one sentence that
+names the row. ``__skip__`` as a label leaves that example out of the pool for good.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..data import Split
+from ..errors import KdflowError
+
+SKIP = "__skip__"
+
+
+def gold_labels(pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, tuple[str, str]]:
+    out = {}
+    for p in positions:
+        y = int(pool.targets[p])
+        if y < 0:
+            raise KdflowError(f"Pool example {pool.ids[p]} has no gold label, so active.oracle gold cannot label "
+                              "it; use oracle human, teacher or hybrid for a pool without labels")
+        out[pool.ids[p]] = (label_names[y], "gold")
+    return out
+
+
+def teacher_labels(ids: list[str], teacher_probs: np.ndarray, label_names: list[str]) -> dict[str, tuple[str, str]]:
+    return {key: (label_names[int(np.argmax(p))], "teacher") for key, p in zip(ids, teacher_probs)}
+
+
+def confident(teacher_probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the examples the teacher labels in hybrid mode (max probability >= threshold)."""
+    return np.asarray(teacher_probs).max(-1) >= threshold
+
+
+# ------------------------------------------------------------------ human: export
+
+def write_request(folder: Path, pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, str]:
+    """The batch to label as CSV, JSONL and Label Studio tasks (+ its labelling config); returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = [k for k in ("text", "text_pair") if k in pool.inputs]
+    rows = [{"id": pool.ids[p], **{k: pool.inputs[k][p] for k in fields}, "label": ""} for p in positions]
+    paths = {"csv": folder / "to_label.csv", "jsonl": folder / "to_label.jsonl",
+             "label_studio": folder / "label_studio_tasks.json", "label_studio_config": folder / "label_studio.xml"}
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", *fields, "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(paths["jsonl"], "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tasks = [{"data": {"kdflow_id": r["id"], **{k: r[k] for k in fields}}} for r in rows]
+    paths["label_studio"].write_text(json.dumps(tasks, ensure_ascii=False, indent=1), encoding="utf-8")
+    choices = "\n".join(f'    <Choice value="{_xml(n)}"/>' for n in label_names)
+    shown = "\n".join(f'  <Text name="{k}" value="${k}"/>' for k in fields)
+    paths["label_studio_config"].write_text(
+        f'<View>\n{shown}\n  <Choices name="label" toName="text" choice="single" required="true">\n{choices}\n'
+        "  </Choices>\n</View>\n", encoding="utf-8")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ------------------------------------------------------------------ human: import
+
+def _rows(path: Path) -> list[tuple[str, Optional[str], Optional[str]]]:
+    """``(where, id, label)`` per row of a CSV/TSV, JSONL, Label Studio export or JSON list."""
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KdflowError(f"Label file '{path}' is not UTF-8 text; save it as UTF-8 CSV, JSONL or JSON") from None
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        cols = reader.fieldnames or []
+        for need in ("id", "label"):
+            if need not in cols:
+                raise KdflowError(f"Label file '{path}' has no '{need}' column (columns: {', '.join(cols) or 'none'}); "
+                                  "keep the id and label columns of to_label.csv")
+        return [(f"line {i + 2}", r.get("id"), r.get("label")) for i, r in enumerate(reader)]
+    if suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise KdflowError(f"Line {i + 1} of '{path}' is not valid JSON; fix that line") from None
+            if not isinstance(obj, dict):
+                raise KdflowError(f"Line {i + 1} of '{path}' is not an object with id and label; fix that line")
+            out.append((f"line {i + 1}", _str(obj.get("id")), _str(obj.get("label"))))
+        return out
+    if suffix == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise KdflowError(f"Label file '{path}' is not valid JSON (line {err.lineno}); fix the syntax there") from None
+        if not isinstance(obj, list):
+            raise KdflowError(f"Label file '{path}' must hold a list (a Label Studio JSON export, or "
+                              "[{\"id\": ..., \"label\": ...}])")
+        return [_json_item(item, i) for i, item in enumerate(obj)]
+    raise KdflowError(f"Label file '{path}' has suffix '{suffix or '(none)'}'; give a .csv, .tsv, .jsonl or .json "
+                      "(Label Studio export) file")
+
+
+def _str(v) -> Optional[str]:
+    return None if v is None else str(v)
+
+
+def _json_item(item, i: int) -> tuple[str, Optional[str], Optional[str]]:
+    where = f"item {i}"
+    if not isinstance(item, dict):
+        raise KdflowError(f"{where.capitalize()} of the label file is not an object; give objects with id and label")
+    if "annotations" in item or "data" in item:  # Label Studio export
+        key = _str((item.get("data") or {}).get("kdflow_id"))
+        if key is None:
+            raise KdflowError(f"{where.capitalize()} of the Label Studio export has no data.kdflow_id; import "
+                              "label_studio_tasks.json into Label Studio so each task keeps its kdflow_id")
+        done = [a for a in item.get("annotations") or [] if not a.get("was_cancelled")]
+        label = None
+        if done:
+            for r in done[-1].get("result") or []:
+                choices = (r.get("value") or {}).get("choices")
+                if choices:
+                    label = str(choices[0])
+                    break
+        return where, key, label
+    return where, _str(item.get("id")), _str(item.get("label"))
+
+
+def read_labels(path: "str | Path", requested: list[str], label_names: list[str]
+                ) -> tuple[dict[str, str], list[str]]:
+    """``({id: label}, [skipped ids])`` for exactly the ``requested`` ids, or one error naming the bad row."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdflowError(f"Label file '{path}' does not exist; give the path of the file you filled in "
+                          "(to_label.csv, to_label.jsonl or a Label Studio JSON export)")
+    wanted, names = set(requested), set(label_names)
+    labels: dict[str, str] = {}
+    skipped: list[str] = []
+    first_seen: dict[str, str] = {}
+    for where, key, label in _rows(path):
+        key = (key or "").strip()
+        if not key:
+            raise KdflowError(f"{where.capitalize()} of '{path}' has no id; keep the id column of to_label.csv")
+        if key not in wanted:
+            raise KdflowError(f"{where.capitalize()} of '{path}' has id '{key}', which this round did not ask for "
+                              f"({len(requested)} examples were asked for); label the examples of this round's "
+                              "to_label file")
+        if key in first_seen:
+            raise KdflowError(f"{where.capitalize()} of '{path}' repeats id '{key}' (first at {first_seen[key]}); "
+                              "keep one row per example")
+        first_seen[key] = where
+        label = (label or "").strip()
+        if not label:
+            raise KdflowError(f"{where.capitalize()} of '{path}' (id '{key}') has no label; fill it in, or write "
+                              f"{SKIP} to leave that example out")
+        if label == SKIP:
+            skipped.append(key)
+        elif label not in names:
+            shown = ", ".join(label_names[:12]) + (", ..." if len(label_names) > 12 else "")
+            raise KdflowError(f"{where.capitalize()} of '{path}' (id '{key}') has label '{label}', which is not one "
+                              f"of the task's {len(label_names)} labels ({shown}); correct it or write {SKIP}")
+        else:
+            labels[key] = label
+    missing = [k for k in requested if k not in first_seen]
+    if missing:
+        raise KdflowError(f"{len(missing)} of the {len(requested)} examples asked for have no row in '{path}' "
+                          f"(first: id '{missing[0]}'); label them, or write {SKIP} as their label")
+    return labels, skipped
