@@ -49,7 +49,13 @@ def curve_stats(runs: list[dict], split: str, metric: str) -> dict:
 
 def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" = 3,
                        overrides: Optional[list[str]] = None, full: bool = True, target: float = 0.95,
-                       quiet: bool = True) -> dict:
+                       quiet: bool = True, reference: Optional[dict] = None) -> dict:
+    """Run ``strategies`` x ``seeds`` and summarise their label efficiency (module docstring).
+
+    ``reference``: the all-labels result of an earlier comparison on the same data (its
+    ``reference`` entry), used instead of training it again (e.g. to put a teacher-oracle
+    comparison against the gold all-labels student).
+    """
     from .loop import active
     cfg = load_config(config, overrides)
     bad = [s for s in strategies if s not in STRATEGIES]
@@ -82,8 +88,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
         for seed in seeds:
             results.setdefault(strategy, []).append(
                 run(f"{strategy}-s{seed}", [f"active.strategy={strategy}", f"active.seed={seed}", f"train.seed={seed}"]))
-    reference = None
-    if full:
+    if full and reference is None:
         pool_runs = []
         for seed in seeds:  # every pool label at once: one round, no selection
             pool_runs.append(run(f"all-labels-s{seed}", [

