@@ -355,6 +355,8 @@ def test_compare_strategies_writes_curves_and_the_all_labels_reference(taught):
         assert st["labels_to_reach"] == want
     assert (taught[0] / "cmp" / "plots" / "label_efficiency.png").is_file()
     assert "## Label efficiency" in (taught[0] / "cmp" / "report.md").read_text()
+    page = (taught[0] / "cmp" / "report.html").read_text()
+    assert "<th>labels to reach target</th>" in page and page.count('src="data:image/png;base64,') == 1
     # a second call reads the finished sub-runs back instead of training them again
     again = compare_strategies(cfg, ["random", "entropy"], seeds=2)
     assert again["strategies"]["entropy"]["mean"] == result["strategies"]["entropy"]["mean"]
@@ -378,3 +380,27 @@ def test_active_on_real_agnews_text(shared_data, tiny_bert, tmp_path):
     state = json.loads((tmp_path / "agnews" / "active" / "state.json").read_text())
     assert {v["label"] for v in state["labels"].values()} <= {"World", "Sports", "Business", "Sci/Tech"}
     assert "test" not in out["rounds"][0]
+
+
+def test_warm_start_continues_from_the_last_round_and_diversity_runs_in_the_loop(taught, monkeypatch):
+    starts, saved = [], []
+    real_fit, real_save = loop_mod.fit, loop_mod.Loop._save_round
+
+    def spy_fit(model, *args, **kwargs):
+        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_fit(model, *args, **kwargs)
+
+    def spy_save(self, model, snaps, r):
+        saved.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_save(self, model, snaps, r)
+    monkeypatch.setattr(loop_mod, "fit", spy_fit)
+    monkeypatch.setattr(loop_mod.Loop, "_save_round", spy_save)
+    out = kdflow.active(al_cfg(taught, "warm", strategy="entropy", retrain="warm", diversity=3, rounds=2))
+    assert len(out["rounds"]) == 2 and out["batches"][1]["k"] == 8
+    # warm: round 1 starts from the weights round 0 ended with (and saved)
+    assert all(torch.equal(starts[1][k], saved[0][k]) for k in saved[0])
+    assert any(not torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    starts.clear()
+    scratch = kdflow.active(al_cfg(taught, "scratch", strategy="entropy", retrain="scratch", rounds=2))
+    assert len(scratch["rounds"]) == 2
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])  # from scratch: the same start each round

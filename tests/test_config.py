@@ -89,3 +89,18 @@ def test_teacher_layers_imply_num_layers_and_explicit_wrong_metric_is_rejected()
 def test_regression_switches_default_metric():
     cfg = load_config({"data": {"train": "t.csv", "task": "regression"}})
     assert cfg.train.metric == "pearson" and cfg.teach.metric == "pearson"
+
+
+def test_shipped_configs_validate():
+    """Every example config in configs/ loads with no unknown key and no invalid value."""
+    from pathlib import Path
+
+    from kdflow.config import load_config
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    found = sorted(folder.glob("*.yaml"))
+    assert {p.name for p in found} >= {"clinc.yaml", "active.yaml"}
+    for path in found:
+        cfg = load_config(path)
+        assert cfg.run.name and cfg.data.path or cfg.data.train or cfg.data.hub
+    active = load_config(folder / "active.yaml").active
+    assert active.strategy == "entropy" and active.stop_parity == 0.05

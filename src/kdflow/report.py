@@ -139,8 +139,13 @@ def plot_label_efficiency(comp: dict, out: Path) -> "Path | None":
         ax.axhline(ref["mean"], color="grey", lw=1, label=f"all {ref['labels']} labels")
         ax.axhline(comp["target"] * ref["mean"], color="grey", lw=1, ls=":",
                    label=f"{comp['target']:.0%} of all-labels")
-    ax.set(title=f"label efficiency ({comp['split']} {comp['metric']}, mean ± std over {len(comp['seeds'])} seeds, "
-                 f"{comp.get('oracle')} oracle)", xlabel="labelled examples", ylabel=comp["metric"])
+    seeds = len(comp["seeds"])
+    ax.set(title=f"label efficiency ({comp['split']} {comp['metric']}, mean ± std over {seeds} seed"
+                 f"{'s' if seeds != 1 else ''}, {comp.get('oracle')} oracle)", xlabel="labelled examples",
+           ylabel=comp["metric"])
+    spans = [st["labels"] for st in strategies.values() if st["labels"]]
+    if spans and max(max(x) for x in spans) > 8 * min(min(x) for x in spans):
+        ax.set_xscale("log")  # geometric batch growth: equal room for every round
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from collections import deque
 from dataclasses import replace
@@ -44,7 +45,7 @@ from ..train import RunLog, fit, make_accelerator, predict
 from . import oracles
 from .outputs import stream_pool
 from .pool import PoolState
-from .strategies import NEEDS, SCORES, select
+from .strategies import NEEDS, SCORES, PoolOutputs, select
 
 COMMITTEE = ("vote_entropy", "committee_kl")
 
@@ -109,6 +110,7 @@ class Loop:
         self._load_models()
         self.current: Optional[torch.nn.Module] = None  # the student of the last finished round
         self.members: list[torch.nn.Module] = []
+        self.teacher_val: Optional[dict] = None  # the teacher's validation quality (for stop_parity)
 
     # ------------------------------------------------------------ set-up
     def _load_models(self) -> None:
@@ -268,7 +270,6 @@ class Loop:
         log = RunLog(cfg.run_dir, acc, cfg.run.quiet, metrics_file="active/epochs.csv",
                      tensorboard="tensorboard/active")
         ckpt = self.folder / "checkpoints"
-        import shutil
         shutil.rmtree(ckpt, ignore_errors=True)
         train_dl = loader(lab, make_collate(lab, self.s_feat), bs, True, cfg.train.seed)
         evaluate = api._eval_fn(self.ctx, self.ctx.data.validation, self.s_feat, cfg.train.eval_batch_size)
@@ -388,7 +389,7 @@ class Loop:
                 members=self.members if strategy in COMMITTEE and ac.committee == "checkpoints" else None,
                 teacher_probs=self.teacher_probs if use_teacher else None,
                 keep_top=ac.diversity * k if diverse else 0, seed=ac.seed * 100_003 + b, need_embeddings=diverse)
-        picked = select(strategy, outputs if outputs is not None else _empty(len(self.pool)), k, cands,
+        picked = select(strategy, outputs if outputs is not None else PoolOutputs(n=len(self.pool)), k, cands,
                         state.labelled_positions, seed=ac.seed * 100_003 + b,
                         diversity=ac.diversity if strategy in SCORES else 1)
         seconds = time.perf_counter() - started
@@ -429,7 +430,6 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
     if labels is not None and state.phase != "wait":
         raise KdflowError(f"No batch is waiting for labels in '{cfg.run_dir}' (the run is at its "
                           f"'{state.phase}' step); drop --labels")
-    loop.teacher_val = None
     if cfg.active.stop_parity and loop.cache is not None:
         v = loop.ctx.data.validation
         t_logits = api.teacher_logits(loop.ctx, loop.teacher, v, Featurizer(loop.tokenizer, cfg.data.max_length),
@@ -539,7 +539,3 @@ def _finish(loop: "Loop", cfg: Config) -> dict:
     _write(loop, summary)
     return summary
 
-
-def _empty(n: int):
-    from .strategies import PoolOutputs
-    return PoolOutputs(n=n)
