@@ -49,7 +49,8 @@ def config(args, out: Path, variant: str, seed: int) -> dict:
                   "student": {"num_layers": args.layers, "hidden_size": args.hidden, "num_heads": args.heads,
                               "intermediate_size": 4 * args.hidden, **extra.get("student", {})}},
         "data": {"path": args.data, "format": "clinc", "max_length": args.max_length, "seed": 0},
-        "train": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr, "patience": None, "seed": seed},
+        "train": {"epochs": args.epochs, "batch_size": 32, "patience": None, "seed": seed,
+                  "lr": args.lr_init if "init_from_teacher" in extra.get("student", {}) and args.lr_init else args.lr},
         "distill": {"mode": "offline", "temperature": 4.0, "alpha": 0.9, "cache_dir": str(out / "cache"),
                     "layer_score_examples": 1500, **extra.get("distill", {})},
         # one run folder per seed and variant, but the layer scores are shared via the same run for auto
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-init", type=float, default=None,
+                    help="learning rate of the variants initialised from teacher blocks (default: --lr)")
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")

@@ -50,9 +50,15 @@ def leaked_train_texts(intents_json) -> list:
     return [t for t, _ in blob["train"] if t in held]
 
 
-def test_gold_loop_bookkeeping_cache_and_outputs(taught):
+@pytest.fixture(scope="module")
+def gold_run(taught):
+    """One finished gold-oracle run (entropy, growth 1.5), shared by the tests that need one."""
     cfg = al_cfg(taught, "gold", strategy="entropy", growth=1.5)
-    out = kdflow.active(cfg)
+    return cfg, kdflow.active(cfg)
+
+
+def test_gold_loop_bookkeeping_cache_and_outputs(taught, gold_run):
+    cfg, out = gold_run
     assert out["status"] == "done" and out["stopped"] == "3 rounds done"
     assert [r["labels"] for r in out["rounds"]] == [8, 16, 28]  # 8, then 8 * 1.5**0, then 8 * 1.5**1
     assert [r["new"] for r in out["rounds"]] == [8, 8, 12]
@@ -172,7 +178,7 @@ def write_yaml(tmp_path, cfg) -> str:
     return str(path)
 
 
-def test_human_round_trip_with_malformed_label_files(taught, tmp_path, capsys):
+def test_human_round_trip_with_malformed_label_files(taught, gold_run, tmp_path, capsys):
     cfg = al_cfg(taught, "human", strategy="entropy", oracle="human", initial_strategy="random", rounds=2,
                  initial=6, per_round=5)
     path = write_yaml(tmp_path, cfg)
@@ -257,7 +263,7 @@ def test_stopping_rules(taught):
     assert loop_mod.Loop.stop_reason(fake).startswith("predictions stable")
 
 
-def test_bad_settings_are_named_before_any_work(taught, tmp_path):
+def test_bad_settings_are_named_before_any_work(taught, gold_run, tmp_path):
     cases = [
         (dict(oracle="teacher", initial_strategy="stratified"), "initial_strategy stratified"),
         (dict(strategy="bald"), "dropout"),

@@ -128,8 +128,11 @@ def cmd_active(args) -> dict:
         return out
     from .active import active
     out = active(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite, labels=args.labels)
-    if not args.quiet:
+    if not args.quiet and out["rounds"]:
         _print_active(out)
+    if out["status"] == "waiting" and args.quiet:  # the log line said it already unless quiet
+        print(f"{len(out['pending']['ids'])} examples wait for labels in {out['pending']['files']['csv']}; then: "
+              f"{out['pending']['command']}")
     return out
 
 
@@ -146,9 +149,6 @@ def _print_active(out: dict) -> None:
                   f"{r['validation']['accuracy']:.4f}", f"{r['test']['accuracy']:.4f}" if "test" in r else "",
                   f"{r['kappa']:.3f}" if r.get("kappa") is not None else "")
     show(t)
-    if out["status"] == "waiting":
-        print(f"label {out['pending']['files']['csv']}, then: kdflow active CONFIG --resume --labels "
-              f"{out['pending']['files']['csv']}")
 
 
 def _print_compare(out: dict) -> None:

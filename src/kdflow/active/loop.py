@@ -43,6 +43,7 @@ from ..errors import KdflowError
 from ..metrics import quality
 from ..train import RunLog, fit, make_accelerator, predict
 from . import oracles
+from .oracles import SKIP
 from .outputs import stream_pool
 from .pool import PoolState
 from .strategies import NEEDS, SCORES, PoolOutputs, select
@@ -111,6 +112,7 @@ class Loop:
         self.current: Optional[torch.nn.Module] = None  # the student of the last finished round
         self.members: list[torch.nn.Module] = []
         self.teacher_val: Optional[dict] = None  # the teacher's validation quality (for stop_parity)
+        self.command = "kdflow active CONFIG"  # how the user started it, for the instructions we print
 
     # ------------------------------------------------------------ set-up
     def _load_models(self) -> None:
@@ -414,6 +416,8 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
     cfg = load_config(config, overrides)
     resume = resume or labels is not None
     loop = Loop(cfg, resume, overwrite)
+    loop.command = "kdflow active " + (str(config) if isinstance(config, (str, Path)) else "CONFIG") + "".join(
+        f" --set {o}" for o in overrides or [] if not o.startswith("run.quiet"))
     log = loop.ctx.log
     if resume and loop.state_path.is_file():
         loop.state = PoolState.load(loop.state_path, list(loop.pool.ids))
@@ -483,11 +487,13 @@ def _round_line(rec: dict, metric: str) -> str:
 def _waiting(loop: "Loop", cfg: Config) -> dict:
     p = loop.state.pending
     csv_path = p["files"]["csv"]
+    by_teacher = f" (the teacher labelled {len(p['teacher'])} it was sure of)" if p.get("teacher") else ""
     loop.ctx.log.info(
-        f"[active] batch {p['batch']}: {len(p['ids'])} examples wait for human labels in {csv_path} (fill in the "
-        f"label column; {Path(p['files']['jsonl']).name} and Label Studio tasks {Path(p['files']['label_studio']).name}"
-        f" with {Path(p['files']['label_studio_config']).name} sit beside it). Then run: kdflow active CONFIG "
-        f"--resume --labels {csv_path}")
+        f"[active] batch {p['batch']}: {len(p['ids'])} examples wait for human labels in {csv_path}{by_teacher}: "
+        f"fill in the label column ({SKIP} drops an example; {Path(p['files']['jsonl']).name} and the Label Studio "
+        f"tasks {Path(p['files']['label_studio']).name} with {Path(p['files']['label_studio_config']).name} sit "
+        f"beside it), then run: {loop.command} --resume --labels {csv_path}")
+    p["command"] = f"{loop.command} --resume --labels {csv_path}"
     summary = _summary(loop, cfg, "waiting")
     _write(loop, summary)
     return summary
