@@ -126,11 +126,12 @@ def test_hybrid_gives_the_teacher_only_what_it_is_sure_of(taught):
         enc = tok(train, padding=True, truncation=True, max_length=32, return_tensors="pt")
         conf = torch.softmax(teacher.eval()(**enc).logits, -1).max(-1).values.numpy()
     threshold = float(np.median(conf))  # about half the pool is "sure"
-    cfg = al_cfg(taught, "hybrid", strategy="least_confidence", oracle="hybrid", hybrid_human="gold",
+    cfg = al_cfg(taught, "hybrid", alpha=0.0, strategy="least_confidence", oracle="hybrid", hybrid_human="gold",
                  hybrid_threshold=threshold, rounds=2, per_round=16)
     out = kdflow.active(cfg)
     assert out["sources"].get("teacher", 0) > 0 and out["sources"].get("gold", 0) > 0
-    assert out["teacher_queries"] == out["labels"]  # every selected example was shown to the teacher first
+    # no soft targets (alpha 0): the teacher saw exactly the selected examples, to decide who labels them
+    assert out["teacher_queries"] == out["labels"] == 24
     state = state_of(taught, "hybrid")
     by_text = dict(zip(train, conf))
     from kdflow.config import load_config
@@ -249,6 +250,8 @@ def test_stopping_rules(taught):
     parity = kdflow.active(al_cfg(taught, "parity", strategy="random", stop_parity=0.99))
     assert len(parity["rounds"]) == 1 and parity["stopped"].startswith("teacher parity")
     assert parity["teacher_validation"]["accuracy"] > 0.5
+    again = kdflow.active(al_cfg(taught, "parity", strategy="random", stop_parity=0.99), resume=True)
+    assert len(again["rounds"]) == 1 and again["labels"] == 8  # stays stopped: no batch bought on resume
     # stabilising predictions: the rule reads the last stop_window kappas
     fake = SimpleNamespace(ac=SimpleNamespace(budget=None, rounds=None, stop_parity=None, stop_kappa=0.9, stop_window=2),
                            cfg=SimpleNamespace(train=SimpleNamespace(metric="accuracy")), teacher_val=None,
@@ -268,11 +271,14 @@ def test_bad_settings_are_named_before_any_work(taught, gold_run, tmp_path):
         (dict(oracle="teacher", initial_strategy="stratified"), "initial_strategy stratified"),
         (dict(strategy="bald"), "dropout"),
         (dict(strategy="vote_entropy", committee_size=9), "committee_size 9 exceeds"),
+        (dict(strategy="vote_entropy", committee_size=3), "exceeds train.patience"),
     ]
     for active, message in cases:
         cfg = al_cfg(taught, "bad", **active)
         if active.get("strategy") == "bald":
             cfg["model"]["student"]["dropout"] = 0.0
+        if active.get("committee_size") == 3:
+            cfg["train"]["patience"] = 1
         with pytest.raises(KdflowError, match=message):
             kdflow.active(cfg)
     assert not (taught[0] / "bad").exists()  # nothing written
@@ -410,3 +416,68 @@ def test_warm_start_continues_from_the_last_round_and_diversity_runs_in_the_loop
     scratch = kdflow.active(al_cfg(taught, "scratch", strategy="entropy", retrain="scratch", rounds=2))
     assert len(scratch["rounds"]) == 2
     assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])  # from scratch: the same start each round
+
+
+def test_label_files_from_spreadsheets_and_label_studio(tmp_path):
+    """Formats people actually hand back: Excel's BOM CSV, Label Studio CSV / JSON / JSON-MIN exports."""
+    from kdflow.active.oracles import read_labels
+    names, asked = ["neg", "pos"], ["train:a", "train:b"]
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("id,text,label\r\ntrain:a,good,pos\r\ntrain:b,\"bad,\nvery\",neg\r\n".encode("utf-8-sig"))
+    assert read_labels(bom, asked, names) == ({"train:a": "pos", "train:b": "neg"}, [])
+    ls_csv = tmp_path / "ls.csv"  # Label Studio's CSV export: its own task id beside ours
+    ls_csv.write_text("id,kdflow_id,text,label\n17,train:a,good,pos\n18,train:b,bad,neg\n")
+    assert read_labels(ls_csv, asked, names)[0] == {"train:a": "pos", "train:b": "neg"}
+    json_min = tmp_path / "min.json"
+    json_min.write_text(json.dumps([{"id": 17, "kdflow_id": "train:a", "label": "pos"},
+                                    {"id": 18, "kdflow_id": "train:b", "label": "neg"}]))
+    assert read_labels(json_min, asked, names)[0] == {"train:a": "pos", "train:b": "neg"}
+
+    def task(key, *answers, cancelled=()):
+        anns = [{"was_cancelled": i in cancelled, "result": [{"type": "choices", "value": {"choices": list(a)}}]}
+                for i, a in enumerate(answers)]
+        return {"id": 1, "data": {"kdflow_id": key}, "annotations": anns}
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps([task("train:a", ["pos"], ["neg"], cancelled=(1,)), task("train:b", ["neg"], ["neg"])]))
+    assert read_labels(ok, asked, names)[0] == {"train:a": "pos", "train:b": "neg"}  # cancelled one ignored
+    cases = [([task("train:a", ["pos"], ["neg"]), task("train:b", ["neg"])], "Item 0 .*annotations that disagree"),
+             ([task("train:a", ["pos"]), task("train:b", ["pos", "neg"])], "Item 1 .*ticks 2 choices"),
+             ([{"data": "train:a", "annotations": []}], "Item 0 .*no data.kdflow_id"),
+             ([{"data": {"kdflow_id": "train:a"}, "annotations": ["x"]}], "Item 0 .*malformed annotations")]
+    for items, message in cases:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(items))
+        with pytest.raises(KdflowError, match=message):
+            read_labels(bad, asked, names)
+    long = tmp_path / "long.csv"  # the pool's long documents come back in to_label.csv
+    long.write_text("id,text,label\ntrain:a," + "x" * 200_000 + ",pos\ntrain:b,y,neg\n")
+    assert read_labels(long, asked, names)[0]["train:a"] == "pos"
+    broken = tmp_path / "broken.csv"
+    broken.write_text('id,label\ntrain:a,pos\ntrain:b,"neg\n')
+    with pytest.raises(KdflowError, match="Line 3 of .* is not valid CSV"):
+        read_labels(broken, asked, names)
+
+
+def test_pool_scoring_moves_the_student_to_the_device_and_breaks_ties_like_top_k(taught):
+    """The round's student sits on the CPU after training; scoring must put it where the inputs go.
+    And a streamed short list keeps the same tied examples top_k would pick."""
+    from kdflow.active.outputs import stream_pool
+    from kdflow.active.strategies import top_k
+    from kdflow.config import load_config
+    from kdflow.data import load_data
+    from kdflow.models import load_saved
+    model, tok, _, _ = load_saved(taught[0] / "teach" / "teacher")
+    pool = load_data(load_config(al_cfg(taught, "x")).data).train
+    moved = []
+    real_to = model.to
+    model.to = lambda *a, **k: (moved.append(a[0] if a else k.get("device")), real_to(*a, **k))[1]
+    pos = np.arange(len(pool))
+    with torch.no_grad():  # a model that says the same about everything: every score ties
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m.out_features == 4:
+                m.weight.zero_()
+                m.bias.zero_()
+    out = stream_pool(model, pool, pos, tok, 32, "entropy", 4, "cpu", batch_size=16, chunk=40,
+                      need_embeddings=True, keep_top=12, seed=11)
+    assert moved and str(moved[0]) == "cpu"
+    np.testing.assert_array_equal(out.embedding_rows, np.sort(top_k(out.scores, 12, pos, seed=11)))

@@ -116,8 +116,10 @@ def cmd_export(args) -> list:
 def cmd_active(args) -> dict:
     if args.strategies:
         from .active import compare_strategies
-        if args.labels:
-            raise KdflowError("--labels continues one run that waits for human labels; it does not go with --strategies")
+        if args.labels or args.resume or args.overwrite:
+            raise KdflowError("--strategies runs its own sub-runs under RUN/active-runs (finished ones are read back, "
+                              "unfinished ones resumed): drop --labels, --resume and --overwrite, or delete that "
+                              "folder to start the comparison again")
         try:
             seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
         except ValueError:
@@ -142,11 +144,12 @@ def _print_active(out: dict) -> None:
     from .console import show
     t = Table(title=f"active learning: {out['strategy']}, {out['oracle']} oracle — {out['status']}"
                     + (f" ({out['stopped']})" if out.get("stopped") else ""), title_justify="left")
-    for col in ("round", "labels", "teacher queries", "val accuracy", "test accuracy", "kappa"):
+    m = out.get("metric", "accuracy")
+    for col in ("round", "labels", "teacher queries", f"val {m}", f"test {m}", "kappa"):
         t.add_column(col, justify="right")
     for r in out["rounds"]:
         t.add_row(str(r["round"]), str(r["labels"]), str(r["teacher_queries"]),
-                  f"{r['validation']['accuracy']:.4f}", f"{r['test']['accuracy']:.4f}" if "test" in r else "",
+                  f"{r['validation'][m]:.4f}", f"{r['test'][m]:.4f}" if "test" in r else "",
                   f"{r['kappa']:.3f}" if r.get("kappa") is not None else "")
     show(t)
 

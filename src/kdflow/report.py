@@ -210,7 +210,8 @@ def write_report(run: "str | Path") -> dict:
     comp = json.loads(comp_path.read_text()) if comp_path.is_file() else None
     images = [p for p in (plot_curves(run, plots / "curves.png"), plot_bars(deploy, metric, plots / "compare.png"),
                           plot_confusions(student_row.get("top_confusions", []), plots / "confusions.png"),
-                          plot_active(active, "accuracy", plots / "active.png") if active else None,
+                          plot_active(active, active.get("metric", "accuracy"), plots / "active.png")
+                          if active else None,
                           plot_label_efficiency(comp, plots / "label_efficiency.png") if comp else None) if p]
 
     lines = [f"# kdflow report: {run.name}", ""]
@@ -229,7 +230,7 @@ def write_report(run: "str | Path") -> dict:
     if comp:
         lines += _compare_md(comp)
     if active:
-        lines += _active_md(active, "accuracy")
+        lines += _active_md(active, active.get("metric", "accuracy"))
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     (run / "report.md").write_text("\n".join(lines))
 
@@ -244,7 +245,9 @@ def write_report(run: "str | Path") -> dict:
         body.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{_fmt(r[k])}</td>" for k in keys) + "</tr>" for r in deploy) + "</table>")
     if comp or active:
-        body.append(md_to_html((_compare_md(comp) if comp else []) + (_active_md(active, "accuracy") if active else [])))
+        sections = (_compare_md(comp) if comp else []) + (
+            _active_md(active, active.get("metric", "accuracy")) if active else [])
+        body.append(md_to_html(sections))
     body += [img(p) for p in images]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>kdflow report</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"

@@ -64,6 +64,11 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     if not strategies:
         raise KdflowError("--strategies names no strategy; give e.g. random,entropy")
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise KdflowError("--seeds asks for no run; give a count of at least 1 (e.g. 3) or a list such as 0,1,2")
+    if full and reference is None and cfg.data.unlabelled:
+        raise KdflowError("The all-labels reference trains on the pool's gold labels, and data.unlabelled has none; "
+                          "pass --no-full (full=False) to compare the strategies without it")
     base = cfg.run_dir
     sub_root = base / "active-runs"
     common = list(overrides or [])
@@ -103,7 +108,8 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     for strategy, runs in results.items():
         stats = curve_stats(runs, split, metric)
         entry = {**stats, "teacher_queries": float(np.mean([r["teacher_queries"] for r in runs])),
-                 "select_seconds": float(np.mean([b.get("select_seconds") or 0 for r in runs for b in r["batches"]]))}
+                 "select_seconds": float(np.mean([b["select_seconds"] for r in runs for b in r["batches"]
+                                                  if b.get("select_seconds") is not None] or [0.0]))}
         if reference:
             entry["labels_to_reach"] = labels_to_reach(stats["labels"], stats["mean"], target * reference["mean"])
             per_seed = [labels_to_reach([x["labels"] for x in r["rounds"]],

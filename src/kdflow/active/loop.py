@@ -54,7 +54,7 @@ COMMITTEE = ("vote_entropy", "committee_kl")
 def _needs_teacher(cfg: Config) -> bool:
     ac = cfg.active
     return (cfg.distill.alpha > 0 or ac.oracle in ("teacher", "hybrid") or ac.strategy == "disagreement"
-            or (ac.strategy in COMMITTEE and ac.committee == "teacher_student"))
+            or (ac.strategy in COMMITTEE and ac.committee == "teacher_student") or ac.stop_parity is not None)
 
 
 def _check(cfg: Config) -> None:
@@ -75,12 +75,18 @@ def _check(cfg: Config) -> None:
     if ac.initial_strategy == "stratified" and not d.unlabelled and not simulated:
         raise KdflowError(f"active.initial_strategy stratified draws the seed set by the pool's gold labels, which "
                           f"oracle {ac.oracle} does not have; set active.initial_strategy: random")
-    if ac.strategy == "bald" and cfg.model.student.dropout <= 0:
+    spec = cfg.model.student
+    if ac.strategy == "bald" and not spec.name and spec.dropout <= 0:  # a named student is checked once built
         raise KdflowError("active.strategy bald samples the student with MC dropout, but model.student.dropout is 0; "
                           "set it above 0 (e.g. 0.1) or pick another strategy")
     if ac.strategy in COMMITTEE and ac.committee == "checkpoints" and ac.committee_size > cfg.train.epochs:
         raise KdflowError(f"active.committee_size {ac.committee_size} exceeds train.epochs {cfg.train.epochs}: the "
                           "committee is the student after each of its last epochs; lower committee_size")
+    if ac.strategy in COMMITTEE and ac.committee == "checkpoints" and cfg.train.patience \
+            and ac.committee_size > cfg.train.patience + 1:
+        raise KdflowError(f"active.committee_size {ac.committee_size} exceeds train.patience + 1 = "
+                          f"{cfg.train.patience + 1}: early stopping may end a round with fewer epochs than members; "
+                          "lower committee_size or raise train.patience")
 
 
 def _signature(cfg: Config) -> dict:
@@ -92,6 +98,11 @@ def _signature(cfg: Config) -> dict:
             "diversity": ac.diversity, "student": cfg.model.student.model_dump(mode="json"),
             "alpha": cfg.distill.alpha, "temperature": cfg.distill.temperature, "max_length": cfg.data.max_length,
             "train_seed": cfg.train.seed}
+
+
+def _inputs(split: Split, i: int) -> tuple:
+    """What the model reads of example i (text, and text_pair where there is one)."""
+    return tuple(split.inputs[k][i] for k in ("text", "text_pair") if k in split.inputs)
 
 
 class Loop:
@@ -128,6 +139,10 @@ class Loop:
         self.teacher, self.tokenizer, self.teacher_source = api._load_teacher(ctx)
         self.template, self.s_tokenizer = api._build_student(ctx, self.teacher, self.tokenizer)
         api._check_length(self.template, cfg.data.max_length, "student")
+        if self.ac.strategy == "bald" and not any(isinstance(m, torch.nn.Dropout) and m.p > 0
+                                                  for m in self.template.modules()):
+            raise KdflowError("active.strategy bald samples the student with MC dropout, but the student has no "
+                              "dropout; set model.student.dropout above 0 (e.g. 0.1) or pick another strategy")
         self.s_feat = api._featurizer(cfg.model.student, self.s_tokenizer, cfg.data.max_length)
         self.cache = None
         if _needs_teacher(cfg):
@@ -138,9 +153,9 @@ class Loop:
     def _new_state(self) -> PoolState:
         d = self.ctx.data
         state = PoolState(list(self.pool.ids), signature=_signature(self.cfg))
-        held = {t for s in (d.validation, d.test) if s is not None for t in s.inputs.get("text", [])}
-        leaks = {self.pool.ids[i]: "text also in validation or test" for i in range(len(self.pool))
-                 if i >= self.given and self.pool.inputs["text"][i] in held}
+        held = {_inputs(s, i) for s in (d.validation, d.test) if s is not None for i in range(len(s))}
+        leaks = {self.pool.ids[i]: "text also in validation or test" for i in range(self.given, len(self.pool))
+                 if _inputs(self.pool, i) in held}
         state.ignored.update(leaks)
         if leaks:
             self.ctx.log.info(f"[active] {len(leaks)} pool texts also occur in validation or test: ignored (never "
@@ -329,11 +344,14 @@ class Loop:
         tmp = self._student_file(r).with_suffix(".tmp")
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
         tmp.replace(self._student_file(r))
-        if snaps:
-            folder = self.folder / "committee"
-            folder.mkdir(exist_ok=True)
+        if snaps:  # this round's members replace the last round's whole: never a mix after a resume
+            folder, tmp = self.folder / "committee", self.folder / "committee.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
             for i, sd in enumerate(snaps):
-                save_file({k: v.contiguous() for k, v in sd.items()}, folder / f"member-{i}.safetensors")
+                save_file({k: v.contiguous() for k, v in sd.items()}, tmp / f"member-{i}.safetensors")
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
 
     def _prune_files(self, r: int) -> None:
         for f in self.folder.glob("student-round-*.safetensors"):
@@ -419,6 +437,11 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
     loop.command = "kdflow active " + (str(config) if isinstance(config, (str, Path)) else "CONFIG") + "".join(
         f" --set {o}" for o in overrides or [] if not o.startswith("run.quiet"))
     log = loop.ctx.log
+    if cfg.active.stop_parity:  # before the resume checks: a run that stopped at parity stays stopped
+        v = loop.ctx.data.validation
+        t_logits = api.teacher_logits(loop.ctx, loop.teacher, v, Featurizer(loop.tokenizer, cfg.data.max_length),
+                                      loop.cache)
+        loop.teacher_val = quality(t_logits.numpy(), v.targets, "classification")
     if resume and loop.state_path.is_file():
         loop.state = PoolState.load(loop.state_path, list(loop.pool.ids))
         _check_resume(loop.state, cfg)
@@ -434,11 +457,6 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
     if labels is not None and state.phase != "wait":
         raise KdflowError(f"No batch is waiting for labels in '{cfg.run_dir}' (the run is at its "
                           f"'{state.phase}' step); drop --labels")
-    if cfg.active.stop_parity and loop.cache is not None:
-        v = loop.ctx.data.validation
-        t_logits = api.teacher_logits(loop.ctx, loop.teacher, v, Featurizer(loop.tokenizer, cfg.data.max_length),
-                                      loop.cache)
-        loop.teacher_val = quality(t_logits.numpy(), v.targets, "classification")
     log.info(f"[active] pool {len(loop.pool)} examples ({len(state.ignored)} ignored), strategy "
              f"{cfg.active.strategy}, oracle {cfg.active.oracle}; teacher {loop.teacher_source}; student "
              f"{type(loop.template).__name__} ({models.count_parameters(loop.template):,} params)")
@@ -502,7 +520,7 @@ def _waiting(loop: "Loop", cfg: Config) -> dict:
 def _summary(loop: "Loop", cfg: Config, status: str) -> dict:
     state = loop.state
     rounds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in state.rounds]
-    return {"status": status, "stopped": state.stopped, "strategy": cfg.active.strategy,
+    return {"status": status, "stopped": state.stopped, "strategy": cfg.active.strategy, "metric": cfg.train.metric,
             "oracle": cfg.active.oracle, "labels": len(state.labels), "sources": state.sources(),
             "ignored": len(state.ignored), "teacher_queries": len(state.teacher_queries),
             "pool": len(loop.pool), "rounds": rounds, "batches": state.batch_meta,

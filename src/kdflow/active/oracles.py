@@ -16,6 +16,7 @@ names the row. ``__skip__`` as a label leaves that example out of the pool for g
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -81,20 +82,39 @@ def _xml(text: str) -> str:
 # ------------------------------------------------------------------ human: import
 
 def _rows(path: Path) -> list[tuple[str, Optional[str], Optional[str]]]:
-    """``(where, id, label)`` per row of a CSV/TSV, JSONL, Label Studio export or JSON list."""
+    """``(where, id, label)`` per row of a CSV/TSV, JSONL, Label Studio export or JSON list.
+
+    The id is ``kdflow_id`` where the file has one (Label Studio's own exports carry their
+    task ``id`` beside it), else ``id``. A byte-order mark (Excel's "CSV UTF-8") is fine.
+    """
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise KdflowError(f"Label file '{path}' is not UTF-8 text; save it as UTF-8 CSV, JSONL or JSON") from None
+    except OSError as err:
+        raise KdflowError(f"Label file '{path}' cannot be read ({err.strerror or err}); check its permissions") from None
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        csv.field_size_limit(2**31 - 1)  # the pool's own long documents come back in this file
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
+                                strict=True)  # an unclosed quote is an error, not a label swallowing the rest
         cols = reader.fieldnames or []
-        for need in ("id", "label"):
+        key = "kdflow_id" if "kdflow_id" in cols else "id"
+        for need in (key, "label"):
             if need not in cols:
                 raise KdflowError(f"Label file '{path}' has no '{need}' column (columns: {', '.join(cols) or 'none'}); "
                                   "keep the id and label columns of to_label.csv")
-        return [(f"line {i + 2}", r.get("id"), r.get("label")) for i, r in enumerate(reader)]
+        out, rows = [], iter(reader)
+        while True:
+            start = reader.line_num + 1  # a quoted field may span lines: name the line its row starts on
+            try:
+                r = next(rows)
+            except StopIteration:
+                return out
+            except csv.Error as err:
+                raise KdflowError(f"Line {start} of '{path}' is not valid {suffix[1:].upper()} ({err}); fix the "
+                                  "quoting there") from None
+            out.append((f"line {start}", r.get(key), r.get("label")))
     if suffix == ".jsonl":
         out = []
         for i, line in enumerate(text.splitlines()):
@@ -106,7 +126,7 @@ def _rows(path: Path) -> list[tuple[str, Optional[str], Optional[str]]]:
                 raise KdflowError(f"Line {i + 1} of '{path}' is not valid JSON; fix that line") from None
             if not isinstance(obj, dict):
                 raise KdflowError(f"Line {i + 1} of '{path}' is not an object with id and label; fix that line")
-            out.append((f"line {i + 1}", _str(obj.get("id")), _str(obj.get("label"))))
+            out.append((f"line {i + 1}", _str(obj.get("kdflow_id", obj.get("id"))), _str(obj.get("label"))))
         return out
     if suffix == ".json":
         try:
@@ -128,22 +148,34 @@ def _str(v) -> Optional[str]:
 def _json_item(item, i: int) -> tuple[str, Optional[str], Optional[str]]:
     where = f"item {i}"
     if not isinstance(item, dict):
-        raise KdflowError(f"{where.capitalize()} of the label file is not an object; give objects with id and label")
-    if "annotations" in item or "data" in item:  # Label Studio export
-        key = _str((item.get("data") or {}).get("kdflow_id"))
-        if key is None:
-            raise KdflowError(f"{where.capitalize()} of the Label Studio export has no data.kdflow_id; import "
-                              "label_studio_tasks.json into Label Studio so each task keeps its kdflow_id")
-        done = [a for a in item.get("annotations") or [] if not a.get("was_cancelled")]
-        label = None
-        if done:
-            for r in done[-1].get("result") or []:
-                choices = (r.get("value") or {}).get("choices")
-                if choices:
-                    label = str(choices[0])
-                    break
-        return where, key, label
-    return where, _str(item.get("id")), _str(item.get("label"))
+        raise KdflowError(f"Item {i} of the label file is not an object; give objects with id and label")
+    if "annotations" not in item and "data" not in item:  # a plain list, or Label Studio's JSON-MIN export
+        return where, _str(item.get("kdflow_id", item.get("id"))), _str(item.get("label"))
+    data = item.get("data")
+    if not isinstance(data, dict) or data.get("kdflow_id") is None:
+        raise KdflowError(f"Item {i} of the Label Studio export has no data.kdflow_id; import label_studio_tasks.json "
+                          "into Label Studio so each task keeps its kdflow_id")
+    key = str(data["kdflow_id"])
+    annotations = item.get("annotations") or []
+    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+        raise KdflowError(f"Item {i} (kdflow_id '{key}') of the Label Studio export has malformed annotations; "
+                          "export it again from Label Studio as JSON")
+    answers = []
+    for a in annotations:
+        if a.get("was_cancelled"):
+            continue
+        results = a.get("result") or []
+        choices = [c for r in results if isinstance(r, dict) and isinstance(r.get("value"), dict)
+                   for c in (r["value"].get("choices") or [])]
+        if len(choices) > 1:
+            raise KdflowError(f"Item {i} (kdflow_id '{key}') of the Label Studio export ticks {len(choices)} choices "
+                              f"({', '.join(map(str, choices))}); keep one label per example")
+        if choices:
+            answers.append(str(choices[0]))
+    if len(set(answers)) > 1:
+        raise KdflowError(f"Item {i} (kdflow_id '{key}') of the Label Studio export has annotations that disagree "
+                          f"({', '.join(answers)}); settle on one label in Label Studio and export again")
+    return where, key, answers[0] if answers else None
 
 
 def read_labels(path: "str | Path", requested: list[str], label_names: list[str]

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data import Featurizer, Split, loader, make_collate
 from ..errors import KdflowError
-from .strategies import NEEDS, SCORES, PoolOutputs
+from .strategies import NEEDS, SCORES, PoolOutputs, tie_keys
 
 
 def head_layer(model: nn.Module, num_labels: int) -> nn.Linear:
@@ -48,7 +48,11 @@ def capture_head_input(model: nn.Module, num_labels: int):
 
 
 def _probs(model: nn.Module, inputs: dict) -> torch.Tensor:
-    return torch.softmax(model(**inputs).logits.float(), -1)
+    logits = model(**inputs).logits.float()
+    if not torch.isfinite(logits).all():
+        raise KdflowError("The student's outputs on the pool are not finite (NaN or inf), so no strategy can rank "
+                          "them; lower train.lr, or use mixed_precision: no (or bf16 instead of fp16)")
+    return torch.softmax(logits, -1)
 
 
 def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, tokenizer, max_length: int, strategy: str,
@@ -57,6 +61,8 @@ def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, tokenizer,
                 keep_top: int = 0, seed: int = 0, need_embeddings: bool = False) -> PoolOutputs:
     """Outputs of ``model`` over ``pool[positions]`` for ``strategy``.
 
+    ``seed`` draws the MC-dropout masks and breaks ties in the short list exactly as
+    :func:`~kdflow.active.strategies.top_k` does with the same seed.
     ``teacher_probs(positions) -> [n, C]`` supplies the teacher's probabilities (disagreement,
     the teacher+student committee). ``members``: the committee's models (vote entropy,
     committee KL). ``keep_top``: with ``need_embeddings`` for a score-based strategy, keep
@@ -72,7 +78,7 @@ def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, tokenizer,
     probs_all = np.zeros((n, num_labels), dtype=np.float32) if strategy == "badge" else None
     emb_all: Optional[np.ndarray] = None
     short_pos, short_emb, short_score = np.zeros(0, np.int64), None, np.zeros(0)
-    model.eval()
+    model.to(device).eval()  # trained, restored or evaluated on the CPU: score where the inputs go
     for m in members or []:
         m.to(device).eval()
     gen_state = torch.random.get_rng_state()
@@ -124,8 +130,8 @@ def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, tokenizer,
                         short_pos = np.concatenate([short_pos, rows])
                         short_score = np.concatenate([short_score, s])
                         short_emb = emb if short_emb is None else np.concatenate([short_emb, emb])
-                        if len(short_pos) > keep_top:  # keep the best keep_top (ties: lower position first)
-                            keep = np.lexsort((short_pos, -short_score))[:keep_top]
+                        if len(short_pos) > keep_top:  # keep the best keep_top; ties as top_k breaks them
+                            keep = np.lexsort((tie_keys(short_pos, seed), -short_score))[:keep_top]
                             short_pos, short_score, short_emb = short_pos[keep], short_score[keep], short_emb[keep]
                 if full_emb:
                     if emb_all is None:

@@ -114,14 +114,24 @@ def _order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
+def tie_keys(positions: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random key per pool position, the same whichever subset asks: equal
+    scores are broken by it, in :func:`top_k` and in a streamed short list alike."""
+    positions = np.asarray(positions, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
+        x = positions * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(31)  # splitmix-style mixing: cheap, stateless, well spread
+        x *= np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(29))
+
+
 def top_k(scores: np.ndarray, k: int, candidates: np.ndarray, seed: int = 0) -> np.ndarray:
     """The ``k`` candidates with the highest scores, best first; equal scores in a seeded order."""
     candidates = np.asarray(candidates, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)[candidates]
     if np.isnan(s).any():
         raise ValueError("scores hold NaN; the model's outputs are not finite")
-    tie = _order(len(candidates), seed)
-    rank = np.lexsort((tie, -s))  # by score descending, then by the seeded tie-break
+    rank = np.lexsort((tie_keys(candidates, seed), -s))  # by score descending, then by the seeded key
     return candidates[rank[:k]]
 
 
@@ -220,8 +230,8 @@ def badge(probs: np.ndarray, hidden: np.ndarray, k: int, candidates: np.ndarray,
     are drawn with probability proportional to the squared distance to the chosen centres.
     """
     candidates = np.asarray(candidates, dtype=np.int64)
-    p = _check_probs(probs)[candidates].astype(np.float64)
-    h = np.asarray(hidden, dtype=np.float64)[candidates]
+    p = _check_probs(np.asarray(probs)[candidates])  # index first: only the candidates' rows are copied
+    h = np.asarray(hidden)[candidates].astype(np.float64)
     a = p.copy()
     a[np.arange(len(a)), p.argmax(1)] -= 1.0
     a_sq, h_sq = (a * a).sum(1), (h * h).sum(1)
