@@ -282,6 +282,12 @@ def test_bad_settings_are_named_before_any_work(taught, gold_run, tmp_path):
         with pytest.raises(KdflowError, match=message):
             kdflow.active(cfg)
     assert not (taught[0] / "bad").exists()  # nothing written
+    for distill, message in (({"mode": "online"}, "distill.mode online would be ignored"),
+                             ({"intermediate": True}, "distill.intermediate would be ignored")):
+        cfg = al_cfg(taught, "bad")
+        cfg["distill"].update(distill)
+        with pytest.raises(KdflowError, match=message):
+            kdflow.active(cfg)
     unl = tmp_path / "pool.csv"
     unl.write_text("text\nbook me a flight to lima\n")
     cfg = al_cfg(taught, "bad", oracle="gold")

@@ -68,6 +68,15 @@ def _check(cfg: Config) -> None:
                           "probabilities)")
     if d.values_column:
         raise KdflowError("kdflow active reads text pools; numeric sequences (data.values_column) are not supported")
+    dc = cfg.distill
+    unsupported = [name for name, on in (("distill.mode " + dc.mode, dc.mode != "offline"),
+                                         ("distill.intermediate", dc.intermediate),
+                                         ("distill.extra_teachers", bool(dc.extra_teachers)),
+                                         ("distill.logit_loss dkd", dc.logit_loss != "hinton")) if on]
+    if unsupported:
+        raise KdflowError(f"kdflow active trains each round with Hinton KD on cached teacher logits (distill.mode "
+                          f"offline), so {unsupported[0]} would be ignored; drop it for active learning (kdflow "
+                          "distill supports it)")
     if d.unlabelled and (ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold")):
         raise KdflowError("The pool is data.unlabelled, which has no gold labels, so active.oracle gold (or hybrid "
                           "with hybrid_human gold) cannot label it; use oracle human, teacher or hybrid")
