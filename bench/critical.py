@@ -8,7 +8,7 @@ Variants (same student architecture, same data, same epochs; seeds 0..S-1):
   +init       + the student's blocks initialised from teacher blocks (DistilBERT-style), with last:3
 
     python bench/critical.py --data ../shared/data/clinc150/data_small.json \
-        --teacher runs/clinc/teacher --seeds 3 --json bench/out/critical.json
+        --teacher runs/clinc-small/teacher --seeds 3 --json bench/out/critical.json
 
 The teacher must be a saved classifier for the data's labels (e.g. `kdflow teach`
 on CLINC150). Prints a Markdown table: test accuracy mean ± std over seeds and
@@ -63,11 +63,11 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--teacher", required=True, help="saved teacher folder fine-tuned on these labels")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--heads", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)  # a 2-epoch probe: better than 1e-4 for both inits
     ap.add_argument("--lr-init", type=float, default=None,
                     help="learning rate of the variants initialised from teacher blocks (default: --lr)")
     ap.add_argument("--max-length", type=int, default=48)
