@@ -10,7 +10,9 @@ counted in teacher calls).
 
     python bench/active.py --data-root ../shared/data --seeds 3 --json bench/out/active.json
 
-Resumable: finished teachers and sub-runs under ``--out`` are read back, not rerun.
+Resumable: finished teachers and sub-runs under ``--out`` are read back, not rerun. On 2 cores,
+one process per data set with ``--threads 1`` (and ``--part gold`` / ``--part teacher`` to split
+one data set over two processes) uses the machine better than one 2-thread process.
 Prints Markdown tables; the curves are in ``<out>/<data>/plots/label_efficiency.png``.
 """
 
@@ -144,6 +146,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--out", default="bench/out/active")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--part", choices=["all", "gold", "teacher"], default="all",
+                    help="run only the gold-oracle or only the teacher-oracle sub-runs (to split the work over "
+                         "processes; a later run with --part all reads them back and prints the tables)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (run one process per data set with --threads 1 on a 2-core machine)")
     args = ap.parse_args()
@@ -162,9 +167,14 @@ def main() -> None:
             print(f"[{name}] teacher: test accuracy {t['test']['accuracy']:.4f} ({t['train_seconds']:.0f} s)", flush=True)
         teacher_test = json.loads((folder / "gold" / "metrics.json").read_text())["teacher"]["test"]["accuracy"]
         gold_cfg = config(files, folder, "gold", args, teacher=str(teacher_dir))
-        gold = compare_strategies(gold_cfg, args.strategies.split(","), args.seeds, target=args.target)
         t_cfg = config(files, folder, "teacher-oracle", args, teacher=str(teacher_dir))
         t_cfg["active"].update(oracle="teacher", initial_strategy="random")
+        if args.part == "teacher":  # the teacher-oracle sub-runs alone, e.g. in a second process
+            compare_strategies(t_cfg, args.teacher_strategies.split(","), args.seeds, full=False)
+            continue
+        gold = compare_strategies(gold_cfg, args.strategies.split(","), args.seeds, target=args.target)
+        if args.part == "gold":
+            continue
         by_teacher = compare_strategies(t_cfg, args.teacher_strategies.split(","), args.seeds, target=args.target,
                                         reference=gold["reference"])
         minutes = (time.perf_counter() - started) / 60
