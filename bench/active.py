@@ -149,9 +149,13 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "gold", "teacher"], default="all",
                     help="run only the gold-oracle or only the teacher-oracle sub-runs (to split the work over "
                          "processes; a later run with --part all reads them back and prints the tables)")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="with --part gold: skip the all-labels reference runs (another process trains them)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (run one process per data set with --threads 1 on a 2-core machine)")
     args = ap.parse_args()
+    if args.no_reference and args.part != "gold":
+        ap.error("--no-reference goes with --part gold: the tables need the reference")
     torch.set_num_threads(args.threads)
     root, out = Path(args.data_root), Path(args.out)
     report = {"args": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
@@ -172,7 +176,8 @@ def main() -> None:
         if args.part == "teacher":  # the teacher-oracle sub-runs alone, e.g. in a second process
             compare_strategies(t_cfg, args.teacher_strategies.split(","), args.seeds, full=False)
             continue
-        gold = compare_strategies(gold_cfg, args.strategies.split(","), args.seeds, target=args.target)
+        gold = compare_strategies(gold_cfg, args.strategies.split(","), args.seeds, target=args.target,
+                                  full=not args.no_reference)
         if args.part == "gold":
             continue
         by_teacher = compare_strategies(t_cfg, args.teacher_strategies.split(","), args.seeds, target=args.target,
