@@ -77,7 +77,11 @@ def prepare(name: str, root: Path, out: Path, args) -> dict:
     files = {}
     for split, df in (("teacher", teacher), ("pool", pool), ("validation", validation), ("test", test)):
         files[split] = out / f"{split}.csv"
-        df[["text", "label"]].to_csv(files[split], index=False)
+        text = df[["text", "label"]].to_csv(index=False)
+        if not files[split].is_file() or files[split].read_text() != text:  # other processes may be reading it
+            tmp = files[split].with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(files[split])
     return {k: str(v) for k, v in files.items()} | {"sizes": {k: len(v) for k, v in (
         ("teacher", teacher), ("pool", pool), ("validation", validation), ("test", test))}}
 
