@@ -360,3 +360,22 @@ def test_unlabelled_transfer_set_is_labelled_by_the_teacher_only(taught, tmp_pat
     bad.write_text("sentence\nhello there\n")
     with pytest.raises(KdflowError, match="Column 'text' is not in"):
         kdflow.distill(student_cfg(taught, "transfer1", data={"unlabelled": str(bad)}, distill={"alpha": 0.9}))
+
+
+@pytest.mark.parametrize("min_steps, epochs_run", [(0, 2), (12, 3), (100, 8)])
+def test_early_stopping_waits_for_min_steps(tmp_path, min_steps, epochs_run):
+    """A validation metric that never improves stops training after ``patience`` epochs, but not
+    before ``min_steps`` optimizer steps (active learning's small labelled sets start on a plateau)."""
+    from kdflow.config import TrainConfig
+    from kdflow.train import RunLog, fit, make_accelerator
+    cfg = TrainConfig(epochs=8, lr=1e-2, batch_size=4, patience=1)
+    acc = make_accelerator(cfg)
+    data = [{"x": torch.randn(4, 3), "y": torch.randint(0, 2, (4,))} for _ in range(5)]  # 5 steps per epoch
+    model = torch.nn.Linear(3, 2)
+
+    def loss_fn(m, batch):
+        return {"loss": torch.nn.functional.cross_entropy(m(batch["x"]), batch["y"])}
+    result = fit(model, loss_fn, torch.utils.data.DataLoader(data, batch_size=None), lambda m: {"accuracy": 0.5},
+                 cfg, acc, RunLog(tmp_path, acc, quiet=True), tmp_path / "ckpt", "t", min_steps=min_steps)
+    # epoch 1 is the best (0.5 > -inf); patience 1 stops after epoch 2 unless min_steps asks for more
+    assert result.epochs_run == epochs_run and len(result.history) == epochs_run

@@ -255,7 +255,7 @@ class ActiveConfig(Strict):
     budget: Optional[int] = Field(None, ge=1)
     rounds: Optional[int] = Field(10, ge=1)
     retrain: Literal["scratch", "warm"] = "scratch"
-    min_steps: int = Field(100, ge=0)  # small labelled sets get epochs enough for this many steps (early stopping may end sooner)
+    min_steps: int = Field(100, ge=0)  # small labelled sets get epochs enough for this many steps, and early stopping waits for them
     diversity: int = Field(1, ge=1)  # batch-mode diversity: k-centre among the diversity*k best scores (1 = off)
     mc_samples: int = Field(10, ge=2)  # MC-dropout passes for bald
     committee: Literal["checkpoints", "teacher_student"] = "checkpoints"

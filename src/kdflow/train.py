@@ -154,7 +154,7 @@ def make_optimizer(model, cfg: TrainConfig, steps: int):
 def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Module], dict], cfg: TrainConfig,
         accelerator, log: RunLog, ckpt_dir: Path, role: str, resume: bool = False,
         on_epoch_start: Optional[Callable[[int], None]] = None, signature: Optional[dict] = None,
-        on_epoch_end: Optional[Callable[[int, torch.nn.Module], None]] = None) -> FitResult:
+        on_epoch_end: Optional[Callable[[int, torch.nn.Module], None]] = None, min_steps: int = 0) -> FitResult:
     """Train with AdamW + linear warmup/decay, early stopping and best-checkpoint keeping.
 
     ``evaluate(model)`` returns validation metrics including ``cfg.metric``
@@ -162,8 +162,9 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
     (a training teacher and its optimizer in guide mode) is checkpointed too.
     ``signature`` (settings a resumed run must share) is saved with the state
     and checked on resume. ``on_epoch_end(epoch, model)`` sees the unwrapped model after each
-    epoch (active learning snapshots it for a committee). The best weights are loaded into
-    ``model`` before returning.
+    epoch (active learning snapshots it for a committee). Early stopping waits until
+    ``min_steps`` optimizer steps are done (a small labelled set can sit on a plateau for its
+    first epochs of a few steps each). The best weights are loaded into ``model`` before returning.
     """
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -222,7 +223,7 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
         log.info(f"[{role}] epoch {epoch + 1}/{cfg.epochs} loss {losses['loss']:.4f} "
                  f"val {cfg.metric} {score:.4f}" + (" (best)" if improved else ""))
         state["epoch"] = epoch
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
+        if cfg.patience and state["bad_epochs"] >= cfg.patience and (epoch + 1) * len(train_loader) >= min_steps:
             log.info(f"[{role}] early stop: no {cfg.metric} gain for {cfg.patience} epochs")
             state["done"] = True
         save_checkpoint(accelerator, ckpt_dir, state)

@@ -300,7 +300,7 @@ class Loop:
         train_dl = loader(lab, make_collate(lab, self.s_feat), bs, True, cfg.train.seed)
         evaluate = api._eval_fn(self.ctx, self.ctx.data.validation, self.s_feat, cfg.train.eval_batch_size)
         result = fit(model, distiller, train_dl, evaluate, train_cfg, acc, log, ckpt, f"round{r}",
-                     on_epoch_end=snapshot)
+                     on_epoch_end=snapshot, min_steps=ac.min_steps)
         log.close()
         shutil.rmtree(ckpt, ignore_errors=True)
         model = acc.unwrap_model(model).cpu().eval()
