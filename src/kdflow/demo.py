@@ -21,7 +21,7 @@ from .errors import KdflowError
 
 TRAIN_PER_CLASS = 80
 TEST_PER_CLASS = 40
-UNLABELLED_PER_CLASS = 150  # transfer set: more posts from the train file, labels dropped
+UNLABELLED_PER_CLASS = 100  # transfer set: more posts from the train file, labels dropped
 
 
 def newsgroups_files() -> tuple[Path, Path]:
@@ -66,7 +66,7 @@ def config(train_csv: Path, test_csv: Path, unlabelled_csv: "Path | None" = None
         "data": {"train": str(train_csv), "test": str(test_csv), "max_length": 64, "validation_fraction": 0.1,
                  **({"unlabelled": str(unlabelled_csv)} if unlabelled_csv else {})},
         "teach": {"epochs": 4, "lr": 1e-4, "batch_size": 32, "patience": 2},
-        "train": {"epochs": 20, "lr": 3e-3, "batch_size": 64, "patience": 4},
+        "train": {"epochs": 12, "lr": 3e-3, "batch_size": 64, "patience": 3},
         "distill": {"mode": "offline", "temperature": 4.0, "alpha": 0.9},
         "run": {"name": "demo", "output_dir": output_dir},
     }
