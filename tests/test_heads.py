@@ -70,7 +70,7 @@ def test_bad_requests_get_one_sentence(bert4, tiny_bert):
         prune_heads(bert4, {0: [0, 1, 2, 3]})
     with pytest.raises(KdflowError, match="Layer 5 does not exist"):
         prune_heads(bert4, {5: [0]})
-    from kdflow.models import TransformerEncoderClassifier
+    from kdflow.models import EncoderConfig, TransformerEncoderClassifier
     with pytest.raises(KdflowError, match="BERT-style encoder"):
-        attention_blocks(TransformerEncoderClassifier(num_labels=2, vocab_size=50))
+        attention_blocks(TransformerEncoderClassifier(EncoderConfig(num_labels=2, vocab_size=50)))
     assert len(attention_blocks(load_hf_classifier(tiny_bert, ["a", "b"], "classification"))) == 2

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdflow import ModelSpec
-from kdflow.compare import compare_models, table
-from kdflow.data import Featurizer, load_data
+from kdflow import HFSpec
+from kdflow.compare import Contestant, MeasureOptions, compare_models, table
+from kdflow.data import TextFeaturizer, load_data
 from kdflow.config import DataConfig
 from kdflow.measure import parameter_counts, quality_report
 from kdflow.models import build_hf_student, load_hf_classifier, load_tokenizer
@@ -49,14 +49,15 @@ def test_parameter_counts_split_embeddings(tiny_bert):
 def test_compare_exports_onnx_and_int8(tiny_bert, intents_json, tmp_path):
     data = load_data(DataConfig(path=intents_json, max_length=32))
     teacher = load_hf_classifier(tiny_bert, data.label_names, "classification")
-    spec = ModelSpec(num_layers=1, hidden_size=64, num_heads=2, intermediate_size=256)
+    spec = HFSpec(num_layers=1, hidden_size=64, num_heads=2, intermediate_size=256)
     student = build_hf_student(spec, teacher, data.label_names, "classification")
-    feat = Featurizer(load_tokenizer(tiny_bert), 32)
-    rows = compare_models(teacher, student, feat, feat, data.test, "classification", data.label_names,
-                          teacher_size_mb=4.0, student_size_mb=8.0, onnx=True, int8=True, out_dir=tmp_path,
-                          latency_examples=8, repeats=1)
+    feat = TextFeaturizer(load_tokenizer(tiny_bert), 32)
+    rows = compare_models(Contestant("teacher", teacher, feat, 4.0), [Contestant("student", student, feat, 8.0)],
+                          data.test, "classification", data.label_names,
+                          MeasureOptions(onnx=True, int8=True, latency_examples=8, repeats=1), out_dir=tmp_path)
     names = [r["model"] for r in rows]
     assert names == ["teacher", "student", "student-int8", "student-onnx", "student-onnx-int8"]
+    assert not student.training  # exporting left it in eval mode (dropout off)
     by = {r["model"]: r for r in rows}
     for r in rows:
         assert r["latency_ms_p50"] > 0 and r["latency_ms_p95"] >= r["latency_ms_p50"] and r["throughput_per_s"] > 0

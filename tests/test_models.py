@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from kdflow import KdflowError, ModelSpec
+from kdflow import EncoderSpec, HFSpec, KdflowError
 from kdflow.models import (build_encoder_student, build_hf_student,
                            count_parameters, default_teacher_layers, fingerprint, has_task_head,
                            load_hf_classifier, load_saved, save_model)
@@ -25,7 +25,7 @@ def test_default_teacher_layers_end_at_the_last():
 
 
 def test_smaller_student_of_the_teachers_family(teacher):
-    s = build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32), teacher,
+    s = build_hf_student(HFSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32), teacher,
                          LABELS, "classification")
     assert type(s) is type(teacher)
     assert (s.config.num_hidden_layers, s.config.hidden_size, s.config.num_labels) == (1, 16, 3)
@@ -36,24 +36,24 @@ def test_smaller_student_of_the_teachers_family(teacher):
 
 
 def test_init_from_teacher_copies_chosen_layers_and_embeddings(teacher):
-    s = build_hf_student(ModelSpec(num_layers=1, init_from_teacher=True, teacher_layers=[1]), teacher,
+    s = build_hf_student(HFSpec(num_layers=1, init_from_teacher=True, teacher_layers=[1]), teacher,
                          LABELS, "classification")
     torch.testing.assert_close(s.bert.encoder.layer[0].attention.self.query.weight,
                                teacher.bert.encoder.layer[1].attention.self.query.weight)
     torch.testing.assert_close(s.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
-    default = build_hf_student(ModelSpec(num_layers=1, init_from_teacher=True), teacher, LABELS, "classification")
+    default = build_hf_student(HFSpec(num_layers=1, init_from_teacher=True), teacher, LABELS, "classification")
     torch.testing.assert_close(default.bert.encoder.layer[0].output.dense.weight,
                                teacher.bert.encoder.layer[1].output.dense.weight)  # last layer by default
     with pytest.raises(KdflowError, match="must equal the teacher's"):
-        build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, init_from_teacher=True,
+        build_hf_student(HFSpec(num_layers=1, hidden_size=16, num_heads=2, init_from_teacher=True,
                                    teacher_layers=[1]), teacher, LABELS, "classification")
     with pytest.raises(KdflowError, match="must equal the teacher's"):  # wider cannot be projected down
-        build_hf_student(ModelSpec(num_layers=1, hidden_size=64, num_heads=2, init_from_teacher=True), teacher,
+        build_hf_student(HFSpec(num_layers=1, hidden_size=64, num_heads=2, init_from_teacher=True), teacher,
                          LABELS, "classification")
 
 
 def test_narrower_student_gets_pca_projected_teacher_embeddings(teacher):
-    s = build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32,
+    s = build_hf_student(HFSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32,
                                    init_from_teacher=True), teacher, LABELS, "classification")
     e_t = teacher.bert.embeddings.word_embeddings.weight.detach()
     e_s = s.bert.embeddings.word_embeddings.weight.detach()
@@ -71,14 +71,14 @@ def test_narrower_student_gets_pca_projected_teacher_embeddings(teacher):
     pos_t, pos_s = teacher.bert.embeddings.position_embeddings.weight, s.bert.embeddings.position_embeddings.weight
     torch.testing.assert_close(pos_s.detach(), pos_t.detach() @ p, atol=1e-5, rtol=0)
     with pytest.raises(KdflowError, match="do not exist"):
-        build_hf_student(ModelSpec(num_layers=1, init_from_teacher=True, teacher_layers=[7]), teacher, LABELS,
+        build_hf_student(HFSpec(num_layers=1, init_from_teacher=True, teacher_layers=[7]), teacher, LABELS,
                          "classification")
 
 
 def test_encoder_reads_tokens_and_ignores_padding(tiny_bert):
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     torch.manual_seed(0)
-    m = build_encoder_student(ModelSpec(kind="encoder", num_layers=2, hidden_size=32, num_heads=4), 3, tok, 16).eval()
+    m = build_encoder_student(EncoderSpec(num_layers=2, hidden_size=32, num_heads=4), 3, tok, 16).eval()
     ids = torch.tensor([[101, 2000, 2003, 102]])
     padded = torch.tensor([[101, 2000, 2003, 102, 0, 0]])
     a = m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -92,7 +92,7 @@ def test_encoder_reads_tokens_and_ignores_padding(tiny_bert):
 
 def test_encoder_reads_numeric_sequences_and_learns():
     torch.manual_seed(0)
-    m = build_encoder_student(ModelSpec(kind="encoder", num_layers=1, hidden_size=16, num_heads=2, input_dim=1,
+    m = build_encoder_student(EncoderSpec(num_layers=1, hidden_size=16, num_heads=2, input_dim=1,
                                         dropout=0.0), 2, None, 32)
     # class = whether the series trends up or down
     x = torch.cumsum(torch.randn(128, 20, 1) * 0.1, 1)
@@ -110,7 +110,7 @@ def test_encoder_reads_numeric_sequences_and_learns():
 
 def test_save_and_load_round_trip(tmp_path, teacher, tiny_bert):
     tok = AutoTokenizer.from_pretrained(tiny_bert)
-    enc = build_encoder_student(ModelSpec(kind="encoder", num_layers=1, hidden_size=16, num_heads=2), 3, tok, 16)
+    enc = build_encoder_student(EncoderSpec(num_layers=1, hidden_size=16, num_heads=2), 3, tok, 16)
     save_model(enc, tmp_path / "enc", tok, LABELS)
     back, tok2, labels, task = load_saved(tmp_path / "enc")
     assert labels == LABELS and task == "classification" and tok2 is not None

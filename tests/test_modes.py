@@ -70,18 +70,18 @@ def test_offline_caches_teacher_outputs_once(taught):
 
 
 def test_cached_targets_equal_live_teacher_outputs(taught, tmp_path):
-    from kdflow.api import Context, teacher_logits
     from kdflow.config import load_config
-    from kdflow.data import Featurizer, load_data
+    from kdflow.data import TextFeaturizer, load_data
     from kdflow.models import load_saved
-    from kdflow.teacher_cache import TeacherCache
+    from kdflow.pipeline import Run
+    from kdflow.teacher_cache import TeacherCache, teacher_logits
     from kdflow.train import make_accelerator
 
     cfg = load_config(student_cfg(taught, "check"))
     teacher, tok, _, _ = load_saved(taught[1] / "base" / "teacher")
     data = load_data(cfg.data)
-    ctx = Context(cfg, data, make_accelerator(cfg.train), None)
-    feat = Featurizer(tok, 32)
+    ctx = Run(cfg, data, make_accelerator(cfg.train), None)
+    feat = TextFeaturizer(tok, 32)
     cache = TeacherCache(tmp_path, "fp")
     # a subset first (as active learning does), then the whole split: only the rest is computed
     part = data.train.subset(list(range(0, 160, 3)))
@@ -89,7 +89,7 @@ def test_cached_targets_equal_live_teacher_outputs(taught, tmp_path):
     assert cache.computed == len(part)
     for split in (data.train, data.test):
         cached = teacher_logits(ctx, teacher, split, feat, cache)
-        live = teacher_logits(ctx, teacher, split, Featurizer(tok, 32), None)
+        live = teacher_logits(ctx, teacher, split, TextFeaturizer(tok, 32), None)
         torch.testing.assert_close(cached, live, rtol=1e-4, atol=1e-5)
     assert cache.computed == 160 + 48
     again = TeacherCache(tmp_path, "fp")  # a new process reads it all back from disk
@@ -288,12 +288,12 @@ def test_guide_resume_trains_on_the_same_targets(taught, tiny_bert, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_epoch", dies)
-    import kdflow.api as api_mod
-    monkeypatch.setattr(api_mod, "train_epoch", dies)
+    import kdflow.teacher_cache as guide_mod  # the guide hook trains the teacher there
+    monkeypatch.setattr(guide_mod, "train_epoch", dies)
     with pytest.raises(KeyboardInterrupt):
         kdflow.distill(cfg("g-killed"))
     monkeypatch.setattr(train_mod, "train_epoch", real)
-    monkeypatch.setattr(api_mod, "train_epoch", real)
+    monkeypatch.setattr(guide_mod, "train_epoch", real)
     resumed = kdflow.distill(cfg("g-killed"), resume=True)
     assert resumed["distill"]["target_refreshes"] == straight["distill"]["target_refreshes"] == 2
     a = load_file(taught[1] / "g-straight" / "student" / "model.safetensors")
@@ -367,7 +367,8 @@ def test_early_stopping_waits_for_min_steps(tmp_path, min_steps, epochs_run):
     """A validation metric that never improves stops training after ``patience`` epochs, but not
     before ``min_steps`` optimizer steps (active learning's small labelled sets start on a plateau)."""
     from kdflow.config import TrainConfig
-    from kdflow.train import RunLog, fit, make_accelerator
+    from kdflow.runlog import RunLog
+    from kdflow.train import FitJob, fit, make_accelerator
     cfg = TrainConfig(epochs=8, lr=1e-2, batch_size=4, patience=1)
     acc = make_accelerator(cfg)
     data = [{"x": torch.randn(4, 3), "y": torch.randint(0, 2, (4,))} for _ in range(5)]  # 5 steps per epoch
@@ -376,6 +377,6 @@ def test_early_stopping_waits_for_min_steps(tmp_path, min_steps, epochs_run):
     def loss_fn(m, batch):
         return {"loss": torch.nn.functional.cross_entropy(m(batch["x"]), batch["y"])}
     result = fit(model, loss_fn, torch.utils.data.DataLoader(data, batch_size=None), lambda m: {"accuracy": 0.5},
-                 cfg, acc, RunLog(tmp_path, acc, quiet=True), tmp_path / "ckpt", "t", min_steps=min_steps)
+                 FitJob("t", cfg, tmp_path / "ckpt", min_steps=min_steps), acc, RunLog(tmp_path, acc, quiet=True))
     # epoch 1 is the best (0.5 > -inf); patience 1 stops after epoch 2 unless min_steps asks for more
     assert result.epochs_run == epochs_run and len(result.history) == epochs_run

@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from kdflow import ModelSpec
+from kdflow import HFSpec
 from kdflow.models import build_hf_student, load_hf_classifier, load_saved, load_tokenizer, save_model
 from kdflow.prune import prune_vocabulary
 
@@ -14,7 +14,7 @@ TEXTS = ["book a flight to paris", "what is the weather in tokyo", "play some mu
 def test_pruned_student_gives_identical_logits_on_seen_text(tiny_bert, tmp_path):
     tok = load_tokenizer(tiny_bert)
     teacher = load_hf_classifier(tiny_bert, ["a", "b"], "classification")
-    student = build_hf_student(ModelSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32),
+    student = build_hf_student(HFSpec(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32),
                                teacher, ["a", "b"], "classification").eval()
     before = copy.deepcopy(student)
     pruned, ptok, kept = prune_vocabulary(student, tok, TEXTS)

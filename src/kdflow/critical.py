@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import KdflowError
+from .models import block_list, fingerprint
 
-
-def _layer_list(model: nn.Module) -> nn.ModuleList:
-    from .models import _layer_list as find
-    if hasattr(model, "layers") and isinstance(model.layers, nn.ModuleList):
-        return model.layers
-    return find(model)[1]
+if TYPE_CHECKING:
+    from .pipeline import Run
 
 
 @torch.no_grad()
@@ -64,7 +61,7 @@ def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndar
     from sklearn.preprocessing import StandardScaler
     was = model.training
     model.eval()
-    layers = _layer_list(model)
+    layers = block_list(model)
     blocks = list(layers)
     base = _accuracy(model, eval_batches, eval_targets)
     drop = []
@@ -140,4 +137,59 @@ def load_scores(folder: "str | Path", fingerprint: str, method: str) -> Optional
             "ranking": sorted(range(blob["blocks"]), key=lambda i: (score[i], i), reverse=True)}
 
 
-__all__ = ["score_layers", "plot_scores", "save_scores", "load_scores"]
+def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
+    """The teacher's block scores, computed once per teacher (fingerprint) and kept in ``<run>/layers``."""
+    from .data import input_batches, stratified_sample
+    dc, d = run.cfg.distill, run.data
+    if d.task != "classification":
+        raise KdflowError("layer scoring (auto:K, kdflow layers) needs a classification task")
+    fp = fingerprint(teacher, f"max_length={run.cfg.data.max_length};n={dc.layer_score_examples}")
+    folder = run.cfg.run_dir / "layers"
+    found = load_scores(folder, fp, dc.layer_score)
+    if found is not None:
+        run.info(f"[layers] block scores from {folder / 'layers.json'}; ranking {found['ranking']}")
+        return found
+    n = dc.layer_score_examples
+    labelled = d.train.subset(d.train.labelled)
+    fit_part = labelled.subset(stratified_sample(labelled.targets, min(n, len(labelled)), run.cfg.data.seed, True))
+    ev = d.validation
+    eval_part = ev.subset(stratified_sample(ev.targets, n, run.cfg.data.seed, True)) if len(ev) > n else ev
+    teacher = teacher.cpu().eval()
+    run.info(f"[layers] scoring the teacher's blocks on {len(fit_part)} train / {len(eval_part)} validation "
+             "examples")
+    scores = score_layers(teacher, input_batches(fit_part, feat, 64), fit_part.targets,
+                          input_batches(eval_part, feat, 64), eval_part.targets, dc.layer_score,
+                          progress=lambda m: run.info(f"[layers] {m}"))
+    if run.acc.is_main_process:
+        save_scores(scores, folder, fp)
+    run.info(f"[layers] ranking by {dc.layer_score}: {scores['ranking']}")
+    return scores
+
+
+def layer_map(run: "Run", teacher: nn.Module, student: nn.Module, t_feat) -> list:
+    """The resolved layer map of ``distill.layers`` (``auto:K`` scores the teacher's blocks first)."""
+    from .distiller import use_eager_attention
+    from .layers import num_blocks, resolve
+    dc = run.cfg.distill
+    spec = dc.layers if isinstance(dc.layers, str) else [e.model_dump() for e in dc.layers]
+    if isinstance(spec, str):
+        n_s, n_t = num_blocks(student), num_blocks(teacher)
+    else:  # explicit maps may use module paths; block indices are checked against the models
+        n_s = num_blocks(student) if any(isinstance(e["student"], int) for e in spec) else 10 ** 6
+        n_t = num_blocks(teacher) if any(isinstance(e["teacher"], int) for e in spec) else 10 ** 6
+    ranking = None
+    if isinstance(spec, str) and spec.startswith("auto:"):
+        ranking = teacher_block_scores(run, teacher, t_feat)["ranking"]
+    pairs = resolve(spec, n_s, n_t, dict(dc.layer_losses), ranking)
+    if not pairs:
+        raise KdflowError("distill.intermediate is on but the layer map is empty: give distill.layer_losses a "
+                          "positive weight (hidden, attention, pkd or cosine)")
+    if any(p.kind == "attention" for p in pairs):
+        use_eager_attention(teacher)
+        use_eager_attention(student)
+    run.info("[distill] layer map (student block <- teacher block, kind x weight): "
+             + "; ".join(f"{p.student}<-{p.teacher} {p.kind}x{p.weight:g}" for p in pairs))
+    return pairs
+
+
+__all__ = ["score_layers", "plot_scores", "save_scores", "load_scores", "teacher_block_scores", "layer_map"]

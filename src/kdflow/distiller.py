@@ -1,4 +1,5 @@
-"""Composes a teacher, where its targets come from, and the loss terms.
+"""Composes a teacher, where its targets come from, and the loss terms (the logit loss from
+:data:`LOGIT_LOSSES`, the intermediate terms of a layer map).
 
 offline / guide: the teacher's logits for every training example sit in
 ``self.targets`` (``[N, C]``, row i = example i) and a batch picks its rows by
@@ -9,14 +10,16 @@ the caller trains it between epochs and calls :meth:`set_targets`.
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from .config import DistillConfig
 from .errors import KdflowError
 from .layers import LayerPair, Taps, as_tokens, match_length
-from .losses import (attention_kl, ce_loss, cosine_hidden_loss, dkd_loss, hidden_mse, hinton_loss, kd_loss,
+from .losses import (attention_kl, ce_loss, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss, mse_loss,
                      multi_teacher_kd, pkd_loss)
 
 
@@ -106,23 +109,81 @@ def feature_widths(student: nn.Module, teacher: nn.Module, pairs: list[LayerPair
     return {p.name: (s[p.name].shape[-1], t[p.name].shape[-1]) for p in pairs if p.kind != "attention"}
 
 
-class Distiller:
-    """Loss of one batch: the logit loss (Hinton KD or DKD, optionally against several
-    teachers' averaged soft targets) mixed with the hard-label loss, plus the weighted
-    intermediate terms of the layer map. Every term is returned by name."""
+@dataclass(frozen=True)
+class LogitLoss:
+    """A soft-target loss: ``fn(student_logits, teacher_logits_list, labels, distill_config, weights)``
+    returns ``{"soft": tensor, **extra named terms}``; the Distiller mixes ``soft`` with the hard-label
+    loss. ``task``: the task it is for; ``many``: whether it takes several teachers' targets."""
 
-    def __init__(self, teacher: Optional[nn.Module], mode: str, temperature: float, alpha: float, task: str,
-                 logit_loss: str = "hinton", dkd_alpha: float = 1.0, dkd_beta: float = 8.0,
-                 pairs: Optional[list[LayerPair]] = None, teacher_weights: Optional[list[float]] = None):
-        self.teacher, self.mode, self.temperature, self.alpha, self.task = teacher, mode, temperature, alpha, task
-        self.logit_loss, self.dkd_alpha, self.dkd_beta = logit_loss, dkd_alpha, dkd_beta
-        self.pairs = pairs or []
-        self.teacher_weights = teacher_weights
+    fn: Callable[..., dict]
+    task: str = "classification"
+    many: bool = False
+
+
+def _hinton(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) -> dict:
+    return {"soft": kd_loss(s, teachers[0], dc.temperature)}
+
+
+def _dkd(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) -> dict:
+    parts = dkd_loss(s, teachers[0], labels, dc.temperature, dc.dkd_alpha, dc.dkd_beta)
+    return {"soft": parts["loss"], "loss_tckd": parts["tckd"], "loss_nckd": parts["nckd"]}
+
+
+def _multi_teacher(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) -> dict:
+    return {"soft": multi_teacher_kd(s, teachers, weights, dc.temperature),
+            "loss_kd_single": kd_loss(s, teachers[0], dc.temperature).detach()}
+
+
+def _mse(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) -> dict:
+    return {"soft": mse_loss(s, teachers[0])}
+
+
+# A new logit loss: a pure function in kdflow.losses, an adapter above and one entry here
+# (tests/test_losses.py runs every entry; distill.logit_loss accepts its name).
+LOGIT_LOSSES: dict[str, LogitLoss] = {
+    "hinton": LogitLoss(_hinton),  # Hinton et al. 2015: T^2 KL of the softened distributions
+    "dkd": LogitLoss(_dkd),  # Decoupled KD, Zhao et al. 2022: dkd_alpha * TCKD + dkd_beta * NCKD
+    "multi_teacher": LogitLoss(_multi_teacher, many=True),  # KD to the weighted mean of several teachers
+    "mse": LogitLoss(_mse, task="regression"),  # regression: MSE to the teacher's prediction
+}
+
+
+def resolve_logit_loss(name: str, task: str, teachers: int) -> str:
+    """The table entry that ``distill.logit_loss`` means for this task and number of teachers:
+    ``hinton`` is MSE for regression and the multi-teacher average for several teachers."""
+    if name == "hinton" and task == "regression":
+        name = "mse"
+    elif name == "hinton" and teachers > 1:
+        name = "multi_teacher"
+    entry = LOGIT_LOSSES[name]
+    if entry.task != task:
+        raise KdflowError(f"distill.logit_loss {name} is for {entry.task}, and this data is {task}; use hinton "
+                          f"(soft targets for classification, MSE to the teacher for regression)")
+    if teachers > 1 and not entry.many:
+        raise KdflowError(f"distill.logit_loss {name} distils one teacher's targets; drop distill.extra_teachers, "
+                          "or use hinton (the weighted mean of every teacher's soft targets)")
+    return name
+
+
+class Distiller:
+    """Loss of one batch: the logit loss (an entry of :data:`LOGIT_LOSSES`) mixed with the hard-label
+    loss, ``alpha · soft + (1 − alpha) · hard``, plus the weighted intermediate terms of the layer
+    map. Every term is returned by name."""
+
+    def __init__(self, teacher: Optional[nn.Module], dc: DistillConfig, task: str,
+                 pairs: Optional[list[LayerPair]] = None):
+        self.teacher, self.mode, self.temperature, self.alpha, self.task = \
+            teacher, dc.mode, dc.temperature, dc.alpha, task
+        self.dc, self.pairs = dc, pairs or []
+        self.teacher_weights = [dc.teacher_weight] + [e.weight for e in dc.extra_teachers] \
+            if dc.extra_teachers else None
+        self.loss = LOGIT_LOSSES[resolve_logit_loss(dc.logit_loss, task, 1 + len(dc.extra_teachers))] \
+            if dc.alpha > 0 else None
         self.targets: Optional[torch.Tensor] = None
         self.extra_targets: list[torch.Tensor] = []  # further teachers' logits (offline, multi-teacher)
         self.teacher_calls = 0  # examples the teacher ran on inside the training loop
         self.refreshes = 0      # times the targets were (re)set: 1 offline, every k epochs in guide
-        if teacher is not None and mode != "guide":
+        if teacher is not None and self.mode != "guide":
             freeze(teacher)
 
     @property
@@ -160,24 +221,9 @@ class Distiller:
         self.teacher_calls += len(batch["index"])
         t_logits = t_out.logits.float() if self.mode == "online" else self.teacher_logits(batch, device)
         terms = self.logit_terms(logits, t_logits, batch)
-        s_mask = batch["inputs"].get("attention_mask")
         total = terms["loss"]
         for p in self.pairs:
-            s, t = s_feats[p.name], t_feats[p.name].float()
-            if p.kind == "attention":
-                if s.shape[-1] != t.shape[-1]:
-                    raise KdflowError(f"Attention maps of {p.name} cover {s.shape[-1]} and {t.shape[-1]} tokens; "
-                                      "student and teacher must tokenize alike to match attention")
-                value = attention_kl(s, t, s_mask)
-            elif p.kind == "pkd":
-                value = pkd_loss(s, t)
-            else:
-                if s.shape[1] != t.shape[1] and s_mask is not None:
-                    raise KdflowError(f"Layer outputs of {p.name} have {s.shape[1]} and {t.shape[1]} tokens; student "
-                                      "and teacher must tokenize alike to match hidden states")
-                s = match_length(s, t)
-                mask = s_mask if s_mask is not None and s_mask.shape[1] == s.shape[1] else None
-                value = (hidden_mse if p.kind == "hidden" else cosine_hidden_loss)(s, t, mask)
+            value = layer_term(p, s_feats[p.name], t_feats[p.name].float(), batch["inputs"].get("attention_mask"))
             terms[f"loss_{p.name}"] = value
             total = total + p.weight * value
         terms["loss"] = total
@@ -186,16 +232,28 @@ class Distiller:
     def logit_terms(self, logits: torch.Tensor, teacher: Optional[torch.Tensor], batch: dict) -> dict:
         """The logit loss mixed with the hard-label loss: ``alpha · soft + (1 − alpha) · hard``."""
         labels = batch["labels"]
-        if teacher is None or self.task == "regression" or (self.logit_loss == "hinton" and not self.extra_targets):
-            return hinton_loss(logits, teacher, labels, self.temperature, self.alpha, self.task)
-        hard = ce_loss(logits, labels)
-        if self.logit_loss == "dkd":
-            parts = dkd_loss(logits, teacher, labels, self.temperature, self.dkd_alpha, self.dkd_beta)
-            soft = parts["loss"]
-            extra = {"loss_tckd": parts["tckd"], "loss_nckd": parts["nckd"]}
-        else:
-            idx = batch["index"].cpu()
-            others = [t[idx].to(logits.device) for t in self.extra_targets]
-            soft = multi_teacher_kd(logits, [teacher, *others], self.teacher_weights, self.temperature)
-            extra = {"loss_kd_single": kd_loss(logits, teacher, self.temperature).detach()}
-        return {"loss": self.alpha * soft + (1 - self.alpha) * hard, "loss_kd": soft, "loss_hard": hard, **extra}
+        hard = mse_loss(logits, labels) if self.task == "regression" else ce_loss(logits, labels)
+        if teacher is None:
+            return {"loss": hard, "loss_hard": hard}
+        idx = batch["index"].cpu()
+        teachers = [teacher, *(t[idx].to(logits.device) for t in self.extra_targets)]
+        extra = self.loss.fn(logits, teachers, labels, self.dc, self.teacher_weights)
+        soft = extra.pop("soft")
+        return {"loss": self.alpha * soft + (1.0 - self.alpha) * hard, "loss_kd": soft, "loss_hard": hard, **extra}
+
+
+def layer_term(p: LayerPair, s: torch.Tensor, t: torch.Tensor, s_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The intermediate loss of one layer pair from the two sides' features (see :func:`extract`)."""
+    if p.kind == "attention":
+        if s.shape[-1] != t.shape[-1]:
+            raise KdflowError(f"Attention maps of {p.name} cover {s.shape[-1]} and {t.shape[-1]} tokens; "
+                              "student and teacher must tokenize alike to match attention")
+        return attention_kl(s, t, s_mask)
+    if p.kind == "pkd":
+        return pkd_loss(s, t)
+    if s.shape[1] != t.shape[1] and s_mask is not None:
+        raise KdflowError(f"Layer outputs of {p.name} have {s.shape[1]} and {t.shape[1]} tokens; student "
+                          "and teacher must tokenize alike to match hidden states")
+    s = match_length(s, t)
+    mask = s_mask if s_mask is not None and s_mask.shape[1] == s.shape[1] else None
+    return (hidden_mse if p.kind == "hidden" else cosine_hidden_loss)(s, t, mask)

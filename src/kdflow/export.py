@@ -46,7 +46,9 @@ def export_onnx(model: nn.Module, example: dict, path: "str | Path", opset: int 
     import warnings
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter from transformers' mask helpers
-        torch.onnx.export(_LogitsOnly(model, names), tuple(example[n] for n in names), str(path),
+        # eval() on the wrapper: export restores its mode afterwards, recursively, and a new Module is in
+        # training mode, which would leave the model with dropout on
+        torch.onnx.export(_LogitsOnly(model, names).eval(), tuple(example[n] for n in names), str(path),
                           input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                           dynamo=False)
     return path

@@ -159,7 +159,9 @@ def match_length(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def num_blocks(model: nn.Module) -> int:
     cfg = getattr(model, "config", None)
-    n = cfg.get("num_layers") if isinstance(cfg, dict) else getattr(cfg, "num_hidden_layers", None)
+    n = getattr(cfg, "num_hidden_layers", None)  # a Hugging Face config
+    if n is None:
+        n = getattr(cfg, "num_layers", None)  # kdflow's encoder
     if n is None:
         n = getattr(model, "num_layers", None)
     if n is None:

@@ -47,13 +47,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-class _AnonPeak:
+class AnonPeak:
     """Highest anonymous resident memory seen by a sampling thread (every ``every`` s)."""
 
     def __init__(self, every: float = 0.0005):
         self.every, self.peak, self._stop = every, 0.0, threading.Event()
 
-    def __enter__(self) -> "_AnonPeak":
+    def __enter__(self) -> "AnonPeak":
         self.peak = _anon_mb()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -92,7 +92,7 @@ def _child(kind: str, model_file: str, inputs: str, threads: int, module: Option
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        with _AnonPeak() as mem:
+        with AnonPeak() as mem:
             base = mem.peak
             sess = ort.InferenceSession(model_file, opts, providers=["CPUExecutionProvider"])
             names = {i.name for i in sess.get_inputs()}
@@ -105,7 +105,7 @@ def _child(kind: str, model_file: str, inputs: str, threads: int, module: Option
         torch.set_num_threads(threads)
         for name in filter(None, (module or "").split(",")):
             importlib.import_module(name)  # the model's classes: their import cost is not the model's
-        with _AnonPeak() as mem:
+        with AnonPeak() as mem:
             base = mem.peak
             model = torch.load(model_file, weights_only=False, map_location="cpu").eval()
             with torch.inference_mode():

@@ -72,7 +72,7 @@ def prune_embeddings(model: nn.Module, kept: list[int]) -> nn.Module:
             model.config.pad_token_id = kept.index(model.config.pad_token_id)
     else:
         model.embed = small
-        model.config["vocab_size"] = len(kept)
+        model.config.vocab_size = len(kept)
     return model
 
 

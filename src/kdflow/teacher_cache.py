@@ -1,10 +1,17 @@
-"""Teacher outputs computed once, kept on disk, keyed by example id.
+"""Teacher outputs computed once, kept on disk, keyed by example id; and the plumbing that gives
+the Distiller its targets in each mode.
 
 A cache folder belongs to one teacher *fingerprint* (hash of its weights and of
 the tokenization settings), so a retrained teacher never serves stale logits.
 Within it, one file per compute call (``part-NNNN.pt``: ids + logits) lets the
 cache grow across active-learning rounds without rewriting what is there.
 Files are read with ``torch.load(weights_only=True)``.
+
+Modes (:func:`attach_targets`): ``offline`` — the teacher's logits for the training split
+(and every extra teacher's) come from the cache, computed once; ``online`` — the
+Distiller runs the teacher per batch; ``guide`` — the teacher trains one epoch before
+each student epoch and every ``guide_every`` epochs its current logits become the
+targets (:func:`guide_hook`).
 """
 
 from __future__ import annotations
@@ -13,11 +20,21 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 
+from . import models
+from .data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
+from .distiller import Distiller, freeze
 from .errors import KdflowError
+from .losses import hinton_loss
+from .train import make_optimizer, predict, train_epoch
+
+if TYPE_CHECKING:
+    from .pipeline import Run
 
 
 class TeacherCache:
@@ -64,3 +81,133 @@ class TeacherCache:
             self.computed += len(missing)
         self.served += len(ids) - len(missing)
         return torch.stack([self._rows[key] for key in ids]) if ids else torch.empty(0)
+
+
+# ------------------------------------------------------------------ targets for the Distiller
+
+def cache_root(run: "Run") -> Path:
+    """``distill.cache_dir``, else ``<run.output_dir>/.teacher_cache`` (shared by the runs of one output folder)."""
+    dc = run.cfg.distill
+    return Path(dc.cache_dir) if dc.cache_dir else Path(run.cfg.run.output_dir) / ".teacher_cache"
+
+
+def cache_for(run: "Run", teacher, tokenizer) -> TeacherCache:
+    """The on-disk cache of this teacher's logits, keyed by its weights and the tokenization settings."""
+    return TeacherCache(cache_root(run), models.fingerprint(teacher, _settings(run, tokenizer)))
+
+
+def _settings(run: "Run", tokenizer) -> str:
+    tok = "none" if tokenizer is None else f"{type(tokenizer).__name__}:{len(tokenizer)}"
+    return f"max_length={run.cfg.data.max_length};tok={tok};precision={run.cfg.train.mixed_precision}"
+
+
+def teacher_logits(run: "Run", teacher, split: Split, feat: Featurizer, cache: Optional[TeacherCache]):
+    """``[N, C]`` teacher logits for a split, through the cache when there is one."""
+    device = run.acc.device
+
+    def compute(positions: list[int]) -> torch.Tensor:
+        part = split.subset(positions)
+        dl = loader(part, make_collate(part, feat), run.cfg.train.eval_batch_size, shuffle=False)
+        teacher.to(device)
+        logits, _ = predict(teacher, dl, run.acc, gather=False)
+        return torch.from_numpy(logits)
+
+    if cache is None:
+        return compute(list(range(len(split))))
+    with run.acc.main_process_first():  # one process computes and writes, the others read
+        if not run.acc.is_main_process:
+            cache.reload()
+        return cache.get(split.ids, compute)
+
+
+def extra_teacher_targets(run: "Run") -> list:
+    """Cached logits of distill.extra_teachers on the training split (multi-teacher KD)."""
+    out = []
+    for e in run.cfg.distill.extra_teachers:
+        model, tok, labels, task = models.load_saved(e.name)
+        if labels != run.data.label_names or task != run.data.task:
+            raise KdflowError(f"Extra teacher '{e.name}' was trained for other labels than this data's; give "
+                              "teachers fine-tuned on exactly these labels")
+        cache = cache_for(run, model, tok)
+        feat = make_featurizer(run.data.modality, tok, run.cfg.data.max_length)
+        out.append(teacher_logits(run, freeze(model), run.data.train, feat, cache))
+        run.info(f"[distill] extra teacher {e.name} (weight {e.weight:g}): {cache.computed} computed, "
+                 f"{cache.served} from cache")
+    return out
+
+
+@dataclass
+class Targets:
+    """What :func:`attach_targets` set up: the cache (offline/online), the hook that refreshes guide
+    targets before each epoch, and the teacher's test logits for the side-by-side numbers."""
+
+    cache: Optional[TeacherCache] = None
+    on_epoch_start: Optional[Callable[[int], None]] = None
+    test_logits: Optional[np.ndarray] = None
+
+
+def attach_targets(run: "Run", distiller: Distiller, tokenizer, t_feat: Featurizer, resume: bool) -> Targets:
+    """Give ``distiller`` its teacher targets for ``run.data.train`` as its mode wants them."""
+    dc, d, teacher = run.cfg.distill, run.data, distiller.teacher
+    if dc.mode == "guide":
+        return Targets(on_epoch_start=guide_hook(run, distiller, t_feat, resume))
+    if not distiller.uses_teacher:
+        return Targets()
+    teacher.to(run.acc.device)  # moved, never prepared: no DDP wrapper around a frozen teacher
+    out = Targets(cache=cache_for(run, teacher, tokenizer))
+    if dc.mode == "offline":
+        distiller.set_targets(teacher_logits(run, teacher, d.train, t_feat, out.cache))
+        run.info(f"[distill] teacher outputs: {out.cache.computed} computed, {out.cache.served} from cache "
+                 f"{out.cache.folder}")
+        distiller.extra_targets = extra_teacher_targets(run)
+    if d.test is not None:  # for the side-by-side table; scored only at the end
+        out.test_logits = teacher_logits(run, teacher, d.test, t_feat, out.cache).numpy()
+    if dc.mode == "offline" and run.acc.device.type != "cpu" and not distiller.pairs:
+        teacher.to("cpu")  # its outputs are cached: free the accelerator for the student
+    return out
+
+
+def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: bool) -> Callable[[int], None]:
+    """Guide mode: before each student epoch the teacher trains one epoch; every k epochs
+    its current soft labels become the student's targets.
+
+    The teacher and its optimizer are prepared here, so the student's checkpoints carry
+    them; the current targets are saved beside them, so a resumed run trains on exactly
+    the targets an uninterrupted one would have.
+    """
+    from .pipeline import eval_fn
+    cfg, acc, d = run.cfg, run.acc, run.data
+    t_dl = train_loader(d.train, t_feat, None, cfg.teach.batch_size, cfg.teach.seed)
+    optimizer, scheduler = make_optimizer(distiller.teacher, cfg.teach, cfg.train.epochs * len(t_dl))
+    t_model, optimizer, t_dl, scheduler = acc.prepare(distiller.teacher, optimizer, t_dl, scheduler)
+    evaluate = eval_fn(run, d.validation, t_feat, cfg.train.eval_batch_size)
+    saved = cfg.run_dir / "checkpoints" / "student" / "guide_targets.pt"
+    restored = {"epoch": None}
+    if resume and saved.is_file():
+        blob = torch.load(saved, weights_only=True)
+        distiller.set_targets(blob["targets"])
+        distiller.refreshes = int(blob["refreshes"])
+        restored["epoch"] = int(blob["epoch"])
+
+    def loss_fn(model, batch):
+        return hinton_loss(model(**batch["teacher_inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
+
+    def on_epoch_start(epoch: int) -> None:
+        if restored["epoch"] is not None and restored["epoch"] >= epoch:
+            # killed inside the epoch that refreshed them: that refresh happens again below
+            distiller.targets, distiller.refreshes, restored["epoch"] = None, distiller.refreshes - 1, None
+        set_epoch(t_dl, epoch)
+        losses = train_epoch(t_model, t_dl, optimizer, scheduler, loss_fn, acc, cfg.teach.max_grad_norm)
+        metrics = evaluate(t_model)
+        run.log.epoch("teacher_guide", epoch, {**losses, **{f"val_{k}": v for k, v in metrics.items()}})
+        if distiller.targets is None or epoch % cfg.distill.guide_every == 0:
+            distiller.set_targets(teacher_logits(run, acc.unwrap_model(t_model), d.train, t_feat, None))
+            if acc.is_main_process:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"targets": distiller.targets, "refreshes": distiller.refreshes, "epoch": epoch},
+                           saved.with_suffix(".tmp"))
+                saved.with_suffix(".tmp").replace(saved)
+            run.info(f"[guide] epoch {epoch + 1}: teacher val {cfg.train.metric} "
+                     f"{metrics[cfg.train.metric]:.4f}; soft labels refreshed")
+        t_model.train()
+    return on_epoch_start

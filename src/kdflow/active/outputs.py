@@ -1,6 +1,10 @@
 """Stream the pool through the student (and its committee) and keep only what a strategy needs.
 
-The pool is tokenized and scored chunk by chunk (``chunk`` examples, batches of
+Two halves: the forward pass (:func:`forward_batch`: probabilities, MC-dropout passes,
+committee members, embeddings of one batch; torch) and the reductions
+(:class:`Reducer`, :func:`committee`: pure numpy, testable without a model).
+
+The pool is featurized and scored chunk by chunk (``chunk`` examples, batches of
 ``batch_size``); per-example scores are reduced inside the chunk, so memory grows
 with the chunk, not with the pool. What is kept across chunks:
 
@@ -15,6 +19,7 @@ with the chunk, not with the pool. What is kept across chunks:
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,6 +30,47 @@ from ..data import Featurizer, Split, loader, make_collate
 from ..errors import KdflowError
 from .strategies import NEEDS, SCORES, PoolOutputs, tie_keys
 
+COMMITTEE = ("vote_entropy", "committee_kl")
+FULL_EMBEDDINGS = ("coreset", "badge")
+
+
+@dataclass
+class PoolPass:
+    """What one scoring pass over the pool computes, besides the model, the pool and the featurizer.
+
+    ``seed`` draws the MC-dropout masks and breaks ties in the short list exactly as
+    :func:`~kdflow.active.strategies.top_k` does with the same seed. ``teacher_probs(positions)
+    -> [n, C]`` supplies the teacher's probabilities (disagreement, the teacher+student
+    committee). ``members``: the committee's models (vote entropy, committee KL). ``keep_top``:
+    with ``need_embeddings`` for a score-based strategy, keep the embeddings of only that many
+    best-scored positions (batch-mode diversity).
+    """
+
+    strategy: str
+    num_labels: int
+    batch_size: int = 256
+    chunk: int = 2048
+    mc_samples: int = 10
+    members: Optional[list[nn.Module]] = None
+    teacher_probs: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    keep_top: int = 0
+    seed: int = 0
+    need_embeddings: bool = False
+
+    @property
+    def needs(self) -> set:
+        return set(NEEDS[self.strategy])
+
+    @property
+    def wants_embeddings(self) -> bool:
+        return self.strategy in FULL_EMBEDDINGS or self.need_embeddings
+
+    @property
+    def wants_teacher(self) -> bool:
+        return self.teacher_probs is not None and ("teacher_probs" in self.needs or self.strategy in COMMITTEE)
+
+
+# ------------------------------------------------------------------ the forward pass (torch)
 
 def head_layer(model: nn.Module, num_labels: int) -> nn.Linear:
     """The classifier's output layer: the last ``nn.Linear`` producing ``num_labels`` values."""
@@ -47,106 +93,131 @@ def capture_head_input(model: nn.Module, num_labels: int):
         handle.remove()
 
 
-def _probs(model: nn.Module, inputs: dict) -> torch.Tensor:
+def _probs(model: nn.Module, inputs: dict) -> np.ndarray:
     logits = model(**inputs).logits.float()
     if not torch.isfinite(logits).all():
         raise KdflowError("The student's outputs on the pool are not finite (NaN or inf), so no strategy can rank "
                           "them; lower train.lr, or use mixed_precision: no (or bf16 instead of fp16)")
-    return torch.softmax(logits, -1)
+    return torch.softmax(logits, -1).cpu().numpy()
 
 
-def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, tokenizer, max_length: int, strategy: str,
-                num_labels: int, device, batch_size: int = 256, chunk: int = 2048, mc_samples: int = 10,
-                members: Optional[list[nn.Module]] = None, teacher_probs: Optional[Callable] = None,
-                keep_top: int = 0, seed: int = 0, need_embeddings: bool = False) -> PoolOutputs:
-    """Outputs of ``model`` over ``pool[positions]`` for ``strategy``.
+@torch.no_grad()
+def forward_batch(model: nn.Module, inputs: dict, spec: PoolPass, teacher_rows: Optional[np.ndarray]
+                  ) -> tuple[PoolOutputs, Optional[np.ndarray]]:
+    """What ``spec.strategy`` needs of one batch, and the batch's embeddings when asked for."""
+    needs, emb = spec.needs, None
+    if spec.wants_embeddings:
+        with capture_head_input(model, spec.num_labels) as seen:
+            p = _probs(model, inputs)
+        emb = seen[-1].cpu().numpy()
+    else:
+        p = _probs(model, inputs) if "probs" in needs else None
+    outs = PoolOutputs(n=len(next(iter(inputs.values()))), probs=None if p is None else p.astype(np.float64))
+    if "mc_probs" in needs:
+        model.train()  # dropout on: each pass is one sample of the weights
+        outs.mc_probs = np.stack([_probs(model, inputs) for _ in range(spec.mc_samples)])
+        model.eval()
+    if "members" in needs:
+        own = None
+        if teacher_rows is not None:  # the teacher sits on the committee beside the student
+            own = p if p is not None else _probs(model, inputs)
+        member_probs = np.stack([_probs(m, inputs) for m in spec.members]) if spec.members else None
+        outs.members = committee(spec.strategy, member_probs, own, teacher_rows)
+    if "teacher_probs" in needs:
+        outs.teacher_probs = teacher_rows
+    return outs, emb
 
-    ``seed`` draws the MC-dropout masks and breaks ties in the short list exactly as
-    :func:`~kdflow.active.strategies.top_k` does with the same seed.
-    ``teacher_probs(positions) -> [n, C]`` supplies the teacher's probabilities (disagreement,
-    the teacher+student committee). ``members``: the committee's models (vote entropy,
-    committee KL). ``keep_top``: with ``need_embeddings`` for a score-based strategy, keep
-    the embeddings of only that many best-scored positions (batch-mode diversity).
-    """
-    needs = set(NEEDS[strategy])
-    n = len(pool)
+
+# ------------------------------------------------------------------ reductions (numpy)
+
+def committee(strategy: str, members: Optional[np.ndarray], student: Optional[np.ndarray],
+              teacher: Optional[np.ndarray]) -> np.ndarray:
+    """``[M, n, C]``: the checkpoint members' probabilities, then the student's and the teacher's when
+    the teacher sits on the committee; at least two members."""
+    extra = [student, teacher] if teacher is not None else []
+    out = members if not extra else (np.stack(extra) if members is None else np.concatenate([members, np.stack(extra)]))
+    if out is None or len(out) < 2:
+        raise KdflowError(f"Strategy {strategy} needs a committee of at least 2 models; "
+                          "set active.committee_size >= 2 or active.committee: teacher_student")
+    return out
+
+
+class Reducer:
+    """Keeps, across batches, what the strategy ranks by: scores, the diversity short list, or the
+    full embeddings (and probabilities) that core-set and BADGE compare."""
+
+    def __init__(self, n: int, spec: PoolPass):
+        self.n, self.spec = n, spec
+        self.scores = np.full(n, -np.inf) if spec.strategy in SCORES else None
+        self.probs = np.zeros((n, spec.num_labels), dtype=np.float32) if spec.strategy == "badge" else None
+        self.embeddings: Optional[np.ndarray] = None
+        self.short_pos, self.short_emb, self.short_score = np.zeros(0, np.int64), None, np.zeros(0)
+
+    def add(self, rows: np.ndarray, outs: PoolOutputs, emb: Optional[np.ndarray]) -> None:
+        spec = self.spec
+        if self.scores is not None:
+            s = SCORES[spec.strategy](outs)
+            self.scores[rows] = s
+            if emb is not None and spec.keep_top:
+                self._keep_best(rows, s, emb)
+        if spec.strategy in FULL_EMBEDDINGS:
+            if self.embeddings is None:
+                self.embeddings = np.zeros((self.n, emb.shape[1]), dtype=np.float32)
+            self.embeddings[rows] = emb
+        if self.probs is not None:
+            self.probs[rows] = outs.probs
+
+    def _keep_best(self, rows: np.ndarray, scores: np.ndarray, emb: np.ndarray) -> None:
+        """The running short list: the ``keep_top`` best scores; ties as ``top_k`` breaks them."""
+        self.short_pos = np.concatenate([self.short_pos, rows])
+        self.short_score = np.concatenate([self.short_score, scores])
+        self.short_emb = emb if self.short_emb is None else np.concatenate([self.short_emb, emb])
+        if len(self.short_pos) > self.spec.keep_top:
+            keep = np.lexsort((tie_keys(self.short_pos, self.spec.seed), -self.short_score))[:self.spec.keep_top]
+            self.short_pos, self.short_score, self.short_emb = \
+                self.short_pos[keep], self.short_score[keep], self.short_emb[keep]
+
+    def result(self) -> PoolOutputs:
+        out = PoolOutputs(n=self.n, scores=self.scores, probs=self.probs)
+        if self.spec.strategy in FULL_EMBEDDINGS:
+            out.embeddings = self.embeddings if self.embeddings is not None else np.zeros((self.n, 1), np.float32)
+        elif self.spec.need_embeddings and self.short_emb is not None:
+            order = np.argsort(self.short_pos)
+            out.embeddings, out.embedding_rows = self.short_emb[order], self.short_pos[order]
+        return out
+
+
+# ------------------------------------------------------------------ the pass
+
+def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, featurize: Callable[[], Featurizer], device,
+                spec: PoolPass) -> PoolOutputs:
+    """Outputs of ``model`` over ``pool[positions]`` for ``spec.strategy``; ``featurize()`` makes a fresh
+    featurizer per chunk (its id cache then holds one chunk: memory bounded by the chunk)."""
     positions = np.asarray(positions, dtype=np.int64)
-    full_emb = strategy in ("coreset", "badge")
-    want_emb = full_emb or need_embeddings
-    out = PoolOutputs(n=n)
-    scores = np.full(n, -np.inf) if strategy in SCORES else None
-    probs_all = np.zeros((n, num_labels), dtype=np.float32) if strategy == "badge" else None
-    emb_all: Optional[np.ndarray] = None
-    short_pos, short_emb, short_score = np.zeros(0, np.int64), None, np.zeros(0)
+    reducer = Reducer(len(pool), spec)
     model.to(device).eval()  # trained, restored or evaluated on the CPU: score where the inputs go
-    for m in members or []:
+    for m in spec.members or []:
         m.to(device).eval()
     gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # MC-dropout masks: the same for the same seed, whatever ran before
+    torch.manual_seed(spec.seed)  # MC-dropout masks: the same for the same seed, whatever ran before
     try:
-        for start in range(0, len(positions), chunk):
-            part_pos = positions[start:start + chunk]
+        for start in range(0, len(positions), spec.chunk):
+            part_pos = positions[start:start + spec.chunk]
             part = pool.subset(part_pos)
-            feat = Featurizer(tokenizer, max_length)  # a fresh cache per chunk: memory bounded by the chunk
-            dl = loader(part, make_collate(part, feat), batch_size, shuffle=False)
-            t_part = teacher_probs(part_pos) if teacher_probs is not None and (
-                "teacher_probs" in needs or strategy in ("vote_entropy", "committee_kl")) else None
+            dl = loader(part, make_collate(part, featurize()), spec.batch_size, shuffle=False)
+            t_part = spec.teacher_probs(part_pos) if spec.wants_teacher else None
             offset = 0
             for batch in dl:
-                inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
                 rows = part_pos[offset:offset + len(batch["index"])]
                 t_rows = t_part[offset:offset + len(rows)] if t_part is not None else None
                 offset += len(rows)
-                with torch.no_grad():
-                    if want_emb:
-                        with capture_head_input(model, num_labels) as seen:
-                            p = _probs(model, inputs)
-                        emb = seen[-1].cpu().numpy()
-                    else:
-                        p = _probs(model, inputs) if needs & {"probs"} else None
-                        emb = None
-                    outs = PoolOutputs(n=len(rows), probs=None if p is None else p.cpu().numpy().astype(np.float64))
-                    if "mc_probs" in needs:
-                        model.train()  # dropout on: each pass is one sample of the weights
-                        outs.mc_probs = np.stack([_probs(model, inputs).cpu().numpy() for _ in range(mc_samples)])
-                        model.eval()
-                    if "members" in needs:
-                        if members:
-                            outs.members = np.stack([_probs(m, inputs).cpu().numpy() for m in members])
-                        if t_rows is not None:  # the teacher sits on the committee beside the student
-                            own = p if p is not None else _probs(model, inputs)
-                            extra = [own.cpu().numpy(), t_rows]
-                            outs.members = np.concatenate([outs.members, np.stack(extra)]) \
-                                if outs.members is not None else np.stack(extra)
-                        if outs.members is None or len(outs.members) < 2:
-                            raise KdflowError(f"Strategy {strategy} needs a committee of at least 2 models; "
-                                              "set active.committee_size >= 2 or active.committee: teacher_student")
-                    if "teacher_probs" in needs:
-                        outs.teacher_probs = t_rows
-                if scores is not None:
-                    s = SCORES[strategy](outs)
-                    scores[rows] = s
-                    if emb is not None and keep_top:
-                        short_pos = np.concatenate([short_pos, rows])
-                        short_score = np.concatenate([short_score, s])
-                        short_emb = emb if short_emb is None else np.concatenate([short_emb, emb])
-                        if len(short_pos) > keep_top:  # keep the best keep_top; ties as top_k breaks them
-                            keep = np.lexsort((tie_keys(short_pos, seed), -short_score))[:keep_top]
-                            short_pos, short_score, short_emb = short_pos[keep], short_score[keep], short_emb[keep]
-                if full_emb:
-                    if emb_all is None:
-                        emb_all = np.zeros((n, emb.shape[1]), dtype=np.float32)
-                    emb_all[rows] = emb
-                if probs_all is not None:
-                    probs_all[rows] = outs.probs
+                inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
+                reducer.add(rows, *forward_batch(model, inputs, spec, t_rows))
     finally:
         torch.random.set_rng_state(gen_state)
         model.eval()
-    out.scores = scores
-    if full_emb:
-        out.embeddings = emb_all if emb_all is not None else np.zeros((n, 1), dtype=np.float32)
-    elif need_embeddings and short_emb is not None:
-        order = np.argsort(short_pos)
-        out.embeddings, out.embedding_rows = short_emb[order], short_pos[order]
-    out.probs = probs_all
-    return out
+    return reducer.result()
+
+
+__all__ = ["PoolPass", "stream_pool", "forward_batch", "committee", "Reducer", "head_layer", "capture_head_input",
+           "COMMITTEE"]

