@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from kdflow import DataConfig, KdflowError
 from kdflow.data import TextFeaturizer, ValuesFeaturizer, example_ids, load_data, make_collate, stratified_split
@@ -198,3 +199,34 @@ def test_hub_name_readings():
     assert _hub_attempts("glue/sst2", None) == [("glue", "sst2"), ("glue/sst2", None)]
     assert _hub_attempts("ag_news", None) == [("ag_news", None)]
     assert _hub_attempts("SetFit/sst2", "default") == [("SetFit/sst2", "default")]
+
+
+def test_featurizers_encode_once_per_id_and_only_training_batches_are_told_to_augment():
+    """The protocol's split: encode is cached by example id (deterministic); collate sees ``train``,
+    where an augmenting modality would draw its random transforms."""
+    from kdflow.data import Split, ValuesFeaturizer, input_batches, train_loader
+
+    class Noisy(ValuesFeaturizer):  # a stand-in for an augmenting modality
+        augments = True
+        encoded, seen = 0, []
+
+        def _encode(self, split, positions):
+            Noisy.encoded += len(positions)
+            return super()._encode(split, positions)
+
+        def collate(self, rows, train=False):
+            Noisy.seen.append(train)
+            batch = super().collate(rows, train)
+            if train:
+                batch["values"] = batch["values"] + torch.randn_like(batch["values"])
+            return batch
+
+    split = Split("train", ["a", "b", "c"], {"values": [[1.0, 2.0], [3.0], [4.0, 5.0]]}, np.array([0, 1, 0]))
+    feat = Noisy(8)
+    first = [b["inputs"]["values"] for b in train_loader(split, feat, None, 3, seed=0)]
+    again = [b["inputs"]["values"] for b in train_loader(split, feat, None, 3, seed=0)]
+    plain = input_batches(split, feat, 3)
+    assert Noisy.encoded == 3  # three examples, encoded once for all three loaders
+    assert Noisy.seen == [True, True, False]
+    assert not torch.equal(first[0], again[0])  # a fresh augmentation per pass, never a cached one
+    assert plain[0]["values"].tolist() == [[[1.0], [2.0]], [[3.0], [0.0]], [[4.0], [5.0]]]

@@ -105,3 +105,51 @@ def test_regression_uses_mse_to_teacher_and_target():
     out.backward()
     assert out.item() == pytest.approx(0.5)  # only rows 0 and 2: (0 + 1) / 2
     assert torch.isfinite(p.grad).all() and p.grad.reshape(-1).tolist() == [0.0, 0.0, -1.0]
+
+
+# ------------------------------------------------------------ the logit-loss table (kdflow.distiller.LOGIT_LOSSES)
+
+@pytest.mark.parametrize("name", __import__("kdflow.distiller", fromlist=["LOGIT_LOSSES"]).LOGIT_LOSSES)
+def test_every_logit_loss_entry_keeps_the_contract(name):
+    """Every entry of the table, through the Distiller: zero soft loss when the student already says what the
+    teacher says, positive otherwise, a gradient for the student, and alpha mixing with the hard loss."""
+    from kdflow.config import DistillConfig, load_config
+    from kdflow.distiller import LOGIT_LOSSES, Distiller, resolve_logit_loss
+    entry = LOGIT_LOSSES[name]
+    teachers = 2 if entry.many else 1
+    regression = entry.task == "regression"
+    assert resolve_logit_loss(name, entry.task, teachers) == name  # the name means itself
+    assert load_config({"data": {"path": "x"}, "distill": {"logit_loss": name}}).distill.logit_loss == name
+    extra = [{"name": f"t{i}"} for i in range(teachers - 1)]  # names are not loaded here: targets set by hand
+    dc = DistillConfig(logit_loss=name, alpha=0.7, temperature=2.0, extra_teachers=extra)
+    d = Distiller(None, dc, entry.task)
+    s = logits(0, c=1) if regression else logits(0)
+    labels = torch.randn(6) if regression else torch.tensor([0, 1, 2, 3, 4, 0])
+    batch = {"index": torch.arange(6), "labels": labels}
+    d.extra_targets = [s.clone() for _ in range(teachers - 1)]
+    same = d.logit_terms(s, s.clone(), batch)
+    assert same["loss_kd"].item() == pytest.approx(0.0, abs=1e-5)
+    other = logits(1, c=1) if regression else logits(1)
+    d.extra_targets = [other.clone() for _ in range(teachers - 1)]
+    student = s.clone().requires_grad_(True)
+    terms = d.logit_terms(student, other, batch)
+    assert terms["loss_kd"].item() > 1e-3
+    assert terms["loss"].item() == pytest.approx(0.7 * terms["loss_kd"].item() + 0.3 * terms["loss_hard"].item(),
+                                                 rel=1e-5)
+    terms["loss"].backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_logit_loss_names_resolve_by_task_and_teachers_or_say_what_is_wrong():
+    from kdflow.config import load_config
+    from kdflow.distiller import resolve_logit_loss
+    from kdflow.errors import KdflowError
+    assert resolve_logit_loss("hinton", "classification", 1) == "hinton"
+    assert resolve_logit_loss("hinton", "classification", 3) == "multi_teacher"
+    assert resolve_logit_loss("hinton", "regression", 1) == "mse"
+    with pytest.raises(KdflowError, match="dkd is for classification, and this data is regression"):
+        resolve_logit_loss("dkd", "regression", 1)
+    with pytest.raises(KdflowError, match="dkd distils one teacher's targets; drop distill.extra_teachers"):
+        resolve_logit_loss("dkd", "classification", 2)
+    with pytest.raises(KdflowError, match=r"distill.logit_loss.*choose one of hinton, dkd.*did you mean dkd"):
+        load_config({"data": {"path": "x"}, "distill": {"logit_loss": "dkdd"}})

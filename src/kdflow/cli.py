@@ -221,6 +221,13 @@ def parser() -> argparse.ArgumentParser:
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
                              metavar="{teach,distill,active,evaluate,compare,export,layers,report,config}")
+    _training_commands(sub)
+    _measuring_commands(sub)
+    _tool_commands(sub)
+    return top
+
+
+def _training_commands(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("teach", help="fine-tune the teacher on the labelled data (saves RUN/teacher)",
                        epilog=EPILOG, formatter_class=fmt)
@@ -230,6 +237,25 @@ def parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=fmt)
     _common(p)
     p.set_defaults(func=cmd_distill)
+    p = sub.add_parser("active", help="active learning: rounds of train, score the pool, select, label "
+                                      "(oracle gold, teacher, human or hybrid)", epilog=EPILOG,
+                       formatter_class=fmt)
+    _common(p)
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="the filled-in label file of the batch a human oracle waits for (CSV, JSONL or Label Studio "
+                        "JSON export); implies --resume (default: none)")
+    p.add_argument("--strategies", default=None, metavar="A,B,...",
+                   help="compare these strategies (each x --seeds) as separate runs under RUN/active-runs and plot "
+                        "label efficiency against random (default: off, one run of active.strategy)")
+    p.add_argument("--seeds", default="3", help="with --strategies: a count, or a comma list of seeds (default: 3)")
+    p.add_argument("--no-full", dest="full", action="store_false",
+                   help="with --strategies: skip the reference student trained on every pool label (default: on)")
+    p.add_argument("--target", type=float, default=0.95,
+                   help="with --strategies: fraction of the all-labels student's metric to reach (default: 0.95)")
+    p.set_defaults(func=cmd_active)
+
+
+def _measuring_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score a run's student (or any saved model) on a data split")
     p.add_argument("target", help="run folder (runs/NAME) or saved model folder")
     p.add_argument("--config", default=None, help="config naming the data (default: the run folder's config.yaml)")
@@ -259,21 +285,10 @@ def parser() -> argparse.ArgumentParser:
                         "(scored on validation, no retraining), with every form (default: 0, off)")
     _speed_options(p)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("active", help="active learning: rounds of train, score the pool, select, label "
-                                      "(oracle gold, teacher, human or hybrid)", epilog=EPILOG, formatter_class=fmt)
-    _common(p)
-    p.add_argument("--labels", default=None, metavar="FILE",
-                   help="the filled-in label file of the batch a human oracle waits for (CSV, JSONL or Label Studio "
-                        "JSON export); implies --resume (default: none)")
-    p.add_argument("--strategies", default=None, metavar="A,B,...",
-                   help="compare these strategies (each x --seeds) as separate runs under RUN/active-runs and plot "
-                        "label efficiency against random (default: off, one run of active.strategy)")
-    p.add_argument("--seeds", default="3", help="with --strategies: a count, or a comma list of seeds (default: 3)")
-    p.add_argument("--no-full", dest="full", action="store_false",
-                   help="with --strategies: skip the reference student trained on every pool label (default: on)")
-    p.add_argument("--target", type=float, default=0.95,
-                   help="with --strategies: fraction of the all-labels student's metric to reach (default: 0.95)")
-    p.set_defaults(func=cmd_active)
+
+
+def _tool_commands(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("layers", help="score and rank the teacher's blocks (drop-layer impact, linear probe)")
     p.add_argument("config", help="YAML config naming the data (and the teacher, or use --teacher)")
     p.add_argument("--teacher", default=None,
@@ -292,7 +307,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     _set_option(p)
     p.set_defaults(func=cmd_config)
-    return top
 
 
 def main(argv: Optional[list[str]] = None) -> int:

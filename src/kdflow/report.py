@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runlog import read_metrics
+
 
 def _plt():
     import matplotlib
@@ -195,7 +197,7 @@ def _table_md(rows: list[dict]) -> str:
 def write_report(run: "str | Path") -> dict:
     """(Re)write ``plots/*.png``, ``report.md`` and ``report.html``; returns their paths."""
     run = Path(run)
-    blob = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    blob = read_metrics(run)
     plots = run / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     deploy = blob.get("deploy") or []
@@ -233,28 +235,31 @@ def write_report(run: "str | Path") -> dict:
         lines += _active_md(active, active.get("metric", "accuracy"))
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     (run / "report.md").write_text("\n".join(lines))
+    sections = (_compare_md(comp) if comp else []) + (
+        _active_md(active, active.get("metric", "accuracy")) if active else [])
+    (run / "report.html").write_text(_page(run.name, deploy, metric, sections, images))
+    return {"md": run / "report.md", "html": run / "report.html", "plots": images}
 
+
+def _page(name: str, deploy: list[dict], metric: str, sections: list[str], images: list[Path]) -> str:
+    """The self-contained HTML report: the side-by-side table, the Markdown sections, the plots inline."""
     def img(p: Path) -> str:
         data = base64.b64encode(p.read_bytes()).decode()
         return f'<figure><img alt="{p.stem}" src="data:image/png;base64,{data}"><figcaption>{p.stem}</figcaption></figure>'
 
-    body = [f"<h1>kdflow report: {html.escape(run.name)}</h1>"]
+    body = [f"<h1>kdflow report: {html.escape(name)}</h1>"]
     if deploy:
         keys = [k for k in ("model", metric, "f1_macro", "size_mb", "latency_ms_p50", "latency_ms_p95",
                             "throughput_per_s", "retention", "compression", "speedup_p50") if k in deploy[0]]
         body.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>" + "".join(
             "<tr>" + "".join(f"<td>{_fmt(r[k])}</td>" for k in keys) + "</tr>" for r in deploy) + "</table>")
-    if comp or active:
-        sections = (_compare_md(comp) if comp else []) + (
-            _active_md(active, active.get("metric", "accuracy")) if active else [])
+    if sections:
         body.append(md_to_html(sections))
     body += [img(p) for p in images]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>kdflow report</title><style>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>kdflow report</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
             "</style></head><body>" + "\n".join(body) + "</body></html>")
-    (run / "report.html").write_text(page)
-    return {"md": run / "report.md", "html": run / "report.html", "plots": images}
 
 
 def md_to_html(lines: list[str]) -> str:

@@ -56,7 +56,6 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     ``reference`` entry), used instead of training it again (e.g. to put a teacher-oracle
     comparison against the gold all-labels student).
     """
-    from .loop import active
     cfg = load_config(config, overrides)
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
@@ -69,39 +68,63 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     if full and reference is None and cfg.data.unlabelled:
         raise KdflowError("The all-labels reference trains on the pool's gold labels, and data.unlabelled has none; "
                           "pass --no-full (full=False) to compare the strategies without it")
+    runner = _SubRuns(config, cfg, overrides, quiet)
+    results = {strategy: [runner.run(f"{strategy}-s{seed}", [f"active.strategy={strategy}", f"active.seed={seed}",
+                                                             f"train.seed={seed}"]) for seed in seeds]
+               for strategy in strategies}
+    if full and reference is None:
+        reference = _all_labels_reference(runner, seeds)
+    out = summarise(results, cfg, seeds, target, reference)
     base = cfg.run_dir
-    sub_root = base / "active-runs"
-    common = list(overrides or [])
-    if (base / "teacher").is_dir():  # the run's own fine-tuned teacher serves every sub-run
-        common.append(f"model.teacher.name={base / 'teacher'}")
-    cache = cfg.distill.cache_dir or str(Path(cfg.run.output_dir) / ".teacher_cache")
-    common += [f"distill.cache_dir={cache}", f"run.output_dir={sub_root}", f"run.quiet={str(quiet).lower()}"]
-    metric = cfg.train.metric
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / "active_compare.json"
+    path.write_text(json.dumps(out, indent=2))
+    from ..report import write_report
+    write_report(base)
+    out["path"] = str(path)
+    return out
 
-    def run(name: str, extra: list[str]) -> dict:
-        done = sub_root / name / "active" / "state.json"
-        sets = common + extra + [f"run.name={name}"]
-        summary = active(config, sets, resume=done.is_file())
+
+class _SubRuns:
+    """Each (strategy, seed) is an active-learning run of its own under ``<run>/active-runs``, sharing the
+    teacher and its logit cache; a finished one is read back, an unfinished one resumed."""
+
+    def __init__(self, config, cfg, overrides: Optional[list[str]], quiet: bool):
+        self.config, self.metric = config, cfg.train.metric
+        self.root = cfg.run_dir / "active-runs"
+        common = list(overrides or [])
+        if (cfg.run_dir / "teacher").is_dir():  # the run's own fine-tuned teacher serves every sub-run
+            common.append(f"model.teacher.name={cfg.run_dir / 'teacher'}")
+        cache = cfg.distill.cache_dir or str(Path(cfg.run.output_dir) / ".teacher_cache")
+        self.common = common + [f"distill.cache_dir={cache}", f"run.output_dir={self.root}",
+                                f"run.quiet={str(quiet).lower()}"]
+
+    def run(self, name: str, extra: list[str]) -> dict:
+        from .loop import active
+        done = self.root / name / "active" / "state.json"
+        summary = active(self.config, self.common + extra + [f"run.name={name}"], resume=done.is_file())
         if summary["status"] != "done":
             raise KdflowError(f"Sub-run {name} waits for human labels; compare strategies with oracle gold or teacher")
         print(f"[compare] {name}: " + ", ".join(
-            f"{r['labels']}:{r.get('test', r['validation'])[metric]:.4f}" for r in summary["rounds"]), flush=True)
+            f"{r['labels']}:{r.get('test', r['validation'])[self.metric]:.4f}" for r in summary["rounds"]), flush=True)
         return summary
 
-    results: dict[str, list[dict]] = {}
-    for strategy in strategies:
-        for seed in seeds:
-            results.setdefault(strategy, []).append(
-                run(f"{strategy}-s{seed}", [f"active.strategy={strategy}", f"active.seed={seed}", f"train.seed={seed}"]))
-    if full and reference is None:
-        pool_runs = []
-        for seed in seeds:  # every pool label at once: one round, no selection
-            pool_runs.append(run(f"all-labels-s{seed}", [
-                "active.strategy=random", f"active.seed={seed}", f"train.seed={seed}", "active.initial=100000000",
-                "active.initial_strategy=random", "active.rounds=1", "active.budget=null", "active.oracle=gold"]))
-        vals = [r["rounds"][-1].get("test", r["rounds"][-1]["validation"])[metric] for r in pool_runs]
-        reference = {"labels": pool_runs[0]["labels"], "mean": float(np.mean(vals)), "std": float(np.std(vals)),
-                     "runs": vals}
+
+def _all_labels_reference(runner: _SubRuns, seeds: list[int]) -> dict:
+    """The same student trained on every pool label at once (one round, no selection), per seed."""
+    runs = [runner.run(f"all-labels-s{seed}", [
+        "active.strategy=random", f"active.seed={seed}", f"train.seed={seed}", "active.initial=100000000",
+        "active.initial_strategy=random", "active.rounds=1", "active.budget=null", "active.oracle=gold"])
+        for seed in seeds]
+    vals = [r["rounds"][-1].get("test", r["rounds"][-1]["validation"])[runner.metric] for r in runs]
+    return {"labels": runs[0]["labels"], "mean": float(np.mean(vals)), "std": float(np.std(vals)), "runs": vals}
+
+
+def summarise(results: dict[str, list[dict]], cfg, seeds: list[int], target: float,
+              reference: Optional[dict]) -> dict:
+    """Curves (mean and std over seeds), labels to reach ``target`` of the reference, and the fraction
+    of random's labels each strategy needs."""
+    metric = cfg.train.metric
     split = "test" if all("test" in r["rounds"][0] for rs in results.values() for r in rs) else "validation"
     out = {"metric": metric, "split": split, "target": target, "seeds": seeds, "oracle": cfg.active.oracle,
            "reference": reference, "strategies": {}}
@@ -111,21 +134,15 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
                  "select_seconds": float(np.mean([b["select_seconds"] for r in runs for b in r["batches"]
                                                   if b.get("select_seconds") is not None] or [0.0]))}
         if reference:
-            entry["labels_to_reach"] = labels_to_reach(stats["labels"], stats["mean"], target * reference["mean"])
-            per_seed = [labels_to_reach([x["labels"] for x in r["rounds"]],
-                                        [x.get(split, {}).get(metric, float("nan")) for x in r["rounds"]],
-                                        target * reference["mean"]) for r in runs]
-            entry["labels_to_reach_per_seed"] = per_seed
+            goal = target * reference["mean"]
+            entry["labels_to_reach"] = labels_to_reach(stats["labels"], stats["mean"], goal)
+            entry["labels_to_reach_per_seed"] = [
+                labels_to_reach([x["labels"] for x in r["rounds"]],
+                                [x.get(split, {}).get(metric, float("nan")) for x in r["rounds"]], goal) for r in runs]
         out["strategies"][strategy] = entry
-    if reference and "random" in out["strategies"] and out["strategies"]["random"].get("labels_to_reach"):
-        rnd = out["strategies"]["random"]["labels_to_reach"]
+    rnd = out["strategies"].get("random", {}).get("labels_to_reach") if reference else None
+    if rnd:
         for entry in out["strategies"].values():
             need = entry.get("labels_to_reach")
             entry["fraction_of_random"] = None if need is None else need / rnd
-    base.mkdir(parents=True, exist_ok=True)
-    path = base / "active_compare.json"
-    path.write_text(json.dumps(out, indent=2))
-    from ..report import write_report
-    write_report(base)
-    out["path"] = str(path)
     return out

@@ -6,16 +6,8 @@ curve only) -> check the stopping rules -> score the unlabelled pool -> select a
 -> label it -> next round. Everything a round decides is saved in
 ``<run>/active/state.json`` before the next step starts, so a killed run resumes at its
 last finished step and replays it exactly (each round re-seeds from ``train.seed``,
-each selection from ``active.seed`` and the batch number).
-
-Run folder additions::
-
-    active/state.json        labels (by example id, with their source), ignored ids, rounds, pending batch
-    active/rounds.csv        one row per round: labels, teacher queries, validation and test quality, kappa
-    active/epochs.csv        per-epoch rows of every round's training (role roundN); tensorboard/active/
-    active/batch-NNN/        a batch for human labelling: to_label.csv / .jsonl, Label Studio tasks + config
-    active/student/          the final student (save_pretrained, tokenizer, label map)
-    metrics.json "active"    the summary; report.md / report.html gain the label-efficiency curve
+each selection from ``active.seed`` and the batch number). What the run folder gains is
+listed in :mod:`kdflow.active.records`.
 """
 
 from __future__ import annotations
@@ -117,30 +109,6 @@ class Loop:
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
     # ------------------------------------------------------------ labels
-    def _label(self, positions: np.ndarray, batch: int) -> Optional[dict]:
-        """Label ``positions`` with the oracle; returns the pending request when humans must label."""
-        ac, ids = self.ac, [self.pool.ids[p] for p in positions]
-        if ac.oracle == "gold":
-            self.state.add_batch(oracles.gold_labels(self.pool, positions, self.labels))
-            return None
-        if ac.oracle == "teacher":
-            self.state.add_batch(oracles.teacher_labels(ids, self.teacher_probs(positions), self.labels))
-            return None
-        by_teacher: dict = {}
-        rest = positions
-        if ac.oracle == "hybrid":
-            probs = self.teacher_probs(positions)
-            sure = oracles.confident(probs, ac.hybrid_threshold)
-            by_teacher = oracles.teacher_labels([k for k, s in zip(ids, sure) if s], probs[sure], self.labels)
-            rest = positions[~sure]
-            if ac.hybrid_human == "gold" or len(rest) == 0:
-                self.state.add_batch({**by_teacher, **oracles.gold_labels(self.pool, rest, self.labels)})
-                return None
-        folder = self.folder / f"batch-{batch:03d}"
-        files = oracles.write_request(folder, self.pool, rest, self.labels)
-        return {"batch": batch, "ids": [self.pool.ids[p] for p in rest],
-                "teacher": {k: v[0] for k, v in by_teacher.items()}, "files": files}
-
     def ingest(self, path: str) -> None:
         """Add the human labels of the pending batch (checked whole first: nothing is kept on error)."""
         pending = self.state.pending
@@ -151,8 +119,8 @@ class Loop:
         self.state.add_batch(batch, {k: "skipped by the labeller" for k in skipped})
         self.state.save(self.state_path)
         self.run.info(f"[active] batch {pending['batch']}: {len(given)} human labels read from {path}"
-                          + (f", {len(skipped)} skipped" if skipped else "")
-                          + (f", {len(pending.get('teacher', {}))} by the teacher" if pending.get("teacher") else ""))
+                      + (f", {len(skipped)} skipped" if skipped else "")
+                      + (f", {len(pending.get('teacher', {}))} by the teacher" if pending.get("teacher") else ""))
 
     def initial_batch(self) -> Optional[dict]:
         state, ac = self.state, self.ac
@@ -170,7 +138,7 @@ class Loop:
             pick = cands[stratified_sample(self.pool.targets[cands], k, ac.seed, True)]
         else:
             pick = cands[np.sort(np.random.default_rng(ac.seed).permutation(len(cands))[:k])]
-        return self._label(pick, 0)
+        return oracles.label_batch(self, pick, 0)
 
     # ------------------------------------------------------------ rounds
     def _labelled_split(self) -> Split:
@@ -258,11 +226,7 @@ class Loop:
             return logits
         val_logits = run(d.validation)
         pred = val_logits.argmax(-1)
-        kappa = None
-        if self.state.rounds and self.state.rounds[-1].get("_val_pred") is not None:
-            from sklearn.metrics import cohen_kappa_score
-            prev = np.asarray(self.state.rounds[-1]["_val_pred"])
-            kappa = 1.0 if (prev == pred).all() else float(np.nan_to_num(cohen_kappa_score(prev, pred)))
+        kappa = records.kappa(self.state.rounds[-1].get("_val_pred") if self.state.rounds else None, pred)
         for old in self.state.rounds:  # keep only the newest predictions in the state file
             old.pop("_val_pred", None)
         record = {"round": r, "labels": len(self.state.labels), "new": new, "sources": self.state.sources(),
@@ -344,7 +308,7 @@ class Loop:
         seconds = time.perf_counter() - started
         state.batch_meta.append({"batch": b, "strategy": strategy, "k": int(len(picked)),
                                  "select_seconds": round(seconds, 3)})
-        pending = self._label(np.asarray(picked, dtype=np.int64), b)
+        pending = oracles.label_batch(self, np.asarray(picked, dtype=np.int64), b)
         self.run.info(f"[active] batch {b}: {len(picked)} examples selected by {strategy} in {seconds:.1f} s "
                       f"({len(cands)} candidates)")
         return pending

@@ -19,12 +19,15 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..data import Split
 from ..errors import KdflowError
+
+if TYPE_CHECKING:
+    from .loop import Loop
 
 SKIP = "__skip__"
 
@@ -95,39 +98,9 @@ def _rows(path: Path) -> list[tuple[str, Optional[str], Optional[str]]]:
     except OSError as err:
         raise KdflowError(f"Label file '{path}' cannot be read ({err.strerror or err}); check its permissions") from None
     if suffix in (".csv", ".tsv"):
-        csv.field_size_limit(2**31 - 1)  # the pool's own long documents come back in this file
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
-                                strict=True)  # an unclosed quote is an error, not a label swallowing the rest
-        cols = reader.fieldnames or []
-        key = "kdflow_id" if "kdflow_id" in cols else "id"
-        for need in (key, "label"):
-            if need not in cols:
-                raise KdflowError(f"Label file '{path}' has no '{need}' column (columns: {', '.join(cols) or 'none'}); "
-                                  "keep the id and label columns of to_label.csv")
-        out, rows = [], iter(reader)
-        while True:
-            start = reader.line_num + 1  # a quoted field may span lines: name the line its row starts on
-            try:
-                r = next(rows)
-            except StopIteration:
-                return out
-            except csv.Error as err:
-                raise KdflowError(f"Line {start} of '{path}' is not valid {suffix[1:].upper()} ({err}); fix the "
-                                  "quoting there") from None
-            out.append((f"line {start}", r.get(key), r.get("label")))
+        return _table_rows(path, text, suffix)
     if suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise KdflowError(f"Line {i + 1} of '{path}' is not valid JSON; fix that line") from None
-            if not isinstance(obj, dict):
-                raise KdflowError(f"Line {i + 1} of '{path}' is not an object with id and label; fix that line")
-            out.append((f"line {i + 1}", _str(obj.get("kdflow_id", obj.get("id"))), _str(obj.get("label"))))
-        return out
+        return _jsonl_rows(path, text)
     if suffix == ".json":
         try:
             obj = json.loads(text)
@@ -139,6 +112,44 @@ def _rows(path: Path) -> list[tuple[str, Optional[str], Optional[str]]]:
         return [_json_item(item, i) for i, item in enumerate(obj)]
     raise KdflowError(f"Label file '{path}' has suffix '{suffix or '(none)'}'; give a .csv, .tsv, .jsonl or .json "
                       "(Label Studio export) file")
+
+
+def _table_rows(path: Path, text: str, suffix: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+    csv.field_size_limit(2**31 - 1)  # the pool's own long documents come back in this file
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",",
+                            strict=True)  # an unclosed quote is an error, not a label swallowing the rest
+    cols = reader.fieldnames or []
+    key = "kdflow_id" if "kdflow_id" in cols else "id"
+    for need in (key, "label"):
+        if need not in cols:
+            raise KdflowError(f"Label file '{path}' has no '{need}' column (columns: {', '.join(cols) or 'none'}); "
+                              "keep the id and label columns of to_label.csv")
+    out, rows = [], iter(reader)
+    while True:
+        start = reader.line_num + 1  # a quoted field may span lines: name the line its row starts on
+        try:
+            r = next(rows)
+        except StopIteration:
+            return out
+        except csv.Error as err:
+            raise KdflowError(f"Line {start} of '{path}' is not valid {suffix[1:].upper()} ({err}); fix the "
+                              "quoting there") from None
+        out.append((f"line {start}", r.get(key), r.get("label")))
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+    out = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            raise KdflowError(f"Line {i + 1} of '{path}' is not valid JSON; fix that line") from None
+        if not isinstance(obj, dict):
+            raise KdflowError(f"Line {i + 1} of '{path}' is not an object with id and label; fix that line")
+        out.append((f"line {i + 1}", _str(obj.get("kdflow_id", obj.get("id"))), _str(obj.get("label"))))
+    return out
 
 
 def _str(v) -> Optional[str]:
@@ -218,3 +229,28 @@ def read_labels(path: "str | Path", requested: list[str], label_names: list[str]
         raise KdflowError(f"{len(missing)} of the {len(requested)} examples asked for have no row in '{path}' "
                           f"(first: id '{missing[0]}'); label them, or write {SKIP} as their label")
     return labels, skipped
+
+
+def label_batch(loop: "Loop", positions: np.ndarray, batch: int) -> Optional[dict]:
+    """Label ``positions`` with the run's oracle; returns the pending request when humans must label."""
+    ac, pool, names, state = loop.ac, loop.pool, loop.labels, loop.state
+    ids = [pool.ids[p] for p in positions]
+    if ac.oracle == "gold":
+        state.add_batch(gold_labels(pool, positions, names))
+        return None
+    if ac.oracle == "teacher":
+        state.add_batch(teacher_labels(ids, loop.teacher_probs(positions), names))
+        return None
+    by_teacher: dict = {}
+    rest = positions
+    if ac.oracle == "hybrid":
+        probs = loop.teacher_probs(positions)
+        sure = confident(probs, ac.hybrid_threshold)
+        by_teacher = teacher_labels([k for k, s in zip(ids, sure) if s], probs[sure], names)
+        rest = positions[~sure]
+        if ac.hybrid_human == "gold" or len(rest) == 0:
+            state.add_batch({**by_teacher, **gold_labels(pool, rest, names)})
+            return None
+    files = write_request(loop.folder / f"batch-{batch:03d}", pool, rest, names)
+    return {"batch": batch, "ids": [pool.ids[p] for p in rest],
+            "teacher": {k: v[0] for k, v in by_teacher.items()}, "files": files}

@@ -1,10 +1,21 @@
-"""What an active-learning run leaves behind: the summary (``metrics.json["active"]``),
-``active/rounds.csv``, the report, the final student, and the lines it prints."""
+"""What an active-learning run leaves behind, and the lines it prints.
+
+Run folder additions::
+
+    active/state.json        labels (by example id, with their source), ignored ids, rounds, pending batch
+    active/rounds.csv        one row per round: labels, teacher queries, validation and test quality, kappa
+    active/epochs.csv        per-epoch rows of every round's training (role roundN); tensorboard/active/
+    active/batch-NNN/        a batch for human labelling: to_label.csv / .jsonl, Label Studio tasks + config
+    active/student/          the final student (save_pretrained, tokenizer, label map)
+    metrics.json "active"    the summary; report.md / report.html gain the label-efficiency curve
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
 
 from .. import models
 from ..config import Config
@@ -15,6 +26,16 @@ if TYPE_CHECKING:
     from .loop import Loop
 
 ROUND_COLUMNS = ("round", "labels", "new", "teacher_queries", "epochs_run", "train_seconds", "select_seconds", "kappa")
+
+
+def kappa(previous: Optional[list], pred: np.ndarray) -> Optional[float]:
+    """Cohen's kappa between the last round's and this round's validation predictions (the
+    stabilising-predictions stopping rule); ``None`` in the first round."""
+    if previous is None:
+        return None
+    from sklearn.metrics import cohen_kappa_score
+    prev = np.asarray(previous)
+    return 1.0 if (prev == pred).all() else float(np.nan_to_num(cohen_kappa_score(prev, pred)))
 
 
 def round_line(rec: dict, metric: str) -> str:
@@ -81,4 +102,4 @@ def finish(loop: "Loop", cfg: Config) -> dict:
     return result
 
 
-__all__ = ["round_line", "summary", "write", "waiting", "finish"]
+__all__ = ["kappa", "round_line", "summary", "write", "waiting", "finish"]

@@ -1,0 +1,85 @@
+"""The shape of the package, checked so it stays: no module reaches into another's private names,
+files and functions stay short, and no function takes a long list of parameters.
+
+Exceptions are listed here by name with the reason; a new one is a decision, not an accident.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kdflow"
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 50
+MAX_PARAMETERS = 8
+# "path:function" -> why splitting it would read worse (none today)
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text(), str(path)), path
+
+
+def _module_name(rel: str) -> str:
+    return "kdflow." + rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def _resolve(rel: str, node: ast.ImportFrom) -> str:
+    """The absolute module an ``ImportFrom`` reads from."""
+    if node.level == 0:
+        return node.module or ""
+    package = _module_name(rel).split(".")
+    if not rel.endswith("__init__.py"):
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def test_no_module_imports_another_modules_private_names():
+    offences = []
+    for rel, tree, _ in modules():
+        me = _module_name(rel)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = _resolve(rel, node)
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and source != me:
+                        offences.append(f"{rel}: from {source} import {alias.name}")
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value
+                # module._name (a name bound by 'import x' / 'from . import x'); self._x and obj._x are fine
+                if isinstance(base, ast.Name) and base.id in _imported_modules(tree):
+                    offences.append(f"{rel}: {base.id}.{node.attr}")
+    assert not offences, "private names used across modules:\n" + "\n".join(offences)
+
+
+def _imported_modules(tree) -> set:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("kdflow"))
+        elif isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("kdflow")):
+            names.update(a.asname or a.name for a in node.names)
+    return names
+
+
+def test_files_and_functions_stay_short():
+    long_files, long_functions, many_parameters = [], [], []
+    for rel, tree, path in modules():
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_FILE_LINES:
+            long_files.append(f"{rel}: {lines} lines")
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            key = f"{rel}:{node.name}"
+            size = node.end_lineno - node.lineno + 1
+            if size > MAX_FUNCTION_LINES and key not in LONG_FUNCTIONS:
+                long_functions.append(f"{key}: {size} lines")
+            params = [a for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                      if a.arg not in ("self", "cls")]
+            if len(params) > MAX_PARAMETERS:
+                many_parameters.append(f"{key}: {len(params)} parameters")
+    assert not long_files, long_files
+    assert not long_functions, long_functions
+    assert not many_parameters, many_parameters

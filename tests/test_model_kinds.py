@@ -1,0 +1,56 @@
+"""The contract every model kind keeps (``kdflow.models.KINDS``): a new kind is exercised here by its
+table entry alone — its tiny spec builds a student from a teacher, the student learns, saves and
+reloads to the same outputs, and only its own kind claims its saved folder."""
+
+import pytest
+import torch
+
+from kdflow.config import MODEL_SPECS, DataConfig, load_config
+from kdflow.models import KINDS, BuildContext, load_saved, save_model
+
+LABELS = ["a", "b", "c"]
+
+
+def test_every_kind_has_a_config_spec_and_the_union_accepts_its_tiny_spec():
+    assert set(KINDS) == set(MODEL_SPECS)
+    for name, kind in KINDS.items():
+        cfg = load_config({"data": {"path": "x.json"}, "model": {"student": kind.tiny}})
+        assert type(cfg.model.student) is MODEL_SPECS[name] and cfg.model.student.kind == name
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_bert):
+    from kdflow.models import load_hf_classifier, load_tokenizer
+    return load_hf_classifier(tiny_bert, LABELS, "classification"), load_tokenizer(tiny_bert)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_kind_builds_a_student_that_learns_saves_and_reloads(name, teacher, tmp_path):
+    kind, spec = KINDS[name], MODEL_SPECS[name].model_validate(KINDS[name].tiny)
+    model, tok = teacher
+    kind.check(spec, "student", DataConfig(path="x.json"))  # text data: every text-reading kind accepts it
+    torch.manual_seed(0)
+    ctx = BuildContext(LABELS, "classification", 16, tok, model, rank_teacher_blocks=lambda: [1, 0])
+    student, s_tok = kind.student(spec, ctx)
+    assert s_tok is not None
+    enc = s_tok(["book a flight", "play some music", "what is the weather", "check my balance"] * 2,
+                padding=True, return_tensors="pt")
+    y = torch.tensor([0, 1, 2, 0] * 2)
+    assert student(**enc).logits.shape == (8, 3)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(student(**enc).logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # it learns
+    save_model(student, tmp_path / name, s_tok, LABELS)
+    assert [k for k, other in KINDS.items() if other.saved_in(tmp_path / name)] == [name]
+    back, tok2, labels, task = load_saved(tmp_path / name)
+    assert labels == LABELS and task == "classification" and tok2 is not None
+    student.eval()
+    back.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**enc).logits, student(**enc).logits)
