@@ -207,3 +207,12 @@ def test_core_set_and_badge_on_a_large_pool_never_build_a_pool_by_pool_matrix():
     mb = 2 ** 20
     assert core_peak < 40 * mb, core_peak / mb     # candidate copy (5 MB) + 1024 x 1024 chunks, not 1.6 GB
     assert badge_peak < 30 * mb, badge_peak / mb   # [N, C] + [N, D] in float64 (~13 MB), not 41 MB more
+
+
+def test_a_strategy_named_twice_is_refused_before_any_run(tmp_path):
+    from kdflow.active import compare_strategies
+    from kdflow.errors import KdflowError
+    with pytest.raises(KdflowError, match="names 'random' twice"):
+        compare_strategies({"data": {"path": "x.json"}, "run": {"output_dir": str(tmp_path)}},
+                           ["random", "entropy", "random"], seeds=1)
+    assert not any(tmp_path.iterdir())

@@ -104,3 +104,42 @@ def test_shipped_configs_validate():
         assert cfg.run.name and cfg.data.path or cfg.data.train or cfg.data.hub
     active = load_config(folder / "active.yaml").active
     assert active.strategy == "entropy" and active.stop_parity == 0.05
+
+
+def test_model_specs_are_discriminated_on_kind():
+    from kdflow.config import EncoderSpec, HFSpec
+    cfg = load_config({"data": {"path": "x"}, "model": {"student": {"kind": "encoder", "input_dim": 3},
+                                                        "teacher": {"name": "t"}}})
+    assert type(cfg.model.student) is EncoderSpec and cfg.model.student.modality == "values"
+    assert type(cfg.model.teacher) is HFSpec and cfg.model.teacher.modality == "text"  # kind hf by default
+    assert "model.student.kind' (got 'cnn'): choose one of hf, encoder" in err(
+        {"data": {"path": "x"}, "model": {"student": {"kind": "cnn"}}})
+    assert "'model.student.input_dim' belongs to kind encoder, and model.student is kind hf" in err(
+        {"data": {"path": "x"}, "model": {"student": {"input_dim": 3}}})
+    assert "'model.student.init_from_teacher' belongs to kind hf" in err(
+        {"data": {"path": "x"}, "model": {"student": {"kind": "encoder", "init_from_teacher": True}}})
+    assert "did you mean 'model.teacher.hidden_size'" in err({"data": {"path": "x"}, "model": {"teacher": {"hiden_size": 8}}})
+    # a config.yaml written before the split lists every kind's keys at their defaults: it still loads
+    old = {"data": {"path": "x"}, "model": {"student": {"kind": "hf", "num_layers": 2, "input_dim": None},
+                                            "teacher": {"kind": "encoder", "input_dim": 1, "init_from_teacher": False,
+                                                        "teacher_layers": None}}}
+    cfg = load_config(old)
+    assert cfg.model.student.num_layers == 2 and cfg.model.teacher.input_dim == 1
+    assert load_config(__import__("yaml").safe_load(cfg.to_yaml())) == cfg
+
+
+def test_list_items_python_specs_and_resume_signatures_of_older_runs():
+    from kdflow.config import EncoderSpec, ModelConfig, same_setting
+    assert "did you mean 'distill.extra_teachers.0.weight'" in err(
+        {"data": {"path": "x"}, "distill": {"extra_teachers": [{"name": "a", "wieght": 1}]}})
+    assert "Invalid value for 'model.student' (got 'bert'): give a mapping" in err(
+        {"data": {"path": "x"}, "model": {"student": "bert"}})
+    # a spec built in Python keeps its kind through load_config(Config, overrides)
+    cfg = Config(data=DataConfig(path="x"), model=ModelConfig(student=EncoderSpec(num_layers=2, input_dim=3)))
+    again = load_config(cfg, ["train.lr=0.1"])
+    assert type(again.model.student) is EncoderSpec and again.model.student.input_dim == 3
+    # a resume signature saved before the specs were split by kind lists every kind's keys: still the same
+    now = again.model.student.model_dump(mode="json")
+    assert same_setting({**now, "init_from_teacher": False, "teacher_layers": None}, now)
+    assert not same_setting({**now, "num_layers": 3}, now) and not same_setting({**now, "teacher_layers": [1]}, now)
+    assert same_setting(3, 3) and not same_setting(None, "hinton")

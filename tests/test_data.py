@@ -177,7 +177,7 @@ def test_featurizer_pads_per_batch_and_pairs(tiny_bert):
     assert batch["inputs"]["token_type_ids"][0].tolist()[:5] == [0, 0, 0, 1, 1]
     assert batch["teacher_inputs"] is batch["inputs"] and batch["labels"].tolist() == [0, 1]
     values = Split("train", ["a", "b"], {"values": [[1.0, 2.0, 3.0], [4.0]]}, np.array([0, 1]))
-    vb = make_collate(values, ValuesFeaturizer(8))([0, 1])["inputs"]
+    vb = make_collate(values, ValuesFeaturizer(max_length=8))([0, 1])["inputs"]
     assert vb["values"].shape == (2, 3, 1) and vb["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
@@ -222,7 +222,7 @@ def test_featurizers_encode_once_per_id_and_only_training_batches_are_told_to_au
             return batch
 
     split = Split("train", ["a", "b", "c"], {"values": [[1.0, 2.0], [3.0], [4.0, 5.0]]}, np.array([0, 1, 0]))
-    feat = Noisy(8)
+    feat = Noisy(max_length=8)
     first = [b["inputs"]["values"] for b in train_loader(split, feat, None, 3, seed=0)]
     again = [b["inputs"]["values"] for b in train_loader(split, feat, None, 3, seed=0)]
     plain = input_batches(split, feat, 3)

@@ -151,5 +151,7 @@ def test_logit_loss_names_resolve_by_task_and_teachers_or_say_what_is_wrong():
         resolve_logit_loss("dkd", "regression", 1)
     with pytest.raises(KdflowError, match="dkd distils one teacher's targets; drop distill.extra_teachers"):
         resolve_logit_loss("dkd", "classification", 2)
+    with pytest.raises(KdflowError, match="extra_teachers averages soft targets over classes, which regression"):
+        resolve_logit_loss("hinton", "regression", 2)
     with pytest.raises(KdflowError, match=r"distill.logit_loss.*choose one of hinton, dkd.*did you mean dkd"):
         load_config({"data": {"path": "x"}, "distill": {"logit_loss": "dkdd"}})

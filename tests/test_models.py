@@ -128,3 +128,7 @@ def test_save_and_load_round_trip(tmp_path, teacher, tiny_bert):
     (tmp_path / "empty").mkdir()
     with pytest.raises(KdflowError, match="holds no saved model"):
         load_saved(tmp_path / "empty")
+    import shutil
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "enc" / "config.json")  # two kinds in one folder
+    with pytest.raises(KdflowError, match="holds the files of several model kinds"):
+        load_saved(tmp_path / "enc")

@@ -151,6 +151,7 @@ LOGIT_LOSSES: dict[str, LogitLoss] = {
 def resolve_logit_loss(name: str, task: str, teachers: int) -> str:
     """The table entry that ``distill.logit_loss`` means for this task and number of teachers:
     ``hinton`` is MSE for regression and the multi-teacher average for several teachers."""
+    asked = name
     if name == "hinton" and task == "regression":
         name = "mse"
     elif name == "hinton" and teachers > 1:
@@ -160,6 +161,10 @@ def resolve_logit_loss(name: str, task: str, teachers: int) -> str:
         raise KdflowError(f"distill.logit_loss {name} is for {entry.task}, and this data is {task}; use hinton "
                           f"(soft targets for classification, MSE to the teacher for regression)")
     if teachers > 1 and not entry.many:
+        if asked == "hinton":  # regression: MSE to one teacher's prediction
+            raise KdflowError(f"distill.extra_teachers averages soft targets over classes, which {task} does not "
+                              "have; drop distill.extra_teachers (the student learns MSE to model.teacher's "
+                              "prediction)")
         raise KdflowError(f"distill.logit_loss {name} distils one teacher's targets; drop distill.extra_teachers, "
                           "or use hinton (the weighted mean of every teacher's soft targets)")
     return name
@@ -172,8 +177,7 @@ class Distiller:
 
     def __init__(self, teacher: Optional[nn.Module], dc: DistillConfig, task: str,
                  pairs: Optional[list[LayerPair]] = None):
-        self.teacher, self.mode, self.temperature, self.alpha, self.task = \
-            teacher, dc.mode, dc.temperature, dc.alpha, task
+        self.teacher, self.mode, self.alpha, self.task = teacher, dc.mode, dc.alpha, task
         self.dc, self.pairs = dc, pairs or []
         self.teacher_weights = [dc.teacher_weight] + [e.weight for e in dc.extra_teachers] \
             if dc.extra_teachers else None

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, same_setting
 from .data import set_epoch
 from .errors import KdflowError
 from .runlog import RunLog
@@ -165,7 +165,7 @@ def _start_state(job: FitJob, steps_per_epoch: int, accelerator, log: RunLog) ->
     if not (last / "trainer_state.json").is_file():
         raise KdflowError(f"There is no {job.role} checkpoint to resume in '{job.ckpt_dir}'; drop --resume to start")
     saved = json.loads((last / "trainer_state.json").read_text())
-    changed = [k for k, v in signature.items() if saved.get("signature", {}).get(k) != v]
+    changed = [k for k, v in signature.items() if not same_setting(saved.get("signature", {}).get(k), v)]
     if changed:
         k = changed[0]
         raise KdflowError(f"Cannot resume: {k} was {saved['signature'].get(k)!r} and is now {signature[k]!r}; "

@@ -62,6 +62,9 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
         raise KdflowError(f"Unknown strategy '{bad[0]}' in --strategies; choose from {', '.join(STRATEGIES)}")
     if not strategies:
         raise KdflowError("--strategies names no strategy; give e.g. random,entropy")
+    twice = next((s for s in strategies if strategies.count(s) > 1), None)
+    if twice:
+        raise KdflowError(f"--strategies names '{twice}' twice; list each strategy once (--seeds repeats them)")
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise KdflowError("--seeds asks for no run; give a count of at least 1 (e.g. 3) or a list such as 0,1,2")

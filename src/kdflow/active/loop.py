@@ -37,7 +37,7 @@ from ..train import FitJob, fit, make_accelerator, predict
 from . import oracles, records, settings
 from .outputs import COMMITTEE, PoolPass, stream_pool
 from .pool import PoolState
-from .strategies import SCORES, PoolOutputs, select
+from .strategies import NEEDS, SCORES, PoolOutputs, select
 
 
 class Loop:
@@ -317,7 +317,8 @@ class Loop:
         """What this run's strategy needs from a pass over the pool, for a batch of ``k``."""
         ac = self.ac
         checkpoints = ac.strategy in COMMITTEE and ac.committee == "checkpoints"
-        use_teacher = ac.strategy == "disagreement" or (ac.strategy in COMMITTEE and ac.committee == "teacher_student")
+        use_teacher = "teacher_probs" in NEEDS[ac.strategy] or (ac.strategy in COMMITTEE
+                                                                and ac.committee == "teacher_student")
         diverse = ac.diversity > 1 and ac.strategy in SCORES
         return PoolPass(ac.strategy, len(self.labels), ac.pool_batch_size, ac.pool_chunk, ac.mc_samples,
                         members=self.members if checkpoints else None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..config import Config
+from ..config import Config, same_setting
 from ..errors import KdflowError
 from .outputs import COMMITTEE
 
@@ -76,14 +76,18 @@ def signature(cfg: Config) -> dict:
     return {"strategy": ac.strategy, "oracle": ac.oracle, "initial": ac.initial, "initial_strategy": ac.initial_strategy,
             "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
             "diversity": ac.diversity, "student": cfg.model.student.model_dump(mode="json"),
-            "alpha": dc.alpha, "temperature": dc.temperature, "logit_loss": dc.logit_loss,
-            "max_length": cfg.data.max_length, "train_seed": cfg.train.seed}
+            "alpha": dc.alpha, "temperature": dc.temperature, "logit_loss": dc.logit_loss, "dkd_alpha": dc.dkd_alpha,
+            "dkd_beta": dc.dkd_beta, "max_length": cfg.data.max_length, "train_seed": cfg.train.seed}
+
+
+# what runs saved before these keys were part of the signature could only have used
+EARLIER_DEFAULTS = {"logit_loss": "hinton", "dkd_alpha": 1.0, "dkd_beta": 8.0}
 
 
 def check_resume(saved: dict, cfg: Config) -> None:
     """A resumed run keeps its signature; the first changed setting is named."""
-    now = signature(cfg)
-    changed = [k for k, v in now.items() if saved.get(k) != v]
+    now, saved = signature(cfg), {**EARLIER_DEFAULTS, **saved}
+    changed = [k for k, v in now.items() if not same_setting(saved.get(k), v)]
     if changed:
         k = changed[0]
         raise KdflowError(f"Cannot resume: active setting {k} was {saved.get(k)!r} and is now {now[k]!r}; "

@@ -11,11 +11,11 @@ The same objects are built from Python without any YAML::
 * :mod:`~kdflow.config.load` — :func:`load_config`, ``--set`` overrides, one-sentence errors
 """
 
-from .load import apply_overrides, build, explain, load_config
+from .load import apply_overrides, build, explain, load_config, same_setting
 from .sections import (MODEL_SPECS, STRATEGIES, ActiveConfig, AnyModelSpec, Config, DataConfig, DistillConfig,
                        EncoderSpec, ExtraTeacher, HFSpec, LayerEntry, ModelConfig, ModelSpec, RunConfig, Strict,
                        TrainConfig, TransformerSizes)
 
-__all__ = ["load_config", "apply_overrides", "build", "explain", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
+__all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
            "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "HFSpec",
            "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes"]

@@ -30,7 +30,10 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[tuple, Optional[type]]:
     while i < len(loc):
         part = loc[i]
         clean.append(part)
-        field = cls.model_fields.get(part) if cls is not None and isinstance(part, str) else None
+        if not isinstance(part, str):  # a list index: the items are of the class the list holds
+            i += 1
+            continue
+        field = cls.model_fields.get(part) if cls is not None else None
         cls = _section_of(field.annotation) if field is not None else None
         if field is not None and cls is None and i + 1 < len(loc) and loc[i + 1] in MODEL_SPECS \
                 and any(isinstance(m, Discriminator) for m in field.metadata):
@@ -49,14 +52,21 @@ def explain(err: ValidationError, model: type[BaseModel] = Config) -> str:
     if e["type"] == "extra_forbidden":
         _, section = _walk(model, raw_loc[:-1])
         valid = list(section.model_fields) if section is not None else []
+        owners = [k for k, c in MODEL_SPECS.items() if c is not section and loc[-1] in c.model_fields]
+        if section in MODEL_SPECS.values() and owners:
+            return (f"Config key '{key}' belongs to kind {' or '.join(owners)}, and {'.'.join(map(str, loc[:-1]))} "
+                    f"is kind {section.model_fields['kind'].default}: set its kind, or drop the key")
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close \
             else f"valid keys here: {', '.join(valid)}"
         return f"Unknown config key '{key}': {hint}"
     if e["type"] == "missing":
         return f"Config key '{key}' is required but missing: add it to the YAML or pass --set {key}=..."
-    if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+    if e["type"] == "union_tag_invalid":
         return (f"Invalid value for '{key}.kind' (got {e.get('ctx', {}).get('tag')!r}): choose one of "
+                f"{', '.join(MODEL_SPECS)}.")
+    if e["type"] == "union_tag_not_found":
+        return (f"Invalid value for '{key}' (got {e.get('input')!r}): give a mapping of its keys, with kind one of "
                 f"{', '.join(MODEL_SPECS)}.")
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error" and not loc:
@@ -128,3 +138,14 @@ def load_config(source: "str | Path | dict | Config", overrides: Optional[list[s
             raise KdflowError(f"Config file '{path}' must hold a mapping of sections (model, data, ...), "
                               f"not a {type(raw).__name__}")
     return build(apply_overrides(raw, overrides or []))
+
+
+def same_setting(saved: Any, now: Any) -> bool:
+    """Whether a setting a run saved (a resume signature) equals today's. Model specs are compared as
+    their kind reads them: a run saved before the specs were split by kind listed every kind's keys."""
+    if isinstance(saved, dict) and isinstance(now, dict) and saved.get("kind") in MODEL_SPECS:
+        try:
+            saved = MODEL_SPECS[saved["kind"]].model_validate(saved).model_dump(mode="json")
+        except ValidationError:
+            return False
+    return saved == now

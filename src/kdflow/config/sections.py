@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
-
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -40,6 +39,25 @@ class ModelSpec(Strict):
     def modality(self) -> str:
         """What the model reads: ``text`` (token ids) or ``values`` (numeric sequences)."""
         return "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unset_keys_of_other_kinds(cls, data: Any) -> Any:
+        """Drop another kind's keys that hold only their default (``input_dim: null`` on an hf model):
+        the config.yaml of runs made before models were discriminated on ``kind`` lists every key of
+        every kind. A key of another kind with a real value stays, and is refused as unknown."""
+        if not isinstance(data, dict):
+            return data
+        others = {k: f.default for c in MODEL_SPECS.values() if c is not cls for k, f in c.model_fields.items()
+                  if k not in cls.model_fields}
+        return {k: v for k, v in data.items() if not (k in others and v == others[k])}
+
+    @model_validator(mode="after")
+    def _kind_is_set(self) -> "ModelSpec":
+        # the kind always counts as given: a dump of the set keys (load_config(Config, overrides)) must
+        # keep naming it, or it would be read back as the default kind
+        self.model_fields_set.add("kind")
+        return self
 
 
 class TransformerSizes(ModelSpec):

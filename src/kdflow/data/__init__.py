@@ -8,10 +8,10 @@
 """
 
 from .batches import input_batches, loader, make_collate, set_epoch, train_loader
-from .features import FEATURIZERS, Featurizer, TextFeaturizer, ValuesFeaturizer, make_featurizer
+from .features import FEATURIZERS, Featurizer, TextFeaturizer, ValuesFeaturizer, make_featurizer, modality_of
 from .load import load_data
 from .splits import IGNORE, Split, TaskData, content_keys, example_ids, stratified_sample, stratified_split
 
 __all__ = ["load_data", "Split", "TaskData", "IGNORE", "content_keys", "example_ids", "stratified_sample",
-           "stratified_split", "Featurizer", "TextFeaturizer", "ValuesFeaturizer", "FEATURIZERS", "make_featurizer",
+           "stratified_split", "Featurizer", "TextFeaturizer", "ValuesFeaturizer", "FEATURIZERS", "make_featurizer", "modality_of",
            "loader", "make_collate", "train_loader", "input_batches", "set_epoch"]

@@ -5,15 +5,17 @@ text, parsing a sequence, later decoding an image): its rows are cached by examp
 id, so each example is encoded once whatever subset asks for it. ``collate(rows,
 train)`` builds the batch tensors; anything random (image augmentation) belongs
 there, applied only when ``train`` is true, so a cached row is never a frozen
-augmentation. ``augments`` says whether a featurizer does that: teacher outputs
-cached for an augmenting student would not match what it sees.
+augmentation. ``augments`` marks a featurizer that does that: teacher outputs cached
+once would not match what its student sees, so offline targets must be refused for it
+(no modality augments yet; the image modality will, and its refusal comes with it).
 
-A new modality is one class here plus an entry in :data:`FEATURIZERS`.
+A new modality is one class here (its ``field``: the input it reads) plus an entry in
+:data:`FEATURIZERS`; the data's modality follows (:func:`modality_of`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -91,9 +93,12 @@ class TextFeaturizer(CachedFeaturizer):
 
 class ValuesFeaturizer(CachedFeaturizer):
     """Numeric sequences (``inputs["values"]``, each ``[L]`` or ``[L, D]``): padded into
-    ``[B, L, D]`` float tensors with an attention mask."""
+    ``[B, L, D]`` float tensors with an attention mask. Reads no tokens (``tokenizer`` is ignored)."""
 
     field = "values"
+
+    def __init__(self, tokenizer=None, max_length: int = 128):
+        super().__init__(max_length)
 
     def _encode(self, split: Split, positions: list[int]) -> list[dict]:
         return [{"values": np.asarray(split.inputs["values"][i], dtype=np.float32)} for i in positions]
@@ -114,10 +119,13 @@ class ValuesFeaturizer(CachedFeaturizer):
         return {"values": out, "attention_mask": mask}
 
 
-FEATURIZERS: dict[str, Callable[[Optional[object], int], Featurizer]] = {
-    "text": lambda tokenizer, max_length: TextFeaturizer(tokenizer, max_length),
-    "values": lambda tokenizer, max_length: ValuesFeaturizer(max_length),
-}
+# modality -> featurizer class, constructed as cls(tokenizer, max_length); the first whose field the data has wins
+FEATURIZERS: dict[str, type[CachedFeaturizer]] = {"values": ValuesFeaturizer, "text": TextFeaturizer}
+
+
+def modality_of(inputs: dict) -> str:
+    """The modality of examples with these input fields (``text`` when none matches: its featurizer says so)."""
+    return next((m for m, cls in FEATURIZERS.items() if cls.field in inputs), "text")
 
 
 def make_featurizer(modality: str, tokenizer=None, max_length: int = 128) -> Featurizer:
@@ -125,4 +133,5 @@ def make_featurizer(modality: str, tokenizer=None, max_length: int = 128) -> Fea
     return FEATURIZERS[modality](tokenizer, max_length)
 
 
-__all__ = ["Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "FEATURIZERS", "make_featurizer"]
+__all__ = ["Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "FEATURIZERS", "modality_of",
+           "make_featurizer"]

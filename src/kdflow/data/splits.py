@@ -65,8 +65,10 @@ class TaskData:
 
     @property
     def modality(self) -> str:
-        """What the examples are: ``values`` (numeric sequences) or ``text`` (with or without a pair)."""
-        return "values" if "values" in self.train.inputs else "text"
+        """What the examples are (``text``, with or without a pair; ``values``, numeric sequences): the
+        entry of :data:`kdflow.data.features.FEATURIZERS` whose field the inputs hold."""
+        from .features import modality_of
+        return modality_of(self.train.inputs)
 
     def splits(self) -> list[Split]:
         return [s for s in (self.train, self.validation, self.test) if s is not None]

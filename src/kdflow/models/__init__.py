@@ -39,12 +39,15 @@ def load_saved(folder: "str | Path"):
     if not folder.is_dir():
         raise KdflowError(f"Model folder '{folder}' does not exist; give a run folder or a saved model folder")
     labels, task = saved_labels(folder)
-    found = next((k for k in KINDS.values() if k.saved_in(folder)), None)
-    if found is None:
+    found = [name for name, k in KINDS.items() if k.saved_in(folder)]
+    if not found:
         raise KdflowError(f"'{folder}' holds no saved model (no config.json); give a folder written by kdflow "
                           "or save_pretrained")
+    if len(found) > 1:
+        raise KdflowError(f"'{folder}' holds the files of several model kinds ({', '.join(found)}); save each model "
+                          "into a folder of its own")
     tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else None
-    return found.load(folder), tokenizer, labels, task
+    return KINDS[found[0]].load(folder), tokenizer, labels, task
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:

@@ -212,12 +212,6 @@ def teacher(spec: HFSpec, ctx: BuildContext) -> nn.Module:
 
 def student(spec: HFSpec, ctx: BuildContext) -> tuple:
     """A named HF model (with its own tokenizer), or a smaller one of the teacher's family."""
-    if spec.name:
-        return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code), \
-            load_tokenizer(spec.name, spec.trust_remote_code)
-    if not isinstance(getattr(ctx.teacher, "config", None), _pretrained_config()):
-        raise KdflowError("A student of kind hf without a name copies the teacher's family, which needs an hf "
-                          "teacher; set model.student.kind: encoder or model.student.name")
     if spec.teacher_layers == "auto":
         if not spec.init_from_teacher:
             raise KdflowError("model.student.teacher_layers: auto picks the teacher blocks to copy, so it needs "
@@ -226,6 +220,12 @@ def student(spec: HFSpec, ctx: BuildContext) -> tuple:
         chosen = sorted(ctx.rank_teacher_blocks()[:n])
         ctx.log(f"[student] initialised from the {n} most critical teacher blocks: {chosen}")
         spec = spec.model_copy(update={"teacher_layers": chosen, "num_layers": n})
+    if spec.name:
+        return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code), \
+            load_tokenizer(spec.name, spec.trust_remote_code)
+    if not isinstance(getattr(ctx.teacher, "config", None), _pretrained_config()):
+        raise KdflowError("A student of kind hf without a name copies the teacher's family, which needs an hf "
+                          "teacher; set model.student.kind: encoder or model.student.name")
     return build_hf_student(spec, ctx.teacher, ctx.label_names, ctx.task), ctx.tokenizer
 
 
