@@ -113,7 +113,7 @@ def _distill_info(dc, pairs, distiller: Distiller, targets) -> dict:
     return {"mode": dc.mode, "temperature": dc.temperature, "alpha": dc.alpha, "logit_loss": dc.logit_loss,
             "layers": [{"student": p.student, "teacher": p.teacher, "kind": p.kind, "weight": p.weight}
                        for p in pairs], "teachers": 1 + len(dc.extra_teachers),
-            "teacher_examples_computed": targets.cache.computed if targets.cache else None,
+            "teacher_examples_computed": targets.cache.computed if targets.cache is not None else None,
             "teacher_calls_in_loop": distiller.teacher_calls, "target_refreshes": distiller.refreshes}
 
 
