@@ -216,3 +216,22 @@ def test_a_strategy_named_twice_is_refused_before_any_run(tmp_path):
         compare_strategies({"data": {"path": "x.json"}, "run": {"output_dir": str(tmp_path)}},
                            ["random", "entropy", "random"], seeds=1)
     assert not any(tmp_path.iterdir())
+
+
+def test_pool_reductions_are_plain_numpy():
+    """The reductions of a streamed pool pass need no model: a committee is stacked, scores land at
+    their pool positions, the short list keeps the best-scored embeddings."""
+    from kdflow.active.outputs import PoolPass, Reducer, committee
+    from kdflow.errors import KdflowError
+    a, b, t = (np.full((2, 3), x) for x in (0.1, 0.2, 0.7))
+    assert committee("vote_entropy", np.stack([a, b]), None, None).shape == (2, 2, 3)
+    assert committee("vote_entropy", np.stack([a]), a, t).shape == (3, 2, 3)  # member, student, teacher
+    with pytest.raises(KdflowError, match="committee of at least 2"):
+        committee("vote_entropy", np.stack([a]), None, None)
+    red = Reducer(6, PoolPass("entropy", 2, keep_top=2, need_embeddings=True))
+    sure, unsure = np.array([[0.99, 0.01]]), np.array([[0.5, 0.5]])
+    for pos, p in ((0, sure), (3, unsure), (5, np.array([[0.8, 0.2]]))):
+        red.add(np.array([pos]), PoolOutputs(n=1, probs=p), np.array([[float(pos), 1.0]]))
+    out = red.result()
+    assert np.isneginf(out.scores[[1, 2, 4]]).all() and out.scores[3] > out.scores[5] > out.scores[0]
+    assert out.embedding_rows.tolist() == [3, 5] and out.embeddings[:, 0].tolist() == [3.0, 5.0]
