@@ -143,12 +143,11 @@ def load_teacher(run: Run) -> Teacher:
                               "use another run.name or re-run kdflow teach with --overwrite")
         return Teacher(teacher, tokenizer, str(own))
     spec = cfg.model.teacher
-    if models.kind(spec).has_head(spec, d.label_names, d.task):
+    trained = models.kind(spec).has_head(spec, d.label_names, d.task)
+    if trained or cfg.distill.mode == "guide" or cfg.distill.alpha == 0:  # guide trains it; alpha 0 never asks it
         tokenizer = tokenizer_for(spec)
-        return Teacher(new_teacher(run, tokenizer), tokenizer, spec.name)
-    if cfg.distill.mode == "guide" or cfg.distill.alpha == 0:
-        tokenizer = tokenizer_for(spec)
-        return Teacher(new_teacher(run, tokenizer), tokenizer, f"{spec.name or spec.kind} (untrained head)")
+        source = spec.name if trained else f"{spec.name or spec.kind} (untrained head)"
+        return Teacher(new_teacher(run, tokenizer), tokenizer, source)
     raise KdflowError(f"The teacher '{spec.name}' has no trained head for these {d.num_labels} labels; run "
                       f"'kdflow teach' with this config first (it saves {own}), or point model.teacher.name "
                       "at a local classifier fine-tuned on exactly these labels (kdflow_labels.json or id2label)")

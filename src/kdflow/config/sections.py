@@ -5,7 +5,6 @@
 and ``run``.
 """
 
-
 from __future__ import annotations
 
 import difflib
