@@ -91,6 +91,7 @@ def test_export_command_on_a_run(tiny_bert, intents_json, tmp_path):
     import kdflow
     from conftest import tiny_config
     raw = tiny_config(tiny_bert, intents_json, tmp_path, "exp", teach={"epochs": 2}, train={"epochs": 1})
+    raw["model"]["student"]["prune_vocab"] = False  # the whole vocabulary, so export's --prune-vocab has work
     kdflow.teach(raw)
     kdflow.distill(raw)
     out = subprocess.run([sys.executable, "-m", "kdflow", "export", str(tmp_path / "exp"), "--onnx", "--int8",

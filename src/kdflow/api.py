@@ -37,7 +37,8 @@ def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, o
     def loss_fn(model, batch):
         return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
 
-    job = FitJob("teacher", cfg.teach, cfg.run_dir / "checkpoints" / "teacher", resume,
+    settings = pipeline.train_settings(run, cfg.teach, "teacher", spec, teacher)
+    job = FitJob("teacher", settings, cfg.run_dir / "checkpoints" / "teacher", resume,
                  {"train_examples": len(d.train), "teacher": spec.model_dump(mode="json")})
     result = fit(teacher, loss_fn, train_loader(d.train, feat, None, cfg.teach.batch_size, cfg.teach.seed),
                  pipeline.eval_fn(run, d.validation, feat, cfg.teach.eval_batch_size), job, run.acc, run.log)
@@ -71,7 +72,8 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     train_dl = train_loader(d.train, s_feat, t_feat, cfg.train.batch_size, cfg.train.seed)
     targets = attach_targets(run, distiller, teacher.tokenizer, t_feat, resume)
     model = _with_projections(run, student, distiller, train_dl) if pairs else student
-    job = FitJob("student", cfg.train, cfg.run_dir / "checkpoints" / "student", resume,
+    settings = pipeline.train_settings(run, cfg.train, "student", cfg.model.student, student)
+    job = FitJob("student", settings, cfg.run_dir / "checkpoints" / "student", resume,
                  _signature(cfg, pairs, len(d.train)), on_epoch_start=targets.on_epoch_start)
     result = fit(model, distiller, train_dl, pipeline.eval_fn(run, d.validation, s_feat, cfg.train.eval_batch_size),
                  job, run.acc, run.log)

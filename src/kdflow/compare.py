@@ -110,13 +110,18 @@ def compare_models(teacher: Contestant, students: list[Contestant], split: Split
     """Rows for the teacher and, per student, the student and (as ``options`` ask) its ``-int8``,
     ``-onnx`` and ``-onnx-int8`` forms, written into ``out_dir``."""
     bench = Bench(split, task, label_names, options)
-    t = teacher.model.cpu().eval()
-    rows = [measure_form(teacher.name, measure.torch_runner(t), teacher.feat, teacher.size_mb,
-                         measure.parameter_counts(t), bench, _probe(options, t))]
+    rows = [teacher_row(teacher, bench)]
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
     for s in students:
-        rows += _student_forms(Contestant(s.name, s.model.cpu().eval(), s.feat, s.size_mb), bench, out_dir)
+        rows += student_forms(Contestant(s.name, s.model.cpu().eval(), s.feat, s.size_mb), bench, out_dir)
     return relate(rows, "accuracy" if task == "classification" else "pearson")
+
+
+def teacher_row(teacher: Contestant, bench: Bench) -> dict:
+    """The teacher's row (PyTorch as it is), the reference of :func:`relate`."""
+    t = teacher.model.cpu().eval()
+    return measure_form(teacher.name, measure.torch_runner(t), teacher.feat, teacher.size_mb,
+                        measure.parameter_counts(t), bench, _probe(bench.options, t))
 
 
 def _probe(options: MeasureOptions, model=None, onnx_path=None) -> Optional[Callable[[Path], dict]]:
@@ -128,7 +133,7 @@ def _probe(options: MeasureOptions, model=None, onnx_path=None) -> Optional[Call
     return lambda inputs: memprobe.probe_module(model, inputs, options.threads)
 
 
-def _student_forms(s: Contestant, bench: Bench, out_dir: Path) -> list[dict]:
+def student_forms(s: Contestant, bench: Bench, out_dir: Path) -> list[dict]:
     o, name, feat = bench.options, s.name, s.feat
     reference = measure.torch_runner(s.model)
     rows = [measure_form(name, reference, feat, s.size_mb, measure.parameter_counts(s.model), bench,
@@ -166,7 +171,7 @@ def vocab_pruned_student(student: nn.Module, feat: Featurizer, data: TaskData, o
     if tokenizer is None:
         raise KdflowError("--prune-vocab needs a student that reads text with a tokenizer")
     pruned, ptok, _ = prune_vocabulary(copy.deepcopy(student), tokenizer, data.train.inputs["text"],
-                                       data.train.inputs.get("text_pair"))
+                                       data.train.inputs.get("text_pair"), feat.max_length)
     folder = out_dir / "student-pruned"
     save_model(pruned, folder, ptok, data.label_names, data.task)
     return Contestant("student-pruned", pruned, TextFeaturizer(ptok, feat.max_length), measure.files_size_mb(folder))

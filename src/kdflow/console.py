@@ -64,10 +64,34 @@ def rows_table(rows: list[dict], title: str = "teacher vs student (same split, s
     return t
 
 
+def frontier_table(summary: dict) -> Table:
+    """Every measured form of ``kdflow frontier`` (validation), the front marked, then the chosen one's test rows."""
+    metric, rows = summary["metric"], summary["rows"]
+    t = Table(title=f"kdflow frontier: validation {metric} vs p50 latency (* = on the Pareto front)",
+              title_justify="left")
+    for head in ("student", "form", "params", metric, "retention", "MB", "p50 ms", "smaller", "faster", ""):
+        t.add_column(head, justify="left" if head in ("student", "form") else "right")
+    teacher = summary["teacher"]
+    t.add_row("teacher", "pytorch", f"{teacher.get('parameters', 0):,}", f"{teacher[metric]:.4f}", "100.0%",
+              f"{teacher['size_mb']:.1f}", f"{teacher['latency_ms_p50']:.2f}", "1.0x", "1.0x", "", style="bold")
+    params = {n: c.get("parameters", 0) for n, c in summary["candidates"].items()}
+    chosen = (summary.get("chosen") or {}).get("validation", {}).get("model")
+    for r in sorted(rows, key=lambda r: r["latency_ms_p50"]):
+        t.add_row(r["candidate"], r["form"], f"{params.get(r['candidate'], 0):,}", f"{r[metric]:.4f}",
+                  f"{r['retention']:.1%}", f"{r['size_mb']:.1f}", f"{r['latency_ms_p50']:.2f}",
+                  f"{r['compression']:.1f}x", f"{r['speedup_p50']:.1f}x",
+                  ("*" if r.get("on_front") else "") + (" chosen" if r["model"] == chosen else ""),
+                  style="bold green" if r["model"] == chosen else None)
+    for name, c in summary["candidates"].items():
+        if c["status"] == "stopped":
+            t.add_row(name, "-", f"{params.get(name, 0):,}", "", "", "", "", "", "", c["note"], style="dim")
+    return t
+
+
 def show(table: Table, width: Optional[int] = None) -> None:
     """Print on the main process only."""
     if os.environ.get("RANK", "0") == "0":
         _console(width).print(table)
 
 
-__all__ = ["run_table", "rows_table", "show"]
+__all__ = ["run_table", "rows_table", "frontier_table", "show"]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from . import models
-from .config import Config, ModelSpec, TrainConfig
+from .config import Config, ModelSpec, TrainConfig, learning_rate
 from .data import Featurizer, Split, TaskData, load_data, loader, make_collate, make_featurizer
 from .errors import KdflowError
 from .metrics import quality
@@ -162,15 +162,30 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
         return teacher_block_scores(run, teacher, featurizer(run, tokenizer))["ranking"]
 
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
-    if spec.prune_vocab:
-        from .prune import prune_vocabulary
-        if s_tokenizer is None:
-            raise KdflowError("model.student.prune_vocab needs a student that reads text through a tokenizer")
+    from .prune import prunable, prune_vocabulary
+    why_not = prunable(student, s_tokenizer)
+    if spec.prune_vocab and why_not:
+        raise KdflowError(f"model.student.prune_vocab is true but {why_not}; set model.student.prune_vocab: false")
+    if spec.prune_vocab is None and why_not:
+        run.info(f"[student] vocabulary kept whole (prune_vocab auto: {why_not})")
+    elif spec.prune_vocab is not False:
         before = len(s_tokenizer)
         student, s_tokenizer, kept = prune_vocabulary(student, s_tokenizer, d.train.inputs["text"],
-                                                      d.train.inputs.get("text_pair"))
-        run.info(f"[student] vocabulary pruned to the training text: {before:,} -> {len(kept):,} tokens")
+                                                      d.train.inputs.get("text_pair"), run.cfg.data.max_length)
+        run.info(f"[student] vocabulary pruned to the training text{' (prune_vocab auto)' if spec.prune_vocab is None else ''}"
+                 f": {before:,} -> {len(kept):,} tokens")
     return student, s_tokenizer
+
+
+def train_settings(run: Run, section: TrainConfig, role: str, spec: ModelSpec, model: nn.Module) -> TrainConfig:
+    """``section`` with its learning rate resolved: as given, or the auto rate for a model whose blocks
+    start pretrained or random (logged, so the log says what ran)."""
+    if section.lr is not None:
+        return section
+    pretrained = models.starts_pretrained(spec, model)
+    lr = learning_rate(section, role, pretrained)
+    run.info(f"[{role}] learning rate {lr:g} (auto: its blocks start {'pretrained' if pretrained else 'random'})")
+    return section.model_copy(update={"lr": lr})
 
 
 def check_length(model: nn.Module, max_length: int, role: str) -> None:
@@ -241,5 +256,5 @@ def with_transfer_set(run: Run) -> None:
 
 
 __all__ = ["Run", "Teacher", "check_inputs", "open_run", "setup", "guard", "tokenizer_for", "new_teacher",
-           "teacher_is_trained", "load_teacher", "build_student", "check_length", "featurizer", "eval_fn",
+           "teacher_is_trained", "load_teacher", "build_student", "train_settings", "check_length", "featurizer", "eval_fn",
            "final_metrics", "summary", "write_report", "with_transfer_set"]

@@ -20,13 +20,39 @@ from torch import nn
 from .errors import KdflowError
 
 
-def used_token_ids(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None) -> list[int]:
-    """Sorted ids the texts tokenize to, plus every special token."""
+def used_token_ids(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None,
+                   max_length: Optional[int] = None) -> list[int]:
+    """Sorted ids the texts tokenize to, plus every special token; with ``max_length``, only the
+    tokens the model will read (each text truncated as the featurizer truncates it)."""
     texts = list(texts)
-    enc = tokenizer(texts, list(pairs) if pairs is not None else None, truncation=False)
+    enc = tokenizer(texts, list(pairs) if pairs is not None else None, truncation=max_length is not None,
+                    max_length=max_length)
     used = {i for row in enc["input_ids"] for i in row}
     used.update(tokenizer.all_special_ids)
     return sorted(used)
+
+
+def tokenizer_unprunable(tokenizer) -> Optional[str]:
+    """None when ``tokenizer``'s vocabulary can be pruned, else why not (in words)."""
+    if tokenizer is None:
+        return "the student reads no text through a tokenizer"
+    if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
+        return "the student's tokenizer is not a fast (Rust) tokenizer"
+    kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"]
+    if kind != "WordPiece":
+        return f"the student's tokenizer is {kind}, and pruning supports WordPiece (the BERT family)"
+    return None
+
+
+def prunable(model: nn.Module, tokenizer) -> Optional[str]:
+    """None when ``model``'s vocabulary can be pruned, else why not (in words)."""
+    why = tokenizer_unprunable(tokenizer)
+    if why:
+        return why
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else getattr(model, "embed", None)
+    if not isinstance(emb, nn.Embedding):
+        return "the student does not read token ids through an nn.Embedding"
+    return None
 
 
 def prune_tokenizer(tokenizer, kept: list[int]):
@@ -76,7 +102,8 @@ def prune_embeddings(model: nn.Module, kept: list[int]) -> nn.Module:
     return model
 
 
-def prune_vocabulary(model: nn.Module, tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None):
+def prune_vocabulary(model: nn.Module, tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None,
+                     max_length: Optional[int] = None):
     """(pruned model, pruned tokenizer, kept old ids) for a model reading ``tokenizer``'s ids."""
-    kept = used_token_ids(tokenizer, texts, pairs)
+    kept = used_token_ids(tokenizer, texts, pairs, max_length)
     return prune_embeddings(model, kept), prune_tokenizer(tokenizer, kept), kept

@@ -3,7 +3,8 @@
 Written from what the run folder already holds (``metrics.csv``, ``metrics.json``),
 so it can be regenerated at any time: ``kdflow report runs/NAME``.
 Plots (``plots/*.png``): training curves per role, teacher-vs-student bars of
-quality / latency / size, and the student's most frequent confusions.
+quality / latency / size, the student's most frequent confusions, and (``kdflow frontier``)
+the accuracy / latency / size front.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def _rows(run: Path) -> list[dict]:
@@ -49,10 +57,7 @@ def plot_curves(run: Path, out: Path) -> "Path | None":
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_bars(rows: list[dict], metric: str, out: Path) -> "Path | None":
@@ -73,10 +78,7 @@ def plot_bars(rows: list[dict], metric: str, out: Path) -> "Path | None":
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_confusions(confusions: list[dict], out: Path) -> "Path | None":
@@ -88,10 +90,7 @@ def plot_confusions(confusions: list[dict], out: Path) -> "Path | None":
     ax.barh(labels, [c["count"] for c in confusions][::-1], color="#C44E52")
     ax.set(title="student: most frequent confusions (test)", xlabel="examples")
     ax.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 STRATEGY_COLORS = {"random": "black"}
@@ -116,10 +115,7 @@ def plot_active(summary: dict, metric: str, out: Path) -> "Path | None":
            xlabel="labelled examples", ylabel=metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_label_efficiency(comp: dict, out: Path) -> "Path | None":
@@ -151,10 +147,57 @@ def plot_label_efficiency(comp: dict, out: Path) -> "Path | None":
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
+
+
+def plot_frontier(fr: dict, out: Path) -> "Path | None":
+    """``kdflow frontier``: validation metric against p50 latency for every measured form (marker area
+    ~ size on disk), the Pareto front as a line, the teacher and the chosen form marked."""
+    rows, metric = fr.get("rows") or [], fr.get("metric", "accuracy")
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    forms = sorted({r["form"] for r in rows})
+    biggest = max(r["size_mb"] for r in rows) or 1.0
+    for form, color in zip(forms, ("#4C72B0", "#DD8452", "#55A868", "#C44E52")):
+        mine = [r for r in rows if r["form"] == form]
+        ax.scatter([r["latency_ms_p50"] for r in mine], [r[metric] for r in mine], alpha=0.6, color=color,
+                   s=[20 + 400 * r["size_mb"] / biggest for r in mine], label=form)
+        for r in mine:
+            ax.annotate(r["candidate"], (r["latency_ms_p50"], r[metric]), fontsize=6, alpha=0.8)
+    front = sorted((r for r in rows if r.get("on_front")), key=lambda r: r["latency_ms_p50"])
+    ax.plot([r["latency_ms_p50"] for r in front], [r[metric] for r in front], "k--", lw=1, label="Pareto front")
+    chosen = (fr.get("chosen") or {}).get("validation")
+    if chosen:
+        ax.scatter([chosen["latency_ms_p50"]], [chosen[metric]], marker="*", s=250, color="gold",
+                   edgecolor="k", zorder=5, label=f"chosen ({fr.get('budget')})")
+    teacher = fr.get("teacher") or {}
+    if metric in teacher:
+        ax.axhline(teacher[metric], color="grey", ls=":", label=f"teacher ({teacher['latency_ms_p50']:.1f} ms)")
+    ax.set_xscale("log")
+    ax.set(title=f"frontier: validation {metric} vs p50 latency (marker area ~ size)", xlabel="p50 latency, ms "
+           "(batch 1, log scale)", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(plt, fig, out)
+
+
+def _frontier_md(fr: dict) -> list[str]:
+    metric = fr["metric"]
+    lines = ["## Frontier", "", f"Every measured form on validation ({len(fr['rows'])} forms of "
+             f"{sum(c['status'] == 'trained' for c in fr['candidates'].values())} students); "
+             "**bold** = on the Pareto front (validation " + metric + " vs p50 latency)." +
+             (f" Chosen for {fr['budget']}: **{fr['chosen']['validation']['model']}**." if fr.get("chosen") else ""),
+             "", f"| student | form | {metric} | retention | MB | p50 ms | smaller | faster |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(fr["rows"], key=lambda r: r["latency_ms_p50"]):
+        b = "**" if r.get("on_front") else ""
+        lines.append(f"| {b}{r['candidate']}{b} | {r['form']} | {r[metric]:.4f} | {r['retention']:.1%} | "
+                     f"{r['size_mb']:.1f} | {r['latency_ms_p50']:.2f} | {r['compression']:.1f}x | "
+                     f"{r['speedup_p50']:.1f}x |")
+    stopped = [f"{n} ({c['note']})" for n, c in fr["candidates"].items() if c["status"] == "stopped"]
+    return lines + ([""] + ["Stopped early: " + "; ".join(stopped) + "."] if stopped else []) + [""]
 
 
 def _active_md(summary: dict, metric: str) -> list[str]:
@@ -207,14 +250,15 @@ def write_report(run: "str | Path") -> dict:
                   if role in blob and "test" in blob[role]]
         metric = "accuracy" if deploy and "accuracy" in deploy[0] else "pearson"
     student_row = next((r for r in deploy if r["model"] == "student"), {})
-    active = blob.get("active")
+    active, fr = blob.get("active"), blob.get("frontier")
     comp_path = run / "active_compare.json"
     comp = json.loads(comp_path.read_text()) if comp_path.is_file() else None
     images = [p for p in (plot_curves(run, plots / "curves.png"), plot_bars(deploy, metric, plots / "compare.png"),
                           plot_confusions(student_row.get("top_confusions", []), plots / "confusions.png"),
                           plot_active(active, active.get("metric", "accuracy"), plots / "active.png")
                           if active else None,
-                          plot_label_efficiency(comp, plots / "label_efficiency.png") if comp else None) if p]
+                          plot_label_efficiency(comp, plots / "label_efficiency.png") if comp else None,
+                          plot_frontier(fr, plots / "frontier.png") if fr else None) if p]
 
     lines = [f"# kdflow report: {run.name}", ""]
     if deploy and "latency_ms_p50" in deploy[0]:
@@ -229,15 +273,12 @@ def write_report(run: "str | Path") -> dict:
                      if k in entry}
             lines += [f"## {role}", "", "| " + " | ".join(facts) + " |", "|" + "---|" * len(facts),
                       "| " + " | ".join(str(v) for v in facts.values()) + " |", ""]
-    if comp:
-        lines += _compare_md(comp)
-    if active:
-        lines += _active_md(active, active.get("metric", "accuracy"))
+    extra = (_frontier_md(fr) if fr else []) + (_compare_md(comp) if comp else []) + (
+        _active_md(active, active.get("metric", "accuracy")) if active else [])
+    lines += extra
     lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
     (run / "report.md").write_text("\n".join(lines))
-    sections = (_compare_md(comp) if comp else []) + (
-        _active_md(active, active.get("metric", "accuracy")) if active else [])
-    (run / "report.html").write_text(_page(run.name, deploy, metric, sections, images))
+    (run / "report.html").write_text(_page(run.name, deploy, metric, extra, images))
     return {"md": run / "report.md", "html": run / "report.html", "plots": images}
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import models
+from .config import learning_rate
 from .data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
 from .distiller import Distiller, freeze
 from .errors import KdflowError
@@ -178,7 +179,9 @@ def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: boo
     from .pipeline import eval_fn
     cfg, acc, d = run.cfg, run.acc, run.data
     t_dl = train_loader(d.train, t_feat, None, cfg.teach.batch_size, cfg.teach.seed)
-    optimizer, scheduler = make_optimizer(distiller.teacher, cfg.teach, cfg.train.epochs * len(t_dl))
+    teach = cfg.teach.model_copy(update={"lr": learning_rate(
+        cfg.teach, "teacher", models.starts_pretrained(cfg.model.teacher, distiller.teacher))})
+    optimizer, scheduler = make_optimizer(distiller.teacher, teach, cfg.train.epochs * len(t_dl))
     t_model, optimizer, t_dl, scheduler = acc.prepare(distiller.teacher, optimizer, t_dl, scheduler)
     evaluate = eval_fn(run, d.validation, t_feat, cfg.train.eval_batch_size)
     saved = cfg.run_dir / "checkpoints" / "student" / "guide_targets.pt"

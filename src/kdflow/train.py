@@ -51,6 +51,7 @@ class FitResult:
     epochs_run: int
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    finished: bool = True  # False when it returned at ``stop_after`` with epochs (and patience) left
 
 
 def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_grad_norm, bar=None) -> dict:
@@ -96,7 +97,8 @@ class FitJob:
     teacher there); ``on_epoch_end(epoch, model)`` sees the unwrapped model after each
     epoch (active learning snapshots it for a committee). Early stopping waits until
     ``min_steps`` optimizer steps are done (a small labelled set can sit on a plateau for
-    its first epochs of a few steps each).
+    its first epochs of a few steps each). ``stop_after``: return after that many epochs (the
+    learning-rate schedule still spans ``cfg.epochs``); a later call with ``resume`` goes on.
     """
 
     role: str
@@ -107,6 +109,7 @@ class FitJob:
     min_steps: int = 0
     on_epoch_start: Optional[Callable[[int], None]] = None
     on_epoch_end: Optional[Callable[[int, torch.nn.Module], None]] = None
+    stop_after: Optional[int] = None
 
 
 def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Module], dict], job: FitJob,
@@ -127,7 +130,7 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
     state = _start_state(job, len(train_loader), accelerator, log)
     started = time.time()
     quiet = log.quiet or not accelerator.is_main_process
-    for epoch in range(state["epoch"] + 1, cfg.epochs):
+    for epoch in range(state["epoch"] + 1, min(cfg.epochs, job.stop_after or cfg.epochs)):
         if state["done"]:
             break
         set_epoch(train_loader, epoch)
@@ -149,7 +152,7 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
     if best_file.is_file():
         accelerator.unwrap_model(model).load_state_dict(load_file(best_file, device="cpu"))
     return FitResult(state["best"], state["best_epoch"], state["epoch"] + 1, state["history"],
-                     time.time() - started)
+                     time.time() - started, state["done"] or state["epoch"] + 1 >= cfg.epochs)
 
 
 def _start_state(job: FitJob, steps_per_epoch: int, accelerator, log: RunLog) -> dict:

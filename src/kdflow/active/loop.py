@@ -72,6 +72,7 @@ class Loop:
         self.teacher, self.tokenizer, self.teacher_source = found.model, found.tokenizer, found.source
         self.template, self.s_tokenizer = pipeline.build_student(run, self.teacher, self.tokenizer)
         pipeline.check_length(self.template, cfg.data.max_length, "student")
+        self.train_cfg = pipeline.train_settings(run, cfg.train, "student", cfg.model.student, self.template)
         if self.ac.strategy == "bald" and not any(isinstance(m, torch.nn.Dropout) and m.p > 0
                                                   for m in self.template.modules()):
             raise KdflowError("active.strategy bald samples the student with MC dropout, but the student has no "
@@ -185,7 +186,7 @@ class Loop:
         shutil.rmtree(ckpt, ignore_errors=True)
         steps = math.ceil(len(lab) / cfg.train.batch_size)  # small sets get epochs enough for min_steps
         epochs = max(cfg.train.epochs, math.ceil(ac.min_steps / max(steps, 1)))
-        job = FitJob(f"round{r}", cfg.train.model_copy(update={"epochs": epochs}), ckpt, on_epoch_end=snapshot,
+        job = FitJob(f"round{r}", self.train_cfg.model_copy(update={"epochs": epochs}), ckpt, on_epoch_end=snapshot,
                      min_steps=ac.min_steps)
         result = fit(model, distiller, train_loader(lab, self.s_feat, None, cfg.train.batch_size, cfg.train.seed),
                      pipeline.eval_fn(self.run, self.run.data.validation, self.s_feat, cfg.train.eval_batch_size),

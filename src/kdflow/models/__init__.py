@@ -21,7 +21,7 @@ from ..errors import KdflowError
 from . import encoder, hf
 from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
-from .hf import (build_hf_student, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
+from .hf import (build_hf_student, copied_blocks, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
                  load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
 from .io import LABELS_FILE, count_parameters, fingerprint, save_model, saved_labels
 
@@ -31,6 +31,11 @@ KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND}
 def kind(spec: ModelSpec) -> ModelKind:
     """The entry of ``spec.kind``."""
     return KINDS[spec.kind]
+
+
+def starts_pretrained(spec: ModelSpec, model: nn.Module) -> bool:
+    """Do ``model``'s blocks start from pretrained weights (a named hf model, or blocks copied from a teacher)?"""
+    return kind(spec).pretrained(spec, model)
 
 
 def load_saved(folder: "str | Path"):
@@ -57,7 +62,7 @@ def block_list(model: nn.Module) -> nn.ModuleList:
     return layer_list(model)[1]
 
 
-__all__ = ["KINDS", "ModelKind", "BuildContext", "kind", "load_saved", "block_list", "save_model", "saved_labels",
+__all__ = ["KINDS", "ModelKind", "BuildContext", "kind", "starts_pretrained", "copied_blocks", "load_saved", "block_list", "save_model", "saved_labels",
            "count_parameters", "fingerprint", "LABELS_FILE", "ENCODER_CONFIG", "EncoderConfig",
            "TransformerEncoderClassifier", "build_encoder_student", "build_hf_student", "default_teacher_layers",
            "has_task_head", "init_from_teacher", "layer_list", "load_hf_classifier", "load_tokenizer",

@@ -46,6 +46,8 @@ class ModelKind:
     student: Callable[[ModelSpec, BuildContext], tuple]  # (student, its tokenizer)
     saved_in: Callable[[Path], bool]  # does this folder hold a saved model of this kind?
     load: Callable[[Path], nn.Module]
+    # do the model's blocks start from pretrained weights? (picks the auto learning rate, train.lr: null)
+    pretrained: Callable[[ModelSpec, nn.Module], bool] = field(default=lambda spec, model: False)
     tiny: dict = field(default_factory=dict)  # the smallest useful spec of this kind (tests, docs)
 
 

@@ -119,7 +119,8 @@ def build_hf_student(spec: HFSpec, teacher: nn.Module, label_names, task: str) -
     if spec.name:
         return load_hf_classifier(spec.name, label_names, task, spec.trust_remote_code)
     cfg = teacher.config.__class__.from_dict(teacher.config.to_dict())
-    overrides = {"num_hidden_layers": spec.num_layers, "hidden_size": spec.hidden_size,
+    overrides = {"num_hidden_layers": spec.num_layers or student_depth(cfg.num_hidden_layers),
+                 "hidden_size": spec.hidden_size,
                  "num_attention_heads": spec.num_heads, "intermediate_size": spec.intermediate_size}
     for key, value in overrides.items():
         if value is not None:
@@ -131,9 +132,21 @@ def build_hf_student(spec: HFSpec, teacher: nn.Module, label_names, task: str) -
     for key, value in label_kwargs(label_names, task).items():
         setattr(cfg, key, value)
     student = AutoModelForSequenceClassification.from_config(cfg)
-    if spec.init_from_teacher:
-        init_from_teacher(student, teacher, spec.teacher_layers)
+    if spec.init_from_teacher is not False:
+        # saved in config.json: where the student's weights came from (and whether its blocks are pretrained)
+        student.config.kdflow_teacher_layers = init_from_teacher(student, teacher, spec.teacher_layers,
+                                                                 strict=spec.init_from_teacher is True)
     return student
+
+
+def student_depth(teacher_depth: int) -> int:
+    """The recipe's depth for a student whose ``num_layers`` is unset: half the teacher's blocks, rounded up."""
+    return (teacher_depth + 1) // 2
+
+
+def copied_blocks(model: nn.Module) -> list[int]:
+    """The teacher blocks a student built here was initialised from ([] when none)."""
+    return list(getattr(getattr(model, "config", None), "kdflow_teacher_layers", None) or [])
 
 
 def project_embeddings(student: nn.Module, teacher: nn.Module) -> torch.Tensor:
@@ -159,14 +172,21 @@ def project_embeddings(student: nn.Module, teacher: nn.Module) -> torch.Tensor:
     return proj
 
 
-def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[list[int]] = None) -> list[int]:
+def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[list[int]] = None,
+                      strict: bool = True) -> list[int]:
     """Copy embeddings and the chosen teacher blocks into the student (DistilBERT-style).
 
     A student narrower than the teacher gets its embeddings through a PCA projection
-    (:func:`project_embeddings`) and no blocks (their shapes differ); returns the copied blocks.
+    (:func:`project_embeddings`) and no blocks (their shapes differ); so does one of the
+    teacher's width with another intermediate size unless ``strict`` (init_from_teacher
+    asked for explicitly: then that is an error). Returns the copied blocks.
     """
     t_cfg, s_cfg = teacher.config, student.config
-    if s_cfg.hidden_size < t_cfg.hidden_size and layers is None:
+    if s_cfg.hidden_size > t_cfg.hidden_size and not strict:
+        return []  # wider than the teacher: nothing of its shape to copy
+    other_shape = s_cfg.hidden_size < t_cfg.hidden_size or (
+        not strict and s_cfg.intermediate_size != t_cfg.intermediate_size)
+    if other_shape and layers is None:
         project_embeddings(student, teacher)
         return []
     if t_cfg.hidden_size != s_cfg.hidden_size or t_cfg.intermediate_size != s_cfg.intermediate_size:
@@ -213,10 +233,10 @@ def teacher(spec: HFSpec, ctx: BuildContext) -> nn.Module:
 def student(spec: HFSpec, ctx: BuildContext) -> tuple:
     """A named HF model (with its own tokenizer), or a smaller one of the teacher's family."""
     if spec.teacher_layers == "auto":
-        if not spec.init_from_teacher:
+        if spec.init_from_teacher is False:
             raise KdflowError("model.student.teacher_layers: auto picks the teacher blocks to copy, so it needs "
                               "model.student.init_from_teacher: true")
-        n = spec.num_layers or 2
+        n = spec.num_layers or student_depth(len(layer_list(ctx.teacher)[1]))
         chosen = sorted(ctx.rank_teacher_blocks()[:n])
         ctx.log(f"[student] initialised from the {n} most critical teacher blocks: {chosen}")
         spec = spec.model_copy(update={"teacher_layers": chosen, "num_layers": n})
@@ -226,7 +246,27 @@ def student(spec: HFSpec, ctx: BuildContext) -> tuple:
     if not isinstance(getattr(ctx.teacher, "config", None), _pretrained_config()):
         raise KdflowError("A student of kind hf without a name copies the teacher's family, which needs an hf "
                           "teacher; set model.student.kind: encoder or model.student.name")
-    return build_hf_student(spec, ctx.teacher, ctx.label_names, ctx.task), ctx.tokenizer
+    built = build_hf_student(spec, ctx.teacher, ctx.label_names, ctx.task)
+    ctx.log(f"[student] {describe_init(built, ctx.teacher, spec)}")
+    return built, ctx.tokenizer
+
+
+def describe_init(student: nn.Module, teacher: nn.Module, spec: HFSpec) -> str:
+    """Where a student of the teacher's family got its weights, in words (for the log)."""
+    s, t = student.config, teacher.config
+    shape = f"{s.num_hidden_layers} layers x {s.hidden_size} ({s.num_attention_heads} heads, intermediate " \
+            f"{s.intermediate_size})"
+    if spec.init_from_teacher is False:
+        return f"{shape}, randomly initialised (init_from_teacher: false)"
+    auto = " (init_from_teacher auto)" if spec.init_from_teacher is None else ""
+    copied = copied_blocks(student)
+    if copied:
+        return f"{shape}: the teacher's embeddings and blocks {copied} copied{auto}"
+    if s.hidden_size > t.hidden_size:
+        return f"{shape}, randomly initialised: wider than the teacher, nothing of its shape to copy{auto}"
+    why = "narrower than the teacher" if s.hidden_size < t.hidden_size else \
+        f"its intermediate size differs from the teacher's {t.intermediate_size}"
+    return f"{shape}: the teacher's embeddings through a PCA projection, blocks random ({why}){auto}"
 
 
 def _pretrained_config() -> type:
@@ -246,4 +286,5 @@ def load(folder: Path) -> nn.Module:
 
 KIND = ModelKind(check=check, tokenizer=tokenizer, has_head=has_head, teacher=teacher, student=student,
                  saved_in=lambda folder: (Path(folder) / "config.json").is_file(), load=load,
+                 pretrained=lambda spec, model: bool(spec.name) or bool(copied_blocks(model)),
                  tiny={"kind": "hf", "num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32})
