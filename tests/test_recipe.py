@@ -57,6 +57,8 @@ def test_distill_with_the_defaults_builds_the_recipe_student(tiny_bert, intents_
     assert saved["kdflow_teacher_layers"] == [1]  # its block copied from the teacher's last
     assert saved["vocab_size"] < 200  # pruned to the synthetic intents' few words
     log = (tmp_path / "recipe" / "log.txt").read_text()
+    assert "1 layer x 32 (2 heads, intermediate 64): the teacher's embeddings and blocks [1] copied " \
+           "(init_from_teacher auto)" in log
     assert "vocabulary pruned to the training text (prune_vocab auto)" in log
     assert "learning rate 0.0001 (auto: its blocks start pretrained)" in log
     assert entry["test"]["accuracy"] > 0.5

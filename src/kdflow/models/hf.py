@@ -254,7 +254,7 @@ def student(spec: HFSpec, ctx: BuildContext) -> tuple:
 def describe_init(student: nn.Module, teacher: nn.Module, spec: HFSpec) -> str:
     """Where a student of the teacher's family got its weights, in words (for the log)."""
     s, t = student.config, teacher.config
-    shape = f"{s.num_hidden_layers} layers x {s.hidden_size} ({s.num_attention_heads} heads, intermediate " \
+    shape = f"{s.num_hidden_layers} layer{'s' if s.num_hidden_layers != 1 else ''} x {s.hidden_size} ({s.num_attention_heads} heads, intermediate " \
             f"{s.intermediate_size})"
     if spec.init_from_teacher is False:
         return f"{shape}, randomly initialised (init_from_teacher: false)"
