@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 from typing import Optional
 
 from . import models, pipeline
@@ -144,6 +143,8 @@ class Frontier:
             models.save_model(crun.acc.unwrap_model(student), self.folder / name / "model", s_tok, d.label_names,
                               d.task)
             cand.update(status="trained", best_epoch=result.best_epoch + 1, epochs_run=result.epochs_run)
+            self.run.info(f"[frontier] {name} trained: {cand['parameters']:,} parameters, best validation "
+                          f"{self.metric} {result.best_metric:.4f} at epoch {result.best_epoch + 1}")
         self.save()
 
     def rungs(self, budget: Budget) -> None:
@@ -154,6 +155,8 @@ class Frontier:
             if k < self.state["rung"]:
                 continue
             alive = [n for n, c in cands.items() if c["status"] == "alive"]
+            self.run.info(f"[frontier] rung {k + 1} of {len(fc.rungs)}: {len(alive)} candidates to epoch {rung} "
+                          f"({', '.join(alive)})")
             for name in alive:
                 self.train(name, rung)
             alive = [n for n in alive if cands[n]["status"] == "alive"]
@@ -163,7 +166,11 @@ class Frontier:
                 self.run.info(f"[frontier] {n} {cands[n]['note']}")
             self.state.update(rung=k + 1, target=target)
             self.save()
-        for name in [n for n, c in cands.items() if c["status"] == "alive"]:
+        left = [n for n, c in cands.items() if c["status"] == "alive"]
+        if left:
+            self.run.info(f"[frontier] {len(left)} candidates to the end (train.epochs {self.cfg.train.epochs}, "
+                          f"patience {self.cfg.train.patience}): {', '.join(left)}")
+        for name in left:
             self.train(name, None)
 
     # ------------------------------------------------------------ measuring
