@@ -135,7 +135,8 @@ def test_frontier_refuses_what_it_cannot_honour(taught, tmp_path):
     for override, words in [("distill.mode=online", "needs distill.mode offline"),
                             ("frontier.widths=[24]", "multiple of its head width 16"),
                             ("frontier.depths=[2]", "needs fewer blocks than the teacher's 2"),
-                            ("frontier.rungs=[3]", "must all be below train.epochs")]:
+                            ("frontier.rungs=[3]", "must all be below train.epochs"),
+                            ("train.warmup_ratio=0.5", "starts at epoch 1, inside the learning-rate warmup")]:
         config = _write(taught, tmp_path, f"x{override.split('=')[0].replace('.', '-')}")
         with pytest.raises(KdflowError, match=words.replace("(", r"\(")):
             from kdflow.frontier import frontier

@@ -33,7 +33,7 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       committee (checkpoints|teacher_student), committee_size (3), hybrid_threshold (0.9),
                       hybrid_human (human|gold), stop_parity, stop_kappa, stop_window (2), evaluate_test (true),
                       pool_batch_size (256), pool_chunk (2048), seed (0)
-  frontier.*          depths ([1, 2, 3, 4]), widths ([null, 192]; null = the teacher's), rungs ([1, 3]), eta (2),
+  frontier.*          depths ([1, 2, 3, 4]), widths ([null, 192]; null = the teacher's), rungs ([2, 4]), eta (2),
                       forms ([pytorch, int8, onnx-int8]; also onnx)
   run.*               name (kdflow), output_dir (runs), quiet
 'kdflow config CONFIG' prints the resolved config with every default."""

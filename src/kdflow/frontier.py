@@ -73,6 +73,13 @@ def check(cfg) -> None:
     if any(r >= cfg.train.epochs for r in cfg.frontier.rungs):
         raise KdflowError(f"frontier.rungs {cfg.frontier.rungs} must all be below train.epochs "
                           f"({cfg.train.epochs}); lower the rungs or raise train.epochs")
+    warmup = cfg.train.warmup_ratio * cfg.train.epochs
+    if cfg.frontier.rungs and cfg.frontier.rungs[0] <= warmup:
+        # measured on CLINC150: after a 1-epoch warmup, students copied from the teacher (lr 1e-4) trail
+        # random-block ones (lr 1e-3) that they beat by 10 points later; a rung there stops the wrong ones
+        raise KdflowError(f"frontier.rungs starts at epoch {cfg.frontier.rungs[0]}, inside the learning-rate warmup "
+                          f"(train.warmup_ratio x train.epochs = {warmup:g} epochs), where students still warming "
+                          "up cannot be compared; start the rungs after it")
 
 
 class Frontier:

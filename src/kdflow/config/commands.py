@@ -60,13 +60,14 @@ class FrontierConfig(Strict):
     ``widths``: student widths, ``null`` = the teacher's; heads keep the teacher's head width and the
     feed-forward size its ratio. Successive halving: after each of ``rungs`` (epochs) the
     candidates are sorted into Pareto fronts (validation metric up, parameters down) and only
-    the first ``1/eta`` survive, though never one of the first front; with a retention target,
+    the first ``1/eta`` survive, though never one of the first front (the first rung must come after
+    the learning-rate warmup, ``train.warmup_ratio × train.epochs``); with a retention target,
     a candidate larger than one already meeting it stops too. ``forms``: the deployed forms measured.
     """
 
     depths: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
     widths: list[Optional[int]] = Field(default_factory=lambda: [None, 192], min_length=1)
-    rungs: list[int] = Field(default_factory=lambda: [1, 3])
+    rungs: list[int] = Field(default_factory=lambda: [2, 4])
     eta: float = Field(2.0, gt=1.0)
     forms: list[Literal["pytorch", "int8", "onnx", "onnx-int8"]] = Field(
         default_factory=lambda: ["pytorch", "int8", "onnx-int8"], min_length=1)
