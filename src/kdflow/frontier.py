@@ -23,7 +23,7 @@ from typing import Optional
 
 from . import models, pipeline
 from .compare import Bench, Contestant, MeasureOptions, relate, student_forms, teacher_row
-from .config import HFSpec, load_config
+from .config import HFSpec, load_config, same_setting
 from .distiller import Distiller
 from .errors import KdflowError
 from .measure import files_size_mb
@@ -107,9 +107,9 @@ class Frontier:
         path = self.folder / "state.json"
         if self.resume and path.is_file():
             state = json.loads(path.read_text())
-            if state["signature"] != json.loads(json.dumps(signature)):
-                changed = next(k for k in signature if state["signature"].get(k) != json.loads(json.dumps(signature[k])))
-                raise KdflowError(f"Cannot resume the frontier: {changed} changed since it started; resume with the "
+            changed = [k for k, v in signature.items() if not same_setting(state["signature"].get(k), v)]
+            if changed:
+                raise KdflowError(f"Cannot resume the frontier: {changed[0]} changed since it started; resume with the "
                                   "same settings, or --overwrite to start again")
             self.run.info(f"[frontier] resumed: {sum(c['status'] == 'trained' for c in state['candidates'].values())}"
                           f" of {len(sizes)} candidates trained")
