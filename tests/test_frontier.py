@@ -99,7 +99,10 @@ def test_frontier_trains_measures_chooses_and_reselects(taught, tmp_path, capsys
     assert "Frontier" in (run / "report.md").read_text() and (run / "plots" / "frontier.png").is_file()
     trained_at = (run / "frontier" / "L1-H32" / "model" / "model.safetensors").stat().st_mtime
     # a new budget on the finished frontier: re-selected from the measurements, nothing retrained
-    assert main(["frontier", config, "--resume", "--latency-ms", "1000", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["frontier", config, "--resume", "--latency-ms", "1000"]) == 0
+    shown = capsys.readouterr().out  # the front, then the chosen student's test rows beside the teacher's
+    assert "Pareto front" in shown and "on test (scored once" in shown and "student saved to" in shown
     again = json.loads((run / "metrics.json").read_text())["frontier"]
     assert again["chosen"]["validation"]["accuracy"] == max(r["accuracy"] for r in fr["rows"])
     assert (run / "frontier" / "L1-H32" / "model" / "model.safetensors").stat().st_mtime == trained_at

@@ -85,8 +85,14 @@ def cmd_frontier(args) -> dict:
     out = frontier(args.config, _overrides(args), Budget(args.retention, args.latency_ms, args.size_mb),
                    resume=args.resume, overwrite=args.overwrite)
     if not args.quiet:
-        from .console import frontier_table, show
+        from .console import frontier_table, rows_table, show
         show(frontier_table(out))
+        chosen = out.get("chosen") or {}
+        if chosen.get("test"):
+            show(rows_table(chosen["test"], f"the chosen student, {chosen['candidate']}, on test (scored once, "
+                                            "the teacher beside it)"))
+        if chosen.get("student"):
+            print(f"student saved to {chosen['student']}; the front is drawn in the run's report.md / report.html")
     return out
 
 

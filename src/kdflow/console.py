@@ -65,7 +65,8 @@ def rows_table(rows: list[dict], title: str = "teacher vs student (same split, s
 
 
 def frontier_table(summary: dict) -> Table:
-    """Every measured form of ``kdflow frontier`` (validation), the front marked, then the chosen one's test rows."""
+    """Every measured form of ``kdflow frontier`` (validation), the front and the chosen one marked, then the
+    candidates stopped early (the chosen one's test rows are a separate table: :func:`rows_table`)."""
     metric, rows = summary["metric"], summary["rows"]
     t = Table(title=f"kdflow frontier: validation {metric} vs p50 latency (* = on the Pareto front)",
               title_justify="left")

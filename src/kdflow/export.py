@@ -6,6 +6,8 @@ absolute logit difference) and measured like the original by :mod:`kdflow.measur
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,7 +45,6 @@ def export_onnx(model: nn.Module, example: dict, path: "str | Path", opset: int 
     model = model.eval()
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
-    import warnings
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter from transformers' mask helpers
         # eval() on the wrapper: export restores its mode afterwards, recursively, and a new Module is in
@@ -122,7 +123,9 @@ def quantize_torch_int8(model: nn.Module, embeddings: bool = True) -> nn.Module:
     import copy
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch's notice that its quantized dtypes are deprecated, once per layer
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        q = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     return quantize_embeddings_int8(q) if embeddings else q
 
 
@@ -132,7 +135,13 @@ def quantize_onnx_int8(src: "str | Path", dst: "str | Path") -> Path:
     4-layer student 0.18 points of accuracy, per-channel scales none (BENCHMARKS.md)."""
     _need("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice (for static image models) on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
     return Path(dst)
 
 

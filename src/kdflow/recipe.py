@@ -35,7 +35,7 @@ def _teacher_shape(cfg: Config) -> tuple[Optional[dict], str]:
 
 def _student_lines(spec: HFSpec, shape: Optional[dict]) -> tuple[list[tuple[str, str, str]], bool]:
     """Rows (key, value, why) for an hf student built from the teacher, and whether its blocks are copied."""
-    from .models.hf import default_teacher_layers, student_depth
+    from .models.hf import copies_blocks, default_teacher_layers, student_depth
     rows: list[tuple[str, str, str]] = []
     if shape is None:
         if spec.num_layers is None:
@@ -47,8 +47,8 @@ def _student_lines(spec: HFSpec, shape: Optional[dict]) -> tuple[list[tuple[str,
                                                               "rounded up"))
     width = spec.hidden_size or shape["hidden"]
     inter = spec.intermediate_size or shape["intermediate"]
-    copies = spec.init_from_teacher is not False and width == shape["hidden"] and (
-        inter == shape["intermediate"] or spec.init_from_teacher is True)
+    copies = spec.init_from_teacher is not False and copies_blocks(
+        (width, inter), (shape["hidden"], shape["intermediate"]), spec.init_from_teacher is True)
     if spec.init_from_teacher is None:
         listed = spec.teacher_layers if isinstance(spec.teacher_layers, list) else None
         blocks = "the top blocks of 'kdflow layers'" if spec.teacher_layers == "auto" else \

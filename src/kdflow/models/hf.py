@@ -172,6 +172,13 @@ def project_embeddings(student: nn.Module, teacher: nn.Module) -> torch.Tensor:
     return proj
 
 
+def copies_blocks(student: tuple[int, int], teacher: tuple[int, int], strict: bool) -> bool:
+    """Whether :func:`init_from_teacher` copies teacher blocks into a student of these (hidden, intermediate)
+    sizes, rather than only its embeddings: at the teacher's width and intermediate size, or at its width
+    whenever asked for explicitly (``strict``: a differing intermediate size is then an error, not a fallback)."""
+    return student[0] == teacher[0] and (student[1] == teacher[1] or strict)
+
+
 def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[list[int]] = None,
                       strict: bool = True) -> list[int]:
     """Copy embeddings and the chosen teacher blocks into the student (DistilBERT-style).
@@ -184,9 +191,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[l
     t_cfg, s_cfg = teacher.config, student.config
     if s_cfg.hidden_size > t_cfg.hidden_size and not strict:
         return []  # wider than the teacher: nothing of its shape to copy
-    other_shape = s_cfg.hidden_size < t_cfg.hidden_size or (
-        not strict and s_cfg.intermediate_size != t_cfg.intermediate_size)
-    if other_shape and layers is None:
+    copies = copies_blocks((s_cfg.hidden_size, s_cfg.intermediate_size), (t_cfg.hidden_size, t_cfg.intermediate_size),
+                           strict)
+    if not copies and layers is None and s_cfg.hidden_size <= t_cfg.hidden_size:
         project_embeddings(student, teacher)
         return []
     if t_cfg.hidden_size != s_cfg.hidden_size or t_cfg.intermediate_size != s_cfg.intermediate_size:
