@@ -165,7 +165,8 @@ def plot_frontier(fr: dict, out: Path) -> "Path | None":
         ax.scatter([r["latency_ms_p50"] for r in mine], [r[metric] for r in mine], alpha=0.6, color=color,
                    s=[20 + 400 * r["size_mb"] / biggest for r in mine], label=form)
         for r in mine:
-            ax.annotate(r["candidate"], (r["latency_ms_p50"], r[metric]), fontsize=6, alpha=0.8)
+            ax.annotate(r["candidate"], (r["latency_ms_p50"], r[metric]), xytext=(4, -9), textcoords="offset points",
+                        fontsize=6, alpha=0.8)
     front = sorted((r for r in rows if r.get("on_front")), key=lambda r: r["latency_ms_p50"])
     ax.plot([r["latency_ms_p50"] for r in front], [r[metric] for r in front], "k--", lw=1, label="Pareto front")
     chosen = (fr.get("chosen") or {}).get("validation")
@@ -176,6 +177,10 @@ def plot_frontier(fr: dict, out: Path) -> "Path | None":
     if metric in teacher:
         ax.axhline(teacher[metric], color="grey", ls=":", label=f"teacher ({teacher['latency_ms_p50']:.1f} ms)")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 1, 10 rather than 10^-1 ...
+    ax.xaxis.set_minor_formatter(NullFormatter())  # ... and no crowded 2x10^-1, 3x10^-1 labels
     ax.set(title=f"frontier: validation {metric} vs p50 latency (marker area ~ size)", xlabel="p50 latency, ms "
            "(batch 1, log scale)", ylabel=metric)
     ax.grid(alpha=0.3)
