@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdflow import api
+from kdflow import api, models
 from kdflow.cli import main
 from kdflow.errors import KdflowError
 from kdflow.pareto import Budget, dominates, fronts, halve, pareto_front, select
@@ -132,6 +132,26 @@ def test_frontier_resumes_after_an_interruption(taught, tmp_path, monkeypatch):
     assert all(c["status"] == "trained" and c["epochs_run"] == 3 for c in state["candidates"].values())
     log = (tmp_path / "r" / "log.txt").read_text()
     assert "resumed: 0 of 2 candidates trained" in log and "[frontier-L1-H32] resumed from" in log
+
+
+def test_frontier_with_critical_layers(taught, tmp_path, capsys):
+    """distill.intermediate: every candidate also matches teacher layers (through learned projections when
+    narrower); what is saved and measured is the plain student, and the setting is part of the resume check."""
+    config = _write(taught, tmp_path, "i")
+    sets = ["--set", "distill.intermediate=true", "--set", "distill.layers=last:2", "--set", "frontier.forms=[pytorch]"]
+    assert main(["frontier", config, "--quiet", "--retention", "0.5"] + sets) == 0
+    run = tmp_path / "i"
+    log = (run / "log.txt").read_text()
+    assert "learned projections student->teacher width" in log  # the H16 candidate, narrower than the teacher
+    state = json.loads((run / "frontier" / "state.json").read_text())
+    assert state["signature"]["intermediate"]["layers"] == "last:2"
+    assert all(c["status"] == "trained" for c in state["candidates"].values())
+    for name in state["candidates"]:
+        model, _, _, _ = models.load_saved(run / "frontier" / name / "model")
+        assert not any("projection" in k for k in model.state_dict())  # the student alone, not its wrapper
+    capsys.readouterr()
+    assert main(["frontier", config, "--resume", "--quiet", "--set", "frontier.forms=[pytorch]"]) == 2  # intermediate off
+    assert "intermediate changed" in capsys.readouterr().err
 
 
 def test_frontier_refuses_what_it_cannot_honour(taught, tmp_path):

@@ -12,7 +12,7 @@ from .compare import Contestant, MeasureOptions, compare_models, head_pruned_stu
 from .config import load_config
 from .critical import layer_map, teacher_block_scores
 from .data import load_data, make_featurizer, train_loader
-from .distiller import Distiller, FeatureStudent, feature_widths
+from .distiller import Distiller
 from .errors import KdflowError
 from .losses import hinton_loss
 from .measure import files_size_mb
@@ -71,7 +71,7 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     distiller = Distiller(teacher.model, dc, d.task, pairs)
     train_dl = train_loader(d.train, s_feat, t_feat, cfg.train.batch_size, cfg.train.seed)
     targets = attach_targets(run, distiller, teacher.tokenizer, t_feat, resume)
-    model = _with_projections(run, student, distiller, train_dl) if pairs else student
+    model = pipeline.with_projections(run, student, distiller, train_dl) if pairs else student
     settings = pipeline.train_settings(run, cfg.train, "student", cfg.model.student, student)
     job = FitJob("student", settings, cfg.run_dir / "checkpoints" / "student", resume,
                  _signature(cfg, pairs, len(d.train)), on_epoch_start=targets.on_epoch_start)
@@ -90,16 +90,6 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     run.info(f"[student] saved to {cfg.run_dir / 'student'}; " + pipeline.summary(entry)
              + (f"; teacher test {entry['teacher_test'][cfg.train.metric]:.4f}" if "teacher_test" in entry else ""))
     return entry
-
-
-def _with_projections(run: pipeline.Run, student, distiller: Distiller, train_dl) -> FeatureStudent:
-    """The student wrapped with learned projections to the teacher's widths of the paired layers."""
-    distiller.teacher.to(run.acc.device)
-    probe = train_dl.collate_fn(list(range(min(4, len(run.data.train)))))
-    model = FeatureStudent(student, distiller.pairs, feature_widths(student, distiller.teacher, distiller.pairs, probe))
-    if model.projections:
-        run.info(f"[distill] learned projections student->teacher width: {', '.join(model.projections)}")
-    return model
 
 
 def _signature(cfg, pairs, train_examples: int) -> dict:

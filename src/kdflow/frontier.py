@@ -4,7 +4,8 @@ accuracy / latency / size front, and keep the smallest student that meets a budg
 The family is every ``frontier.depths`` × ``frontier.widths`` student built from the
 teacher with the recipe (its blocks and embeddings, PCA when narrower, pruned
 vocabulary). The teacher's outputs are cached once (offline distillation) and every
-candidate trains on them. Successive halving (``frontier.rungs``, ``frontier.eta``,
+candidate trains on them; with ``distill.intermediate`` each also matches the teacher's
+``distill.layers`` (the teacher then runs on each batch for its layer outputs). Successive halving (``frontier.rungs``, ``frontier.eta``,
 :func:`kdflow.pareto.halve`) stops hopeless candidates early; the survivors train to
 ``train.epochs`` (or early stopping), and each one's forms (``frontier.forms``: PyTorch,
 int8, ONNX, ONNX-int8) are measured on validation. With ``--retention``, ``--latency-ms``
@@ -24,6 +25,7 @@ from typing import Optional
 from . import models, pipeline
 from .compare import Bench, Contestant, MeasureOptions, relate, student_forms, teacher_row
 from .config import HFSpec, load_config, same_setting
+from .critical import layer_map
 from .distiller import Distiller
 from .errors import KdflowError
 from .measure import files_size_mb
@@ -64,9 +66,8 @@ def check(cfg) -> None:
     if dc.mode != "offline":
         raise KdflowError(f"kdflow frontier trains every student on the teacher's cached outputs, so it needs "
                           f"distill.mode offline (got {dc.mode}); set distill.mode: offline")
-    if dc.intermediate or dc.extra_teachers:
-        raise KdflowError("kdflow frontier distils logits from one teacher; set distill.intermediate: false and "
-                          "drop distill.extra_teachers")
+    if dc.extra_teachers:
+        raise KdflowError("kdflow frontier distils one teacher; drop distill.extra_teachers")
     if cfg.model.student.kind != "hf" or cfg.model.student.name:
         raise KdflowError("kdflow frontier builds its own students from the teacher (frontier.depths × widths); "
                           "drop model.student.name and kind (or set kind: hf)")
@@ -100,6 +101,8 @@ class Frontier:
                      "epochs": cfg.train.epochs, "train_examples": len(self.run.data.train),
                      "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha,
                      "forms": cfg.frontier.forms}
+        if cfg.distill.intermediate:  # (only then, so that a frontier started before this key resumes)
+            signature["intermediate"] = {"layers": cfg.distill.layers, "losses": cfg.distill.layer_losses}
         self.state = self._load_state(signature, sizes)
 
     # ------------------------------------------------------------ state
@@ -107,7 +110,8 @@ class Frontier:
         path = self.folder / "state.json"
         if self.resume and path.is_file():
             state = json.loads(path.read_text())
-            changed = [k for k, v in signature.items() if not same_setting(state["signature"].get(k), v)]
+            before = state["signature"]
+            changed = [k for k in {**before, **signature} if not same_setting(before.get(k), signature.get(k))]
             if changed:
                 raise KdflowError(f"Cannot resume the frontier: {changed[0]} changed since it started; resume with the "
                                   "same settings, or --overwrite to start again")
@@ -133,22 +137,26 @@ class Frontier:
         crun = pipeline.Run(ccfg, d, make_accelerator(cfg.train), self.run.log)
         student, s_tok = pipeline.build_student(crun, self.teacher.model, self.teacher.tokenizer)
         s_feat = pipeline.featurizer(crun, s_tok)
-        distiller = Distiller(self.teacher.model, cfg.distill, d.task, [])
+        dc = cfg.distill
+        pairs = layer_map(crun, self.teacher.model, student, self.t_feat) if dc.intermediate and dc.alpha > 0 else []
+        distiller = Distiller(self.teacher.model, dc, d.task, pairs)
         from .data import train_loader
         train_dl = train_loader(d.train, s_feat, self.t_feat, cfg.train.batch_size, cfg.train.seed)
         attach_targets(crun, distiller, self.teacher.tokenizer, self.t_feat, False)
+        model = pipeline.with_projections(crun, student, distiller, train_dl) if pairs else student
         ckpt = self.folder / name / "checkpoints"
         job = FitJob(f"frontier-{name}", pipeline.train_settings(crun, cfg.train, "student", spec, student), ckpt,
                      (ckpt / "last").is_dir() or (ckpt / "last.old").is_dir(), {"sizes": cand["sizes"]},
                      stop_after=until)
-        result = fit(student, distiller, train_dl,
+        result = fit(model, distiller, train_dl,
                      pipeline.eval_fn(crun, d.validation, s_feat, cfg.train.eval_batch_size), job, crun.acc,
                      self.run.log)
         cand["scores"][str(result.epochs_run)] = result.best_metric
         cand["parameters"] = models.count_parameters(student)
         if result.finished:
-            models.save_model(crun.acc.unwrap_model(student), self.folder / name / "model", s_tok, d.label_names,
-                              d.task)
+            trained = crun.acc.unwrap_model(model)
+            models.save_model(trained.student if pairs else trained, self.folder / name / "model", s_tok,
+                              d.label_names, d.task)
             cand.update(status="trained", best_epoch=result.best_epoch + 1, epochs_run=result.epochs_run)
             self.run.info(f"[frontier] {name} trained: {cand['parameters']:,} parameters, best validation "
                           f"{self.metric} {result.best_metric:.4f} at epoch {result.best_epoch + 1}")

@@ -132,6 +132,18 @@ def teacher_is_trained(run: Run) -> bool:
     return (run.cfg.run_dir / "teacher").is_dir() or models.kind(spec).has_head(spec, d.label_names, d.task)
 
 
+def with_projections(run: Run, student: nn.Module, distiller, train_dl) -> nn.Module:
+    """The student wrapped (a ``FeatureStudent``) with learned projections to the teacher's widths of the
+    distiller's paired layers, for critical-layer distillation; unwrap with ``.student`` after training."""
+    from .distiller import FeatureStudent, feature_widths
+    distiller.teacher.to(run.acc.device)
+    probe = train_dl.collate_fn(list(range(min(4, len(run.data.train)))))
+    model = FeatureStudent(student, distiller.pairs, feature_widths(student, distiller.teacher, distiller.pairs, probe))
+    if model.projections:
+        run.info(f"[distill] learned projections student->teacher width: {', '.join(model.projections)}")
+    return model
+
+
 def load_teacher(run: Run) -> Teacher:
     """The fine-tuned teacher of this run, or model.teacher when it already has a head for these labels."""
     cfg, d = run.cfg, run.data
