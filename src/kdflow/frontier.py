@@ -5,8 +5,9 @@ The family is every ``frontier.depths`` × ``frontier.widths`` student built fro
 teacher with the recipe (its blocks and embeddings, PCA when narrower, pruned
 vocabulary). The teacher's outputs are cached once (offline distillation) and every
 candidate trains on them; with ``distill.intermediate`` each also matches the teacher's
-``distill.layers`` (the teacher then runs on each batch for its layer outputs). Successive halving (``frontier.rungs``, ``frontier.eta``,
-:func:`kdflow.pareto.halve`) stops hopeless candidates early; the survivors train to
+``distill.layers`` (the teacher then runs on each batch for its layer outputs).
+Successive halving (``frontier.rungs``, ``frontier.eta``, :func:`kdflow.pareto.halve`)
+stops hopeless candidates early; the survivors train to
 ``train.epochs`` (or early stopping), and each one's forms (``frontier.forms``: PyTorch,
 int8, ONNX, ONNX-int8) are measured on validation. With ``--retention``, ``--latency-ms``
 or ``--size-mb`` the chosen student (validation only) becomes the run's ``student/`` and
