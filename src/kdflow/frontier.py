@@ -101,9 +101,9 @@ class Frontier:
         signature = {"candidates": sizes, "rungs": cfg.frontier.rungs, "eta": cfg.frontier.eta,
                      "epochs": cfg.train.epochs, "train_examples": len(self.run.data.train),
                      "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha,
-                     "forms": cfg.frontier.forms}
-        if cfg.distill.intermediate:  # (only then, so that a frontier started before this key resumes)
-            signature["intermediate"] = {"layers": cfg.distill.layers, "losses": cfg.distill.layer_losses}
+                     "forms": cfg.frontier.forms,
+                     "intermediate": {"layers": cfg.distill.layers, "losses": cfg.distill.layer_losses}
+                     if cfg.distill.intermediate else None}  # a state saved before this key reads None too
         self.state = self._load_state(signature, sizes)
 
     # ------------------------------------------------------------ state
