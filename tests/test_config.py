@@ -43,7 +43,7 @@ def test_invalid_values_are_one_sentence_naming_the_key():
         {"data": {"path": "x"}, "model": {"student": {"hidden_size": 130, "num_heads": 4}}})
     assert "exactly one of data.hub" in err({"data": {"path": "a", "train": "b"}})
     assert "'data' is required" in err({})
-    assert "is for regression" in err(base(train__metric="pearson"))
+    assert "not a classification metric" in err(base(train__metric="pearson"))
 
 
 def test_set_overrides_parse_types():
@@ -82,7 +82,7 @@ def test_overrides_do_not_leak_into_the_callers_dict():
 def test_teacher_layers_imply_num_layers_and_explicit_wrong_metric_is_rejected():
     cfg = load_config({"data": {"path": "x"}, "model": {"student": {"num_layers": None, "teacher_layers": [1, 5]}}})
     assert cfg.model.student.num_layers == 2
-    assert "is for classification" in err({"data": {"train": "t.csv", "task": "regression"},
+    assert "not a regression metric" in err({"data": {"train": "t.csv", "task": "regression"},
                                             "train": {"metric": "accuracy"}})
 
 

@@ -22,7 +22,7 @@ from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
 from .data import Featurizer, Split, TaskData, load_data, loader, make_collate, make_featurizer
 from .errors import KdflowError
-from .metrics import quality
+from .metrics import check_metric, quality
 from .runlog import RunLog
 from .train import FitResult, make_accelerator, predict
 
@@ -83,6 +83,8 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
     check_inputs(cfg, role)
     acc = make_accelerator(train_cfg)
     data = load_data(cfg.data)
+    for key in ("train", "teach"):
+        check_metric(getattr(cfg, key).metric, data.task, data.num_labels, f"{key}.metric")
     guard(cfg, acc, role, resume, overwrite)
     run = Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
     for note in data.notes:
@@ -236,13 +238,16 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
     entry["validation"] = eval_fn(run, run.data.validation, feat, bs)(model)
     if run.data.test is not None:
         entry["test"] = eval_fn(run, run.data.test, feat, bs)(model)
+    for name, split in run.data.extra_tests.items():  # e.g. MNLI mismatched, scored beside test
+        entry[f"test_{name}"] = eval_fn(run, split, feat, bs)(model)
     entry.update(extra)
     return entry
 
 
 def summary(entry: dict) -> str:
     split = "test" if "test" in entry else "validation"
-    return f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[split].items())
+    extra = [k for k in entry if k.startswith("test_") and isinstance(entry[k], dict)]
+    return "; ".join(f"{s} " + ", ".join(f"{k} {v:.4f}" for k, v in entry[s].items()) for s in [split, *extra])
 
 
 def write_report(run: Run) -> None:

@@ -159,6 +159,12 @@ class DataConfig(Strict):
     Without a validation split, a seeded stratified ``validation_fraction`` of
     train is held out. The test split is never used for model selection.
 
+    ``glue``: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; implied by
+    ``hub: glue/<task>``) fixes the task kind, the label names, the default metric and
+    the file layouts (:mod:`kdflow.data.tasks`). ``extra_tests``: further labelled
+    files scored beside ``test`` (name -> file), e.g. ``{mismatched: dev_mismatched.tsv}``
+    for MNLI.
+
     ``unlabelled``: a file of extra inputs without labels (a *transfer set*, Hinton
     et al. 2015), same columns as train, any label column ignored. Only the
     teacher labels them (soft targets), so they feed the student in ``distill``
@@ -172,6 +178,8 @@ class DataConfig(Strict):
     train: Optional[str] = None
     validation: Optional[str] = None
     test: Optional[str] = None
+    extra_tests: dict[str, str] = Field(default_factory=dict)
+    glue: Optional[Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]] = None
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc"] = "auto"
     header: bool = True
     columns: Optional[list[str]] = None
@@ -188,6 +196,24 @@ class DataConfig(Strict):
     include_out_of_scope: bool = False
     seed: int = 42  # for the held-out validation split and the train subsample: one for every command
 
+    @model_validator(mode="before")
+    @classmethod
+    def _glue_preset(cls, data: Any) -> Any:
+        """``hub: glue/<task>`` implies ``glue: <task>``; a GLUE task fixes ``task`` (STS-B is regression)."""
+        if not isinstance(data, dict):
+            return data
+        from ..data.tasks import GLUE_TASKS, glue_of_hub
+        data = dict(data)
+        implied = glue_of_hub(data.get("hub"), data.get("hub_config"))
+        if implied and not data.get("glue"):
+            data["glue"] = implied
+        task = GLUE_TASKS.get(data.get("glue")) if isinstance(data.get("glue"), str) else None
+        if task is not None:
+            if data.get("task") not in (None, task.task):
+                raise ValueError(f"GLUE {task.name} is a {task.task} task; drop data.task or set it to {task.task}")
+            data["task"] = task.task
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         given = [k for k in ("hub", "path", "train") if getattr(self, k)]
@@ -196,6 +222,15 @@ class DataConfig(Strict):
                 "set exactly one of data.hub (a hub data set), data.path (one file with all splits) "
                 f"or data.train (one file per split); got {given or 'none'}"
             )
+        if self.glue and self.path:
+            raise ValueError("data.glue reads one file per split (data.train, data.validation, data.test) or "
+                             "data.hub; data.path is for the CLINC150 layout")
+        bad = [k for k in self.extra_tests if not k.isidentifier()]
+        if bad:
+            raise ValueError(f"data.extra_tests names {bad} must be plain words (letters, digits, _), e.g. mismatched")
+        if self.extra_tests and (self.hub or self.path):
+            raise ValueError("data.extra_tests lists local files scored beside data.test; use it with data.train "
+                             "(for MNLI from the hub, the mismatched dev set is added by itself)")
         if self.columns is not None and self.header:
             raise ValueError("data.columns names the columns of a file without a header row; "
                              "also set data.header: false")
@@ -299,7 +334,8 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0.0)
     patience: Optional[int] = Field(3, ge=1)
-    metric: Literal["accuracy", "macro_f1", "neg_mse", "pearson"] = "accuracy"
+    # classification: accuracy, macro_f1, f1 (binary: of label 1), mcc; regression: pearson, spearman, neg_mse
+    metric: Literal["accuracy", "macro_f1", "f1", "mcc", "neg_mse", "pearson", "spearman"] = "accuracy"
     seed: int = 42
     deterministic: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -347,17 +383,19 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _task_metric(self) -> "Config":
+        from ..data.tasks import GLUE_TASKS
+        from ..metrics import TASK_METRICS
+        glue = GLUE_TASKS.get(self.data.glue) if self.data.glue else None
         for section in ("train", "teach"):
             part = getattr(self, section)
-            metric = part.metric
-            if self.data.task == "regression" and metric in ("accuracy", "macro_f1"):
-                if "metric" in part.model_fields_set:
-                    raise ValueError(f"{section}.metric {metric!r} is for classification; use pearson or "
-                                     "neg_mse for regression")
-                part.metric = "pearson"  # the default follows the task
-            if self.data.task == "classification" and metric in ("neg_mse", "pearson"):
-                raise ValueError(f"{section}.metric {metric!r} is for regression; "
-                                 "use accuracy or macro_f1 for classification")
+            if "metric" not in part.model_fields_set:  # the default follows the task (GLUE: its own metric)
+                default = glue.metrics[0] if glue else TASK_METRICS[self.data.task][0]
+                if part.metric != default:
+                    part.metric = default
+                continue
+            if part.metric not in TASK_METRICS[self.data.task]:
+                raise ValueError(f"{section}.metric {part.metric!r} is not a {self.data.task} metric; use one of "
+                                 f"{', '.join(TASK_METRICS[self.data.task])}")
         return self
 
     @property

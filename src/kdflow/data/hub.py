@@ -67,22 +67,16 @@ def read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
     except ImportError:
         raise KdflowError("data.hub needs the 'datasets' package: pip install 'kdflow[hf]'") from None
     ds = load_hub_dataset(datasets, cfg.hub, cfg.hub_config)
+    if cfg.glue:
+        return read_glue_hub(ds, cfg, notes)
     first_split = next(iter(ds.values()))
     text_col, pair_col, label_col = _columns(cfg, first_split.column_names, notes)
-    feat = first_split.features.get(label_col)
-    names = list(feat.names) if getattr(feat, "names", None) else None
     out = {}
     for split, candidates in SPLIT_NAMES:
         key = next((c for c in candidates if c in ds), None)
         if key is None:
             continue
-        part = ds[key]
-        labels = part[label_col]
-        if names is not None:
-            labels = [names[y] if 0 <= y < len(names) else y for y in labels]
-        inputs = {"text": list(part[text_col])}
-        if pair_col:
-            inputs["text_pair"] = list(part[pair_col])
+        inputs, labels = _hub_part(ds[key], text_col, pair_col, label_col)
         # GLUE test splits have hidden labels (-1): unusable for evaluation
         if all(y == -1 for y in labels[:100]):
             notes.append(f"hub split '{key}' has no labels (-1): not used as the {split} split")
@@ -94,3 +88,34 @@ def read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
         notes.append("hub data set has no labelled test split: its validation split is used as test, and "
                      "validation is held out from train")
     return out
+
+
+def _hub_part(part, text_col: str, pair_col: Optional[str], label_col: str) -> tuple[dict, list]:
+    """One hub split as ``(inputs, labels)``; class indices become the data set's class names."""
+    feat = part.features.get(label_col)
+    names = list(feat.names) if getattr(feat, "names", None) else None
+    labels = part[label_col]
+    if names is not None:
+        labels = [names[y] if 0 <= y < len(names) else y for y in labels]
+    inputs = {"text": list(part[text_col])}
+    if pair_col:
+        inputs["text_pair"] = list(part[pair_col])
+    return inputs, labels
+
+
+def read_glue_hub(ds, cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
+    """A GLUE task from the hub: train, and its dev set(s) as test (GLUE's test labels are hidden);
+    validation is held out from train, so the dev set is scored once, never used to select."""
+    from .tasks import glue_task, normalise_labels
+    task = glue_task(cfg.glue)
+    text_col, pair_col, label_col = _columns(cfg, ds["train"].column_names, notes)
+    wanted = {"train": "train", "test": task.hub_test,
+              **{f"test_{name}": split for name, split in task.hub_extra_tests.items()}}
+    missing = [split for split in wanted.values() if split not in ds]
+    if missing:
+        raise KdflowError(f"Hub data set '{cfg.hub}' has no split {', '.join(missing)} (it has {', '.join(ds)}); "
+                          f"is it GLUE {task.name}? Check data.hub and data.glue")
+    out = {ours: _hub_part(ds[theirs], text_col, pair_col, label_col) for ours, theirs in wanted.items()}
+    notes.append(f"GLUE {task.name}: the hub's {task.hub_test} split is the test set (GLUE's dev set, scored once)"
+                 + "".join(f", {theirs} the '{name}' test set" for name, theirs in task.hub_extra_tests.items()))
+    return normalise_labels(out, task, f"hub data set '{cfg.hub}'")

@@ -18,6 +18,7 @@ from ..leakage import overlapping
 from .hub import read_hub
 from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
 from .tables import read_path, read_split_files, read_table, text_inputs
+from .tasks import glue_task, read_glue_files
 
 
 def label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
@@ -71,6 +72,8 @@ def _read_source(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, lis
         parts = read_hub(cfg, notes)
     elif cfg.path:
         parts = read_path(cfg)
+    elif cfg.glue:
+        parts = read_glue_files(cfg, glue_task(cfg.glue))
     else:
         parts = read_split_files(cfg)
     if "train" not in parts:
@@ -93,7 +96,10 @@ def load_data(cfg: DataConfig) -> TaskData:
     notes: list[str] = []
     parts = _read_source(cfg, notes)
     classification = cfg.task == "classification"
-    names = label_map(parts["train"][1], cfg) if classification else None
+    if cfg.glue:  # the task's own label names and order, whatever the training labels hold
+        names = list(glue_task(cfg.glue).labels) if classification else None
+    else:
+        names = label_map(parts["train"][1], cfg) if classification else None
     splits = {split: Split(split, example_ids(split, inputs), inputs, targets(raw, names, split, cfg))
               for split, (inputs, raw) in parts.items()}
     train = splits["train"]
@@ -108,8 +114,10 @@ def load_data(cfg: DataConfig) -> TaskData:
     if len(validation) == 0:
         raise KdflowError("The validation split is empty (too few examples per class to hold any out); give a "
                           "data.validation file or more training data")
-    unlabelled = read_unlabelled(cfg, [validation, splits.get("test")], notes) if cfg.unlabelled else None
-    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled)
+    extra = {k[len("test_"):]: v for k, v in splits.items() if k.startswith("test_")}
+    held = [validation, splits.get("test"), *extra.values()]
+    unlabelled = read_unlabelled(cfg, held, notes) if cfg.unlabelled else None
+    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra)
 
 
 def read_unlabelled(cfg: DataConfig, held: list, notes: list[str]) -> Split:

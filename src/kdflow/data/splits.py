@@ -58,6 +58,7 @@ class TaskData:
     label_names: Optional[list[str]] = None  # index -> name; None for regression
     notes: list[str] = field(default_factory=list)
     unlabelled: Optional[Split] = None  # transfer set: inputs only (targets -100 / NaN)
+    extra_tests: dict[str, Split] = field(default_factory=dict)  # scored beside test (MNLI: mismatched)
 
     @property
     def num_labels(self) -> int:
@@ -75,9 +76,12 @@ class TaskData:
 
     def split(self, name: str) -> Split:
         """``train``, ``validation`` or ``test`` by name; a missing one is an error that says what to do."""
-        part = {"train": self.train, "validation": self.validation, "test": self.test}.get(name)
+        named = {"train": self.train, "validation": self.validation, "test": self.test,
+                 **{f"test_{k}": v for k, v in self.extra_tests.items()}, **self.extra_tests}
+        part = named.get(name)
         if part is None:
-            raise KdflowError(f"The data has no '{name}' split; use --split validation or give data.test")
+            extra = "".join(f", {k}" for k in self.extra_tests)
+            raise KdflowError(f"The data has no '{name}' split; use --split validation{extra} or give data.test")
         return part
 
 

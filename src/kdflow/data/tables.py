@@ -173,4 +173,7 @@ def read_split_files(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
             if len(df) == 0:
                 raise KdflowError(f"data.{split} file '{p}' holds no rows; give a file with examples")
             parts[split] = columns_from_frame(df, cfg, Path(p))
+    for name, p in cfg.extra_tests.items():
+        df = read_table(Path(p), cfg, f"extra_tests.{name}")
+        parts[f"test_{name}"] = columns_from_frame(df, cfg, Path(p))
     return parts
