@@ -43,13 +43,17 @@ class TeacherCache:
         self.folder = Path(root) / fingerprint
         self.folder.mkdir(parents=True, exist_ok=True)
         self._rows: dict[str, torch.Tensor] = {}
+        self._read: set[str] = set()  # part files already read (parts are written once, never changed)
         self.computed = 0  # examples whose outputs this object had to compute
         self.served = 0    # examples answered from disk or memory
         self.reload()
 
     def reload(self) -> None:
-        """Read every part on disk (another process may have written new ones)."""
+        """Read the parts on disk not read yet (another process may have written new ones)."""
         for part in sorted(self.folder.glob("part-*.pt")):
+            if part.name in self._read:
+                continue
+            self._read.add(part.name)
             try:
                 blob = torch.load(part, weights_only=True)
             except Exception:
@@ -77,6 +81,7 @@ class TeacherCache:
             tmp = part.with_suffix(".tmp")
             torch.save({"ids": new_ids, "logits": logits}, tmp)
             tmp.replace(part)  # atomic: a killed run never leaves half a file behind
+            self._read.add(part.name)
             for key, row in zip(new_ids, logits):
                 self._rows[key] = row
             self.computed += len(missing)
