@@ -45,7 +45,9 @@ def parts(tiny_bert, tmp_path_factory):
                                                   per_device_train_batch_size=16, report_to=[], save_strategy="no",
                                                   use_cpu=True, disable_tqdm=True),
             train_dataset=train, processing_class=tok).train()
+    teacher.config.id2label, teacher.config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
     teacher.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
     return tok, str(out / "model"), train, val
 
 
@@ -256,3 +258,27 @@ def test_torchrun_two_cpu_processes(parts, tiny_bert, tmp_path):
     # every input's teacher outputs were computed once, by one of the two processes, although the
     # shards of epoch 2 differ from those of epoch 1
     assert sum(r["computed"] for r in ranks) == distinct
+
+
+def test_student_from_the_teacher_copies_its_blocks(parts):
+    from kdflow.hf import student_from
+    teacher = teacher_of(parts[1])
+    student = student_from(teacher, num_layers=1)
+    assert student.config.num_hidden_layers == 1 and student.config.id2label == teacher.config.id2label
+    assert student.config.kdflow_teacher_layers == [1]  # the last of the teacher's 2 blocks
+    s, t = student.state_dict(), teacher.state_dict()
+    assert torch.equal(s["bert.encoder.layer.0.output.dense.weight"], t["bert.encoder.layer.1.output.dense.weight"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+
+
+def test_the_kdtrainer_example_runs(parts, intents_json, tmp_path, monkeypatch):
+    import runpy
+    out = tmp_path / "example"
+    monkeypatch.setattr(sys, "argv", ["kdtrainer_clinc.py", "--data", intents_json, "--teacher", parts[1],
+                                      "--out", str(out), "--epochs", "2", "--layers", "1"])
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "kdtrainer_clinc.py"), run_name="__main__")
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["validation_accuracy_per_epoch"]["student"]) == 2
+    assert results["retention"] == pytest.approx(results["student_test_accuracy"] / results["teacher_test_accuracy"])
+    assert results["teacher_parameters"] > results["student_parameters"]
+    assert (out / "accuracy.png").stat().st_size > 1000

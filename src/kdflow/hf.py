@@ -188,6 +188,20 @@ class KDTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+def student_from(teacher: nn.Module, num_layers: Optional[int] = None, hidden_size: Optional[int] = None,
+                 teacher_layers: Optional[list[int]] = None, dropout: float = 0.1) -> nn.Module:
+    """kdflow's recipe for a Trainer user's student: the teacher's family with fewer blocks (default half,
+    rounded up), its embeddings and evenly spread blocks copied (a PCA projection of the embeddings when
+    narrower), the teacher's labels. The vocabulary is kept whole: KDTrainer feeds both models one batch."""
+    from .config import HFSpec
+    from .models.hf import build_hf_student
+    task = _task(teacher, "teacher")
+    config = teacher.config
+    names = [config.id2label[i] for i in range(config.num_labels)] if task == "classification" else None
+    spec = HFSpec(num_layers=num_layers, hidden_size=hidden_size, teacher_layers=teacher_layers, dropout=dropout)
+    return build_hf_student(spec, teacher, names, task)
+
+
 # ------------------------------------------------------------------ checks
 
 def _task(model: nn.Module, role: str) -> str:
@@ -229,4 +243,4 @@ def _pairs(dc: DistillConfig, student: nn.Module, teacher: nn.Module) -> list:
     return pairs
 
 
-__all__ = ["KDTrainer", "KDTrainingArguments", "content_key"]
+__all__ = ["KDTrainer", "KDTrainingArguments", "content_key", "student_from"]
