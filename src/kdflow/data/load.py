@@ -126,7 +126,8 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str]) -> Split:
     if cfg.values_column:
         raise KdflowError("data.unlabelled reads text; numeric sequences (data.values_column) are not supported")
     path = Path(cfg.unlabelled)
-    df = read_table(path, cfg, "unlabelled")
+    # data.format names the layout of data.path (clinc); the unlabelled table's format comes from its suffix
+    df = read_table(path, cfg.model_copy(update={"format": "auto"}) if cfg.format == "clinc" else cfg, "unlabelled")
     cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     for col in cols:
         if col not in df.columns:
