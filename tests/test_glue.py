@@ -190,14 +190,16 @@ def test_bad_glue_files_get_one_clear_sentence(tmp_path):
 # ------------------------------------------------------------------ end to end on a tiny model
 
 def synthetic_pairs(tmp_path, seed):
-    """RTE layout; the label is whether the hypothesis is negated, so a tiny model can learn it."""
-    rng = random.Random(seed)
+    """RTE layout; the label is whether the hypothesis is negated, so a tiny model can learn it. Files of
+    different seeds hold different pairs and no pair repeats (active learning's pool drops held-out inputs)."""
+    subjects = ["the cat", "a man", "my friend", "the city", "our team", "her dog", "the bird", "a child"]
+    verbs = ["runs", "sleeps", "wins", "reads", "sings", "jumps", "cooks", "swims"]
+    places = ["today", "at home", "outside", "in the park", "at night"]
+    combos = [(s, v, p, n) for s in subjects for v in verbs for p in places for n in (0, 1)]
+    random.Random(0).shuffle(combos)
     rows = [["sentence1", "sentence2", "label", "idx"]]
-    for i in range(160):
-        subject = rng.choice(["the cat", "a man", "my friend", "the city", "our team"])
-        verb = rng.choice(["runs", "sleeps", "wins", "reads", "sings"])
-        neg = i % 2
-        rows.append([f"{subject} {verb} today .", f"{subject} {'never ' if neg else ''}{verb} .", neg, i])
+    for i, (subject, verb, place, neg) in enumerate(combos[(seed - 1) * 160:seed * 160]):
+        rows.append([f"{subject} {verb} {place} .", f"{subject} {'never ' if neg else ''}{verb} .", neg, i])
     return write(tmp_path / f"rte-{seed}.tsv", rows)
 
 
@@ -226,7 +228,7 @@ def test_a_pair_task_and_the_regression_task_end_to_end(task, tmp_path, tiny_ber
     student = kdflow.distill(raw)
     metric = "accuracy" if task == "rte" else "pearson"
     assert teacher["test"][metric] > (0.9 if task == "rte" else 0.8)
-    assert student["test"][metric] > 0.9
+    assert student["test"][metric] > (0.75 if task == "rte" else 0.9)  # chance: 0.5 and 0
     d = load_data(Config(**raw).data)
     assert student["distill"]["teacher_examples_computed"] == len(d.train) + len(d.test)  # once each, cached
     metrics = json.loads((tmp_path / task / "metrics.json").read_text())
@@ -237,6 +239,19 @@ def test_a_pair_task_and_the_regression_task_end_to_end(task, tmp_path, tiny_ber
     else:
         assert "f1" in student["test"] and "mcc" in student["test"]
     assert (tmp_path / task / "report.md").is_file()
+    if task == "rte":  # pairs through export (token_type_ids into ONNX) and active learning
+        from kdflow.api import export
+        from kdflow.compare import MeasureOptions
+        rows = export(str(tmp_path / task), MeasureOptions(onnx=True, int8=False, memory=False))
+        onnx = next(r for r in rows if r["model"] == "student-onnx")
+        assert onnx["accuracy"] == pytest.approx(student["test"]["accuracy"], abs=0.02)
+        raw["run"]["name"] = "rte-active"
+        raw["model"]["teacher"]["name"] = str(tmp_path / task / "teacher")
+        raw["active"] = {"initial": 16, "per_round": 16, "rounds": 2, "min_steps": 20, "strategy": "entropy"}
+        out = kdflow.active(raw)
+        assert out["status"] == "done" and [r["labels"] for r in out["rounds"]] == [16, 32]
+        state = json.loads((tmp_path / "rte-active" / "active" / "state.json").read_text())
+        assert len(state["labels"]) == 32 and {v["source"] for v in state["labels"].values()} == {"gold"}
 
 
 def test_f1_on_a_multi_class_task_is_refused_before_work(tmp_path, tiny_bert, intents_json):

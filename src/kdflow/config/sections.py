@@ -196,6 +196,13 @@ class DataConfig(Strict):
     include_out_of_scope: bool = False
     seed: int = 42  # for the held-out validation split and the train subsample: one for every command
 
+    def columns_given(self) -> set[str]:
+        """The column keys set to something other than their defaults. Compared by value, not by which keys
+        were written: a run's config.yaml lists every key, and reading it back must not turn the defaults
+        into choices (the hub's and GLUE's column detection only runs where the user chose nothing)."""
+        keys = ("text_column", "text_pair_column", "label_column")
+        return {k for k in keys if getattr(self, k) != type(self).model_fields[k].default}
+
     @model_validator(mode="before")
     @classmethod
     def _glue_preset(cls, data: Any) -> Any:

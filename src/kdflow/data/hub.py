@@ -41,7 +41,7 @@ def load_hub_dataset(datasets, hub: str, config: Optional[str]):
 def _columns(cfg: DataConfig, cols: list[str], notes: list[str]) -> tuple[str, Optional[str], str]:
     """(text, pair, label) columns: the configured ones, or the usual names where the defaults were kept."""
     text_col, label_col, pair_col = cfg.text_column, cfg.label_column, cfg.text_pair_column
-    given = cfg.model_fields_set
+    given = cfg.columns_given()
     if text_col not in cols and "text_column" not in given:
         found = next(((a, b) for a, b in PAIR_COLUMNS if a in cols and b in cols), None)
         if found and "text_pair_column" not in given:

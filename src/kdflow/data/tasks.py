@@ -173,10 +173,10 @@ def _numeric(cell: str, task: GlueTask) -> bool:
 
 def given_layout(cfg, task: GlueTask) -> Optional[Layout]:
     """The user's own column names (data.text_column etc. set explicitly) override the task's layouts."""
-    named = {"text_column", "label_column", "text_pair_column"} & cfg.model_fields_set
+    named = cfg.columns_given()
     if not named:
         return None
-    pair = cfg.text_pair_column if "text_pair_column" in cfg.model_fields_set else task.layouts[0].pair
+    pair = cfg.text_pair_column if "text_pair_column" in named else task.layouts[0].pair
     return Layout("data.text_column / text_pair_column / label_column", cfg.text_column, cfg.label_column,
                   pair if task.pair else None)
 
