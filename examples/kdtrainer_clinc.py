@@ -69,8 +69,9 @@ def main():
                                                           learning_rate=1e-4, **common), **pieces)
         t.train()
         history["teacher"] = [e["eval_accuracy"] for e in t.state.log_history if "eval_accuracy" in e]
-    teacher_test = Trainer(model=teacher, args=TrainingArguments(str(out / "eval"), report_to=[]),
-                           compute_metrics=accuracy, processing_class=tok).evaluate(test)["eval_accuracy"]
+    scorer = TrainingArguments(str(out / "eval"), report_to=[], dataloader_pin_memory=False)
+    teacher_test = Trainer(model=teacher, args=scorer, compute_metrics=accuracy,
+                           processing_class=tok).evaluate(test)["eval_accuracy"]
 
     student = student_from(teacher, num_layers=args.layers)
     kd = KDTrainer(model=student, teacher_model=teacher, **pieces,

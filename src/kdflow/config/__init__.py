@@ -8,6 +8,8 @@ The same objects are built from Python without any YAML::
 
 * :mod:`~kdflow.config.sections` — the sections; ``model.teacher`` / ``model.student`` are
   discriminated on ``kind`` (:data:`MODEL_SPECS`: ``hf``, ``encoder``)
+* :mod:`~kdflow.config.data` — :class:`DataConfig` (sources, columns, GLUE presets, transfer set)
+* :mod:`~kdflow.config.commands` — ``active`` and ``frontier``
 * :mod:`~kdflow.config.load` — :func:`load_config`, ``--set`` overrides, one-sentence errors
 """
 

@@ -1,0 +1,107 @@
+"""``data``: where the examples come from (:class:`DataConfig`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from .sections import Strict
+
+
+class DataConfig(Strict):
+    """Where the examples come from; exactly one of ``hub``, ``path``, ``train``.
+
+    * ``hub``: a Hugging Face dataset name, e.g. ``ag_news``, ``glue/sst2``,
+      ``clinc_oos/plus`` (``name/config``; a repo id such as ``SetFit/sst2``
+      works too), or a local dataset folder; ``hub_config`` names a config.
+    * ``path``: one file holding every split, e.g. the CLINC150 layout
+      ``{"train": [[text, intent], ...], "val": ..., "test": ...}``.
+    * ``train`` (+ ``validation``, ``test``): one file per split, CSV, TSV,
+      JSON, JSONL or Parquet; columns mapped by ``text_column`` etc.
+    Without a validation split, a seeded stratified ``validation_fraction`` of
+    train is held out. The test split is never used for model selection.
+
+    ``glue``: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; implied by
+    ``hub: glue/<task>``) fixes the task kind, the label names, the default metric and
+    the file layouts (:mod:`kdflow.data.tasks`). ``extra_tests``: further labelled
+    files scored beside ``test`` (name -> file), e.g. ``{mismatched: dev_mismatched.tsv}``
+    for MNLI.
+
+    ``unlabelled``: a file of extra inputs without labels (a *transfer set*, Hinton
+    et al. 2015), same columns as train, any label column ignored. Only the
+    teacher labels them (soft targets), so they feed the student in ``distill``
+    (never the teacher in ``teach``); texts that also occur in validation or test
+    are dropped. ``max_unlabelled_examples`` caps how many are used (seeded).
+    """
+
+    hub: Optional[str] = None
+    hub_config: Optional[str] = None
+    path: Optional[str] = None
+    train: Optional[str] = None
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    extra_tests: dict[str, str] = Field(default_factory=dict)
+    glue: Optional[Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]] = None
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc"] = "auto"
+    header: bool = True
+    columns: Optional[list[str]] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    values_column: Optional[str] = None
+    label_column: str = "label"
+    task: Literal["classification", "regression"] = "classification"
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+    max_length: int = Field(128, ge=4, le=4096)
+    max_train_examples: Optional[int] = Field(None, ge=2)
+    unlabelled: Optional[str] = None
+    max_unlabelled_examples: Optional[int] = Field(None, ge=1)
+    include_out_of_scope: bool = False
+    seed: int = 42  # for the held-out validation split and the train subsample: one for every command
+
+    def columns_given(self) -> set[str]:
+        """The column keys set to something other than their defaults. Compared by value, not by which keys
+        were written: a run's config.yaml lists every key, and reading it back must not turn the defaults
+        into choices (the hub's and GLUE's column detection only runs where the user chose nothing)."""
+        keys = ("text_column", "text_pair_column", "label_column")
+        return {k for k in keys if getattr(self, k) != type(self).model_fields[k].default}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _glue_preset(cls, data: Any) -> Any:
+        """``hub: glue/<task>`` implies ``glue: <task>``; a GLUE task fixes ``task`` (STS-B is regression)."""
+        if not isinstance(data, dict):
+            return data
+        from ..data.tasks import GLUE_TASKS, glue_of_hub
+        data = dict(data)
+        implied = glue_of_hub(data.get("hub"), data.get("hub_config"))
+        if implied and not data.get("glue"):
+            data["glue"] = implied
+        task = GLUE_TASKS.get(data.get("glue")) if isinstance(data.get("glue"), str) else None
+        if task is not None:
+            if data.get("task") not in (None, task.task):
+                raise ValueError(f"GLUE {task.name} is a {task.task} task; drop data.task or set it to {task.task}")
+            data["task"] = task.task
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        given = [k for k in ("hub", "path", "train") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of data.hub (a hub data set), data.path (one file with all splits) "
+                f"or data.train (one file per split); got {given or 'none'}"
+            )
+        if self.glue and self.path:
+            raise ValueError("data.glue reads one file per split (data.train, data.validation, data.test) or "
+                             "data.hub; data.path is for the CLINC150 layout")
+        bad = [k for k in self.extra_tests if not k.isidentifier()]
+        if bad:
+            raise ValueError(f"data.extra_tests names {bad} must be plain words (letters, digits, _), e.g. mismatched")
+        if self.extra_tests and (self.hub or self.path):
+            raise ValueError("data.extra_tests lists local files scored beside data.test; use it with data.train "
+                             "(for MNLI from the hub, the mismatched dev set is added by itself)")
+        if self.columns is not None and self.header:
+            raise ValueError("data.columns names the columns of a file without a header row; "
+                             "also set data.header: false")
+        return self
