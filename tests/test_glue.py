@@ -265,3 +265,16 @@ def test_every_glue_task_has_a_layout_and_metric():
     for name, task in GLUE_TASKS.items():
         assert task.layouts and task.metrics[0] in (("pearson",) if name == "stsb" else ("accuracy", "f1", "mcc"))
         assert task.pair == (name not in ("cola", "sst2"))
+
+
+def test_the_run_table_shows_extra_test_sets():
+    from rich.console import Console
+
+    from kdflow.console import run_table
+    entry = {"parameters": 10, "best_epoch": 2, "train_seconds": 1.0, "validation": {"accuracy": 0.5},
+             "test": {"accuracy": 0.61}, "test_mismatched": {"accuracy": 0.57}, "teacher_test": {"accuracy": 0.7},
+             "compression": 2.0}
+    console = Console(width=200, record=True)
+    console.print(run_table("student", entry))
+    text = console.export_text()
+    assert "student, mismatched test" in text and "0.5700" in text and "87.1%" in text

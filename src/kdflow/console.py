@@ -41,6 +41,9 @@ def run_table(role: str, entry: dict, metric: str = "accuracy") -> Table:
         t.add_row("teacher", "", "", "", "", *[fmt(entry["teacher_test"].get(k, "-")) for k in entry[split]], "", "")
     else:
         t.add_row(*row)
+    for name in (k for k in entry if k.startswith("test_") and isinstance(entry[k], dict)):  # e.g. MNLI mismatched
+        extra = [fmt(entry[name].get(k, "-")) for k in entry[split]] + ([""] * 2 if "teacher_test" in entry else [])
+        t.add_row(f"{role}, {name[len('test_'):]} test", "", "", "", "", *extra)
     return t
 
 
