@@ -16,6 +16,9 @@ epoch keeping the best student:
 - ``book``: a ``Trainer`` subclass with the loss as "Natural Language Processing with
   Transformers" (ch. 8) writes it (``alpha`` weighs its cross-entropy, so 1 − 0.9).
 
+``--hidden`` adds hidden-state MSE on kdflow's ``last:3`` map (student blocks 0-2 to teacher
+blocks 3-5, padding masked, weight 1) in every system that supports it (not the book's).
+
 Every student is scored on test by the same function. Wall time per epoch is the whole training
 call (kdflow's includes its set-up, final evaluation and report) divided by the epochs. Results:
 ``bench/results/peers.json``, one entry per (system, seed) as it finishes (a re-run skips those).
@@ -93,9 +96,10 @@ class Setup:
         import torch
         from transformers import DataCollatorWithPadding
         g = torch.Generator().manual_seed(seed)
+        pad = DataCollatorWithPadding(self.tokenizer())
+        # a plain dict: TextBrewer calls model(**batch) only for dicts, model(*batch) for a BatchEncoding
         return torch.utils.data.DataLoader(self.dataset(split), batch_size=BATCH if shuffle else 128,
-                                           shuffle=shuffle, generator=g,
-                                           collate_fn=DataCollatorWithPadding(self.tokenizer()))
+                                           shuffle=shuffle, generator=g, collate_fn=lambda rows: dict(pad(rows)))
 
     def score(self, model, split) -> dict:
         import numpy as np
@@ -121,12 +125,15 @@ def run_kdflow(s: Setup, seed: int, mode: str, work: Path) -> tuple[object, floa
     cfg = json.loads(json.dumps(s.cfg))
     cfg["model"] = {"teacher": {"name": str(s.teacher_dir)}, "student": {"num_layers": 3, "prune_vocab": False}}
     cfg["train"] = {"epochs": s.a.epochs, "lr": LR, "batch_size": BATCH, "patience": None, "seed": seed}
-    cfg["distill"] = {"mode": mode, "alpha": ALPHA, "temperature": T, "cache_dir": str(work / "cache")}
-    cfg["run"] = {"name": f"{mode}-{seed}", "output_dir": str(work), "quiet": True}
+    cfg["distill"] = {"mode": mode, "alpha": ALPHA, "temperature": T, "cache_dir": str(work / f"cache-{seed}")}
+    if s.a.hidden:
+        cfg["distill"].update(intermediate=True, layers="last:3", layer_losses={"hidden": 1.0})
+    name = f"{mode}{'-hidden' if s.a.hidden else ''}-{seed}"
+    cfg["run"] = {"name": name, "output_dir": str(work), "quiet": True}
     start = time.time()
     kdflow.distill(cfg, overwrite=True)
     seconds = time.time() - start
-    return load_saved(work / f"{mode}-{seed}" / "student")[0], seconds
+    return load_saved(work / name / "student")[0], seconds
 
 
 def trainer_args(cls, out: Path, seed: int, **extra):
@@ -149,8 +156,9 @@ def run_trainer(s: Setup, seed: int, system: str, work: Path):
                   processing_class=s.tokenizer(), compute_metrics=accuracy)
     if system == "kdtrainer":
         from kdflow.hf import KDTrainer, KDTrainingArguments
+        layers = dict(layers="last:3", layer_losses="hidden:1") if s.a.hidden else {}
         args = trainer_args(KDTrainingArguments, work / f"kdtrainer-{seed}", seed, epochs=s.a.epochs,
-                            alpha=ALPHA, temperature=T)
+                            alpha=ALPHA, temperature=T, **layers)
         trainer = KDTrainer(model=student, teacher_model=teacher, args=args, **pieces)
     else:
         from transformers import TrainingArguments
@@ -198,7 +206,11 @@ def run_textbrewer(s: Setup, seed: int, work: Path):
     best = {"score": -1.0, "state": None}
 
     def adaptor(batch, outputs):
-        return {"logits": outputs.logits, "losses": outputs.loss, "inputs_mask": batch["attention_mask"]}
+        return {"logits": outputs.logits, "losses": outputs.loss, "inputs_mask": batch["attention_mask"],
+                "hidden": outputs.hidden_states}
+    # kdflow's last:3: student blocks 0, 1, 2 <- teacher blocks 3, 4, 5 (hidden_states[0] is the embeddings)
+    matches = [{"layer_T": t + 1, "layer_S": i + 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+               for i, t in enumerate((3, 4, 5))] if s.a.hidden else []
 
     def callback(model, step):
         acc = s.score(model, s.data.validation)["accuracy"]
@@ -210,7 +222,7 @@ def run_textbrewer(s: Setup, seed: int, work: Path):
         train_config=TrainingConfig(device="cpu", output_dir=str(work / f"textbrewer-{seed}"), ckpt_frequency=1,
                                     log_dir=str(work / f"textbrewer-{seed}" / "log")),
         distill_config=DistillationConfig(temperature=T, kd_loss_type="ce", kd_loss_weight=ALPHA * T * T,
-                                          hard_label_weight=1 - ALPHA),
+                                          hard_label_weight=1 - ALPHA, intermediate_matches=matches),
         model_T=teacher, model_S=student, adaptor_T=adaptor, adaptor_S=adaptor)
     optimizer = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.01)
     steps = s.steps()
@@ -218,7 +230,8 @@ def run_textbrewer(s: Setup, seed: int, work: Path):
     with distiller:
         distiller.train(optimizer, train, num_epochs=s.a.epochs, callback=callback, max_grad_norm=1.0,
                         scheduler_class=get_linear_schedule_with_warmup,
-                        scheduler_args={"num_warmup_steps": int(0.1 * steps), "num_training_steps": steps})
+                        scheduler_args={"num_warmup_steps": int(0.1 * steps), "num_training_steps": steps},
+                        **({"output_hidden_states": True} if s.a.hidden else {}))
     seconds = time.time() - start
     student.load_state_dict(best["state"])
     return student, seconds
@@ -235,6 +248,8 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--out", default=str(ROOT / "runs" / "peers"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "peers.json"))
+    ap.add_argument("--hidden", action="store_true",
+                    help="add hidden-state MSE on last:3 (the book's loss has none: it sits this out)")
     a = ap.parse_args()
     ensure_env()
     import torch
@@ -243,10 +258,10 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     s = Setup(a)
     work = Path(a.out) / "work"
-    systems = a.systems.split(",")
+    systems = [x for x in a.systems.split(",") if not (a.hidden and x == "book")]
     for i, seed in enumerate(map(int, a.seeds.split(","))):
         for system in systems[i % len(systems):] + systems[:i % len(systems)]:  # rotate the order per seed
-            key = f"{system}/{seed}"
+            key = f"{system}{'+hidden' if a.hidden else ''}/{seed}"
             if key in results:
                 continue
             if system.startswith("kdflow_"):
