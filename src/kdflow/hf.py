@@ -139,7 +139,7 @@ class KDTrainer(Trainer):
             if args.teacher_cache and teacher_model is not None and dc.alpha > 0 and not pairs else None
         mode = "offline" if self.cache is not None else "online"
         self.distiller = Distiller(teacher_model, dc.model_copy(update={"mode": mode}), task, pairs)
-        self._terms: dict[str, list[float]] = {}
+        self._terms: dict[str, list[torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ the loss
 
@@ -159,8 +159,8 @@ class KDTrainer(Trainer):
             self.distiller.targets = self._cached_logits(feats)  # row i = example i of this batch
         student = FeatureStudent(model, self.distiller.pairs, {}) if self.distiller.pairs else model
         terms = self.distiller(student, batch)
-        for name, value in terms.items():
-            self._terms.setdefault(name, []).append(float(value.detach()))
+        for name, value in terms.items():  # kept as tensors: no device sync per step
+            self._terms.setdefault(name, []).append(value.detach())
         loss = terms["loss"]
         return (loss, None) if return_outputs else loss
 
@@ -183,7 +183,7 @@ class KDTrainer(Trainer):
         if "loss" in logs and self._terms:
             for name, values in self._terms.items():
                 if name != "loss":
-                    logs[name] = round(sum(values) / len(values), 4)
+                    logs[name] = round(torch.stack(values).float().mean().item(), 4)
             self._terms = {}
         super().log(logs, *args, **kwargs)
 
