@@ -278,3 +278,10 @@ def test_the_run_table_shows_extra_test_sets():
     console.print(run_table("student", entry))
     text = console.export_text()
     assert "student, mismatched test" in text and "0.5700" in text and "87.1%" in text
+
+
+def test_a_reloaded_config_keeps_column_detection():
+    # a run's config.yaml lists every key: reading it back must not turn the default columns into choices
+    dumped = DataConfig(glue="rte", train="t.tsv").model_dump(mode="json")
+    assert DataConfig(**dumped).columns_given() == set()
+    assert DataConfig(**{**dumped, "text_column": "q"}).columns_given() == {"text_column"}
