@@ -169,18 +169,12 @@ def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
 def layer_map(run: "Run", teacher: nn.Module, student: nn.Module, t_feat) -> list:
     """The resolved layer map of ``distill.layers`` (``auto:K`` scores the teacher's blocks first)."""
     from .distiller import use_eager_attention
-    from .layers import num_blocks, resolve
+    from .layers import resolve_for
     dc = run.cfg.distill
-    spec = dc.layers if isinstance(dc.layers, str) else [e.model_dump() for e in dc.layers]
-    if isinstance(spec, str):
-        n_s, n_t = num_blocks(student), num_blocks(teacher)
-    else:  # explicit maps may use module paths; block indices are checked against the models
-        n_s = num_blocks(student) if any(isinstance(e["student"], int) for e in spec) else 10 ** 6
-        n_t = num_blocks(teacher) if any(isinstance(e["teacher"], int) for e in spec) else 10 ** 6
     ranking = None
-    if isinstance(spec, str) and spec.startswith("auto:"):
+    if isinstance(dc.layers, str) and dc.layers.startswith("auto:"):
         ranking = teacher_block_scores(run, teacher, t_feat)["ranking"]
-    pairs = resolve(spec, n_s, n_t, dict(dc.layer_losses), ranking)
+    pairs = resolve_for(dc.layers, student, teacher, dict(dc.layer_losses), ranking)
     if not pairs:
         raise KdflowError("distill.intermediate is on but the layer map is empty: give distill.layer_losses a "
                           "positive weight (hidden, attention, pkd or cosine)")

@@ -36,7 +36,7 @@ from .config import DistillConfig
 from .config.load import explain
 from .distiller import Distiller, FeatureStudent, freeze, use_eager_attention
 from .errors import KdflowError
-from .layers import num_blocks, resolve
+from .layers import resolve_for
 from .models.io import fingerprint
 from .teacher_cache import TeacherCache
 
@@ -165,11 +165,12 @@ class KDTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def _cached_logits(self, feats: dict) -> torch.Tensor:
-        keys = [content_key(feats, i) for i in range(next(iter(feats.values())).shape[0])]
+        first = next(iter(feats.values()))
+        keys = [content_key(feats, i) for i in range(first.shape[0])]
         teacher = self.teacher_model
 
         def compute(rows: list[int]) -> torch.Tensor:
-            pick = torch.tensor(rows, device=next(iter(feats.values())).device)
+            pick = torch.tensor(rows, device=first.device)
             with torch.no_grad():
                 out = teacher(**{k: v.index_select(0, pick) for k, v in feats.items()})
             return out.logits.float()
@@ -227,8 +228,7 @@ def _same_tokens(student: nn.Module, teacher: nn.Module) -> None:
 
 
 def _pairs(dc: DistillConfig, student: nn.Module, teacher: nn.Module) -> list:
-    spec = dc.layers if isinstance(dc.layers, str) else [e.model_dump() for e in dc.layers]
-    pairs = resolve(spec, num_blocks(student), num_blocks(teacher), dict(dc.layer_losses))
+    pairs = resolve_for(dc.layers, student, teacher, dict(dc.layer_losses))
     if not pairs:
         raise KdflowError("KDTrainingArguments.layers is set but layer_losses gives no kind a positive weight; "
                           "e.g. layer_losses='hidden:1,attention:1'")

@@ -109,6 +109,19 @@ def resolve(spec: "str | list", n_student: int, n_teacher: int, kinds: dict[str,
     return [LayerPair(s, t, kind, w) for s, t in pairs for kind, w in kinds.items() if w > 0]
 
 
+def resolve_for(layers: "str | list", student: nn.Module, teacher: nn.Module, kinds: dict[str, float],
+                ranking: Optional[Sequence[int]] = None) -> list[LayerPair]:
+    """:func:`resolve` for ``distill.layers`` as configured (a name, or entries as dicts or config
+    objects) between two models: block counts are read from the models, except on a side that an
+    explicit map addresses only by module path (any number of blocks is fine there)."""
+    if isinstance(layers, str):
+        return resolve(layers, num_blocks(student), num_blocks(teacher), kinds, ranking)
+    spec = [e.model_dump() if hasattr(e, "model_dump") else dict(e) for e in layers]
+    n_s = num_blocks(student) if any(isinstance(e.get("student"), int) for e in spec) else 10 ** 6
+    n_t = num_blocks(teacher) if any(isinstance(e.get("teacher"), int) for e in spec) else 10 ** 6
+    return resolve(spec, n_s, n_t, kinds, ranking)
+
+
 class Taps:
     """Reads outputs of modules by dotted path with forward hooks (for models that do not
     return hidden states, e.g. CNNs). Use as a context manager around the forward pass."""

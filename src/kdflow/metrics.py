@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import KdflowError
 
 # the metrics quality() returns per task; the first is the default train.metric (f1: binary tasks only)
 TASK_METRICS = {"classification": ("accuracy", "macro_f1", "f1", "mcc"),
@@ -12,7 +13,6 @@ TASK_METRICS = {"classification": ("accuracy", "macro_f1", "f1", "mcc"),
 
 def check_metric(metric: str, task: str, num_labels: int, key: str = "train.metric") -> None:
     """A metric that this data cannot give, named before training starts."""
-    from .errors import KdflowError
     if metric == "f1" and num_labels != 2:
         raise KdflowError(f"{key} f1 is the F1 of label 1 in a binary task, and this data has {num_labels} labels; "
                           "use macro_f1")

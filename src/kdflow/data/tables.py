@@ -163,17 +163,20 @@ def read_path(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
     return read_clinc(path, cfg.include_out_of_scope)
 
 
+def split_files(cfg: DataConfig) -> list[tuple[str, str, Path]]:
+    """``(part, config key, path)`` of every per-split file: train, validation, test, then each of
+    ``extra_tests`` as part ``test_<name>``."""
+    out = [(split, split, Path(getattr(cfg, split))) for split in ("train", "validation", "test")
+           if getattr(cfg, split)]
+    return out + [(f"test_{name}", f"extra_tests.{name}", Path(p)) for name, p in cfg.extra_tests.items()]
+
+
 def read_split_files(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
-    """``data.train`` / ``validation`` / ``test``: one table per split."""
+    """``data.train`` / ``validation`` / ``test`` (and ``extra_tests``): one table per split."""
     parts = {}
-    for split in ("train", "validation", "test"):
-        p = getattr(cfg, split)
-        if p:
-            df = read_table(Path(p), cfg, split)
-            if len(df) == 0:
-                raise KdflowError(f"data.{split} file '{p}' holds no rows; give a file with examples")
-            parts[split] = columns_from_frame(df, cfg, Path(p))
-    for name, p in cfg.extra_tests.items():
-        df = read_table(Path(p), cfg, f"extra_tests.{name}")
-        parts[f"test_{name}"] = columns_from_frame(df, cfg, Path(p))
+    for part, key, path in split_files(cfg):
+        df = read_table(path, cfg, key)
+        if len(df) == 0:
+            raise KdflowError(f"data.{key} file '{path}' holds no rows; give a file with examples")
+        parts[part] = columns_from_frame(df, cfg, path)
     return parts

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import KdflowError
+from .tables import must_exist, split_files
 
 Column = Union[str, int]  # a header name, or a field index in a header-less file
 
@@ -183,10 +184,7 @@ def given_layout(cfg, task: GlueTask) -> Optional[Layout]:
 
 def read_glue_file(path: Path, task: GlueTask, key: str, given: Optional[Layout] = None) -> tuple[dict, list]:
     """``(inputs, labels)`` of one GLUE-task file, its layout recognised from its first row."""
-    if not path.is_file():
-        raise KdflowError(f"data.{key} file '{path}' does not exist; check the path (relative paths are read from "
-                          "the current directory)")
-    rows = _rows(path)
+    rows = _rows(must_exist(path, key))
     if not rows:
         raise KdflowError(f"data.{key} file '{path}' holds no rows; give a file with examples")
     layout = _pick(task, rows[0], path, given)
@@ -220,14 +218,7 @@ def read_glue_file(path: Path, task: GlueTask, key: str, given: Optional[Layout]
 def read_glue_files(cfg, task: GlueTask) -> dict[str, tuple[dict, list]]:
     """``data.train`` / ``validation`` / ``test`` / ``extra_tests`` in any of the task's layouts."""
     given = given_layout(cfg, task)
-    parts = {}
-    for split in ("train", "validation", "test"):
-        p = getattr(cfg, split)
-        if p:
-            parts[split] = read_glue_file(Path(p), task, split, given)
-    for name, p in cfg.extra_tests.items():
-        parts[f"test_{name}"] = read_glue_file(Path(p), task, f"extra_tests.{name}", given)
-    return parts
+    return {part: read_glue_file(path, task, key, given) for part, key, path in split_files(cfg)}
 
 
 def normalise_labels(parts: dict[str, tuple[dict, list]], task: GlueTask, source: str) -> dict:
