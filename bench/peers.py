@@ -250,7 +250,10 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "peers.json"))
     ap.add_argument("--hidden", action="store_true",
                     help="add hidden-state MSE on last:3 (the book's loss has none: it sits this out)")
+    ap.add_argument("--table", action="store_true", help="print the table of --results and exit")
     a = ap.parse_args()
+    if a.table:
+        return table(a)
     ensure_env()
     import torch
     torch.set_num_threads(int(os.environ.get("PEERS_THREADS", "2")))
@@ -277,6 +280,52 @@ def main() -> None:
             results_path.write_text(json.dumps(results, indent=1))
             print(f"{time.strftime('%H:%M:%S')} {key}: test accuracy {results[key]['test']['accuracy']:.4f}, "
                   f"{results[key]['seconds_per_epoch']} s/epoch", flush=True)
+
+
+def loop_seconds(log: Path) -> "float | None":
+    """kdflow's training loop alone, from its run log: the ``[distill]`` line to the last epoch line
+    (what a Trainer's ``train()`` covers: the epochs and their validation, not the final test or report)."""
+    from datetime import datetime
+    if not log.is_file():
+        return None
+    stamps = {}
+    for line in log.read_text().splitlines():
+        when = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
+        if "[distill]" in line:
+            stamps.setdefault("start", when)  # offline: the teacher pass that fills the cache counts
+        elif "[student] epoch" in line:
+            stamps["end"] = when
+    return (stamps["end"] - stamps["start"]).total_seconds() if len(stamps) == 2 else None
+
+
+def table(a) -> None:
+    """Mean and spread over seeds per system; time as a ratio to kdflow online (whole call, and loop only)."""
+    import numpy as np
+    results = json.loads(Path(a.results).read_text())
+    work = Path(a.out) / "work"
+    rows: dict = {}
+    for key, r in results.items():
+        system, seed = key.rsplit("/", 1)
+        row = rows.setdefault(system, {"acc": [], "epoch_s": [], "loop_s": []})
+        row["acc"].append(r["test"]["accuracy"])
+        row["epoch_s"].append(r["seconds_per_epoch"])
+        loop = None
+        if system.startswith("kdflow_"):
+            mode, hidden = system.split("+")[0].split("_")[1], "-hidden" if "+hidden" in system else ""
+            loop = loop_seconds(work / f"{mode}{hidden}-{seed}" / "log.txt")
+        row["loop_s"].append(loop / r["epochs"] if loop else r["seconds_per_epoch"])
+    for base in ("kdflow_online", "kdflow_online+hidden"):
+        if base not in rows:
+            continue
+        ref = np.mean(rows[base]["epoch_s"]), np.mean(rows[base]["loop_s"])
+        print("\n| system | seeds | test accuracy (mean ± sd) | s/epoch, whole call | ratio | s/epoch, loop | ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for system, row in rows.items():
+            if ("+hidden" in system) != ("+hidden" in base):
+                continue
+            acc, ep, lp = (np.array(row[k]) for k in ("acc", "epoch_s", "loop_s"))
+            print(f"| {system} | {len(acc)} | {acc.mean():.4f} ± {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} | "
+                  f"{ep.mean():.1f} | {ep.mean() / ref[0]:.2f} | {lp.mean():.1f} | {lp.mean() / ref[1]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,28 @@ def test_cached_targets_equal_live_teacher_outputs(taught, tmp_path):
     assert len(again) == 208 and torch.equal(again.get(data.test.ids, None), cached)
 
 
+def test_cache_buffers_rows_until_flush_every(tmp_path):
+    from kdflow.teacher_cache import TeacherCache
+    calls = []
+
+    def compute(rows):
+        calls.append(len(rows))
+        return torch.arange(len(rows) * 2, dtype=torch.float32).reshape(len(rows), 2) + 10 * len(calls)
+
+    cache = TeacherCache(tmp_path, "fp", flush_every=5)
+    first = cache.get(["a", "b", "c"], compute)
+    assert list(cache.folder.glob("part-*.pt")) == []  # 3 pending < 5
+    cache.get(["b", "d", "e"], compute)  # b is served from memory; 5 pending: one file
+    assert calls == [3, 2] and cache.served == 1
+    assert len(list(cache.folder.glob("part-*.pt"))) == 1
+    cache.get(["f"], compute)
+    cache.flush()
+    cache.flush()  # nothing pending: no empty file
+    again = TeacherCache(tmp_path, "fp")
+    assert len(again) == 6 and len(list(again.folder.glob("part-*.pt"))) == 2
+    assert torch.equal(again.get(["a", "b", "c"], None), first)
+
+
 def test_online_runs_teacher_every_batch_and_keeps_it_frozen(taught, monkeypatch):
     seen = []
     real_init = Distiller.__init__

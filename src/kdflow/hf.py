@@ -18,7 +18,8 @@ torchrun.
 the first time the example is seen. Examples are keyed by their content (the unpadded token
 ids the teacher reads), not by an id column, so the Trainer's own collator and
 ``remove_unused_columns`` need nothing extra, and shuffling, padding, DDP shards and
-resumed runs all find the same entries. Without it the teacher runs on every batch (online).
+resumed runs all find the same entries. New entries go to disk in a few large files (at each checkpoint,
+each epoch end, and every 8,192 rows), not one per batch. Without it the teacher runs on every batch (online).
 Evaluation reports the student's own task loss (``eval_loss``); the teacher does not run on it.
 """
 
@@ -30,7 +31,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import DistillConfig
 from .config.load import explain
@@ -135,8 +136,10 @@ class KDTrainer(Trainer):
         self.teacher_model = teacher_model
         pairs = _pairs(dc, student, teacher_model) if dc.intermediate and dc.alpha > 0 else []
         # the teacher runs per batch, or (teacher_cache) per new input: "offline" reads batch rows of targets
-        self.cache = TeacherCache(args.teacher_cache, fingerprint(teacher_model, "kdflow.hf")) \
+        self.cache = TeacherCache(args.teacher_cache, fingerprint(teacher_model, "kdflow.hf"), CACHE_FLUSH_ROWS) \
             if args.teacher_cache and teacher_model is not None and dc.alpha > 0 and not pairs else None
+        if self.cache is not None:
+            self.add_callback(_CacheSync(self))
         mode = "offline" if self.cache is not None else "online"
         self.distiller = Distiller(teacher_model, dc.model_copy(update={"mode": mode}), task, pairs)
         self._terms: dict[str, list[torch.Tensor]] = {}
@@ -175,8 +178,6 @@ class KDTrainer(Trainer):
                 out = teacher(**{k: v.index_select(0, pick) for k, v in feats.items()})
             return out.logits.float()
 
-        if any(k not in self.cache for k in keys):
-            self.cache.reload()  # another process (DDP) may have computed them already
         return self.cache.get(keys, compute).to(self.args.device)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -187,6 +188,30 @@ class KDTrainer(Trainer):
                     logs[name] = round(torch.stack(values).float().mean().item(), 4)
             self._terms = {}
         super().log(logs, *args, **kwargs)
+
+
+CACHE_FLUSH_ROWS = 8192  # teacher rows per cache part file (and at every checkpoint and epoch end)
+
+
+class _CacheSync(TrainerCallback):
+    """The teacher cache's disk writes and reads: new rows written at each checkpoint and epoch end (every
+    process, then a barrier), parts from other processes read at each epoch start. Within an epoch the DDP
+    shards are disjoint, so no process waits for another's rows mid-epoch."""
+
+    def __init__(self, trainer: "KDTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.cache.reload()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.cache.flush()
+        self.trainer.accelerator.wait_for_everyone()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer.cache.flush()
+
+    on_train_end = on_save
 
 
 def student_from(teacher: nn.Module, num_layers: Optional[int] = None, hidden_size: Optional[int] = None,

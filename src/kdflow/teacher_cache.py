@@ -3,8 +3,8 @@ the Distiller its targets in each mode.
 
 A cache folder belongs to one teacher *fingerprint* (hash of its weights and of
 the tokenization settings), so a retrained teacher never serves stale logits.
-Within it, one file per compute call (``part-NNNN.pt``: ids + logits) lets the
-cache grow across active-learning rounds without rewriting what is there.
+Within it, one file per compute call, or per ``flush_every`` new rows (``part-NNNN.pt``: ids +
+logits), lets the cache grow across active-learning rounds without rewriting what is there.
 Files are read with ``torch.load(weights_only=True)``.
 
 Modes (:func:`attach_targets`): ``offline`` — the teacher's logits for the training split
@@ -39,10 +39,14 @@ if TYPE_CHECKING:
 
 
 class TeacherCache:
-    def __init__(self, root: "str | Path", fingerprint: str):
+    def __init__(self, root: "str | Path", fingerprint: str, flush_every: int = 0):
+        """``flush_every``: new rows are written once that many are pending (0: at every compute call);
+        :meth:`flush` writes the rest. Rows not yet written are lost with the process, and recomputed."""
         self.folder = Path(root) / fingerprint
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.flush_every = flush_every
         self._rows: dict[str, torch.Tensor] = {}
+        self._pending: list[str] = []  # computed, not yet on disk
         self._read: set[str] = set()  # part files already read (parts are written once, never changed)
         self.computed = 0  # examples whose outputs this object had to compute
         self.served = 0    # examples answered from disk or memory
@@ -76,17 +80,27 @@ class TeacherCache:
             if logits.shape[0] != len(missing):
                 raise RuntimeError(f"teacher returned {logits.shape[0]} rows for {len(missing)} examples")
             new_ids = [ids[i] for i in missing]
-            # unique names: two runs sharing the cache never write the same file
-            part = self.folder / f"part-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.pt"
-            tmp = part.with_suffix(".tmp")
-            torch.save({"ids": new_ids, "logits": logits}, tmp)
-            tmp.replace(part)  # atomic: a killed run never leaves half a file behind
-            self._read.add(part.name)
             for key, row in zip(new_ids, logits):
                 self._rows[key] = row
+            self._pending.extend(new_ids)
             self.computed += len(missing)
+            if len(self._pending) >= self.flush_every:
+                self.flush()
         self.served += len(ids) - len(missing)
         return torch.stack([self._rows[key] for key in ids]) if ids else torch.empty(0)
+
+    def flush(self) -> None:
+        """Write the rows computed since the last write as one part file."""
+        if not self._pending:
+            return
+        keys = list(dict.fromkeys(self._pending))
+        # unique names: two runs sharing the cache never write the same file
+        part = self.folder / f"part-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.pt"
+        tmp = part.with_suffix(".tmp")
+        torch.save({"ids": keys, "logits": torch.stack([self._rows[k] for k in keys])}, tmp)
+        tmp.replace(part)  # atomic: a killed run never leaves half a file behind
+        self._read.add(part.name)
+        self._pending = []
 
 
 # ------------------------------------------------------------------ targets for the Distiller
