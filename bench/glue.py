@@ -134,8 +134,12 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, help="subsample every task's train split (a quick check)")
     ap.add_argument("--table", action="store_true", help="print the tables of --results and exit")
     a = ap.parse_args()
-    if a.table:
-        return table(json.loads(Path(a.results).read_text()))
+    if a.table:  # --results may name several files (runs split over processes): merged per task
+        merged: dict = {}
+        for path in a.results.split(","):
+            for task, done in json.loads(Path(path).read_text()).items():
+                merged.setdefault(task, {}).update(done)
+        return table(merged)
     data, out, results_path = Path(a.data), Path(a.out), Path(a.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
@@ -197,10 +201,14 @@ def table(results: dict) -> None:
             if not runs:
                 continue
             mean = {m: float(np.mean([r["test"][m] for r in runs])) for m in metrics}
-            kept = mean[metrics[0]] / teacher
-            summary.setdefault(variant, {})[task] = kept
-            cells = " | ".join(f"{mean[m]:.4f}" for m in metrics)
-            print(f"| {NAMES[variant]} | {cells} | {kept:.1%} | {runs[0]['parameters']:,} | {len(runs)} |")
+            kept = mean[metrics[0]] / teacher if teacher > 0 else None  # a teacher at chance: no ratio
+            if kept is not None:
+                summary.setdefault(variant, {})[task] = kept
+            cells = [f"{mean[m]:.4f}" for m in metrics]
+            if len(runs) > 1:  # the first metric's spread over seeds
+                cells[0] += f" ± {np.std([r['test'][metrics[0]] for r in runs], ddof=1):.4f}"
+            print(f"| {NAMES[variant]} | {' | '.join(cells)} | {'–' if kept is None else f'{kept:.1%}'} | "
+                  f"{runs[0]['parameters']:,} | {len(runs)} |")
         if "timing" in done:
             t, st = done["timing"]["teacher"], done["timing"]["student"]
             print(f"\nteacher {t['latency_ms_p50']:.1f} ms, {t['size_mb']} MB; recipe student "
