@@ -128,12 +128,17 @@ def run_kdflow(s: Setup, seed: int, mode: str, work: Path) -> tuple[object, floa
     cfg["distill"] = {"mode": mode, "alpha": ALPHA, "temperature": T, "cache_dir": str(work / f"cache-{seed}")}
     if s.a.hidden:
         cfg["distill"].update(intermediate=True, layers="last:3", layer_losses={"hidden": 1.0})
-    name = f"{mode}{'-hidden' if s.a.hidden else ''}-{seed}"
+    name = kdflow_run_name(mode, s.a.hidden, seed)
     cfg["run"] = {"name": name, "output_dir": str(work), "quiet": True}
     start = time.time()
     kdflow.distill(cfg, overwrite=True)
     seconds = time.time() - start
     return load_saved(work / name / "student")[0], seconds
+
+
+def kdflow_run_name(mode: str, hidden: bool, seed: int) -> str:
+    """The run folder of one kdflow system and seed under ``<out>/work``."""
+    return f"{mode}{'-hidden' if hidden else ''}-{seed}"
 
 
 def trainer_args(cls, out: Path, seed: int, **extra):
@@ -311,8 +316,8 @@ def table(a) -> None:
         row["epoch_s"].append(r["seconds_per_epoch"])
         loop = None
         if system.startswith("kdflow_"):
-            mode, hidden = system.split("+")[0].split("_")[1], "-hidden" if "+hidden" in system else ""
-            loop = loop_seconds(work / f"{mode}{hidden}-{seed}" / "log.txt")
+            mode = system.split("+")[0].split("_")[1]
+            loop = loop_seconds(work / kdflow_run_name(mode, "+hidden" in system, int(seed)) / "log.txt")
         row["loop_s"].append(loop / r["epochs"] if loop else r["seconds_per_epoch"])
     for base in ("kdflow_online", "kdflow_online+hidden"):
         if base not in rows:
