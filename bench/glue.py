@@ -5,12 +5,16 @@
 Per task (data.glue presets; validation carved from train, the GLUE dev set scored once as test;
 MRPC's test file, since its GLUE dev set is part of train; SST-2's train subsampled to 8,000):
 - ``teacher``: ``kdflow teach``.
-- ``kdflow``: ``kdflow distill`` with the recipe's student (3 of 6 blocks copied, vocabulary pruned).
-- ``kdflow_full_vocab``: the same without vocabulary pruning, to compare with ``kdtrainer``.
+- ``kdflow``: ``kdflow distill`` with the recipe's student (embeddings, 3 of 6 blocks and the head copied;
+  ``prune_vocab: auto``, which keeps the vocabulary whole when over 3 % of validation word pieces are unseen).
+- ``kdflow_pruned``: the same with ``prune_vocab: true`` (the size the recipe gives up for those unseen words).
+- ``kdflow_full_vocab``: the same with ``prune_vocab: false`` (before ``auto`` looked at validation, the
+  recipe always pruned; not in the default variants any more).
 - ``kdtrainer``: ``KDTrainer`` on the same student (``student_from``), data split, epochs, lr, batch,
   alpha, T, early stopping and model selection on the task metric.
 - ``no_kd``: the recipe's student trained on the labels alone (alpha 0).
-The teacher and the ``kdflow`` student are also timed (batch 1, 1 thread, p50) and sized.
+The teacher and the ``kdflow`` and ``kdflow_pruned`` students are also timed (batch 1, 1 thread, p50) and sized.
+A teacher whose folder is gone (a result file copied from another machine) is trained again.
 
 Resumable: each (task, variant, seed) result goes into ``--results`` as soon as it is done, and a
 later call skips it. Run it in the background; nothing else should run beside it while it times.
@@ -32,7 +36,8 @@ TASKS = {
     "cola": {"train": "glue/cola/train.tsv", "test": "glue/cola/dev_in_domain.tsv"},
     "sst2": {"train": "sst2/train.tsv", "test": "sst2/test.tsv", "max_train_examples": 8000},
 }
-VARIANTS = ("teacher", "kdflow", "kdflow_full_vocab", "kdtrainer", "no_kd")
+VARIANTS = ("teacher", "kdflow", "kdflow_pruned", "kdflow_full_vocab", "kdtrainer", "no_kd")
+DEFAULT_VARIANTS = ("teacher", "kdflow", "kdflow_pruned", "kdtrainer", "no_kd")
 
 
 def config(task: str, data: Path, out: Path, a) -> dict:
@@ -123,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--out", default="runs/glue")
     ap.add_argument("--results", default="bench/results/glue.json")
@@ -154,7 +159,7 @@ def main() -> None:
         cfg = config(task, data, out, a)
         run_dir = out / f"glue-{task}"
         done = results.get(task, {})
-        if "teacher" not in done:
+        if "teacher" not in done or not (run_dir / "teacher").is_dir():
             start = time.time()
             entry = kdflow.teach(cfg, overwrite=True)
             save(task, "teacher", {"test": entry["test"], "validation": entry["validation"],
@@ -169,6 +174,8 @@ def main() -> None:
                 name = f"glue-{task}-{variant}-{seed}"
                 if variant == "kdflow":
                     save(task, key, kdflow_run(cfg, name, seed, teacher))
+                elif variant == "kdflow_pruned":
+                    save(task, key, kdflow_run(cfg, name, seed, teacher, model__student={"prune_vocab": True}))
                 elif variant == "kdflow_full_vocab":
                     save(task, key, kdflow_run(cfg, name, seed, teacher, model__student={"prune_vocab": False}))
                 elif variant == "no_kd":
@@ -176,11 +183,13 @@ def main() -> None:
                 elif variant == "kdtrainer":
                     save(task, key, kdtrainer_run(cfg, out / f"glue-{task}", seed, teacher))
         first = a.seeds.split(",")[0]
-        if "timing" not in results.get(task, {}) and f"kdflow/{first}" in results.get(task, {}):
-            save(task, "timing", timing(cfg, run_dir / "teacher", out / f"glue-{task}-kdflow-{first}" / "student"))
+        for variant, key in (("kdflow", "timing"), ("kdflow_pruned", "timing_pruned")):
+            if key not in results.get(task, {}) and f"{variant}/{first}" in results.get(task, {}):
+                save(task, key, timing(cfg, run_dir / "teacher", out / f"glue-{task}-{variant}-{first}" / "student"))
 
 
-NAMES = {"teacher": "teacher", "kdflow": "`kdflow distill` (recipe, vocabulary pruned)",
+NAMES = {"teacher": "teacher", "kdflow": "`kdflow distill` (recipe, prune_vocab auto)",
+         "kdflow_pruned": "`kdflow distill`, vocabulary pruned",
          "kdflow_full_vocab": "`kdflow distill`, vocabulary kept", "kdtrainer": "`KDTrainer` (vocabulary kept)",
          "no_kd": "no KD (recipe student, labels only)"}
 
@@ -209,11 +218,12 @@ def table(results: dict) -> None:
                 cells[0] += f" ± {np.std([r['test'][metrics[0]] for r in runs], ddof=1):.4f}"
             print(f"| {NAMES[variant]} | {' | '.join(cells)} | {'–' if kept is None else f'{kept:.1%}'} | "
                   f"{runs[0]['parameters']:,} | {len(runs)} |")
-        if "timing" in done:
-            t, st = done["timing"]["teacher"], done["timing"]["student"]
-            print(f"\nteacher {t['latency_ms_p50']:.1f} ms, {t['size_mb']} MB; recipe student "
-                  f"{st['latency_ms_p50']:.1f} ms, {st['size_mb']} MB ({t['latency_ms_p50'] / st['latency_ms_p50']:.1f}x "
-                  f"faster, {t['parameters'] / st['parameters']:.2f}x fewer parameters)")
+        for key, what in (("timing", "recipe student"), ("timing_pruned", "pruned student")):
+            if key in done:
+                t, st = done[key]["teacher"], done[key]["student"]
+                print(f"\nteacher {t['latency_ms_p50']:.1f} ms, {t['size_mb']} MB; {what} "
+                      f"{st['latency_ms_p50']:.1f} ms, {st['size_mb']} MB ({t['latency_ms_p50'] / st['latency_ms_p50']:.1f}x "
+                      f"faster, {t['parameters'] / st['parameters']:.2f}x fewer parameters)")
     print("\n| variant | " + " | ".join(results) + " | mean |")
     print("|---|" + "---:|" * (len(results) + 1))
     for variant, kept in summary.items():

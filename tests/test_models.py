@@ -41,6 +41,8 @@ def test_init_from_teacher_copies_chosen_layers_and_embeddings(teacher):
     torch.testing.assert_close(s.bert.encoder.layer[0].attention.self.query.weight,
                                teacher.bert.encoder.layer[1].attention.self.query.weight)
     torch.testing.assert_close(s.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(s.classifier.weight, teacher.classifier.weight)  # same labels: the head too
+    torch.testing.assert_close(s.bert.pooler.dense.weight, teacher.bert.pooler.dense.weight)
     default = build_hf_student(HFSpec(num_layers=1, init_from_teacher=True), teacher, LABELS, "classification")
     torch.testing.assert_close(default.bert.encoder.layer[0].output.dense.weight,
                                teacher.bert.encoder.layer[1].output.dense.weight)  # last layer by default

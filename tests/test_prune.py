@@ -6,7 +6,7 @@ import torch
 
 from kdflow import HFSpec
 from kdflow.models import build_hf_student, load_hf_classifier, load_saved, load_tokenizer, save_model
-from kdflow.prune import prune_vocabulary
+from kdflow.prune import prune_vocabulary, unseen_share, used_token_ids
 
 TEXTS = ["book a flight to paris", "what is the weather in tokyo", "play some music by adele please"]
 
@@ -37,3 +37,12 @@ def test_pruned_student_gives_identical_logits_on_seen_text(tiny_bert, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(back(**btok(TEXTS, padding=True, return_tensors="pt")).logits,
                                    before(**old).logits)
+
+
+def test_unseen_share_counts_the_word_pieces_a_pruned_vocabulary_would_lose(tiny_bert):
+    tok = load_tokenizer(tiny_bert)
+    kept = used_token_ids(tok, TEXTS)
+    assert unseen_share(tok, kept, TEXTS) == 0.0
+    pieces = tok(["book a zebra"])["input_ids"][0]  # [CLS] book a zebra [SEP]
+    assert unseen_share(tok, kept, ["book a zebra"]) == (len(pieces) - 4) / len(pieces)
+    assert unseen_share(tok, kept, []) == 0.0

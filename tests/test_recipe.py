@@ -57,11 +57,31 @@ def test_distill_with_the_defaults_builds_the_recipe_student(tiny_bert, intents_
     assert saved["kdflow_teacher_layers"] == [1]  # its block copied from the teacher's last
     assert saved["vocab_size"] < 200  # pruned to the synthetic intents' few words
     log = (tmp_path / "recipe" / "log.txt").read_text()
-    assert "1 layer x 32 (2 heads, intermediate 64): the teacher's embeddings and blocks [1] copied " \
+    assert "1 layer x 32 (2 heads, intermediate 64): the teacher's embeddings, blocks [1] and task head copied " \
            "(init_from_teacher auto)" in log
     assert "vocabulary pruned to the training text (prune_vocab auto)" in log
     assert "learning rate 0.0001 (auto: its blocks start pretrained)" in log
     assert entry["test"]["accuracy"] > 0.5
+
+
+def test_prune_vocab_auto_keeps_the_vocabulary_when_validation_reads_unseen_words(tiny_bert, intents_json, tmp_path):
+    raw = json.loads(open(intents_json).read())
+    raw["val"] = [[f"{text} zebra quasar marmalade xylophone", label] for text, label in raw["val"]]
+    path = tmp_path / "unseen.json"
+    path.write_text(json.dumps(raw))
+    cfg = tiny_config(tiny_bert, str(path), tmp_path, "unseen", teach={"epochs": 1}, train={"epochs": 1})
+    api.teach(cfg)
+    del cfg["model"]["student"]
+    api.distill(cfg)
+    saved = json.loads((tmp_path / "unseen" / "student" / "config.json").read_text())
+    assert saved["vocab_size"] == json.loads((tmp_path / "unseen" / "teacher" / "config.json").read_text())["vocab_size"]
+    log = (tmp_path / "unseen" / "log.txt").read_text()
+    assert "vocabulary kept whole (prune_vocab auto)" in log and "never occur in the training text, more than 3%" in log
+    cfg["model"]["student"] = {"prune_vocab": True}  # asked for, it prunes all the same
+    cfg["run"]["name"] = "unseen-pruned"
+    cfg["model"]["teacher"]["name"] = str(tmp_path / "unseen" / "teacher")
+    api.distill(cfg)
+    assert json.loads((tmp_path / "unseen-pruned" / "student" / "config.json").read_text())["vocab_size"] < 200
 
 
 def test_auto_init_falls_back_in_words_and_explicit_init_still_refuses(tiny_bert):

@@ -19,6 +19,11 @@ from torch import nn
 
 from .errors import KdflowError
 
+# prune_vocab auto keeps the vocabulary whole above this share of unseen validation word pieces. Measured
+# (BENCHMARKS, GLUE): with 2,250 training texts, 4-8 % of a GLUE task's validation pieces are unseen, and
+# pruning cost up to 8 points of the task metric; CLINC150 Small (7,500 texts) misses 2.7 % and still prunes.
+PRUNE_AUTO_MAX_UNSEEN = 0.03
+
 
 def used_token_ids(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None,
                    max_length: Optional[int] = None) -> list[int]:
@@ -30,6 +35,22 @@ def used_token_ids(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str
     used = {i for row in enc["input_ids"] for i in row}
     used.update(tokenizer.all_special_ids)
     return sorted(used)
+
+
+def unseen_share(tokenizer, kept: Iterable[int], texts: Iterable[str], pairs: Optional[Iterable[str]] = None,
+                 max_length: Optional[int] = None) -> float:
+    """The share of the word pieces ``texts`` tokenize to (as the model reads them) whose ids are not in
+    ``kept``: what a vocabulary pruned to ``kept`` would turn into ``[UNK]``."""
+    texts = list(texts)
+    if not texts:
+        return 0.0
+    enc = tokenizer(texts, list(pairs) if pairs is not None else None, truncation=max_length is not None,
+                    max_length=max_length)
+    kept, total, missed = set(kept), 0, 0
+    for row in enc["input_ids"]:
+        total += len(row)
+        missed += sum(i not in kept for i in row)
+    return missed / max(total, 1)
 
 
 def tokenizer_unprunable(tokenizer) -> Optional[str]:

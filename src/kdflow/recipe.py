@@ -62,7 +62,7 @@ def _student_lines(spec: HFSpec, shape: Optional[dict]) -> tuple[list[tuple[str,
 
 def _prune_row(cfg: Config) -> tuple[str, str, str]:
     from .models import kind
-    from .prune import tokenizer_unprunable
+    from .prune import PRUNE_AUTO_MAX_UNSEEN, tokenizer_unprunable
     spec = cfg.model.student
     source = spec if spec.kind == "hf" and spec.name else cfg.model.teacher
     if cfg.data.values_column:
@@ -74,7 +74,8 @@ def _prune_row(cfg: Config) -> tuple[str, str, str]:
     if why:
         return "model.student.prune_vocab", "false", why
     return ("model.student.prune_vocab", "true", "only the tokens of the training text, as far as data.max_length "
-            f"{cfg.data.max_length} reads it, keep their embedding rows")
+            f"{cfg.data.max_length} reads it, keep their embedding rows (kept whole instead when more than "
+            f"{PRUNE_AUTO_MAX_UNSEEN:.0%} of the validation split's word pieces never occur in training)")
 
 
 def auto_settings(cfg: Config) -> tuple[str, list[tuple[str, str, str]]]:

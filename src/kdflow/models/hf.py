@@ -1,7 +1,7 @@
 """``kind: hf``: Hugging Face sequence classifiers, and students built from a teacher's family.
 
 A student without ``name`` is the teacher's config with smaller sizes; with
-``init_from_teacher`` it copies the embeddings and chosen teacher blocks
+``init_from_teacher`` it copies the embeddings, chosen teacher blocks and task head
 (DistilBERT-style), or, when narrower, gets the teacher's embeddings through a PCA
 projection.
 """
@@ -181,7 +181,7 @@ def copies_blocks(student: tuple[int, int], teacher: tuple[int, int], strict: bo
 
 def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[list[int]] = None,
                       strict: bool = True) -> list[int]:
-    """Copy embeddings and the chosen teacher blocks into the student (DistilBERT-style).
+    """Copy embeddings, the chosen teacher blocks and the task head into the student (DistilBERT-style).
 
     A student narrower than the teacher gets its embeddings through a PCA projection
     (:func:`project_embeddings`) and no blocks (their shapes differ); so does one of the
@@ -209,8 +209,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[l
         raise KdflowError(f"teacher_layers {bad} do not exist: the teacher has layers 0..{len(t_layers) - 1}")
     for s_i, t_i in enumerate(layers):
         s_layers[s_i].load_state_dict(t_layers[t_i].state_dict())
+    mine = student.state_dict()  # the rest, task head included, wherever the shapes agree (same labels)
     own = {k: v for k, v in teacher.state_dict().items() if not k.startswith(t_name + ".")
-           and not k.startswith(("classifier", "score"))}
+           and k in mine and mine[k].shape == v.shape}
     student.load_state_dict(own, strict=False)
     return layers
 
@@ -268,7 +269,7 @@ def describe_init(student: nn.Module, teacher: nn.Module, spec: HFSpec) -> str:
     auto = " (init_from_teacher auto)" if spec.init_from_teacher is None else ""
     copied = copied_blocks(student)
     if copied:
-        return f"{shape}: the teacher's embeddings and blocks {copied} copied{auto}"
+        return f"{shape}: the teacher's embeddings, blocks {copied} and task head copied{auto}"
     if s.hidden_size > t.hidden_size:
         return f"{shape}, randomly initialised: wider than the teacher, nothing of its shape to copy{auto}"
     why = "narrower than the teacher" if s.hidden_size < t.hidden_size else \
