@@ -21,7 +21,7 @@ def test_defaults_are_auto_and_resolve_by_rule():
     s = cfg.model.student
     assert (s.kind, s.name, s.num_layers, s.hidden_size, s.init_from_teacher, s.prune_vocab) == \
         ("hf", None, None, None, None, None)
-    assert cfg.train.lr is None and cfg.teach.lr is None and cfg.train.batch_size == 32
+    assert cfg.train.lr is None and cfg.teach.lr is None and cfg.train.batch_size == 32 and cfg.train.patience == 5
     assert learning_rate(cfg.train, "student", pretrained=True) == 1e-4
     assert learning_rate(cfg.train, "student", pretrained=False) == 1e-3
     assert learning_rate(cfg.teach, "teacher", pretrained=True) == 5e-5
