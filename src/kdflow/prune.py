@@ -20,7 +20,7 @@ from torch import nn
 from .errors import KdflowError
 
 # prune_vocab auto keeps the vocabulary whole above this share of unseen validation word pieces. Measured
-# (BENCHMARKS, GLUE): with 2,250 training texts, 4-8 % of a GLUE task's validation pieces are unseen, and
+# (BENCHMARKS, GLUE): with 2,250 training texts, 4-9 % of a GLUE task's validation pieces are unseen, and
 # pruning cost up to 8 points of the task metric; CLINC150 Small (7,500 texts) misses 2.7 % and still prunes.
 PRUNE_AUTO_MAX_UNSEEN = 0.03
 
