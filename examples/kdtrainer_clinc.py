@@ -103,10 +103,12 @@ def plot(history: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in history.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set(xlabel="epoch", ylabel="validation accuracy", title="KDTrainer on CLINC150")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
