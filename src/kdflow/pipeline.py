@@ -176,29 +176,30 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
         return teacher_block_scores(run, teacher, featurizer(run, tokenizer))["ranking"]
 
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
-    from .prune import prunable, prune_vocabulary
+    from .prune import prunable, prune_embeddings, prune_tokenizer, used_token_ids
     why_not = prunable(student, s_tokenizer)
     if spec.prune_vocab and why_not:
         raise KdflowError(f"model.student.prune_vocab is true but {why_not}; set model.student.prune_vocab: false")
     if spec.prune_vocab is None and why_not:
         run.info(f"[student] vocabulary kept whole (prune_vocab auto: {why_not})")
-    elif spec.prune_vocab is not False and not (spec.prune_vocab is None and _unseen_too_often(run, s_tokenizer)):
-        before = len(s_tokenizer)
-        student, s_tokenizer, kept = prune_vocabulary(student, s_tokenizer, d.train.inputs["text"],
-                                                      d.train.inputs.get("text_pair"), run.cfg.data.max_length)
-        run.info(f"[student] vocabulary pruned to the training text{' (prune_vocab auto)' if spec.prune_vocab is None else ''}"
-                 f": {before:,} -> {len(kept):,} tokens")
+    elif spec.prune_vocab is not False:
+        kept = used_token_ids(s_tokenizer, d.train.inputs["text"], d.train.inputs.get("text_pair"),
+                              run.cfg.data.max_length)
+        if spec.prune_vocab or not _unseen_too_often(run, s_tokenizer, kept):
+            before = len(s_tokenizer)
+            student, s_tokenizer = prune_embeddings(student, kept), prune_tokenizer(s_tokenizer, kept)
+            run.info(f"[student] vocabulary pruned to the training text{'' if spec.prune_vocab else ' (prune_vocab auto)'}"
+                     f": {before:,} -> {len(kept):,} tokens")
     return student, s_tokenizer
 
 
-def _unseen_too_often(run: Run, tokenizer) -> bool:
-    """prune_vocab auto: whether the validation split has so many word pieces the training text never uses
-    (more than PRUNE_AUTO_MAX_UNSEEN) that the vocabulary is better kept whole (then logged, with the share)."""
-    from .prune import PRUNE_AUTO_MAX_UNSEEN, unseen_share, used_token_ids
+def _unseen_too_often(run: Run, tokenizer, kept: list[int]) -> bool:
+    """prune_vocab auto: whether the validation split has so many word pieces outside ``kept`` (the training
+    text's) -- more than PRUNE_AUTO_MAX_UNSEEN -- that the vocabulary is better kept whole (then logged)."""
+    from .prune import PRUNE_AUTO_MAX_UNSEEN, unseen_share
     d, length = run.data, run.cfg.data.max_length
     if "text" not in d.validation.inputs:
         return False
-    kept = used_token_ids(tokenizer, d.train.inputs["text"], d.train.inputs.get("text_pair"), length)
     share = unseen_share(tokenizer, kept, d.validation.inputs["text"], d.validation.inputs.get("text_pair"), length)
     if share <= PRUNE_AUTO_MAX_UNSEEN:
         return False

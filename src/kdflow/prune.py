@@ -25,14 +25,21 @@ from .errors import KdflowError
 PRUNE_AUTO_MAX_UNSEEN = 0.03
 
 
+def token_rows(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None,
+               max_length: Optional[int] = None) -> list[list[int]]:
+    """The ids each text (or pair) tokenizes to; with ``max_length``, only the tokens the model will
+    read (each text truncated as the featurizer truncates it)."""
+    texts = list(texts)
+    if not texts:
+        return []
+    return tokenizer(texts, list(pairs) if pairs is not None else None, truncation=max_length is not None,
+                     max_length=max_length)["input_ids"]
+
+
 def used_token_ids(tokenizer, texts: Iterable[str], pairs: Optional[Iterable[str]] = None,
                    max_length: Optional[int] = None) -> list[int]:
-    """Sorted ids the texts tokenize to, plus every special token; with ``max_length``, only the
-    tokens the model will read (each text truncated as the featurizer truncates it)."""
-    texts = list(texts)
-    enc = tokenizer(texts, list(pairs) if pairs is not None else None, truncation=max_length is not None,
-                    max_length=max_length)
-    used = {i for row in enc["input_ids"] for i in row}
+    """Sorted ids the texts tokenize to (:func:`token_rows`), plus every special token."""
+    used = {i for row in token_rows(tokenizer, texts, pairs, max_length) for i in row}
     used.update(tokenizer.all_special_ids)
     return sorted(used)
 
@@ -41,13 +48,8 @@ def unseen_share(tokenizer, kept: Iterable[int], texts: Iterable[str], pairs: Op
                  max_length: Optional[int] = None) -> float:
     """The share of the word pieces ``texts`` tokenize to (as the model reads them) whose ids are not in
     ``kept``: what a vocabulary pruned to ``kept`` would turn into ``[UNK]``."""
-    texts = list(texts)
-    if not texts:
-        return 0.0
-    enc = tokenizer(texts, list(pairs) if pairs is not None else None, truncation=max_length is not None,
-                    max_length=max_length)
     kept, total, missed = set(kept), 0, 0
-    for row in enc["input_ids"]:
+    for row in token_rows(tokenizer, texts, pairs, max_length):
         total += len(row)
         missed += sum(i not in kept for i in row)
     return missed / max(total, 1)
