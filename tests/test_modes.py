@@ -43,6 +43,30 @@ def test_teacher_learns_the_task(taught):
     assert (out / "base" / "config.yaml").is_file() and (out / "base" / "checkpoints" / "teacher" / "best.safetensors").is_file()
 
 
+def test_teacher_scores_test_after_the_training_loop(taught, monkeypatch):
+    """The teacher's pass over test (for the side-by-side numbers) runs after the epochs, not before them:
+    it is not training time, and a run that fails in its loop has not spent it."""
+    import kdflow.teacher_cache as tc
+    import kdflow.train as tr
+    events, real_logits, real_epoch = [], tc.teacher_logits, tr.train_epoch
+
+    def logits(run, teacher, split, *args, **kwargs):
+        events.append(f"teacher on {len(split)}")
+        return real_logits(run, teacher, split, *args, **kwargs)
+
+    def epoch(*args, **kwargs):
+        events.append("epoch")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(tc, "teacher_logits", logits)
+    monkeypatch.setattr(tr, "train_epoch", epoch)
+    entry = kdflow.distill(student_cfg(taught, "order", distill={"mode": "online"}, train={"epochs": 2}))
+    assert events == ["epoch", "epoch", "teacher on 48"]  # online: no teacher pass before the loop at all
+    assert entry["distill"]["teacher_examples_computed"] == 48
+    assert entry["teacher_test"]["accuracy"] == pytest.approx(kdflow.evaluate(str(taught[1] / "base"),
+                                                                              role="teacher")["accuracy"])
+
+
 def test_offline_caches_teacher_outputs_once(taught):
     first = kdflow.distill(student_cfg(taught, "off1", train={"epochs": 8}))
     d = first["distill"]

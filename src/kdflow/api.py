@@ -19,7 +19,7 @@ from .measure import files_size_mb
 from .metrics import quality
 from .models import LABELS_FILE
 from .runlog import update_metrics
-from .teacher_cache import attach_targets
+from .teacher_cache import attach_targets, teacher_test_logits
 from .train import FitJob, fit, make_accelerator
 
 
@@ -81,10 +81,11 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     student = student.student if pairs else student
     if run.acc.is_main_process:
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
+    teacher_test = teacher_test_logits(run, distiller, t_feat, targets)
     entry = pipeline.final_metrics(run, student, s_feat, result, distill=_distill_info(dc, pairs, distiller, targets),
                                    compression=round(n_t / n_s, 2))
-    if targets.test_logits is not None:
-        entry["teacher_test"] = quality(targets.test_logits, d.test.targets, d.task)
+    if teacher_test is not None:
+        entry["teacher_test"] = quality(teacher_test, d.test.targets, d.task)
     run.log.final("student", entry)
     pipeline.write_report(run)
     run.info(f"[student] saved to {cfg.run_dir / 'student'}; " + pipeline.summary(entry)

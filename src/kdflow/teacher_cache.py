@@ -158,12 +158,11 @@ def extra_teacher_targets(run: "Run") -> list:
 
 @dataclass
 class Targets:
-    """What :func:`attach_targets` set up: the cache (offline/online), the hook that refreshes guide
-    targets before each epoch, and the teacher's test logits for the side-by-side numbers."""
+    """What :func:`attach_targets` set up: the cache (offline/online) and the hook that refreshes guide
+    targets before each epoch."""
 
     cache: Optional[TeacherCache] = None
     on_epoch_start: Optional[Callable[[int], None]] = None
-    test_logits: Optional[np.ndarray] = None
 
 
 def attach_targets(run: "Run", distiller: Distiller, tokenizer, t_feat: Featurizer, resume: bool) -> Targets:
@@ -180,11 +179,19 @@ def attach_targets(run: "Run", distiller: Distiller, tokenizer, t_feat: Featuriz
         run.info(f"[distill] teacher outputs: {out.cache.computed} computed, {out.cache.served} from cache "
                  f"{out.cache.folder}")
         distiller.extra_targets = extra_teacher_targets(run)
-    if d.test is not None:  # for the side-by-side table; scored only at the end
-        out.test_logits = teacher_logits(run, teacher, d.test, t_feat, out.cache).numpy()
     if dc.mode == "offline" and run.acc.device.type != "cpu" and not distiller.pairs:
         teacher.to("cpu")  # its outputs are cached: free the accelerator for the student
     return out
+
+
+def teacher_test_logits(run: "Run", distiller: Distiller, t_feat: Featurizer, targets: Targets
+                        ) -> Optional[np.ndarray]:
+    """The teacher's test logits for the side-by-side numbers (offline and online modes), through the cache.
+    Called after training: the teacher's pass over test is not part of the training loop (at one thread it
+    took 28 s on CLINC150 Small, and the peers bench read it as loop time)."""
+    if run.data.test is None or targets.cache is None:
+        return None
+    return teacher_logits(run, distiller.teacher, run.data.test, t_feat, targets.cache).numpy()
 
 
 def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: bool) -> Callable[[int], None]:
