@@ -3,7 +3,7 @@
     python bench/peers.py [--data ../shared/data/clinc150/data_small.json] [--seeds 1,2,3] [--epochs 3]
 
 Systems, each distilling the same fine-tuned teacher into the same student (the teacher's
-embeddings and blocks 1, 3, 5; full vocabulary, since the peers feed one batch to both models)
+embeddings, blocks 1, 3, 5 and classifier; full vocabulary, since the peers feed one batch to both models)
 with Hinton KD (T = 4, alpha = 0.9 on the soft term, T² scaling), AdamW lr 1e-4, weight decay
 0.01, 10 % linear warmup then decay, batch 32, gradient clipping 1.0, validation after every
 epoch keeping the best student:
@@ -85,7 +85,7 @@ class Setup:
     def student(self, seed: int):
         import torch
         from kdflow.hf import student_from
-        torch.manual_seed(seed)  # the classifier head is the only random part
+        torch.manual_seed(seed)  # nothing random since the head is copied too (911865a): the seed varies order and dropout
         return student_from(self.teacher(), num_layers=3)
 
     def dataset(self, split):
