@@ -85,7 +85,8 @@ class Setup:
     def student(self, seed: int):
         import torch
         from kdflow.hf import student_from
-        torch.manual_seed(seed)  # nothing random since the head is copied too (911865a): the seed varies order and dropout
+        # nothing here is random since the head is copied too (911865a): the seed varies order and dropout
+        torch.manual_seed(seed)
         return student_from(self.teacher(), num_layers=3)
 
     def dataset(self, split):

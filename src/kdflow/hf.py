@@ -218,7 +218,8 @@ def student_from(teacher: nn.Module, num_layers: Optional[int] = None, hidden_si
                  teacher_layers: Optional[list[int]] = None, dropout: float = 0.1) -> nn.Module:
     """kdflow's recipe for a Trainer user's student: the teacher's family with fewer blocks (default half,
     rounded up), its embeddings, evenly spread blocks and task head copied (a PCA projection of the
-    embeddings, and no head copy, when narrower), the teacher's labels. The vocabulary is kept whole: KDTrainer feeds both models one batch."""
+    embeddings, and no head copy, when narrower), the teacher's labels. The vocabulary is kept whole:
+    KDTrainer feeds both models one batch."""
     from .config import HFSpec
     from .models.hf import build_hf_student
     task = _task(teacher, "teacher")

@@ -188,8 +188,8 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
         if spec.prune_vocab or not _unseen_too_often(run, s_tokenizer, kept):
             before = len(s_tokenizer)
             student, s_tokenizer = prune_embeddings(student, kept), prune_tokenizer(s_tokenizer, kept)
-            run.info(f"[student] vocabulary pruned to the training text{'' if spec.prune_vocab else ' (prune_vocab auto)'}"
-                     f": {before:,} -> {len(kept):,} tokens")
+            auto = "" if spec.prune_vocab else " (prune_vocab auto)"
+            run.info(f"[student] vocabulary pruned to the training text{auto}: {before:,} -> {len(kept):,} tokens")
     return student, s_tokenizer
 
 
