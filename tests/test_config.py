@@ -101,7 +101,7 @@ def test_shipped_configs_validate():
     assert {p.name for p in found} >= {"clinc.yaml", "active.yaml"}
     for path in found:
         cfg = load_config(path)
-        assert cfg.run.name and cfg.data.path or cfg.data.train or cfg.data.hub
+        assert cfg.run.name and (cfg.data.path or cfg.data.train or cfg.data.hub or cfg.data.packaged)
     active = load_config(folder / "active.yaml").active
     assert active.strategy == "entropy" and active.stop_parity == 0.05
 

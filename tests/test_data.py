@@ -214,7 +214,7 @@ def test_featurizers_encode_once_per_id_and_only_training_batches_are_told_to_au
             Noisy.encoded += len(positions)
             return super()._encode(split, positions)
 
-        def collate(self, rows, train=False):
+        def collate(self, rows, train=False, seed=None):  # an augmenting featurizer draws from the batch's seed
             Noisy.seen.append(train)
             batch = super().collate(rows, train)
             if train:

@@ -24,17 +24,31 @@ def teacher(tiny_bert):
     return load_hf_classifier(tiny_bert, LABELS, "classification"), load_tokenizer(tiny_bert)
 
 
+def image_world():
+    """A teacher of the vision kind and a batch of 8 gray 12x12 images, with their preprocessing."""
+    from kdflow.data import ImagePreprocess
+    prep = ImagePreprocess([0.5], [0.25], channels=1)
+    spec = MODEL_SPECS["vision"].model_validate({"kind": "vision", "hidden_sizes": [8, 16], "depths": [1, 1]})
+    model = KINDS["vision"].teacher(spec, BuildContext(LABELS, "classification", 16, prep))
+    return model, prep, {"pixel_values": torch.randn(8, 1, 12, 12)}
+
+
 @pytest.mark.parametrize("name", list(KINDS))
 def test_kind_builds_a_student_that_learns_saves_and_reloads(name, teacher, tmp_path):
     kind, spec = KINDS[name], MODEL_SPECS[name].model_validate(KINDS[name].tiny)
-    model, tok = teacher
-    kind.check(spec, "student", DataConfig(path="x.json"))  # text data: every text-reading kind accepts it
     torch.manual_seed(0)
+    if spec.modality == "image":
+        model, tok, enc = image_world()
+    else:
+        model, tok = teacher
+        enc = None
+    kind.check(spec, "student", DataConfig(path="x.json"))  # every kind accepts data of what it reads
     ctx = BuildContext(LABELS, "classification", 16, tok, model, rank_teacher_blocks=lambda: [1, 0])
     student, s_tok = kind.student(spec, ctx)
     assert s_tok is not None
-    enc = s_tok(["book a flight", "play some music", "what is the weather", "check my balance"] * 2,
-                padding=True, return_tensors="pt")
+    if enc is None:
+        enc = s_tok(["book a flight", "play some music", "what is the weather", "check my balance"] * 2,
+                    padding=True, return_tensors="pt")
     y = torch.tensor([0, 1, 2, 0] * 2)
     assert student(**enc).logits.shape == (8, 3)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)

@@ -28,7 +28,7 @@ def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, o
     cfg = load_config(config, overrides)
     run = pipeline.setup(cfg, cfg.teach, "teacher", resume, overwrite)
     spec, d = cfg.model.teacher, run.data
-    tokenizer = pipeline.tokenizer_for(spec)
+    tokenizer = pipeline.tokenizer_for(spec, d)
     teacher = pipeline.new_teacher(run, tokenizer)
     pipeline.check_length(teacher, cfg.data.max_length, "teacher")
     feat = pipeline.featurizer(run, tokenizer)

@@ -212,7 +212,8 @@ def cmd_layers(args) -> dict:
     for col in ("rank", "block", "accuracy drop without it", "linear-probe accuracy"):
         t.add_column(col, justify="right")
     for rank, i in enumerate(out["ranking"], 1):
-        t.add_row(str(rank), str(i), f"{out['drop'][i]:+.4f}", f"{out['probe'][i]:.4f}")
+        drop = "- (a CNN stage)" if out["drop"] is None else f"{out['drop'][i]:+.4f}"
+        t.add_row(str(rank), str(i), drop, f"{out['probe'][i]:.4f}")
     show(t)
     print(f"scores in {out['folder']}/layers.json, plot {out['folder']}/layers.png; "
           f"distill.layers: auto:3 distils the top 3")

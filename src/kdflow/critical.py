@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import KdflowError
+from .layers import Taps, as_tokens, stage_paths
 from .models import block_list, fingerprint
 
 if TYPE_CHECKING:
@@ -33,16 +34,28 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def _pooled_states(model: nn.Module, batches: list[dict]) -> list[np.ndarray]:
-    """Per block: ``[N, D]`` mean of its output over real tokens."""
+    """Per block: ``[N, D]`` mean of its output over real tokens (a CNN stage: over its grid)."""
     per_layer: Optional[list[list[np.ndarray]]] = None
+    stages = stage_paths(model)
     for b in batches:
-        out = model(**b, output_hidden_states=True)
-        states = out.hidden_states[1:]
+        if stages:
+            with Taps(model, stages) as taps:
+                model(**b)
+            states = [as_tokens(taps.outputs[p]) for p in stages]
+        else:
+            states = model(**b, output_hidden_states=True).hidden_states[1:]
         mask = b.get("attention_mask")
-        keep = (mask if mask is not None else torch.ones(states[0].shape[:2])).unsqueeze(-1).float()
-        pooled = [((h.float() * keep).sum(1) / keep.sum(1).clamp(min=1)).numpy() for h in states]
+        pooled = [_mean_over_positions(h.float(), mask).numpy() for h in states]
         per_layer = [[p] for p in pooled] if per_layer is None else [acc + [p] for acc, p in zip(per_layer, pooled)]
     return [np.concatenate(chunks) for chunks in per_layer or []]
+
+
+def _mean_over_positions(h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``[B, L, D] -> [B, D]``: the mean over real tokens (every position when there is no mask)."""
+    if mask is None:
+        return h.mean(1)
+    keep = mask.unsqueeze(-1).to(h.dtype)
+    return (h * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -57,13 +70,18 @@ def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndar
     """Scores of every block of a classifier ``model`` (frozen, CPU or its device)."""
     if method not in ("drop", "probe"):
         raise KdflowError(f"layer scoring method '{method}' is unknown; use drop or probe")
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
     was = model.training
     model.eval()
+    base = _accuracy(model, eval_batches, eval_targets)
+    if stage_paths(model):  # CNN stages change width: none can be skipped, so only the probe scores them
+        if method == "drop":
+            raise KdflowError("A CNN's stages change width, so none can be skipped to score it; use "
+                              "distill.layer_score: probe")
+        n = len(stage_paths(model))
+        return _with_probe(model, fit_batches, fit_targets, eval_batches, eval_targets,
+                           {"blocks": n, "base_accuracy": base, "drop": None, "method": method}, progress)
     layers = block_list(model)
     blocks = list(layers)
-    base = _accuracy(model, eval_batches, eval_targets)
     drop = []
     try:
         for i in range(len(blocks)):
@@ -78,18 +96,30 @@ def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndar
         for j, blk in enumerate(blocks):
             layers._modules[str(j)] = blk
         model.train(was)
+    return _with_probe(model, fit_batches, fit_targets, eval_batches, eval_targets,
+                       {"blocks": len(blocks), "base_accuracy": base, "drop": drop, "method": method}, progress)
+
+
+def _with_probe(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarray, eval_batches: list[dict],
+                eval_targets: np.ndarray, scores: dict, progress: Optional[Callable[[str], None]]) -> dict:
+    """``scores`` completed with every block's probe accuracy and the ranking by ``scores["method"]``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    was = model.training
+    model.eval()
     probe = []
     fit_x, eval_x = _pooled_states(model, fit_batches), _pooled_states(model, eval_batches)
+    model.train(was)
     for i, (fx, ex) in enumerate(zip(fit_x, eval_x)):
         scaler = StandardScaler().fit(fx)
         clf = LogisticRegression(max_iter=500).fit(scaler.transform(fx), fit_targets)
         probe.append(float(clf.score(scaler.transform(ex), eval_targets)))
         if progress:
             progress(f"block {i}: probe accuracy {probe[-1]:.4f}")
-    score = drop if method == "drop" else probe
-    ranking = sorted(range(len(blocks)), key=lambda i: (score[i], i), reverse=True)
-    return {"blocks": len(blocks), "base_accuracy": base, "drop": drop, "probe": probe, "method": method,
-            "ranking": ranking, "fit_examples": int(len(fit_targets)), "eval_examples": int(len(eval_targets))}
+    score = scores["drop"] if scores["method"] == "drop" else probe
+    ranking = sorted(range(scores["blocks"]), key=lambda i: (score[i], i), reverse=True)
+    return {**scores, "probe": probe, "ranking": ranking, "fit_examples": int(len(fit_targets)),
+            "eval_examples": int(len(eval_targets))}
 
 
 def plot_scores(scores: dict, path: "str | Path") -> Path:
@@ -98,7 +128,10 @@ def plot_scores(scores: dict, path: "str | Path") -> Path:
     import matplotlib.pyplot as plt
     n = scores["blocks"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].bar(range(n), scores["drop"], color="#c44e52")
+    axes[0].bar(range(n), scores["drop"] or [0.0] * n, color="#c44e52")
+    if scores["drop"] is None:
+        axes[0].text(0.5, 0.5, "CNN stages cannot be skipped:\nscored by probe only", ha="center", va="center",
+                     transform=axes[0].transAxes)
     axes[0].set(title="accuracy lost without the block", xlabel="teacher block", ylabel="accuracy drop")
     axes[1].bar(range(n), scores["probe"], color="#4c72b0")
     axes[1].set(title="linear probe on the block's output", xlabel="teacher block", ylabel="probe accuracy",
@@ -145,7 +178,12 @@ def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
         raise KdflowError("layer scoring (auto:K, kdflow layers) needs a classification task")
     fp = fingerprint(teacher, f"max_length={run.cfg.data.max_length};n={dc.layer_score_examples}")
     folder = run.cfg.run_dir / "layers"
-    found = load_scores(folder, fp, dc.layer_score)
+    method = dc.layer_score
+    if stage_paths(teacher) and method == "drop":
+        method = "probe"
+        run.info("[layers] a CNN's stages change width, so none can be skipped: scored by a linear probe "
+                 "(distill.layer_score: probe)")
+    found = load_scores(folder, fp, method)
     if found is not None:
         run.info(f"[layers] block scores from {folder / 'layers.json'}; ranking {found['ranking']}")
         return found
@@ -158,11 +196,11 @@ def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
     run.info(f"[layers] scoring the teacher's blocks on {len(fit_part)} train / {len(eval_part)} validation "
              "examples")
     scores = score_layers(teacher, input_batches(fit_part, feat, 64), fit_part.targets,
-                          input_batches(eval_part, feat, 64), eval_part.targets, dc.layer_score,
+                          input_batches(eval_part, feat, 64), eval_part.targets, method,
                           progress=lambda m: run.info(f"[layers] {m}"))
     if run.acc.is_main_process:
         save_scores(scores, folder, fp)
-    run.info(f"[layers] ranking by {dc.layer_score}: {scores['ranking']}")
+    run.info(f"[layers] ranking by {method}: {scores['ranking']}")
     return scores
 
 
@@ -178,6 +216,10 @@ def layer_map(run: "Run", teacher: nn.Module, student: nn.Module, t_feat) -> lis
     if not pairs:
         raise KdflowError("distill.intermediate is on but the layer map is empty: give distill.layer_losses a "
                           "positive weight (hidden, attention, pkd or cosine)")
+    cnn = [side for side, m in (("teacher", teacher), ("student", student)) if stage_paths(m)]
+    if cnn and any(p.kind == "attention" for p in pairs):
+        raise KdflowError(f"The {cnn[0]}'s stages are convolutional and have no attention maps; for CNNs use "
+                          "attention transfer: distill.layer_losses {hidden: 1, at: 100} (or drop attention)")
     if any(p.kind == "attention" for p in pairs):
         use_eager_attention(teacher)
         use_eager_attention(student)

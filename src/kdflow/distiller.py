@@ -18,9 +18,9 @@ from torch import nn
 
 from .config import DistillConfig
 from .errors import KdflowError
-from .layers import LayerPair, Taps, as_tokens, match_length
-from .losses import (attention_kl, ce_loss, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss, mse_loss,
-                     multi_teacher_kd, pkd_loss)
+from .layers import LayerPair, Taps, as_tokens, match_positions, stage_paths
+from .losses import (attention_kl, attention_transfer, ce_loss, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss,
+                     mse_loss, multi_teacher_kd, pkd_loss)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -39,7 +39,9 @@ def extract(model: nn.Module, inputs: dict, pairs: list[LayerPair], side: str):
     """Run ``model`` once; return its output and ``{pair.name: tensor}`` for ``side``
     (``student`` or ``teacher``): block outputs ``[B, L, D]`` (hidden, cosine), the
     first position ``[B, D]`` (pkd) or attention maps ``[B, H, L, L]``."""
-    layers = [(p, getattr(p, side)) for p in pairs]
+    stages = stage_paths(model)  # a CNN: block i is stage i, read by its module path
+    layers = [(p, stages[ref] if stages and isinstance(ref, int) else ref)
+              for p in pairs for ref in [getattr(p, side)]]
     kwargs = {}
     if any(isinstance(ref, int) and p.kind != "attention" for p, ref in layers):
         kwargs["output_hidden_states"] = True
@@ -65,7 +67,7 @@ def extract(model: nn.Module, inputs: dict, pairs: list[LayerPair], side: str):
             x = states[layer + 1]
         if p.kind == "pkd":
             x = x.mean((2, 3)) if x.dim() == 4 else as_tokens(x)[:, 0]
-        elif p.kind != "attention":
+        elif p.kind not in ("attention", "at"):  # those two compare maps as they come
             x = as_tokens(x)
         feats[p.name] = x
     return out, feats
@@ -106,7 +108,7 @@ def feature_widths(student: nn.Module, teacher: nn.Module, pairs: list[LayerPair
         _, s = extract(student, batch["inputs"], pairs, "student")
         _, t = extract(teacher, batch["teacher_inputs"], pairs, "teacher")
     student.train(was)
-    return {p.name: (s[p.name].shape[-1], t[p.name].shape[-1]) for p in pairs if p.kind != "attention"}
+    return {p.name: (s[p.name].shape[-1], t[p.name].shape[-1]) for p in pairs if p.kind not in ("attention", "at")}
 
 
 @dataclass(frozen=True)
@@ -255,9 +257,14 @@ def layer_term(p: LayerPair, s: torch.Tensor, t: torch.Tensor, s_mask: Optional[
         return attention_kl(s, t, s_mask)
     if p.kind == "pkd":
         return pkd_loss(s, t)
+    if p.kind == "at":
+        if s.shape[-1] != t.shape[-1] and s.dim() == 3 and s_mask is not None:
+            raise KdflowError(f"Block outputs of {p.name} cover {s.shape[1]} and {t.shape[1]} tokens; attention "
+                              "transfer needs student and teacher to tokenize alike")
+        return attention_transfer(s, t)
     if s.shape[1] != t.shape[1] and s_mask is not None:
         raise KdflowError(f"Layer outputs of {p.name} have {s.shape[1]} and {t.shape[1]} tokens; student "
                           "and teacher must tokenize alike to match hidden states")
-    s = match_length(s, t)
+    s, t = match_positions(s, t)
     mask = s_mask if s_mask is not None and s_mask.shape[1] == s.shape[1] else None
     return (hidden_mse if p.kind == "hidden" else cosine_hidden_loss)(s, t, mask)

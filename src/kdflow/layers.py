@@ -16,8 +16,14 @@ Named maps for an ``n_s``-layer student and an ``n_t``-layer teacher:
 * ``auto:k``: the ``k`` teacher blocks ranked highest by :mod:`kdflow.critical`,
   paired like ``last:k``.
 
-Kinds: ``hidden`` (MSE through a learned projection), ``cosine``, ``pkd`` ([CLS]
-state), ``attention`` (KL of attention distributions; blocks only).
+Kinds: ``hidden`` (MSE through a learned projection; for CNN maps FitNets' hint
+through a learned 1x1 projection), ``cosine``, ``pkd`` ([CLS] state), ``attention``
+(KL of attention distributions; Transformer blocks only), ``at`` (attention transfer,
+Zagoruyko & Komodakis 2017: CNN stages, or any block's output).
+
+For a CNN (a model whose config lists ``kdflow_stages``, :mod:`kdflow.models.vision`)
+the blocks are its stages, read through forward hooks: ``last:3`` pairs the
+teacher's last 3 stages with the student's.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from torch import nn
 
 from .errors import KdflowError
 
-KINDS = ("hidden", "attention", "pkd", "cosine")
+KINDS = ("hidden", "attention", "pkd", "cosine", "at")
 Layer = Union[int, str]
 
 
@@ -170,7 +176,22 @@ def match_length(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     raise KdflowError(f"Matched layers have {s.shape[1]} and {t.shape[1]} positions; pair layers of equal length")
 
 
+def match_positions(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two square grids of positions ``[B, side², D]`` average-pooled to the smaller side (a CNN student's
+    4x4 map against a teacher's 7x7 compares 4x4 with 4x4); equal counts are returned as they are."""
+    if s.shape[1] == t.shape[1]:
+        return s, t
+    return (match_length(s, t), t) if s.shape[1] > t.shape[1] else (s, match_length(t, s))
+
+
+def stage_paths(model: nn.Module) -> list[str]:
+    """The module paths of a CNN's stages (``config.kdflow_stages``, set by the vision kind); [] otherwise."""
+    return list(getattr(getattr(model, "config", None), "kdflow_stages", None) or [])
+
+
 def num_blocks(model: nn.Module) -> int:
+    if stage_paths(model):
+        return len(stage_paths(model))
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "num_hidden_layers", None)  # a Hugging Face config
     if n is None:
@@ -183,4 +204,5 @@ def num_blocks(model: nn.Module) -> int:
     return int(n)
 
 
-__all__ = ["LayerPair", "KINDS", "resolve", "pair_layers", "Taps", "as_tokens", "match_length", "num_blocks"]
+__all__ = ["LayerPair", "KINDS", "resolve", "pair_layers", "Taps", "as_tokens", "match_length", "match_positions",
+           "stage_paths", "num_blocks"]

@@ -210,3 +210,27 @@ def attention_kl(student_attention: torch.Tensor, teacher_attention: torch.Tenso
         per = per * token_mask[:, None, None, :].to(per.dtype)  # keys
     per_query = per.sum(-1).mean(1)  # [B, L]: sum over keys, mean over heads
     return _token_mean(per_query, token_mask)
+
+
+def spatial_attention(feature_map: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Zagoruyko & Komodakis's activation-based attention map: ``Q = mean_c |A_c|^p`` of a
+    ``[B, C, H, W]`` feature map, ``[B, H, W]`` (for tokens ``[B, L, D]``: ``[B, L]``)."""
+    x = feature_map.float()
+    return x.abs().pow(p).mean(1 if x.dim() == 4 else -1)
+
+
+def attention_transfer(student_map: torch.Tensor, teacher_map: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): ``‖ Q_s/‖Q_s‖₂ − Q_t/‖Q_t‖₂ ‖²₂``
+    per example, averaged, with ``Q`` the spatial attention map (:func:`spatial_attention`) of
+    matched stages. Channel counts may differ (``Q`` averages over them); when the grids differ,
+    the larger map is average-pooled to the smaller. Scale-free; its value lies in ``[0, 4]``
+    (the paper's code weights it by β = 1000 over the ``H·W`` positions' mean)."""
+    qs, qt = spatial_attention(student_map, p), spatial_attention(teacher_map, p)
+    if qs.dim() == 3 and qs.shape[-2:] != qt.shape[-2:]:
+        side = (min(qs.shape[-2], qt.shape[-2]), min(qs.shape[-1], qt.shape[-1]))
+        qs = F.adaptive_avg_pool2d(qs[:, None], side)[:, 0]
+        qt = F.adaptive_avg_pool2d(qt[:, None], side)[:, 0]
+    if qs.shape[1:] != qt.shape[1:]:
+        raise ValueError(f"attention maps cover {tuple(qs.shape[1:])} and {tuple(qt.shape[1:])} positions")
+    d = F.normalize(qs.flatten(1), dim=1, eps=1e-8) - F.normalize(qt.flatten(1), dim=1, eps=1e-8)
+    return (d ** 2).sum(1).mean()

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
-from .data import Featurizer, Split, TaskData, load_data, loader, make_collate, make_featurizer
+from .data import Featurizer, Split, TaskData, image_preprocess, load_data, loader, make_collate, make_featurizer
 from .errors import KdflowError
 from .metrics import check_metric, quality
 from .runlog import RunLog
@@ -75,7 +75,9 @@ def open_run(cfg: Config, train_cfg: TrainConfig) -> Run:
     """Checked config, accelerator, data and log; the run folder's records are left as they are."""
     check_inputs(cfg)
     acc = make_accelerator(train_cfg)
-    return Run(cfg, load_data(cfg.data), acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
+    data = load_data(cfg.data)
+    check_modality(cfg, data)
+    return Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
 
 
 def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, overwrite: bool = False) -> Run:
@@ -83,6 +85,7 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
     check_inputs(cfg, role)
     acc = make_accelerator(train_cfg)
     data = load_data(cfg.data)
+    check_modality(cfg, data)
     for key in ("train", "teach"):
         check_metric(getattr(cfg, key).metric, data.task, data.num_labels, f"{key}.metric")
     guard(cfg, acc, role, resume, overwrite)
@@ -118,8 +121,24 @@ def guard(cfg: Config, acc, role: str, resume: bool, overwrite: bool) -> None:
 
 # ------------------------------------------------------------------ models
 
-def tokenizer_for(spec: ModelSpec):
-    return models.kind(spec).tokenizer(spec)
+def tokenizer_for(spec: ModelSpec, data: Optional[TaskData] = None):
+    """What ``spec``'s model reads through: its kind's tokenizer; for an image model built here (none of
+    its own), the normalisation of ``data``'s training images."""
+    tok = models.kind(spec).tokenizer(spec)
+    if tok is None and data is not None and data.modality == "image":
+        return image_preprocess(data.train)
+    return tok
+
+
+def check_modality(cfg: Config, data: TaskData) -> None:
+    """Each model reads what the data holds (text, numeric sequences or images), named before any work."""
+    for side in ("teacher", "student"):
+        spec = getattr(cfg.model, side)
+        reads = spec.modality
+        if (reads == "image") != (data.modality == "image"):
+            fix = "vision" if data.modality == "image" else "hf (or encoder)"
+            raise KdflowError(f"model.{side} (kind {spec.kind}) reads {reads} and this data holds "
+                              f"{data.modality}; set model.{side}.kind: {fix}")
 
 
 def new_teacher(run: Run, tokenizer) -> nn.Module:
@@ -159,7 +178,7 @@ def load_teacher(run: Run) -> Teacher:
     spec = cfg.model.teacher
     trained = models.kind(spec).has_head(spec, d.label_names, d.task)
     if trained or cfg.distill.mode == "guide" or cfg.distill.alpha == 0:  # guide trains it; alpha 0 never asks it
-        tokenizer = tokenizer_for(spec)
+        tokenizer = tokenizer_for(spec, d)
         source = spec.name if trained else f"{spec.name or spec.kind} (untrained head)"
         return Teacher(new_teacher(run, tokenizer), tokenizer, source)
     raise KdflowError(f"The teacher '{spec.name}' has no trained head for these {d.num_labels} labels; run "
@@ -176,6 +195,8 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
         return teacher_block_scores(run, teacher, featurizer(run, tokenizer))["ranking"]
 
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
+    if d.modality != "text":
+        return student, s_tokenizer  # no vocabulary to prune
     from .prune import prunable, prune_embeddings, prune_tokenizer, used_token_ids
     why_not = prunable(student, s_tokenizer)
     if spec.prune_vocab and why_not:
@@ -228,8 +249,10 @@ def check_length(model: nn.Module, max_length: int, role: str) -> None:
 
 
 def featurizer(run: Run, tokenizer) -> Featurizer:
-    """The featurizer of the run's data (its modality) for a model reading through ``tokenizer``."""
-    return make_featurizer(run.data.modality, tokenizer, run.cfg.data.max_length)
+    """The featurizer of the run's data (its modality) for a model reading through ``tokenizer``; it augments
+    training batches as ``data.augment`` says."""
+    dc = run.cfg.data
+    return make_featurizer(run.data.modality, tokenizer, dc.max_length, dc.augment, dc.crop_padding)
 
 
 # ------------------------------------------------------------------ evaluation and records
@@ -290,6 +313,6 @@ def with_transfer_set(run: Run) -> None:
              "(teacher soft targets only)")
 
 
-__all__ = ["Run", "Teacher", "check_inputs", "open_run", "setup", "guard", "tokenizer_for", "new_teacher",
+__all__ = ["Run", "Teacher", "check_inputs", "check_modality", "open_run", "setup", "guard", "tokenizer_for", "new_teacher",
            "teacher_is_trained", "load_teacher", "build_student", "train_settings", "check_length", "featurizer", "eval_fn",
            "final_metrics", "summary", "write_report", "with_transfer_set"]

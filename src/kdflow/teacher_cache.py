@@ -117,7 +117,12 @@ def cache_for(run: "Run", teacher, tokenizer) -> TeacherCache:
 
 
 def _settings(run: "Run", tokenizer) -> str:
-    tok = "none" if tokenizer is None else f"{type(tokenizer).__name__}:{len(tokenizer)}"
+    if tokenizer is None:
+        tok = "none"
+    elif hasattr(tokenizer, "__len__"):  # a tokenizer: its class and vocabulary size
+        tok = f"{type(tokenizer).__name__}:{len(tokenizer)}"
+    else:  # an image model's preprocessing: its normalisation and size, in full
+        tok = repr(tokenizer)
     return f"max_length={run.cfg.data.max_length};tok={tok};precision={run.cfg.train.mixed_precision}"
 
 

@@ -7,7 +7,7 @@ The same objects are built from Python without any YAML::
     cfg = Config(data=DataConfig(path="clinc.json"), run=RunConfig(name="x"))
 
 * :mod:`~kdflow.config.sections` — the sections; ``model.teacher`` / ``model.student`` are
-  discriminated on ``kind`` (:data:`MODEL_SPECS`: ``hf``, ``encoder``)
+  discriminated on ``kind`` (:data:`MODEL_SPECS`: ``hf``, ``encoder``, ``vision``)
 * :mod:`~kdflow.config.data` — :class:`DataConfig` (sources, columns, GLUE presets, transfer set)
 * :mod:`~kdflow.config.commands` — ``active`` and ``frontier``
 * :mod:`~kdflow.config.load` — :func:`load_config`, ``--set`` overrides, one-sentence errors
@@ -17,9 +17,9 @@ from .load import apply_overrides, build, explain, load_config, same_setting
 from .commands import STRATEGIES, ActiveConfig, FrontierConfig
 from .sections import (MODEL_SPECS, AnyModelSpec, Config, DataConfig, DistillConfig,
                        EncoderSpec, ExtraTeacher, HFSpec, LayerEntry, ModelConfig, ModelSpec, RunConfig, Strict,
-                       TrainConfig, TransformerSizes, learning_rate)
+                       TrainConfig, TransformerSizes, VisionSpec, learning_rate)
 
 __all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
            "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec",
            "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes",
-           "learning_rate"]
+           "VisionSpec", "learning_rate"]

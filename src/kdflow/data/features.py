@@ -7,7 +7,7 @@ train)`` builds the batch tensors; anything random (image augmentation) belongs
 there, applied only when ``train`` is true, so a cached row is never a frozen
 augmentation. ``augments`` marks a featurizer that does that: teacher outputs cached
 once would not match what its student sees, so offline targets must be refused for it
-(no modality augments yet; the image modality will, and its refusal comes with it).
+(images with ``data.augment``; :class:`kdflow.config.Config` refuses that pairing).
 
 A new modality is one class here (its ``field``: the input it reads) plus an entry in
 :data:`FEATURIZERS`; the data's modality follows (:func:`modality_of`).
@@ -15,7 +15,10 @@ A new modality is one class here (its ``field``: the input it reads) plus an ent
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +35,8 @@ class Featurizer(Protocol):
         """Encoded rows of ``split`` in order (deterministic; cached by example id)."""
 
     def collate(self, rows: list[dict], train: bool = False) -> dict[str, torch.Tensor]:
-        """A batch of model keyword arguments from encoded rows."""
+        """A batch of model keyword arguments from encoded rows. A featurizer that ``augments`` also takes
+        ``seed``: one draw per batch, so a teacher's and a student's featurizer augment alike."""
 
 
 class CachedFeaturizer:
@@ -119,8 +123,104 @@ class ValuesFeaturizer(CachedFeaturizer):
         return {"values": out, "attention_mask": mask}
 
 
+IMAGE_FILE = "kdflow_image.json"
+
+
+@dataclass
+class ImagePreprocess:
+    """How an image model reads pixels (its "tokenizer"; saved beside its weights as ``kdflow_image.json``):
+    ``x = (pixels / 255 - mean) / std`` per channel, gray repeated to ``channels`` when the model reads
+    RGB, resized (bilinear) to ``size`` x ``size`` when set. Built-here models take ``mean``/``std`` from
+    the training images (:func:`image_preprocess`); a pretrained model brings its image processor's."""
+
+    mean: list[float]
+    std: list[float]
+    channels: int
+    size: Optional[int] = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` floats in [0, 1] -> the model's ``pixel_values``."""
+        if x.shape[1] != self.channels:
+            if x.shape[1] != 1:
+                raise KdflowError(f"The images have {x.shape[1]} channels and the model reads {self.channels}; "
+                                  "give images of the model's kind (gray or RGB)")
+            x = x.expand(-1, self.channels, -1, -1)
+        if self.size and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def save_pretrained(self, folder: "str | Path") -> None:
+        (Path(folder) / IMAGE_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def from_folder(cls, folder: "str | Path") -> Optional["ImagePreprocess"]:
+        path = Path(folder) / IMAGE_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise KdflowError(f"'{path}' is damaged ({err}); save the model again") from None
+
+
+def image_preprocess(split: Split) -> ImagePreprocess:
+    """Per-channel mean and std of ``split``'s images (the training split's, for models built here)."""
+    from .images import image_stats
+    images = split.inputs["image"]
+    mean, std = image_stats(images)
+    return ImagePreprocess([float(m) for m in mean], [float(s) for s in std], int(images[0].shape[-1]))
+
+
+def augment_batch(x: torch.Tensor, kinds: Sequence[str], padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Train-time augmentation of ``[B, C, H, W]``: ``crop`` (zero-pad by ``padding``, then a random crop of
+    the original size per image) and ``flip`` (horizontal, each image with probability 1/2)."""
+    b, _, h, w = x.shape
+    if "crop" in kinds:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    if "flip" in kinds:
+        flip = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return x
+
+
+class ImageFeaturizer(CachedFeaturizer):
+    """Images (``inputs["image"]``, uint8 ``[H, W, C]``) -> ``pixel_values`` ``[B, C, H, W]`` through the
+    model's :class:`ImagePreprocess`; training batches augmented when ``augment`` names any."""
+
+    field = "image"
+
+    def __init__(self, tokenizer: Optional[ImagePreprocess] = None, max_length: int = 128,
+                 augment: Sequence[str] = (), crop_padding: int = 4):
+        super().__init__(max_length)
+        if tokenizer is not None and not isinstance(tokenizer, ImagePreprocess):
+            raise KdflowError(f"This data holds images but the model reads through a {type(tokenizer).__name__}; "
+                              "set model.teacher.kind and model.student.kind to vision")
+        self.preprocess, self.augment, self.crop_padding = tokenizer, tuple(augment), crop_padding
+        self.augments = bool(self.augment)
+
+    def _encode(self, split: Split, positions: list[int]) -> list[dict]:
+        return [{"image": np.ascontiguousarray(np.asarray(split.inputs["image"][i], dtype=np.uint8)
+                                               .transpose(2, 0, 1))} for i in positions]
+
+    def collate(self, rows: list[dict], train: bool = False, seed: Optional[int] = None) -> dict[str, torch.Tensor]:
+        if self.preprocess is None:
+            raise KdflowError("This image model has no preprocessing (kdflow_image.json); load it through kdflow "
+                              "or give the run's data so its statistics can be computed")
+        x = torch.from_numpy(np.stack([r["image"] for r in rows])).float() / 255.0
+        if train and self.augment:
+            gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, (1,))))
+            x = augment_batch(x, self.augment, self.crop_padding, gen)
+        return {"pixel_values": self.preprocess(x)}
+
+
 # modality -> featurizer class, constructed as cls(tokenizer, max_length); the first whose field the data has wins
-FEATURIZERS: dict[str, type[CachedFeaturizer]] = {"values": ValuesFeaturizer, "text": TextFeaturizer}
+FEATURIZERS: dict[str, type[CachedFeaturizer]] = {"values": ValuesFeaturizer, "image": ImageFeaturizer,
+                                                  "text": TextFeaturizer}
 
 
 def modality_of(inputs: dict) -> str:
@@ -128,10 +228,18 @@ def modality_of(inputs: dict) -> str:
     return next((m for m, cls in FEATURIZERS.items() if cls.field in inputs), "text")
 
 
-def make_featurizer(modality: str, tokenizer=None, max_length: int = 128) -> Featurizer:
-    """The featurizer of a modality (``TaskData.modality``); ``tokenizer`` is used by text only."""
+def make_featurizer(modality: str, tokenizer=None, max_length: int = 128, augment: Sequence[str] = (),
+                    crop_padding: int = 4) -> Featurizer:
+    """The featurizer of a modality (``TaskData.modality``); ``tokenizer``: the model's (an
+    :class:`ImagePreprocess` for images); ``augment`` (training batches; images only)."""
+    if modality == "image":
+        return ImageFeaturizer(tokenizer, max_length, augment, crop_padding)
+    if augment:
+        raise KdflowError(f"data.augment ({', '.join(augment)}) transforms images, and this data holds {modality}; "
+                          "drop data.augment")
     return FEATURIZERS[modality](tokenizer, max_length)
 
 
-__all__ = ["Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "FEATURIZERS", "modality_of",
+__all__ = ["Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "ImageFeaturizer",
+           "ImagePreprocess", "IMAGE_FILE", "image_preprocess", "augment_batch", "FEATURIZERS", "modality_of",
            "make_featurizer"]

@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..config import DataConfig
 from ..errors import KdflowError, first_line
+from .images import hub_image_column, hub_images
 
 PAIR_COLUMNS = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
                 ("premise", "hypothesis"), ("question", "passage")]
@@ -28,6 +29,11 @@ def hub_attempts(hub: str, config: Optional[str]) -> list[tuple[str, Optional[st
 
 
 def load_hub_dataset(datasets, hub: str, config: Optional[str]):
+    if (Path(hub) / "dataset_dict.json").is_file():  # a folder written by DatasetDict.save_to_disk
+        try:
+            return datasets.load_from_disk(hub)
+        except Exception as err:  # a damaged or incompatible folder: say which, and what datasets saw
+            raise KdflowError(f"Could not load the saved data set folder '{hub}': {first_line(err)}") from None
     errors = []
     for name, sub in hub_attempts(hub, config):
         try:
@@ -70,13 +76,20 @@ def read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
     if cfg.glue:
         return read_glue_hub(ds, cfg, notes)
     first_split = next(iter(ds.values()))
-    text_col, pair_col, label_col = _columns(cfg, first_split.column_names, notes)
+    if hub_image_column(first_split, cfg):
+        def read_part(part):
+            return hub_images(part, cfg, notes)
+    else:
+        text_col, pair_col, label_col = _columns(cfg, first_split.column_names, notes)
+
+        def read_part(part):
+            return _hub_part(part, text_col, pair_col, label_col)
     out = {}
     for split, candidates in SPLIT_NAMES:
         key = next((c for c in candidates if c in ds), None)
         if key is None:
             continue
-        inputs, labels = _hub_part(ds[key], text_col, pair_col, label_col)
+        inputs, labels = read_part(ds[key])
         # GLUE test splits have hidden labels (-1): unusable for evaluation
         if all(y == -1 for y in labels[:100]):
             notes.append(f"hub split '{key}' has no labels (-1): not used as the {split} split")

@@ -16,6 +16,7 @@ from ..config import DataConfig
 from ..errors import KdflowError
 from ..leakage import overlapping
 from .hub import read_hub
+from .images import read_packaged, same_shape
 from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
 from .tables import read_path, read_split_files, read_table, text_inputs
 from .tasks import glue_task, read_glue_files
@@ -70,6 +71,8 @@ def _is_float(y) -> bool:
 def _read_source(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
     if cfg.hub:
         parts = read_hub(cfg, notes)
+    elif cfg.packaged:
+        parts = read_packaged(cfg)
     elif cfg.path:
         parts = read_path(cfg)
     elif cfg.glue:
@@ -78,6 +81,8 @@ def _read_source(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, lis
         parts = read_split_files(cfg)
     if "train" not in parts:
         raise KdflowError("The data has no train split; give data.train, or a data.path/hub with a 'train' part")
+    if "image" in parts["train"][0]:
+        same_shape(parts)
     return parts
 
 
@@ -95,6 +100,9 @@ def load_data(cfg: DataConfig) -> TaskData:
     distill and evaluate always see the same split)."""
     notes: list[str] = []
     parts = _read_source(cfg, notes)
+    if cfg.unlabelled and "image" in parts["train"][0]:
+        raise KdflowError("data.unlabelled reads text; for images, drop data.unlabelled (an unlabelled image "
+                          "transfer set is not supported)")
     classification = cfg.task == "classification"
     if cfg.glue:  # the task's own label names and order, whatever the training labels hold
         names = list(glue_task(cfg.glue).labels) if classification else None

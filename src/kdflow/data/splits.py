@@ -1,7 +1,7 @@
 """Splits of examples: stable ids, generic inputs, targets; stratified sampling.
 
-``inputs`` maps a field name to a list (``text``, ``text_pair``, ``values``, later
-images), so every modality travels the same path; a featurizer
+``inputs`` maps a field name to a list (``text``, ``text_pair``, ``values``, or
+``image``: uint8 arrays ``[H, W, C]``), so every modality travels the same path; a featurizer
 (:mod:`kdflow.data.features`) turns a batch of them into model keyword arguments.
 """
 
@@ -93,9 +93,18 @@ def content_keys(inputs: dict[str, list]) -> list[str]:
     keys = sorted(inputs)
     out = []
     for i in range(len(inputs[keys[0]]) if keys else 0):
-        blob = "\x1f".join(repr(inputs[k][i]) for k in keys)
+        blob = "\x1f".join(_content(inputs[k][i]) for k in keys)
         out.append(hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16])
     return out
+
+
+def _content(value) -> str:
+    """An input's content as text: its repr, or for an array (an image) a hash of its shape, type and
+    bytes (an array's repr elides its middle, so two images would share it)."""
+    if isinstance(value, np.ndarray):
+        digest = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()
+        return f"array{value.shape}{value.dtype}:{digest}"
+    return repr(value)
 
 
 def example_ids(split: str, inputs: dict[str, list]) -> list[str]:

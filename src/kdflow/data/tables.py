@@ -15,7 +15,7 @@ from ..config import DataConfig
 from ..errors import KdflowError, first_line
 
 SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
-                 ".parquet": "parquet", ".pq": "parquet"}
+                 ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
 
 def format_of(path: Path, declared: str) -> str:
@@ -24,11 +24,17 @@ def format_of(path: Path, declared: str) -> str:
     fmt = SUFFIX_FORMAT.get(path.suffix.lower())
     if fmt is None:
         raise KdflowError(f"Cannot tell the format of '{path}' from its suffix; set data.format to one of "
-                          "csv, tsv, json, jsonl, parquet, clinc")
+                          "csv, tsv, json, jsonl, parquet, clinc, npz, folder")
     return fmt
 
 
-def must_exist(path: Path, key: str) -> Path:
+def must_exist(path: Path, key: str, folder: bool = False) -> Path:
+    """``path`` if it is a file (or, with ``folder``, a directory); else an error naming ``data.<key>``."""
+    if folder:
+        if not path.is_dir():
+            raise KdflowError(f"data.{key} folder '{path}' does not exist or is not a folder; check the path "
+                              "(relative paths are read from the current directory)")
+        return path
     if not path.is_file():
         raise KdflowError(f"data.{key} file '{path}' does not exist; check the path (relative paths are "
                           "read from the current directory)")
@@ -71,6 +77,9 @@ def _read_frame(path: Path, fmt: str, cfg: DataConfig, key: str):
         return pd.DataFrame(obj)  # a list of records, or a dict of columns
     if fmt == "parquet":
         return pd.read_parquet(path)
+    if fmt in ("npz", "folder"):
+        raise KdflowError(f"data.{key} '{path}' must be a table (csv, tsv, json, jsonl or parquet); "
+                          f"data.format {fmt} holds images, which data.{key} does not read")
     raise KdflowError(f"data.format '{fmt}' is for data.path files; for data.{key} use csv, tsv, "
                       "json, jsonl or parquet")
 
@@ -172,11 +181,20 @@ def split_files(cfg: DataConfig) -> list[tuple[str, str, Path]]:
 
 
 def read_split_files(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
-    """``data.train`` / ``validation`` / ``test`` (and ``extra_tests``): one table per split."""
-    parts = {}
-    for part, key, path in split_files(cfg):
-        df = read_table(path, cfg, key)
-        if len(df) == 0:
-            raise KdflowError(f"data.{key} file '{path}' holds no rows; give a file with examples")
-        parts[part] = columns_from_frame(df, cfg, path)
-    return parts
+    """``data.train`` / ``validation`` / ``test`` (and ``extra_tests``): one table, image folder or
+    ``.npz`` file per split."""
+    return {part: read_split(path, cfg, key) for part, key, path in split_files(cfg)}
+
+
+def read_split(path: Path, cfg: DataConfig, key: str) -> tuple[dict, list]:
+    """One split file: an image folder (a directory, or ``format: folder``), an ``.npz`` of images, a
+    table of pixels (with ``data.image_shape``) or a table of text / numeric sequences."""
+    from .images import pixel_inputs, read_image_folder, read_npz
+    if cfg.format == "folder" or (cfg.format == "auto" and path.is_dir()):
+        return read_image_folder(must_exist(path, key, folder=True), cfg, key)
+    if format_of(must_exist(path, key), cfg.format) == "npz":
+        return read_npz(path, key, cfg.image_size)
+    df = read_table(path, cfg, key)
+    if len(df) == 0:
+        raise KdflowError(f"data.{key} file '{path}' holds no rows; give a file with examples")
+    return pixel_inputs(df, cfg, path) if cfg.image_shape else columns_from_frame(df, cfg, path)

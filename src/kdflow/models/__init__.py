@@ -3,6 +3,7 @@
 * :mod:`~kdflow.models.base` — :class:`ModelKind` (what a kind provides), :class:`BuildContext`
 * :mod:`~kdflow.models.hf` — ``kind: hf``: Hugging Face classifiers; students of the teacher's family
 * :mod:`~kdflow.models.encoder` — ``kind: encoder``: kdflow's own Transformer encoder (text or numeric sequences)
+* :mod:`~kdflow.models.vision` — ``kind: vision``: image classifiers (ResNet, MobileNetV2, any Auto image model)
 * :mod:`~kdflow.models.io` — saving, label maps, parameter counts, fingerprints
 
 A new student kind: its spec class in :data:`kdflow.config.MODEL_SPECS`, a module here
@@ -17,15 +18,17 @@ from pathlib import Path
 from torch import nn
 
 from ..config import ModelSpec
+from ..data.features import ImagePreprocess
 from ..errors import KdflowError
-from . import encoder, hf
+from . import encoder, hf, vision
 from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
 from .hf import (build_hf_student, copied_blocks, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
                  load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
+from ..layers import stage_paths
 from .io import LABELS_FILE, count_parameters, fingerprint, save_model, saved_labels
 
-KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND}
+KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND, "vision": vision.KIND}
 
 
 def kind(spec: ModelSpec) -> ModelKind:
@@ -51,12 +54,17 @@ def load_saved(folder: "str | Path"):
     if len(found) > 1:
         raise KdflowError(f"'{folder}' holds the files of several model kinds ({', '.join(found)}); save each model "
                           "into a folder of its own")
-    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else None
+    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else \
+        ImagePreprocess.from_folder(folder)
     return KINDS[found[0]].load(folder), tokenizer, labels, task
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:
-    """The model's list of Transformer blocks (kdflow's encoder, or a BERT-like HF encoder)."""
+    """The model's list of Transformer blocks (kdflow's encoder, or a BERT-like HF encoder); CNN stages change
+    width from one to the next, so a CNN has none (:func:`kdflow.layers.stage_paths` names its stages)."""
+    if stage_paths(model):
+        raise KdflowError(f"{type(model).__name__}'s stages change width, so none can be skipped; score them with "
+                          "distill.layer_score: probe")
     if isinstance(getattr(model, "layers", None), nn.ModuleList):
         return model.layers
     return layer_list(model)[1]

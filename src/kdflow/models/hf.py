@@ -282,6 +282,14 @@ def _pretrained_config() -> type:
     return PretrainedConfig
 
 
+def saved_architectures(folder: "str | Path") -> list[str]:
+    """The ``architectures`` a saved folder's config.json names ([] when none or unreadable)."""
+    try:
+        return list(json.loads((Path(folder) / "config.json").read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def load(folder: Path) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
     quiet_transformers()
@@ -293,6 +301,7 @@ def load(folder: Path) -> nn.Module:
 
 
 KIND = ModelKind(check=check, tokenizer=tokenizer, has_head=has_head, teacher=teacher, student=student,
-                 saved_in=lambda folder: (Path(folder) / "config.json").is_file(), load=load,
+                 saved_in=lambda folder: (Path(folder) / "config.json").is_file() and not any(
+                     a.endswith("ForImageClassification") for a in saved_architectures(folder)), load=load,
                  pretrained=lambda spec, model: bool(spec.name) or bool(copied_blocks(model)),
                  tiny={"kind": "hf", "num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32})
