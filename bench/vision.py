@@ -10,7 +10,8 @@ with ``kdflow teach``; each variant is one ``kdflow distill`` of the same Mobile
 
 - ``no_kd``: labels only (``distill.alpha: 0``);
 - ``kd``: Hinton KD (T 4, alpha 0.9), online (the images are augmented);
-- ``kd_at``: KD + attention transfer on the last 3 stages (``layer_losses: {at: 100}``);
+- ``kd_at``: KD + attention transfer on the last 3 stages (``layer_losses: {at: 30}``: the paper's β = 1000, halved,
+  over the 16 positions of the 4x4 grid where the maps meet);
 - ``kd_fitnets``: KD + FitNets hints on the last 3 stages through learned 1x1 projections (``{hidden: 1}``);
 - ``budget_no_kd`` / ``budget_kd``: ``--budget`` labelled images only; KD adds the rest of the training
   images as a transfer set (``data.unlabelled``, an .npz this script writes), labelled by the teacher only.
@@ -30,7 +31,7 @@ import numpy as np
 VARIANTS = {
     "no_kd": {"distill": {"alpha": 0.0, "intermediate": False}},
     "kd": {"distill": {"intermediate": False}},
-    "kd_at": {"distill": {"intermediate": True, "layer_losses": {"at": 100.0}}},
+    "kd_at": {"distill": {"intermediate": True, "layer_losses": {"at": 30.0}}},
     "kd_fitnets": {"distill": {"intermediate": True, "layer_losses": {"hidden": 1.0}}},
     "budget_no_kd": {"distill": {"alpha": 0.0, "intermediate": False}},
     "budget_kd": {"distill": {"intermediate": False}},

@@ -293,6 +293,18 @@ def test_to_uint8_resize_and_stats():
     raises("no images", im.image_stats, [])
 
 
-def test_unlabelled_refused_for_images(tmp_path):
-    (tmp_path / "u.csv").write_text("text\nhello\n")
-    raises("data.unlabelled reads text", load_data, DataConfig(packaged="digits", unlabelled=str(tmp_path / "u.csv")))
+def test_unlabelled_images_are_a_transfer_set_without_held_out_images(tmp_path):
+    base = load_data(DataConfig(packaged="digits"))
+    rng = np.random.default_rng(0)
+    fresh = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    leaked = np.stack([base.test.inputs["image"][0], base.validation.inputs["image"][3]])
+    np.savez(tmp_path / "u.npz", images=np.concatenate([fresh, leaked]))  # no labels: none needed
+    d = load_data(DataConfig(packaged="digits", unlabelled=str(tmp_path / "u.npz")))
+    assert len(d.unlabelled) == 5 and (d.unlabelled.targets == -100).all()
+    assert any("dropped 2 examples that are in validation or test" in n for n in d.notes)
+    assert overlapping(d.unlabelled.inputs, [d.validation, d.test]).size == 0
+    np.savez(tmp_path / "big.npz", images=rng.integers(0, 256, (3, 12, 12), dtype=np.uint8))
+    raises("holds 12x12x1 images and train 8x8x1", load_data,
+           DataConfig(packaged="digits", unlabelled=str(tmp_path / "big.npz")))
+    np.savez(tmp_path / "bad.npz", pixels=fresh)
+    raises("it needs 'images'", load_data, DataConfig(packaged="digits", unlabelled=str(tmp_path / "bad.npz")))

@@ -219,7 +219,7 @@ def layer_map(run: "Run", teacher: nn.Module, student: nn.Module, t_feat) -> lis
     cnn = [side for side, m in (("teacher", teacher), ("student", student)) if stage_paths(m)]
     if cnn and any(p.kind == "attention" for p in pairs):
         raise KdflowError(f"The {cnn[0]}'s stages are convolutional and have no attention maps; for CNNs use "
-                          "attention transfer: distill.layer_losses {hidden: 1, at: 100} (or drop attention)")
+                          "attention transfer: distill.layer_losses {hidden: 1, at: 30} (or drop attention)")
     if any(p.kind == "attention" for p in pairs):
         use_eager_attention(teacher)
         use_eager_attention(student)

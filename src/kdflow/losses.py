@@ -224,7 +224,8 @@ def attention_transfer(student_map: torch.Tensor, teacher_map: torch.Tensor, p: 
     per example, averaged, with ``Q`` the spatial attention map (:func:`spatial_attention`) of
     matched stages. Channel counts may differ (``Q`` averages over them); when the grids differ,
     the larger map is average-pooled to the smaller. Scale-free; its value lies in ``[0, 4]``
-    (the paper's code weights it by β = 1000 over the ``H·W`` positions' mean)."""
+    (the paper's code weights the mean over the ``H·W`` positions by β/2 = 500, which is this loss
+    weighted by ``500 / (H·W)``: about 30 where two maps meet on a 4x4 grid)."""
     qs, qt = spatial_attention(student_map, p), spatial_attention(teacher_map, p)
     if qs.dim() == 3 and qs.shape[-2:] != qt.shape[-2:]:
         side = (min(qs.shape[-2], qt.shape[-2]), min(qs.shape[-1], qt.shape[-1]))

@@ -216,6 +216,32 @@ def read_npz(path: Path, key: str, image_size: Optional[int] = None) -> tuple[di
     return {"image": finish(list(pixels), image_size, lambda i: f"Image {i} of '{path}'")}, _label_list(labels)
 
 
+def read_unlabelled_images(path: Path, cfg: DataConfig) -> dict[str, list]:
+    """``data.unlabelled`` for images: an image folder (its class names ignored), an ``.npz`` whose
+    ``images`` (or ``x``) are read and any labels ignored, or a pixel table (``data.image_shape``)."""
+    from .tables import must_exist, read_split
+    if path.is_dir() or cfg.format == "folder":
+        return read_split(path, cfg, "unlabelled")[0]
+    if path.suffix.lower() != ".npz":
+        return read_split(path, cfg.model_copy(update={"format": "auto"}), "unlabelled")[0]
+    must_exist(path, "unlabelled")
+    if not zipfile.is_zipfile(path):
+        raise KdflowError(f"data.unlabelled file '{path}' is not an .npz archive; save it with "
+                          "numpy.savez(path, images=...)")
+    with np.load(path, allow_pickle=False) as npz:
+        name = next((n for n in ("images", "x") if n in npz.files), None)
+        if name is None:
+            raise KdflowError(f"data.unlabelled file '{path}' has arrays {npz.files or 'none'}; it needs 'images'")
+        images = npz[name]
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+        raise KdflowError(f"Array '{name}' in '{path}' has shape {list(images.shape)}; give [N, height, width] "
+                          "or [N, height, width, channels] with 1 or 3 channels, N > 0")
+    pixels = to_uint8(images, f"'{path}'")
+    return {"image": finish(list(pixels), cfg.image_size, lambda i: f"Image {i} of '{path}'")}
+
+
 def _npz_arrays(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
     """The image and label arrays of an ``.npz`` file, and their names."""
     hint = "save it with numpy.savez(path, images=..., labels=...)"

@@ -100,9 +100,6 @@ def load_data(cfg: DataConfig) -> TaskData:
     distill and evaluate always see the same split)."""
     notes: list[str] = []
     parts = _read_source(cfg, notes)
-    if cfg.unlabelled and "image" in parts["train"][0]:
-        raise KdflowError("data.unlabelled reads text; for images, drop data.unlabelled (an unlabelled image "
-                          "transfer set is not supported)")
     classification = cfg.task == "classification"
     if cfg.glue:  # the task's own label names and order, whatever the training labels hold
         names = list(glue_task(cfg.glue).labels) if classification else None
@@ -124,16 +121,38 @@ def load_data(cfg: DataConfig) -> TaskData:
                           "data.validation file or more training data")
     extra = {k[len("test_"):]: v for k, v in splits.items() if k.startswith("test_")}
     held = [validation, splits.get("test"), *extra.values()]
-    unlabelled = read_unlabelled(cfg, held, notes) if cfg.unlabelled else None
+    images = "image" in train.inputs
+    unlabelled = read_unlabelled(cfg, held, notes, train if images else None) if cfg.unlabelled else None
     return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra)
 
 
-def read_unlabelled(cfg: DataConfig, held: list, notes: list[str]) -> Split:
+def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: Optional[Split] = None) -> Split:
     """The transfer set: inputs only; rows whose inputs are in validation or test are dropped (the
-    leakage rule: they would leak held-out inputs into training)."""
+    leakage rule: they would leak held-out inputs into training). Images (``image_train``: the training
+    split they must match): an image folder, an ``.npz`` (``images``; any labels ignored) or a pixel table."""
     if cfg.values_column:
-        raise KdflowError("data.unlabelled reads text; numeric sequences (data.values_column) are not supported")
+        raise KdflowError("data.unlabelled reads text or images; numeric sequences (data.values_column) are not "
+                          "supported")
     path = Path(cfg.unlabelled)
+    inputs = _unlabelled_images(path, cfg, image_train) if image_train is not None else _unlabelled_text(path, cfg)
+    leaks = set(overlapping(inputs, held).tolist())
+    keep = [i for i in range(len(next(iter(inputs.values())))) if i not in leaks]
+    if leaks:
+        notes.append(f"unlabelled: dropped {len(leaks)} examples that are in validation or test")
+    if cfg.max_unlabelled_examples and len(keep) > cfg.max_unlabelled_examples:
+        rng = np.random.default_rng(cfg.seed + 2)
+        keep = sorted(rng.choice(keep, cfg.max_unlabelled_examples, replace=False).tolist())
+    inputs = {k: [v[i] for i in keep] for k, v in inputs.items()}
+    if not keep:
+        raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give examples that are not in validation "
+                          "or test")
+    regression = cfg.task == "regression"
+    targets_ = np.full(len(keep), np.nan if regression else IGNORE, dtype=np.float32 if regression else np.int64)
+    notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
+    return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets_)
+
+
+def _unlabelled_text(path: Path, cfg: DataConfig) -> dict[str, list]:
     # data.format names the layout of data.path (clinc); the unlabelled table's format comes from its suffix
     df = read_table(path, cfg.model_copy(update={"format": "auto"}) if cfg.format == "clinc" else cfg, "unlabelled")
     cols = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
@@ -141,19 +160,14 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str]) -> Split:
         if col not in df.columns:
             raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {', '.join(map(str, df.columns))}); "
                               "the unlabelled file needs the same text column(s) as train")
-    inputs = text_inputs(df, cfg, path)
-    leaks = set(overlapping(inputs, held).tolist())
-    keep = [i for i in range(len(inputs["text"])) if i not in leaks]
-    if leaks:
-        notes.append(f"unlabelled: dropped {len(leaks)} texts that are in validation or test")
-    if cfg.max_unlabelled_examples and len(keep) > cfg.max_unlabelled_examples:
-        rng = np.random.default_rng(cfg.seed + 2)
-        keep = sorted(rng.choice(keep, cfg.max_unlabelled_examples, replace=False).tolist())
-    inputs = {k: [v[i] for i in keep] for k, v in inputs.items()}
-    if not keep:
-        raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give texts that are not in validation "
-                          "or test")
-    regression = cfg.task == "regression"
-    targets_ = np.full(len(keep), np.nan if regression else IGNORE, dtype=np.float32 if regression else np.int64)
-    notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
-    return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets_)
+    return text_inputs(df, cfg, path)
+
+
+def _unlabelled_images(path: Path, cfg: DataConfig, train: Split) -> dict[str, list]:
+    from .images import read_unlabelled_images
+    inputs = read_unlabelled_images(path, cfg)
+    want, got = train.inputs["image"][0].shape, inputs["image"][0].shape
+    if got != want:
+        raise KdflowError(f"data.unlabelled '{path}' holds {got[0]}x{got[1]}x{got[2]} images and train "
+                          f"{want[0]}x{want[1]}x{want[2]}; give images of the training size, or set data.image_size")
+    return inputs
