@@ -18,9 +18,9 @@ def digits_run(tmp_path_factory):
                      "student": {"kind": "vision", "arch": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1]}},
            "data": {"packaged": "digits", "augment": ["crop"], "crop_padding": 1},
            "distill": {"alpha": 0.9, "intermediate": True, "layers": "last:2",
-                       "layer_losses": {"hidden": 1.0, "at": 100.0}},
+                       "layer_losses": {"hidden": 0.1, "at": 1.0}},
            "teach": {"epochs": 4, "batch_size": 64, "lr": 3e-3},
-           "train": {"epochs": 4, "batch_size": 64, "lr": 3e-3},
+           "train": {"epochs": 8, "batch_size": 64, "lr": 3e-3},
            "active": {"initial": 200, "per_round": 200, "rounds": 2, "strategy": "margin"},
            "run": {"name": "digits", "output_dir": str(folder), "quiet": True}}
     path = folder / "digits.yaml"
@@ -35,7 +35,7 @@ def test_teach_and_distill_write_the_records_of_a_text_run(digits_run):
     metrics = json.loads((run / "metrics.json").read_text())
     teacher, student = metrics["teacher"], metrics["student"]
     assert teacher["test"]["accuracy"] > 0.6  # 10 classes: chance is 0.1
-    assert student["test"]["accuracy"] > 0.3
+    assert student["test"]["accuracy"] > 0.3  # a 5,442-parameter ResNet after 8 short epochs
     assert student["distill"]["mode"] == "online"  # augmented images: the default mode follows
     kinds = {(p["kind"], p["student"], p["teacher"]) for p in student["distill"]["layers"]}
     assert kinds == {("hidden", 0, 0), ("at", 0, 0), ("hidden", 1, 1), ("at", 1, 1)}
