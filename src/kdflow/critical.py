@@ -215,7 +215,7 @@ def layer_map(run: "Run", teacher: nn.Module, student: nn.Module, t_feat) -> lis
     pairs = resolve_for(dc.layers, student, teacher, dict(dc.layer_losses), ranking)
     if not pairs:
         raise KdflowError("distill.intermediate is on but the layer map is empty: give distill.layer_losses a "
-                          "positive weight (hidden, attention, pkd or cosine)")
+                          "positive weight (hidden, attention, pkd, cosine or at)")
     cnn = [side for side, m in (("teacher", teacher), ("student", student)) if stage_paths(m)]
     if cnn and any(p.kind == "attention" for p in pairs):
         raise KdflowError(f"The {cnn[0]}'s stages are convolutional and have no attention maps; for CNNs use "

@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import DistillConfig
 from .errors import KdflowError
-from .layers import LayerPair, Taps, as_tokens, match_positions, stage_paths
+from .layers import LayerPair, Taps, as_tokens, common_grid, match_positions, stage_paths
 from .losses import (attention_kl, attention_transfer, ce_loss, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss,
                      mse_loss, multi_teacher_kd, pkd_loss)
 
@@ -67,7 +67,7 @@ def extract(model: nn.Module, inputs: dict, pairs: list[LayerPair], side: str):
             x = states[layer + 1]
         if p.kind == "pkd":
             x = x.mean((2, 3)) if x.dim() == 4 else as_tokens(x)[:, 0]
-        elif p.kind not in ("attention", "at"):  # those two compare maps as they come
+        elif p.kind not in ("attention", "at") and x.dim() != 4:  # CNN maps stay [B, C, H, W] until paired
             x = as_tokens(x)
         feats[p.name] = x
     return out, feats
@@ -96,7 +96,9 @@ class FeatureStudent(nn.Module):
         out, feats = extract(self.student, inputs, self.pairs, "student")
         for p in self.pairs:
             if _key(p.name) in self.projections:
-                feats[p.name] = self.projections[_key(p.name)](feats[p.name].float())
+                x, proj = feats[p.name].float(), self.projections[_key(p.name)]
+                # on a CNN map [B, C, H, W] the channel map is a 1x1 convolution (FitNets' regressor)
+                feats[p.name] = proj(x.movedim(1, -1)).movedim(-1, 1) if x.dim() == 4 else proj(x)
         return out, feats
 
 
@@ -108,7 +110,9 @@ def feature_widths(student: nn.Module, teacher: nn.Module, pairs: list[LayerPair
         _, s = extract(student, batch["inputs"], pairs, "student")
         _, t = extract(teacher, batch["teacher_inputs"], pairs, "teacher")
     student.train(was)
-    return {p.name: (s[p.name].shape[-1], t[p.name].shape[-1]) for p in pairs if p.kind not in ("attention", "at")}
+    def width(x: torch.Tensor) -> int:
+        return x.shape[1] if x.dim() == 4 else x.shape[-1]
+    return {p.name: (width(s[p.name]), width(t[p.name])) for p in pairs if p.kind not in ("attention", "at")}
 
 
 @dataclass(frozen=True)
@@ -258,10 +262,16 @@ def layer_term(p: LayerPair, s: torch.Tensor, t: torch.Tensor, s_mask: Optional[
     if p.kind == "pkd":
         return pkd_loss(s, t)
     if p.kind == "at":
-        if s.shape[-1] != t.shape[-1] and s.dim() == 3 and s_mask is not None:
+        if s.dim() != t.dim():
+            raise KdflowError(f"{p.name} pairs a CNN map with a Transformer block's tokens; attention transfer "
+                              "compares stages with stages or blocks with blocks")
+        if s.dim() == 3 and s.shape[1] != t.shape[1]:
             raise KdflowError(f"Block outputs of {p.name} cover {s.shape[1]} and {t.shape[1]} tokens; attention "
                               "transfer needs student and teacher to tokenize alike")
-        return attention_transfer(s, t)
+        return attention_transfer(s, t, s_mask if s.dim() == 3 else None)
+    if s.dim() == 4 and t.dim() == 4:
+        s, t = common_grid(s, t)
+    s, t = as_tokens(s), as_tokens(t)
     if s.shape[1] != t.shape[1] and s_mask is not None:
         raise KdflowError(f"Layer outputs of {p.name} have {s.shape[1]} and {t.shape[1]} tokens; student "
                           "and teacher must tokenize alike to match hidden states")

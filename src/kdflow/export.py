@@ -1,4 +1,4 @@
-"""Deployable forms of a model: ONNX (dynamic batch axis; sequence too for tokens) and int8.
+"""Deployable forms of a model: ONNX (dynamic batch axis; sequence too, except for images) and int8.
 
 Every exported form is checked against the PyTorch model on real batches (max
 absolute logit difference) and measured like the original by :mod:`kdflow.measure`.
@@ -37,14 +37,14 @@ def _need(module: str, extra: str = "onnx"):
 
 
 def export_onnx(model: nn.Module, example: dict, path: "str | Path", opset: int = 17) -> Path:
-    """Write ``model`` as ONNX with a dynamic ``batch`` axis on every input (and ``sequence`` on token inputs)."""
+    """Write ``model`` as ONNX with a dynamic ``batch`` axis on every input (and ``sequence`` on all but images)."""
     _need("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(example)
     model = model.eval()
-    # token inputs [B, L]: batch and sequence vary; images [B, C, H, W]: the batch (the model's size is fixed)
-    axes = {n: {0: "batch", 1: "sequence"} if example[n].dim() == 2 else {0: "batch"} for n in names}
+    # tokens [B, L] and sequences [B, L, D]: batch and sequence vary; images [B, C, H, W]: the batch only
+    axes = {n: {0: "batch"} if example[n].dim() == 4 else {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter from transformers' mask helpers

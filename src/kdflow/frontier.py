@@ -69,6 +69,9 @@ def check(cfg) -> None:
                           f"distill.mode offline (got {dc.mode}); set distill.mode: offline")
     if dc.extra_teachers:
         raise KdflowError("kdflow frontier distils one teacher; drop distill.extra_teachers")
+    if cfg.model.student.kind == "vision":
+        raise KdflowError("kdflow frontier builds Transformer students of the teacher's family; for images, "
+                          "compare students with kdflow distill and kdflow export (one run per student)")
     if cfg.model.student.kind != "hf" or cfg.model.student.name:
         raise KdflowError("kdflow frontier builds its own students from the teacher (frontier.depths × widths); "
                           "drop model.student.name and kind (or set kind: hf)")

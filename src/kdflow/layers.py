@@ -184,6 +184,14 @@ def match_positions(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, tor
     return (match_length(s, t), t) if s.shape[1] > t.shape[1] else (s, match_length(t, s))
 
 
+def common_grid(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two CNN maps ``[B, C, H, W]`` average-pooled to the smaller height and the smaller width (square or
+    not); maps of one size are returned as they are."""
+    size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
+    pool = nn.functional.adaptive_avg_pool2d
+    return (s if tuple(s.shape[-2:]) == size else pool(s, size)), (t if tuple(t.shape[-2:]) == size else pool(t, size))
+
+
 def stage_paths(model: nn.Module) -> list[str]:
     """The module paths of a CNN's stages (``config.kdflow_stages``, set by the vision kind); [] otherwise."""
     return list(getattr(getattr(model, "config", None), "kdflow_stages", None) or [])
@@ -205,4 +213,5 @@ def num_blocks(model: nn.Module) -> int:
 
 
 __all__ = ["LayerPair", "KINDS", "resolve", "pair_layers", "Taps", "as_tokens", "match_length", "match_positions",
+           "common_grid",
            "stage_paths", "num_blocks"]

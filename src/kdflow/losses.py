@@ -219,14 +219,18 @@ def spatial_attention(feature_map: torch.Tensor, p: float = 2.0) -> torch.Tensor
     return x.abs().pow(p).mean(1 if x.dim() == 4 else -1)
 
 
-def attention_transfer(student_map: torch.Tensor, teacher_map: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+def attention_transfer(student_map: torch.Tensor, teacher_map: torch.Tensor, token_mask: Optional[torch.Tensor] = None,
+                       p: float = 2.0) -> torch.Tensor:
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): ``‖ Q_s/‖Q_s‖₂ − Q_t/‖Q_t‖₂ ‖²₂``
     per example, averaged, with ``Q`` the spatial attention map (:func:`spatial_attention`) of
-    matched stages. Channel counts may differ (``Q`` averages over them); when the grids differ,
+    matched stages (Transformer blocks: over tokens, ``token_mask`` zeroing the padding). Channel counts
+    may differ (``Q`` averages over them); when the grids differ,
     the larger map is average-pooled to the smaller. Scale-free; its value lies in ``[0, 4]``
     (the paper's code weights the mean over the ``H·W`` positions by β/2 = 500, which is this loss
     weighted by ``500 / (H·W)``: about 30 where two maps meet on a 4x4 grid)."""
     qs, qt = spatial_attention(student_map, p), spatial_attention(teacher_map, p)
+    if token_mask is not None and qs.dim() == 2:  # tokens [B, L]: padding carries no attention
+        qs, qt = qs * token_mask.to(qs.dtype), qt * token_mask.to(qt.dtype)
     if qs.dim() == 3 and qs.shape[-2:] != qt.shape[-2:]:
         side = (min(qs.shape[-2], qt.shape[-2]), min(qs.shape[-1], qt.shape[-1]))
         qs = F.adaptive_avg_pool2d(qs[:, None], side)[:, 0]

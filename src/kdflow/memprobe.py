@@ -97,7 +97,8 @@ def _child(kind: str, model_file: str, inputs: str, threads: int, module: Option
             sess = ort.InferenceSession(model_file, opts, providers=["CPUExecutionProvider"])
             names = {i.name for i in sess.get_inputs()}
             for b in batches:
-                sess.run(None, {k: v.astype(np.int64) for k, v in b.items() if k in names})
+                sess.run(None, {k: v.astype(np.int64) if v.dtype.kind in "iu" else v for k, v in b.items()
+                                if k in names})
     else:
         import importlib
 

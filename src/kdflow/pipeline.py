@@ -139,6 +139,9 @@ def check_modality(cfg: Config, data: TaskData) -> None:
             fix = "vision" if data.modality == "image" else "hf (or encoder)"
             raise KdflowError(f"model.{side} (kind {spec.kind}) reads {reads} and this data holds "
                               f"{data.modality}; set model.{side}.kind: {fix}")
+    if cfg.data.augment and data.modality != "image":
+        raise KdflowError(f"data.augment ({', '.join(cfg.data.augment)}) transforms images, and this data holds "
+                          f"{data.modality}; drop data.augment")
 
 
 def new_teacher(run: Run, tokenizer) -> nn.Module:
@@ -194,9 +197,9 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
         from .critical import teacher_block_scores
         return teacher_block_scores(run, teacher, featurizer(run, tokenizer))["ranking"]
 
+    if d.modality == "image":
+        return image_student(run, teacher, tokenizer)
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
-    if d.modality != "text":
-        return student, s_tokenizer  # no vocabulary to prune
     from .prune import prunable, prune_embeddings, prune_tokenizer, used_token_ids
     why_not = prunable(student, s_tokenizer)
     if spec.prune_vocab and why_not:
@@ -212,6 +215,18 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
             auto = "" if spec.prune_vocab else " (prune_vocab auto)"
             run.info(f"[student] vocabulary pruned to the training text{auto}: {before:,} -> {len(kept):,} tokens")
     return student, s_tokenizer
+
+
+def image_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
+    """``model.student`` for images. One built here reads the training images at their own size and
+    statistics, whatever a pretrained teacher's processor expects (224 px, ImageNet's mean)."""
+    spec = run.cfg.model.student
+    if spec.prune_vocab:
+        raise KdflowError("model.student.prune_vocab is true but a vision student reads no tokens; drop it")
+    own = tokenizer_for(spec, run.data)
+    if spec.name or own == tokenizer:
+        own = tokenizer  # the same object: teacher and student then share one featurizer
+    return models.kind(spec).student(spec, run.build_context(own, teacher))
 
 
 def _unseen_too_often(run: Run, tokenizer, kept: list[int]) -> bool:
@@ -314,5 +329,5 @@ def with_transfer_set(run: Run) -> None:
 
 
 __all__ = ["Run", "Teacher", "check_inputs", "check_modality", "open_run", "setup", "guard", "tokenizer_for", "new_teacher",
-           "teacher_is_trained", "load_teacher", "build_student", "train_settings", "check_length", "featurizer", "eval_fn",
+           "teacher_is_trained", "load_teacher", "build_student", "image_student", "train_settings", "check_length", "featurizer", "eval_fn",
            "final_metrics", "summary", "write_report", "with_transfer_set"]

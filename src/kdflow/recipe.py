@@ -83,7 +83,7 @@ def auto_settings(cfg: Config) -> tuple[str, list[tuple[str, str, str]]]:
     shape, note = _teacher_shape(cfg)
     rows: list[tuple[str, str, str]] = []
     spec = cfg.model.student
-    pretrained = bool(spec.name) and spec.kind == "hf"
+    pretrained = bool(spec.name) and spec.kind in ("hf", "vision")
     if spec.kind == "hf" and not spec.name:
         student_rows, pretrained = _student_lines(spec, shape)
         rows += student_rows
@@ -93,7 +93,7 @@ def auto_settings(cfg: Config) -> tuple[str, list[tuple[str, str, str]]]:
         lr = learning_rate(cfg.train, "student", pretrained)
         rows.append(("train.lr", f"{lr:g}", "the student's blocks start " + ("pretrained" if pretrained else "random")))
     if cfg.teach.lr is None:
-        t_pre = cfg.model.teacher.kind == "hf"
+        t_pre = cfg.model.teacher.kind == "hf" or bool(cfg.model.teacher.kind == "vision" and cfg.model.teacher.name)
         rows.append(("teach.lr", f"{learning_rate(cfg.teach, 'teacher', t_pre):g}",
                      "a pretrained teacher" if t_pre else "the teacher's blocks start random"))
     return note, rows

@@ -56,6 +56,9 @@ def confident(teacher_probs: np.ndarray, threshold: float) -> np.ndarray:
 
 def write_request(folder: Path, pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, str]:
     """The batch to label as CSV, JSONL and Label Studio tasks (+ its labelling config); returns the paths."""
+    if "text" not in pool.inputs:
+        raise KdflowError("The human oracle writes the texts to label (CSV, JSONL, Label Studio), and this pool "
+                          "holds no text; use active.oracle: gold or teacher")
     folder.mkdir(parents=True, exist_ok=True)
     fields = [k for k in ("text", "text_pair") if k in pool.inputs]
     rows = [{"id": pool.ids[p], **{k: pool.inputs[k][p] for k in fields}, "label": ""} for p in positions]

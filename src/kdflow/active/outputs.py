@@ -114,7 +114,7 @@ def forward_batch(model: nn.Module, inputs: dict, spec: PoolPass, teacher_rows: 
         p = _probs(model, inputs) if "probs" in needs else None
     outs = PoolOutputs(n=len(next(iter(inputs.values()))), probs=None if p is None else p.astype(np.float64))
     if "mc_probs" in needs:
-        model.train()  # dropout on: each pass is one sample of the weights
+        dropout_on(model)  # each pass is one sample of the weights; batch norm keeps its running statistics
         outs.mc_probs = np.stack([_probs(model, inputs) for _ in range(spec.mc_samples)])
         model.eval()
     if "members" in needs:
@@ -221,3 +221,12 @@ def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, featurize:
 
 __all__ = ["PoolPass", "stream_pool", "forward_batch", "committee", "Reducer", "head_layer", "capture_head_input",
            "COMMITTEE"]
+
+
+def dropout_on(model) -> None:
+    """Eval mode except the dropout layers (MC dropout): a CNN's batch norm must not switch to batch statistics
+    (nor overwrite its running ones) while the pool is scored."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)):
+            m.train()

@@ -23,7 +23,8 @@ def _check_distill(cfg: Config) -> None:
     dc = cfg.distill
     if cfg.data.augment:
         raise KdflowError("kdflow active trains each round on cached teacher logits, which augmented images "
-                          "(data.augment) would not match; run it without augmentation: --set data.augment=[]")
+                          "(data.augment) would not match; run it without augmentation: --set data.augment=[] "
+                          "--set distill.mode=offline")
     unsupported = [name for name, on in (("distill.mode " + dc.mode, dc.mode != "offline"),
                                          ("distill.intermediate", dc.intermediate),
                                          ("distill.extra_teachers", bool(dc.extra_teachers))) if on]

@@ -166,11 +166,14 @@ class ImagePreprocess:
 
 
 def image_preprocess(split: Split) -> ImagePreprocess:
-    """Per-channel mean and std of ``split``'s images (the training split's, for models built here)."""
+    """Per-channel mean and std of ``split``'s images (the training split's, for models built here), and
+    their side when square."""
     from .images import image_stats
     images = split.inputs["image"]
     mean, std = image_stats(images)
-    return ImagePreprocess([float(m) for m in mean], [float(s) for s in std], int(images[0].shape[-1]))
+    h, w, c = images[0].shape
+    # the training size is kept: images of another size (evaluated later, other data) are resized to it
+    return ImagePreprocess([float(m) for m in mean], [float(s) for s in std], int(c), int(h) if h == w else None)
 
 
 def augment_batch(x: torch.Tensor, kinds: Sequence[str], padding: int, generator: torch.Generator) -> torch.Tensor:

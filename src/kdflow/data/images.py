@@ -219,20 +219,14 @@ def read_npz(path: Path, key: str, image_size: Optional[int] = None) -> tuple[di
 def read_unlabelled_images(path: Path, cfg: DataConfig) -> dict[str, list]:
     """``data.unlabelled`` for images: an image folder (its class names ignored), an ``.npz`` whose
     ``images`` (or ``x``) are read and any labels ignored, or a pixel table (``data.image_shape``)."""
-    from .tables import must_exist, read_split
+    from .tables import must_exist, read_table
     if path.is_dir() or cfg.format == "folder":
-        return read_split(path, cfg, "unlabelled")[0]
+        return {"image": _flat_or_class_folder(must_exist(path, "unlabelled", folder=True), cfg)}
     if path.suffix.lower() != ".npz":
-        return read_split(path, cfg.model_copy(update={"format": "auto"}), "unlabelled")[0]
+        table = read_table(path, cfg.model_copy(update={"format": "auto"}), "unlabelled")
+        return pixel_inputs(table, cfg, path, labelled=False)[0]
     must_exist(path, "unlabelled")
-    if not zipfile.is_zipfile(path):
-        raise KdflowError(f"data.unlabelled file '{path}' is not an .npz archive; save it with "
-                          "numpy.savez(path, images=...)")
-    with np.load(path, allow_pickle=False) as npz:
-        name = next((n for n in ("images", "x") if n in npz.files), None)
-        if name is None:
-            raise KdflowError(f"data.unlabelled file '{path}' has arrays {npz.files or 'none'}; it needs 'images'")
-        images = npz[name]
+    name, images = _npz_images(path)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
@@ -240,6 +234,31 @@ def read_unlabelled_images(path: Path, cfg: DataConfig) -> dict[str, list]:
                           "or [N, height, width, channels] with 1 or 3 channels, N > 0")
     pixels = to_uint8(images, f"'{path}'")
     return {"image": finish(list(pixels), cfg.image_size, lambda i: f"Image {i} of '{path}'")}
+
+
+def _flat_or_class_folder(path: Path, cfg: DataConfig) -> list[np.ndarray]:
+    """The images of a folder: its own files, or (none there) those of its class subfolders."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        return read_image_folder(path, cfg, "unlabelled")[0]["image"]
+    return finish([read_image_file(p) for p in files], cfg.image_size, lambda i: f"Image '{files[i]}'")
+
+
+def _npz_images(path: Path) -> tuple[str, np.ndarray]:
+    """The ``images`` (or ``x``) array of an unlabelled ``.npz``, and its name."""
+    hint = "save it with numpy.savez(path, images=...)"
+    if not zipfile.is_zipfile(path):
+        raise KdflowError(f"data.unlabelled file '{path}' is not an .npz archive (a zip of arrays); {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            name = next((n for n in ("images", "x") if n in npz.files), None)
+            if name is None:
+                raise KdflowError(f"data.unlabelled file '{path}' has arrays {npz.files or 'none'}; it needs "
+                                  "'images'")
+            return name, npz[name]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = first_line(err).split(". ")[0]
+        raise KdflowError(f"Could not read data.unlabelled file '{path}' as .npz ({reason}); {hint}") from None
 
 
 def _npz_arrays(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
@@ -269,21 +288,25 @@ def _label_list(labels: np.ndarray) -> list:
     return labels.tolist()
 
 
-def pixel_inputs(df, cfg: DataConfig, path: Path) -> tuple[dict, list]:
+def pixel_inputs(df, cfg: DataConfig, path: Path, labelled: bool = True) -> tuple[dict, list]:
     """A table of pixels (MNIST's CSV layout): every column but ``data.label_column`` is a pixel, in
-    row-major ``[H, W(, C)]`` order of ``data.image_shape``."""
+    row-major ``[H, W(, C)]`` order of ``data.image_shape``; ``labelled=False`` (a transfer set): a label
+    column is optional and ignored (the labels returned are None)."""
     from .tables import cells
-    if cfg.label_column not in df.columns:
+    if labelled and cfg.label_column not in df.columns:
         have = ", ".join(map(str, list(df.columns)[:8])) + (", ..." if len(df.columns) > 8 else "")
         raise KdflowError(f"Column '{cfg.label_column}' is not in '{path}' (columns: {have}); set data.label_column"
                           + ("" if cfg.header else " (a file without header names its columns 0, 1, ...)"))
     columns = [c for c in df.columns if c != cfg.label_column]
-    shape = list(cfg.image_shape)
+    shape = list(cfg.image_shape or [])
+    if not shape:
+        raise KdflowError(f"'{path}' is read as a table of pixels, which needs data.image_shape ([height, width] "
+                          "or [height, width, channels])")
     need = int(np.prod(shape))
     if len(columns) != need:
         raise KdflowError(f"'{path}' has {len(columns)} pixel columns (every column but '{cfg.label_column}') but "
                           f"data.image_shape {shape} needs {need}; fix data.image_shape or the file")
-    labels = cells(df, cfg.label_column, path)
+    labels = cells(df, cfg.label_column, path) if labelled else [None] * len(df)
     pixels = _numeric(df[columns], path)
     images = to_uint8(pixels, f"'{path}'").reshape(len(df), *shape)
     if images.ndim == 3:

@@ -56,6 +56,8 @@ def load_saved(folder: "str | Path"):
                           "into a folder of its own")
     tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else \
         ImagePreprocess.from_folder(folder)
+    if tokenizer is None and (folder / "preprocessor_config.json").is_file():  # save_pretrained of an image model
+        tokenizer = vision.processor_preprocess(str(folder))
     return KINDS[found[0]].load(folder), tokenizer, labels, task
 
 

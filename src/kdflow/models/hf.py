@@ -302,6 +302,6 @@ def load(folder: Path) -> nn.Module:
 
 KIND = ModelKind(check=check, tokenizer=tokenizer, has_head=has_head, teacher=teacher, student=student,
                  saved_in=lambda folder: (Path(folder) / "config.json").is_file() and not any(
-                     a.endswith("ForImageClassification") for a in saved_architectures(folder)), load=load,
+                     "ForImageClassification" in a for a in saved_architectures(folder)), load=load,
                  pretrained=lambda spec, model: bool(spec.name) or bool(copied_blocks(model)),
                  tiny={"kind": "hf", "num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32})

@@ -25,10 +25,11 @@ from .hf import label_kwargs, quiet_transformers, resolve_name, saved_architectu
 from .io import LABELS_FILE
 
 IMAGE_HEAD = "ForImageClassification"
+MOBILENET_V2_STAGE_ENDS = (1, 4, 8, 11, 14, 15)  # last layer of each width group of transformers' 16 layers
 
 
 def is_image_classifier(folder: "str | Path") -> bool:
-    return any(a.endswith(IMAGE_HEAD) for a in saved_architectures(folder))
+    return any(IMAGE_HEAD in a for a in saved_architectures(folder))  # DeiT's ...ForImageClassificationWithTeacher
 
 
 # ------------------------------------------------------------ building
@@ -76,10 +77,11 @@ def stage_paths(model: nn.Module) -> list[str]:
     """Module paths of the model's stages, in order: ResNet/ConvNeXt ``stages.i``; MobileNetV2 the last
     inverted-residual layer of each width, then its 1x1 expansion; otherwise the longest module list's items."""
     if getattr(model.config, "model_type", "") == "mobilenet_v2":
-        layers = model.mobilenet_v2.layer
-        widths = [blk.reduce_1x1.convolution.out_channels for blk in layers]
-        ends = [f"mobilenet_v2.layer.{i}" for i, w in enumerate(widths) if i + 1 == len(widths) or widths[i + 1] != w]
-        return ends + ["mobilenet_v2.conv_1x1"]
+        n = len(model.mobilenet_v2.layer)
+        # the paper's bottleneck groups (24, 32, 64, 96, 160, 320 channels at width 1), by position: narrow
+        # widths round several groups to the same channel count, so the counts cannot tell them apart
+        ends = MOBILENET_V2_STAGE_ENDS if n == 16 else range(n)
+        return [f"mobilenet_v2.layer.{i}" for i in ends] + ["mobilenet_v2.conv_1x1"]
     lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
         raise KdflowError(f"Cannot find the stages of {type(model).__name__}; give distill.layers as module paths")
