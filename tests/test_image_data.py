@@ -301,7 +301,7 @@ def test_unlabelled_images_are_a_transfer_set_without_held_out_images(tmp_path):
     np.savez(tmp_path / "u.npz", images=np.concatenate([fresh, leaked]))  # no labels: none needed
     d = load_data(DataConfig(packaged="digits", unlabelled=str(tmp_path / "u.npz")))
     assert len(d.unlabelled) == 5 and (d.unlabelled.targets == -100).all()
-    assert any("dropped 2 examples that are in validation or test" in n for n in d.notes)
+    assert any("dropped 2 images that are in validation or test" in n for n in d.notes)
     assert overlapping(d.unlabelled.inputs, [d.validation, d.test]).size == 0
     np.savez(tmp_path / "big.npz", images=rng.integers(0, 256, (3, 12, 12), dtype=np.uint8))
     raises("holds 12x12x1 images and train 8x8x1", load_data,

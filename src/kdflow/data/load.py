@@ -138,7 +138,8 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: 
     leaks = set(overlapping(inputs, held).tolist())
     keep = [i for i in range(len(next(iter(inputs.values())))) if i not in leaks]
     if leaks:
-        notes.append(f"unlabelled: dropped {len(leaks)} examples that are in validation or test")
+        noun = "images" if image_train is not None else "texts"
+        notes.append(f"unlabelled: dropped {len(leaks)} {noun} that are in validation or test")
     if cfg.max_unlabelled_examples and len(keep) > cfg.max_unlabelled_examples:
         rng = np.random.default_rng(cfg.seed + 2)
         keep = sorted(rng.choice(keep, cfg.max_unlabelled_examples, replace=False).tolist())
