@@ -20,12 +20,12 @@ from torch import nn
 from ..config import ModelSpec
 from ..data.features import ImagePreprocess
 from ..errors import KdflowError
+from ..layers import stage_paths
 from . import encoder, hf, vision
 from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
 from .hf import (build_hf_student, copied_blocks, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
                  load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
-from ..layers import stage_paths
 from .io import LABELS_FILE, count_parameters, fingerprint, save_model, saved_labels
 
 KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND, "vision": vision.KIND}
