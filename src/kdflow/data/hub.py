@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..config import DataConfig
 from ..errors import KdflowError, first_line
-from .images import hub_image_column, hub_images
+from .images import hub_image_column, hub_images, hub_labels
 
 PAIR_COLUMNS = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
                 ("premise", "hypothesis"), ("question", "passage")]
@@ -105,11 +105,7 @@ def read_hub(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
 
 def _hub_part(part, text_col: str, pair_col: Optional[str], label_col: str) -> tuple[dict, list]:
     """One hub split as ``(inputs, labels)``; class indices become the data set's class names."""
-    feat = part.features.get(label_col)
-    names = list(feat.names) if getattr(feat, "names", None) else None
-    labels = part[label_col]
-    if names is not None:
-        labels = [names[y] if 0 <= y < len(names) else y for y in labels]
+    labels = hub_labels(part, label_col)
     inputs = {"text": list(part[text_col])}
     if pair_col:
         inputs["text_pair"] = list(part[pair_col])

@@ -198,22 +198,24 @@ def read_image_file(path: Path) -> np.ndarray:
         raise KdflowError(f"Pillow cannot read image '{path}' ({reason}); replace or remove the file") from None
 
 
-def read_npz(path: Path, key: str, image_size: Optional[int] = None) -> tuple[dict, list]:
+def read_npz(path: Path, key: str, image_size: Optional[int] = None, labelled: bool = True) -> tuple[dict, list]:
     """An ``.npz`` with arrays ``images`` ``[N, H, W]`` or ``[N, H, W, C]`` and ``labels`` ``[N]`` (or
-    ``x`` and ``y``), read without pickles."""
-    images, labels, pair = _npz_arrays(path, key)
+    ``x`` and ``y``), read without pickles; ``labelled=False`` (a transfer set): any labels are ignored
+    (None returned)."""
+    images, labels, pair = _npz_arrays(path, key, labelled)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise KdflowError(f"Array '{pair[0]}' in '{path}' has shape {list(images.shape)}; give [N, height, width] "
                           "or [N, height, width, channels] with 1 or 3 channels")
-    if labels.ndim != 1 or len(labels) != len(images):
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
         raise KdflowError(f"Array '{pair[1]}' in '{path}' has shape {list(labels.shape)} but '{pair[0]}' holds "
                           f"{len(images)} images; give one label per image, shape [{len(images)}]")
     if len(images) == 0:
         raise KdflowError(f"data.{key} file '{path}' holds no images; give a file with examples")
     pixels = to_uint8(images, f"'{path}'")
-    return {"image": finish(list(pixels), image_size, lambda i: f"Image {i} of '{path}'")}, _label_list(labels)
+    inputs = {"image": finish(list(pixels), image_size, lambda i: f"Image {i} of '{path}'")}
+    return inputs, (_label_list(labels) if labels is not None else None)
 
 
 def read_unlabelled_images(path: Path, cfg: DataConfig) -> dict[str, list]:
@@ -225,15 +227,7 @@ def read_unlabelled_images(path: Path, cfg: DataConfig) -> dict[str, list]:
     if path.suffix.lower() != ".npz":
         table = read_table(path, cfg.model_copy(update={"format": "auto"}), "unlabelled")
         return pixel_inputs(table, cfg, path, labelled=False)[0]
-    must_exist(path, "unlabelled")
-    name, images = _npz_images(path)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
-        raise KdflowError(f"Array '{name}' in '{path}' has shape {list(images.shape)}; give [N, height, width] "
-                          "or [N, height, width, channels] with 1 or 3 channels, N > 0")
-    pixels = to_uint8(images, f"'{path}'")
-    return {"image": finish(list(pixels), cfg.image_size, lambda i: f"Image {i} of '{path}'")}
+    return read_npz(must_exist(path, "unlabelled"), "unlabelled", cfg.image_size, labelled=False)[0]
 
 
 def _flat_or_class_folder(path: Path, cfg: DataConfig) -> list[np.ndarray]:
@@ -244,36 +238,21 @@ def _flat_or_class_folder(path: Path, cfg: DataConfig) -> list[np.ndarray]:
     return finish([read_image_file(p) for p in files], cfg.image_size, lambda i: f"Image '{files[i]}'")
 
 
-def _npz_images(path: Path) -> tuple[str, np.ndarray]:
-    """The ``images`` (or ``x``) array of an unlabelled ``.npz``, and its name."""
-    hint = "save it with numpy.savez(path, images=...)"
-    if not zipfile.is_zipfile(path):
-        raise KdflowError(f"data.unlabelled file '{path}' is not an .npz archive (a zip of arrays); {hint}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            name = next((n for n in ("images", "x") if n in npz.files), None)
-            if name is None:
-                raise KdflowError(f"data.unlabelled file '{path}' has arrays {npz.files or 'none'}; it needs "
-                                  "'images'")
-            return name, npz[name]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        reason = first_line(err).split(". ")[0]
-        raise KdflowError(f"Could not read data.unlabelled file '{path}' as .npz ({reason}); {hint}") from None
-
-
-def _npz_arrays(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
-    """The image and label arrays of an ``.npz`` file, and their names."""
-    hint = "save it with numpy.savez(path, images=..., labels=...)"
+def _npz_arrays(path: Path, key: str, labelled: bool = True) -> tuple[np.ndarray, Optional[np.ndarray], tuple]:
+    """The image and label arrays of an ``.npz`` file (labels None unless ``labelled``), and their names."""
+    hint = "save it with numpy.savez(path, images=..., labels=...)" if labelled else \
+        "save it with numpy.savez(path, images=...)"
     if not zipfile.is_zipfile(path):
         raise KdflowError(f"data.{key} file '{path}' is not an .npz archive (a zip of arrays); {hint}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
-            pair = next(((a, b) for a, b in NPZ_KEYS if a in names and b in names), None)
+            pair = next(((a, b) for a, b in NPZ_KEYS if a in names and (b in names or not labelled)), None)
             if pair is None:
-                raise KdflowError(f"data.{key} file '{path}' has arrays {names or 'none'}; an image .npz needs "
-                                  "'images' and 'labels' (or 'x' and 'y')")
-            return npz[pair[0]], npz[pair[1]], pair
+                need = "an image .npz needs 'images' and 'labels' (or 'x' and 'y')" if labelled else \
+                    "it needs 'images' (or 'x')"
+                raise KdflowError(f"data.{key} file '{path}' has arrays {names or 'none'}; {need}")
+            return npz[pair[0]], (npz[pair[1]] if labelled else None), pair
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         reason = first_line(err).split(". ")[0]  # numpy's first sentence
         raise KdflowError(f"Could not read data.{key} file '{path}' as .npz ({reason}); {hint}") from None
@@ -357,13 +336,17 @@ def hub_images(part, cfg: DataConfig, notes: list[str]) -> tuple[dict, list]:
     note = f"hub data set columns used: image '{image_col}', label '{label_col}'"
     if (image_col != cfg.image_column or label_col != cfg.label_column) and note not in notes:
         notes.append(note)
+    labels = hub_labels(part, label_col)
+    images = [_hub_array(v, i, cfg) for i, v in enumerate(part[image_col])]
+    return {"image": finish(images, cfg.image_size, lambda i: f"Row {i} of hub column '{image_col}'")}, labels
+
+
+def hub_labels(part, label_col: str) -> list:
+    """A hub split's labels; class indices become the data set's class names (text and images alike)."""
     feat = part.features.get(label_col)
     names = list(feat.names) if getattr(feat, "names", None) else None
     labels = list(part[label_col])
-    if names is not None:
-        labels = [names[y] if 0 <= y < len(names) else y for y in labels]
-    images = [_hub_array(v, i, cfg) for i, v in enumerate(part[image_col])]
-    return {"image": finish(images, cfg.image_size, lambda i: f"Row {i} of hub column '{image_col}'")}, labels
+    return [names[y] if 0 <= y < len(names) else y for y in labels] if names is not None else labels
 
 
 def _hub_array(value, row: int, cfg: DataConfig) -> np.ndarray:

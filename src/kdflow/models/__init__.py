@@ -20,7 +20,6 @@ from torch import nn
 from ..config import ModelSpec
 from ..data.features import ImagePreprocess
 from ..errors import KdflowError
-from ..layers import stage_paths
 from . import encoder, hf, vision
 from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
@@ -62,11 +61,7 @@ def load_saved(folder: "str | Path"):
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:
-    """The model's list of Transformer blocks (kdflow's encoder, or a BERT-like HF encoder); CNN stages change
-    width from one to the next, so a CNN has none (:func:`kdflow.layers.stage_paths` names its stages)."""
-    if stage_paths(model):
-        raise KdflowError(f"{type(model).__name__}'s stages change width, so none can be skipped; score them with "
-                          "distill.layer_score: probe")
+    """The model's list of Transformer blocks (kdflow's encoder, or a BERT-like HF encoder)."""
     if isinstance(getattr(model, "layers", None), nn.ModuleList):
         return model.layers
     return layer_list(model)[1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -51,13 +51,15 @@ def label_kwargs(label_names: Optional[list[str]], task: str) -> dict:
             "label2id": {n: i for i, n in enumerate(label_names)}, "problem_type": "single_label_classification"}
 
 
-def has_task_head(path: str, label_names: Optional[list[str]], task: str) -> bool:
-    """True when a saved HF model already carries a trained head for exactly these labels."""
+def has_task_head(path: str, label_names: Optional[list[str]], task: str,
+                  is_head: Callable[[str], bool] = lambda arch: arch.endswith("ForSequenceClassification")) -> bool:
+    """True when a saved HF model already carries a trained head for exactly these labels (``is_head``: which
+    architecture names are the model kind's classifiers)."""
     p = Path(path)
     if not (p / "config.json").is_file():
         return False
     cfg = json.loads((p / "config.json").read_text())
-    if not any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
+    if not any(is_head(a) for a in cfg.get("architectures") or []):
         return False
     saved = p / LABELS_FILE
     if saved.is_file():

@@ -10,7 +10,6 @@ from a config, random init: a ResNet (teacher default) or a MobileNetV2 (student
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -21,8 +20,7 @@ from ..config import DataConfig, VisionSpec
 from ..data.features import ImagePreprocess
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind
-from .hf import label_kwargs, quiet_transformers, resolve_name, saved_architectures
-from .io import LABELS_FILE
+from .hf import has_task_head, label_kwargs, quiet_transformers, resolve_name, saved_architectures
 
 IMAGE_HEAD = "ForImageClassification"
 MOBILENET_V2_STAGE_ENDS = (1, 4, 8, 11, 14, 15)  # last layer of each width group of transformers' 16 layers
@@ -137,17 +135,8 @@ def tokenizer(spec: VisionSpec) -> Optional[ImagePreprocess]:
 
 
 def has_head(spec: VisionSpec, label_names: Optional[list], task: str) -> bool:
-    if not spec.name:
-        return False
-    path = Path(resolve_name(spec.name))
-    if not is_image_classifier(path):
-        return False
-    saved = path / LABELS_FILE
-    if saved.is_file():
-        return json.loads(saved.read_text()).get("labels") == label_names
-    cfg = json.loads((path / "config.json").read_text())
-    id2label = cfg.get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)] == label_names
+    return bool(spec.name) and has_task_head(resolve_name(spec.name), label_names, task,
+                                             is_head=lambda arch: IMAGE_HEAD in arch)
 
 
 def _build(spec: VisionSpec, ctx: BuildContext, default_arch: str) -> nn.Module:
