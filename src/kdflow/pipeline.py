@@ -20,7 +20,8 @@ from torch import nn
 
 from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
-from .data import Featurizer, Split, TaskData, image_preprocess, load_data, loader, make_collate, make_featurizer
+from .data import (Featurizer, Split, TaskData, image_preprocess, input_batches, load_data, loader, make_collate,
+                   make_featurizer)
 from .errors import KdflowError
 from .metrics import check_metric, quality
 from .runlog import RunLog
@@ -63,6 +64,10 @@ def check_inputs(cfg: Config, role: str = "teacher") -> None:
     dc = cfg.distill
     if role == "teacher":
         return
+    student = cfg.model.student
+    if dc.intermediate and not models.kind(student).matches_layers:
+        raise KdflowError(f"model.student (kind {student.kind}) has no learning blocks for distill.intermediate to "
+                          "match to the teacher's; set distill.intermediate: false")
     if dc.extra_teachers and dc.mode != "offline":
         raise KdflowError("distill.extra_teachers averages cached soft targets, so it needs distill.mode: offline")
     if dc.alpha == 0:
@@ -214,6 +219,8 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
             student, s_tokenizer = prune_embeddings(student, kept), prune_tokenizer(s_tokenizer, kept)
             auto = "" if spec.prune_vocab else " (prune_vocab auto)"
             run.info(f"[student] vocabulary pruned to the training text{auto}: {before:,} -> {len(kept):,} tokens")
+    pool = input_batches(d.train, featurizer(run, s_tokenizer), run.cfg.train.eval_batch_size)
+    models.kind(spec).prepare(student, pool, run.cfg.train.seed, run.info)
     return student, s_tokenizer
 
 
@@ -250,9 +257,10 @@ def train_settings(run: Run, section: TrainConfig, role: str, spec: ModelSpec, m
     start pretrained or random (logged, so the log says what ran)."""
     if section.lr is not None:
         return section
-    pretrained = models.starts_pretrained(spec, model)
-    lr = learning_rate(section, role, pretrained)
-    run.info(f"[{role}] learning rate {lr:g} (auto: its blocks start {'pretrained' if pretrained else 'random'})")
+    pretrained, own = models.starts_pretrained(spec, model), models.kind(spec).lr
+    lr = own or learning_rate(section, role, pretrained)
+    run.info(f"[{role}] learning rate {lr:g} (auto: " + (f"the {spec.kind} kind's rate)" if own else
+                                                         f"its blocks start {'pretrained' if pretrained else 'random'})"))
     return section.model_copy(update={"lr": lr})
 
 
@@ -296,6 +304,9 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
         entry["test"] = eval_fn(run, run.data.test, feat, bs)(model)
     for name, split in run.data.extra_tests.items():  # e.g. MNLI mismatched, scored beside test
         entry[f"test_{name}"] = eval_fn(run, split, feat, bs)(model)
+    if hasattr(model, "codebook_health"):  # a key-value bottleneck: how the training inputs and the test use it
+        entry["codebook"] = {name: model.codebook_health(input_batches(split, feat, bs)) for name, split in
+                             (("train", run.data.train), ("test", run.data.test)) if split is not None}
     entry.update(extra)
     return entry
 

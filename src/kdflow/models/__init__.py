@@ -4,6 +4,7 @@
 * :mod:`~kdflow.models.hf` — ``kind: hf``: Hugging Face classifiers; students of the teacher's family
 * :mod:`~kdflow.models.encoder` — ``kind: encoder``: kdflow's own Transformer encoder (text or numeric sequences)
 * :mod:`~kdflow.models.vision` — ``kind: vision``: image classifiers (ResNet, MobileNetV2, any Auto image model)
+* :mod:`~kdflow.models.dkvb` — ``kind: dkvb``: a Discrete Key-Value Bottleneck student over a frozen encoder
 * :mod:`~kdflow.models.io` — saving, label maps, parameter counts, fingerprints
 
 A new student kind: its spec class in :data:`kdflow.config.MODEL_SPECS`, a module here
@@ -20,14 +21,14 @@ from torch import nn
 from ..config import ModelSpec
 from ..data.features import ImagePreprocess
 from ..errors import KdflowError
-from . import encoder, hf, vision
+from . import dkvb, encoder, hf, vision
 from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
 from .hf import (build_hf_student, copied_blocks, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
                  load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
 from .io import LABELS_FILE, count_parameters, fingerprint, save_model, saved_labels
 
-KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND, "vision": vision.KIND}
+KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND, "vision": vision.KIND, "dkvb": dkvb.KIND}
 
 
 def kind(spec: ModelSpec) -> ModelKind:

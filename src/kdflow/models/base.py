@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from torch import nn
 
@@ -48,6 +48,12 @@ class ModelKind:
     load: Callable[[Path], nn.Module]
     # do the model's blocks start from pretrained weights? (picks the auto learning rate, train.lr: null)
     pretrained: Callable[[ModelSpec, nn.Module], bool] = field(default=lambda spec, model: False)
+    # before training, once: fit what the model learns without labels from the training pool's inputs
+    # (model, the pool's input batches, seed, log); the dkvb kind fits its keys here
+    prepare: Callable[[nn.Module, Iterable[dict], int, Callable[[str], None]], None] = \
+        field(default=lambda model, batches, seed, log: None)
+    lr: Optional[float] = None  # the kind's own auto learning rate (train.lr: null), when not the block rule's
+    matches_layers: bool = True  # has learning blocks that distill.intermediate can match to the teacher's
     tiny: dict = field(default_factory=dict)  # the smallest useful spec of this kind (tests, docs)
 
 

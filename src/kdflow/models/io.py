@@ -33,7 +33,10 @@ def saved_labels(folder: Path) -> tuple[Optional[list[str]], str]:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Its parameters, and the buffers that hold learned weights where the model names them
+    (``learned_buffers()``: a DKVB's keys and random projections, fitted or drawn once and then frozen)."""
+    extra = getattr(model, "learned_buffers", lambda: [])()
+    return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in extra)
 
 
 def fingerprint(model: nn.Module, extra: str = "") -> str:
