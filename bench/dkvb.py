@@ -53,9 +53,11 @@ T, ALPHA, MAX_LENGTH = 4.0, 0.5, 64
 LR = {"dkvb": 1e-1, "linear": 1e-3, "finetuned": 1e-4}  # i.i.d.: kdflow's auto rates for each kind of student
 # class-incremental: 72 steps a stage are too few for the auto rates (stage 1 after 3 epochs, validation: dkvb 0.03
 # -> 0.477, linear 1e-3 -> 0.900, finetuned 1e-4 -> 0.683), so each student gets the best rate of a grid on stage 1's
-# validation examples after stage 1 (``python bench/dkvb.py tune``; seed 1), and keeps it for the whole stream
+# validation examples after stage 1 (``python bench/dkvb.py tune``; seed 1), and keeps it for the whole stream;
+# except the fine-tuned student's best, 1e-3 (0.947; 3e-4: 0.920): over the stream it diverged (seed 1: the current
+# domain at chance, 1/15, from stage 5 on; kept in the results as "diverged/..."), so it runs at 3e-4
 GRID = {"dkvb": [0.03, 0.1, 0.3, 1.0], "linear": [1e-3, 3e-3, 1e-2, 3e-2], "finetuned": [1e-4, 3e-4, 1e-3]}
-STREAM_LR = {"dkvb": 1.0, "linear": 3e-2, "finetuned": 1e-3}
+STREAM_LR = {"dkvb": 1.0, "linear": 3e-2, "finetuned": 3e-4}
 
 
 def data_config(name: str, root: Path) -> DataConfig:

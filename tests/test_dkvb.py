@@ -1,6 +1,7 @@
 """The Discrete Key-Value Bottleneck student (``kind: dkvb``): the lookup, the freezing rule, the gradient's
 reach, k-means keys, codebook health, save/load, ONNX, and ``kdflow distill`` from a config."""
 
+import importlib.util
 import json
 
 import pytest
@@ -183,7 +184,7 @@ def test_onnx_export_keeps_the_nearest_key_lookup(world, tmp_path):
     assert max_abs_diff(lambda b: model(**b).logits, run, [batch, other]) < 1e-4
 
 
-def test_kdflow_distill_trains_a_dkvb_student_from_yaml(tiny_bert, intents_json, tmp_path):
+def test_kdflow_distill_trains_a_dkvb_student_from_yaml(tiny_bert, intents_json, tmp_path, capsys):
     from kdflow.cli import main
     raw = tiny_config(tiny_bert, intents_json, tmp_path, "dkvb",
                       model={"teacher": {"name": tiny_bert},
@@ -201,7 +202,18 @@ def test_kdflow_distill_trains_a_dkvb_student_from_yaml(tiny_bert, intents_json,
     assert metrics["test"]["accuracy"] > 0.5  # 4 intents, chance 0.25
     back, _, _, _ = load_saved(tmp_path / "dkvb" / "student")
     assert type(back).__name__ == "DKVBClassifier"
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "dkvb")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+    if importlib.util.find_spec("onnxruntime"):  # deployable like every student: ONNX and int8 score alike
+        assert main(["export", str(tmp_path / "dkvb"), "--onnx"]) == 0
+        deploy = {r["model"]: r for r in json.loads((tmp_path / "dkvb" / "metrics.json").read_text())["deploy"]}
+        assert deploy["student-onnx"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=0.03)
+    # refused before any work, and the run folder is left as it was
+    before = (tmp_path / "dkvb" / "config.yaml").read_text()
     assert main(["distill", str(cfg), "--overwrite", "--set", "distill.intermediate=true"]) == 2
+    assert (tmp_path / "dkvb" / "config.yaml").read_text() == before
 
 
 def test_dkvb_is_refused_as_a_teacher(tiny_bert, intents_json, tmp_path, capsys):
@@ -212,3 +224,25 @@ def test_dkvb_is_refused_as_a_teacher(tiny_bert, intents_json, tmp_path, capsys)
     cfg.write_text(yaml.safe_dump(raw))
     assert main(["teach", str(cfg)]) == 2
     assert "kind dkvb is a student" in capsys.readouterr().err
+
+
+def test_a_frozen_encoder_runs_once_per_text_while_training(world):
+    model, tok, batch = fitted(world)
+    calls = []
+    model.encoder.register_forward_hook(lambda module, args, output: calls.append(len(args[0]) if args else 0))
+    model.eval()
+    with torch.no_grad():
+        reference = model(**batch).logits
+    model.train()
+    first = model(**batch).logits
+    # the same texts again, padded to another length inside a larger batch, with one new text
+    bigger = dict(tok(TEXTS + ["a much longer sentence about nothing at all in particular"], padding=True,
+                      return_tensors="pt"))
+    second = model(**bigger).logits
+    assert len(calls) == 3 and len(model.memo) == 9  # eval, the first training batch, then the one new text
+    torch.testing.assert_close(first, reference)
+    torch.testing.assert_close(second[:8], reference, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        model.eval()
+        model(**batch)
+    assert len(calls) == 4  # eval mode never reads the memo

@@ -36,6 +36,7 @@ from .hf import load_tokenizer, quiet_transformers, resolve_name, student_depth
 
 DKVB_CONFIG = "kdflow_dkvb.json"
 CHUNK = 2048  # examples per distance computation in k-means (memory: CHUNK x C x K floats)
+MEMO_LIMIT = 500_000  # texts whose pooled embedding a training DKVB keeps (384 floats each: 0.8 GB at most)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class DKVBClassifier(nn.Module):
         self.decoder = nn.Linear(c.value_dim, c.num_labels) if c.value_dim else None
         if c.freeze_encoder:
             self.encoder.requires_grad_(False)
+        self.memo: dict[bytes, torch.Tensor] = {}  # token ids -> pooled embedding (training, frozen encoder)
 
     def train(self, mode: bool = True) -> "DKVBClassifier":
         super().train(mode)
@@ -102,6 +104,25 @@ class DKVBClassifier(nn.Module):
         keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
+    def remembered(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """:meth:`embed`, computed once per text while training: a frozen encoder (in eval mode) gives a text the
+        same pooled output every epoch, so later epochs cost a lookup, not an encoder pass. Keyed by the text's
+        real tokens (its padding ignored, so the batch it lands in does not matter); never used in eval mode."""
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        keep = mask.bool().cpu()
+        parts = [input_ids.cpu()] + ([token_type_ids.cpu()] if token_type_ids is not None else [])
+        keys = [b"|".join(p[i][keep[i]].numpy().tobytes() for p in parts) for i in range(len(keep))]
+        missing = [i for i, key in enumerate(keys) if key not in self.memo]
+        if missing:
+            rows = torch.tensor(missing, device=input_ids.device)
+            fresh = self.embed(input_ids[rows], mask[rows], token_type_ids[rows] if token_type_ids is not None
+                               else None).detach()
+            if len(self.memo) + len(missing) > MEMO_LIMIT:
+                found = {keys[i]: fresh[j] for j, i in enumerate(missing)}
+                return torch.stack([found[k] if k in found else self.memo[k] for k in keys])
+            self.memo.update({keys[i]: fresh[j] for j, i in enumerate(missing)})
+        return torch.stack([self.memo[k] for k in keys])
+
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, D] -> [B, C, d_k]``: one random projection per head."""
         return torch.einsum("bd,cdk->bck", z, self.projection)
@@ -125,7 +146,12 @@ class DKVBClassifier(nn.Module):
         if not bool(self.keys_fitted):
             raise KdflowError("The DKVB student's keys are not fitted yet; call kdflow.models.dkvb.init_keys on "
                               "the training inputs first (kdflow distill does this itself)")
-        z = embeddings if embeddings is not None else self.embed(input_ids, attention_mask, token_type_ids)
+        if embeddings is not None:
+            z = embeddings
+        elif self.training and self.config.freeze_encoder:
+            z = self.remembered(input_ids, attention_mask, token_type_ids)
+        else:
+            z = self.embed(input_ids, attention_mask, token_type_ids)
         pooled = self.fetch(self.assign(self.project(z))).mean(1)
         return DKVBOutput(self.decoder(pooled) if self.decoder is not None else pooled)
 
