@@ -155,7 +155,7 @@ def iid(a, results: dict, save) -> None:
     out.mkdir(parents=True, exist_ok=True)
     texts = {s: d.split(s).inputs["text"] for s in ("train", "validation", "test")}
     y = {s: torch.as_tensor(d.split(s).targets).long() for s in texts}
-    t = cached(out / f"{a.data}-teacher.pt", lambda: {s: logits_of(teacher, tok, texts[s]) for s in texts})
+    t = cached(out / f"{a.data}-teacher-splits.pt", lambda: {s: logits_of(teacher, tok, texts[s]) for s in texts})
     save(f"iid/{a.data}/teacher", {"test": accuracy(t["test"], y["test"])})
     probe, _ = dkvb_student(labels, teacher, tok)
     z = cached(out / f"{a.data}-lower3.pt", lambda: {s: pooled(probe, tok, texts[s]) for s in texts})
