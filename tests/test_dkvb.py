@@ -246,3 +246,17 @@ def test_a_frozen_encoder_runs_once_per_text_while_training(world):
         model.eval()
         model(**batch)
     assert len(calls) == 4  # eval mode never reads the memo
+
+
+def test_more_keys_than_distinct_inputs_is_refused(world):
+    model, _, batch = build(world, keys=6)
+    twice = {k: torch.cat([v[:4], v[:4]]) for k, v in batch.items()}  # 8 inputs, 4 distinct
+    with pytest.raises(KdflowError, match="only 4 distinct inputs"):
+        init_keys(model, [twice])
+
+
+def test_the_pooler_is_dropped_and_the_auto_rate_follows_the_encoder(world):
+    model, _, _ = build(world)
+    assert model.encoder.pooler is None
+    frozen = MODEL_SPECS["dkvb"].model_validate({"kind": "dkvb"})
+    assert KIND.lr(frozen) == 0.1 and KIND.lr(frozen.model_copy(update={"freeze_encoder": False})) is None

@@ -219,8 +219,10 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
             student, s_tokenizer = prune_embeddings(student, kept), prune_tokenizer(s_tokenizer, kept)
             auto = "" if spec.prune_vocab else " (prune_vocab auto)"
             run.info(f"[student] vocabulary pruned to the training text{auto}: {before:,} -> {len(kept):,} tokens")
-    pool = input_batches(d.train, featurizer(run, s_tokenizer), run.cfg.train.eval_batch_size)
-    models.kind(spec).prepare(student, pool, run.cfg.train.seed, run.info)
+    prepare = models.kind(spec).prepare
+    if prepare is not None:  # fitted without labels on the training pool (dkvb: its keys), on the run's device
+        pool = input_batches(d.train, featurizer(run, s_tokenizer), run.cfg.train.eval_batch_size)
+        prepare(student.to(run.acc.device), pool, run.cfg.train.seed, run.info)
     return student, s_tokenizer
 
 
@@ -257,10 +259,10 @@ def train_settings(run: Run, section: TrainConfig, role: str, spec: ModelSpec, m
     start pretrained or random (logged, so the log says what ran)."""
     if section.lr is not None:
         return section
-    pretrained, own = models.starts_pretrained(spec, model), models.kind(spec).lr
+    pretrained, own = models.starts_pretrained(spec, model), models.kind(spec).lr(spec)
     lr = own or learning_rate(section, role, pretrained)
-    run.info(f"[{role}] learning rate {lr:g} (auto: " + (f"the {spec.kind} kind's rate)" if own else
-                                                         f"its blocks start {'pretrained' if pretrained else 'random'})"))
+    why = f"the {spec.kind} kind's rate" if own else f"its blocks start {'pretrained' if pretrained else 'random'}"
+    run.info(f"[{role}] learning rate {lr:g} (auto: {why})")
     return section.model_copy(update={"lr": lr})
 
 

@@ -89,9 +89,12 @@ def auto_settings(cfg: Config) -> tuple[str, list[tuple[str, str, str]]]:
         rows += student_rows
     if spec.prune_vocab is None:
         rows.append(_prune_row(cfg))
+    from .models import kind
+    own = kind(spec).lr(spec)
     if cfg.train.lr is None:
-        lr = learning_rate(cfg.train, "student", pretrained)
-        rows.append(("train.lr", f"{lr:g}", "the student's blocks start " + ("pretrained" if pretrained else "random")))
+        lr = own or learning_rate(cfg.train, "student", pretrained)
+        rows.append(("train.lr", f"{lr:g}", f"the {spec.kind} kind's rate" if own else
+                     "the student's blocks start " + ("pretrained" if pretrained else "random")))
     if cfg.teach.lr is None:
         t_pre = cfg.model.teacher.kind == "hf" or bool(cfg.model.teacher.kind == "vision" and cfg.model.teacher.name)
         rows.append(("teach.lr", f"{learning_rate(cfg.teach, 'teacher', t_pre):g}",

