@@ -161,15 +161,16 @@ def iid(a, results: dict, save) -> None:
     save(f"iid/{a.data}/teacher", {"test": accuracy(t["test"], y["test"])})
     probe, _ = dkvb_student(labels, teacher, tok)
     z = cached(out / f"{a.data}-lower3.pt", lambda: {s: pooled(probe, tok, texts[s]) for s in texts})
+    archs = a.archs.split(",")
     for seed in a.seeds:
         for kd in (True, False):
             for arch in ("dkvb", "linear"):
                 key = f"iid/{a.data}/{arch}{'_kd' if kd else ''}/{seed}"
-                if key in results:
+                if key in results or arch not in archs:
                     continue
                 save(key, frozen_run(arch, labels, teacher, tok, z, y, t, seed, kd, a.epochs))
             key = f"iid/{a.data}/finetuned{'_kd' if kd else ''}/{seed}"
-            if key not in results:
+            if key not in results and "finetuned" in archs:
                 save(key, finetuned_run(a, seed, kd))
 
 
@@ -398,7 +399,7 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=3, help="the fine-tuned student (i.i.d.)")
     ap.add_argument("--stage-epochs", type=int, default=3, help="every student, per class-incremental stage")
     ap.add_argument("--ft-lr", type=float, default=None, help="the fine-tuned student's rate in the stream")
-    ap.add_argument("--archs", default="dkvb,linear,finetuned", help="students of the stream")
+    ap.add_argument("--archs", default="dkvb,linear,finetuned", help="the students to run")
     ap.add_argument("--teacher", default=None, help="default: runs/clinc-small/teacher or runs/sst2/teacher")
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--out", default="runs/dkvb-bench")
