@@ -68,8 +68,9 @@ class DKVBClassifier(nn.Module):
         c = self.config = config
         self.encoder = encoder
         width = encoder.config.hidden_size
-        # fixed random projections, one per head (saved with the weights, never trained)
-        self.register_buffer("projection", torch.randn(c.heads, width, c.key_dim) / math.sqrt(width))
+        # fixed random projections, one per head, side by side: head c reads columns c*d_k .. (c+1)*d_k
+        # (one matmul for all heads; saved with the weights, never trained)
+        self.register_buffer("projection", torch.randn(width, c.heads * c.key_dim) / math.sqrt(width))
         self.register_buffer("keys", torch.zeros(c.heads, c.keys, c.key_dim))
         self.register_buffer("keys_fitted", torch.zeros((), dtype=torch.bool))
         out = c.value_dim or c.num_labels
@@ -128,11 +129,11 @@ class DKVBClassifier(nn.Module):
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, D] -> [B, C, d_k]``: one random projection per head."""
-        return torch.einsum("bd,cdk->bck", z, self.projection)
+        return (z @ self.projection).view(-1, self.config.heads, self.config.key_dim)
 
     def assign(self, h: torch.Tensor) -> torch.Tensor:
         """``[B, C, d_k] -> [B, C]``: the index of each head's nearest key (squared Euclidean distance)."""
-        cross = torch.einsum("bck,cjk->bcj", h, self.keys)
+        cross = torch.matmul(h.transpose(0, 1), self.keys.transpose(1, 2)).transpose(0, 1)  # [B, C, K]
         dist = (h * h).sum(-1, keepdim=True) - 2 * cross + (self.keys * self.keys).sum(-1).unsqueeze(0)
         return dist.argmin(-1)
 
