@@ -27,6 +27,7 @@ from torch import nn
 from .errors import KdflowError
 from .layers import Taps, as_tokens, stage_paths
 from .models import block_list, fingerprint
+from .models.base import mean_over_tokens
 
 if TYPE_CHECKING:
     from .pipeline import Run
@@ -45,17 +46,9 @@ def _pooled_states(model: nn.Module, batches: list[dict]) -> list[np.ndarray]:
         else:
             states = model(**b, output_hidden_states=True).hidden_states[1:]
         mask = b.get("attention_mask")
-        pooled = [_mean_over_positions(h.float(), mask).numpy() for h in states]
+        pooled = [mean_over_tokens(h.float(), mask).numpy() for h in states]
         per_layer = [[p] for p in pooled] if per_layer is None else [acc + [p] for acc, p in zip(per_layer, pooled)]
     return [np.concatenate(chunks) for chunks in per_layer or []]
-
-
-def _mean_over_positions(h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """``[B, L, D] -> [B, D]``: the mean over real tokens (every position when there is no mask)."""
-    if mask is None:
-        return h.mean(1)
-    keep = mask.unsqueeze(-1).to(h.dtype)
-    return (h * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 @torch.no_grad()

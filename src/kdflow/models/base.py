@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+import torch
 from torch import nn
 
 from ..config import DataConfig, ModelSpec
+
+
+def mean_over_tokens(hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[B, L, D] -> [B, D]``: the mean over real tokens (``mask`` 1), or over every position without a mask."""
+    if mask is None:
+        return hidden.mean(1)
+    keep = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
 @dataclass
@@ -57,4 +66,4 @@ class ModelKind:
     tiny: dict = field(default_factory=dict)  # the smallest useful spec of this kind (tests, docs)
 
 
-__all__ = ["BuildContext", "ModelKind"]
+__all__ = ["BuildContext", "ModelKind", "mean_over_tokens"]

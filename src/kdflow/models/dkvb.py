@@ -32,7 +32,7 @@ from torch import nn
 
 from ..config import DataConfig, DKVBSpec
 from ..errors import KdflowError, first_line
-from .base import BuildContext, ModelKind
+from .base import BuildContext, ModelKind, mean_over_tokens
 from .hf import load_tokenizer, quiet_transformers, resolve_name, student_depth
 
 DKVB_CONFIG = "kdflow_dkvb.json"
@@ -103,10 +103,7 @@ class DKVBClassifier(nn.Module):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        if self.config.pooling == "cls":
-            return hidden[:, 0]
-        keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return hidden[:, 0] if self.config.pooling == "cls" else mean_over_tokens(hidden, attention_mask)
 
     def remembered(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """:meth:`embed`, computed once per text while training: a frozen encoder (in eval mode) gives a text the

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import DataConfig, EncoderSpec
 from ..errors import KdflowError
-from .base import BuildContext, ModelKind
+from .base import BuildContext, ModelKind, mean_over_tokens
 from .hf import load_tokenizer
 
 ENCODER_CONFIG = "kdflow_encoder.json"
@@ -92,8 +92,7 @@ class TransformerEncoderClassifier(nn.Module):
             x = layer(x, src_key_padding_mask=pad)
             hidden.append(x)
         x = self.norm(x)
-        keep = attention_mask.unsqueeze(-1).to(x.dtype)
-        pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        pooled = mean_over_tokens(x, attention_mask)
         return EncoderOutput(self.head(self.drop(pooled)), tuple(hidden) if output_hidden_states else None)
 
     def save_pretrained(self, folder: "str | Path") -> None:
