@@ -143,3 +143,62 @@ def test_list_items_python_specs_and_resume_signatures_of_older_runs():
     assert same_setting({**now, "init_from_teacher": False, "teacher_layers": None}, now)
     assert not same_setting({**now, "num_layers": 3}, now) and not same_setting({**now, "teacher_layers": [1]}, now)
     assert same_setting(3, 3) and not same_setting(None, "hinton")
+
+
+def test_yaml_keys_given_twice_are_refused_with_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  path: x.json\ntrain:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    assert f"Config file '{path}' gives key 'lr' twice (lines 4 and 6)" in err(str(path))
+    path.write_text("data: {path: a.json}\nbase: &b {x: 1}\n")  # anchors and distinct keys are fine
+    assert "Unknown config key 'base'" in err(str(path))
+    assert "names key 'hidden' twice" in err(base(), ["distill.layer_losses={hidden: 1, hidden: 2}"])
+
+
+def test_numbers_are_exact_finite_and_seeds_in_range(tmp_path):
+    for section, key, value, words in [("train", "epochs", True, "valid integer"),
+                                       ("train", "seed", 1.5, "valid integer"),
+                                       ("train", "epochs", 2.0, "valid integer"),
+                                       ("train", "lr", "0.1", "valid number"),
+                                       ("distill", "alpha", False, "valid number"),
+                                       ("distill", "temperature", float("inf"), "finite number"),
+                                       ("train", "lr", float("nan"), "finite number"),
+                                       ("train", "seed", -1, "greater than or equal to 0"),
+                                       ("active", "seed", 2 ** 32, "less than 4294967296"),
+                                       ("data", "seed", 2 ** 40, "less than 4294967296"),
+                                       ("run", "quiet", 1, "valid boolean")]:
+        raw = base()
+        raw.setdefault(section, {})[key] = value
+        assert f"'{section}.{key}' (got {value!r})" in err(raw) and words in err(raw), (section, key, value)
+    assert "'distill.layers.weight' (got inf)" in err(base(distill__layers=[{"student": 0, "teacher": 1,
+                                                                             "weight": float("inf")}]))
+    assert "'model.student.teacher_layers.0' (got True)" in err({"data": {"path": "x"},
+                                                                 "model": {"student": {"teacher_layers": [True]}}})
+    # an int is a number: temperature 2 is 2.0
+    assert load_config(base(train__seed=2 ** 32 - 1, distill__temperature=2)).distill.temperature == 2.0
+
+
+def test_yaml_exponents_are_numbers_and_non_finite_yaml_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: x.json\ntrain:\n  lr: 1e-3\n  weight_decay: 5E-2\n")  # YAML 1.1 reads strings
+    cfg = load_config(str(path))
+    assert cfg.train.lr == 1e-3 and cfg.train.weight_decay == 0.05
+    for text, key in [("train:\n  lr: 1e999", "train.lr"), ("distill:\n  alpha: .nan", "distill.alpha"),
+                      ("train:\n  max_grad_norm: -.inf", "train.max_grad_norm"), ('train:\n  lr: "1e-3"', "train.lr")]:
+        path.write_text("data:\n  path: x.json\n" + text + "\n")
+        assert f"'{key}'" in err(str(path)), text
+    assert "'train.lr' (got inf)" in err(base(), ["train.lr=1e999"])
+    assert "no value after '='" in err(base(), ["train.lr="]) and "empty part" in err(base(), ["train..lr=1"])
+    named = load_config({"data": {"path": "x.json", "hub_config": "2e5"}, "run": {"name": "1e3"}})
+    path.write_text(named.to_yaml())  # a name that looks like a number is quoted, so it reads back as a name
+    assert load_config(str(path)) == named
+
+
+def test_config_files_in_other_encodings_and_binary_ones(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("data:\n  path: x.json\ndistill:\n  alpha: 0.25\n".encode("utf-16"))  # BOM: read as such
+    assert load_config(str(path)).distill.alpha == 0.25
+    path.write_bytes("data:\n  path: caf\xe9.json\n".encode("latin-1"))
+    assert "is not UTF-8 text (byte 0xe9 on line 2" in err(str(path))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    assert "is not a text file" in err(str(path))
+    assert "is a folder, not a file" in err(str(tmp_path))

@@ -230,3 +230,43 @@ def test_featurizers_encode_once_per_id_and_only_training_batches_are_told_to_au
     assert Noisy.seen == [True, True, False]
     assert not torch.equal(first[0], again[0])  # a fresh augmentation per pass, never a cached one
     assert plain[0]["values"].tolist() == [[[1.0], [2.0]], [[3.0], [0.0]], [[4.0], [5.0]]]
+
+
+def test_files_in_other_encodings_binary_or_empty(tmp_path):
+    rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(10))
+    cases = {"latin.csv": (("text,label\n" + rows + "caf\xe9,a\n").encode("latin-1"), "not UTF-8 text (byte 0xe9 "
+                                                                                      "on line 12"),
+             "bin.csv": (b"\x00\x01\x02" * 30, "is not a text file"), "empty.csv": (b"", "is empty"),
+             "blank.jsonl": (b"\n \n", "is empty"), "head.csv": (b"text,label\n", "holds no rows"),
+             "cut.jsonl": (b'{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", "lab\n',
+                           "Line 3 of data.train file"),
+             "list.jsonl": (b'{"text": "a", "label": "x"}\n[1]\n', "Line 2 of data.train file"),
+             "scalar.json": (b"5", "holds a number")}
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(KdflowError) as info:
+            load_data(cfg(train=str(tmp_path / name)))
+        assert expected in str(info.value) and name in str(info.value) and "\n" not in str(info.value), name
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "t.csv").write_text("text,label\n" + rows)
+    with pytest.raises(KdflowError, match="is a folder, not a file"):
+        load_data(cfg(train=str(tmp_path / "t.csv"), format="csv", validation=str(tmp_path / "folder.csv")))
+    utf16 = tmp_path / "u16.csv"
+    utf16.write_bytes(("text,label\n" + rows).encode("utf-16"))  # with its byte-order mark: read as UTF-16
+    d = load_data(cfg(train=str(utf16)))
+    assert sorted(d.train.inputs["text"] + d.validation.inputs["text"]) == sorted(f"text {i}" for i in range(10))
+
+
+def test_non_finite_regression_targets_and_values_name_file_column_and_row(tmp_path):
+    for bad in ("inf", "-Infinity", "1e39", "1e999"):
+        path = tmp_path / "r.csv"
+        path.write_text("text,score\n" + "".join(f"t{i},{bad if i == 3 else i / 2}\n" for i in range(8)))
+        with pytest.raises(KdflowError) as info:
+            load_data(cfg(train=str(path), task="regression", label_column="score"))
+        msg = str(info.value)
+        assert f"{bad!r} in row 3 of the train split (file '{path}', data.train, column 'score')" in msg, msg
+    seq = tmp_path / "s.jsonl"
+    seq.write_text("".join(json.dumps({"values": [1.0, 2.0] if i != 2 else [1.0, 1e39], "label": "ab"[i % 2]})
+                           + "\n" for i in range(6)))
+    with pytest.raises(KdflowError, match="Row 2 of column 'values' .* beyond float32's range"):
+        load_data(cfg(train=str(seq), values_column="values"))

@@ -1,43 +1,126 @@
-"""The same command under torchrun: 2 CPU processes (gloo), one teacher cache, one saved student."""
+"""The same commands under torchrun: 2 CPU processes (gloo), one run folder, metrics beside one process's.
+
+Two processes split each training batch (accelerate) and every pass that only reads a model over many
+examples (the teacher's outputs, active learning's pool scoring: ``kdflow.distributed``). The training is
+not bit-identical to one process (each process draws half of every batch, gradients are averaged in
+another order), so the metrics are compared within a tolerance; counts that must not change (teacher
+outputs computed, labels bought, rows written) are compared exactly.
+"""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+from copy import deepcopy
 
+import numpy as np
 import pytest
 import yaml
 
 import kdflow
+from kdflow.active.outputs import PoolPass, _joined, _share, _stream
+from kdflow.data import load_data, make_featurizer
 
 from conftest import tiny_config
 
+TOLERANCE = 0.15  # validation accuracy, one process vs two, on 48 examples after a few epochs of a tiny model
 
-def test_torchrun_two_processes(tmp_path, tiny_bert, intents_json):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
+
+def torchrun(tmp_path, raw: dict, *command) -> subprocess.CompletedProcess:
+    runner = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if runner is None:
         pytest.skip("torchrun is not installed beside this Python")
-    raw = tiny_config(tiny_bert, intents_json, tmp_path, "ddp")
-    raw["teach"]["epochs"] = 6
-    kdflow.teach(raw)
-    raw["train"].update(epochs=2)
-    cfg = tmp_path / "ddp.yaml"
+    cfg = tmp_path / f"{raw['run']['name']}.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "kdflow", "distill", str(cfg)],
+    out = subprocess.run([runner, "--standalone", "--nproc_per_node=2", "-m", "kdflow", *command, str(cfg), "--quiet"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["student"]
-    # one process computed and cached the teacher outputs; validation was gathered over both shards
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_bert, intents_json):
+    tmp = tmp_path_factory.mktemp("ddp")
+    raw = tiny_config(tiny_bert, intents_json, tmp, "teach")
+    raw["teach"]["epochs"] = 6
+    kdflow.teach(raw)
+    raw["model"]["teacher"]["name"] = str(tmp / "teach" / "teacher")
+    return tmp, raw
+
+
+def test_torchrun_distill_two_processes(teacher):
+    tmp, base = teacher
+    raw = deepcopy(base)
+    raw["run"]["name"] = "ddp"
+    raw["train"].update(epochs=2)
+    raw["distill"] = {"cache_dir": str(tmp / "cache-ddp")}
+    torchrun(tmp, raw, "distill")
+    metrics = json.loads((tmp / "ddp" / "metrics.json").read_text())["student"]
+    # the teacher's outputs were split across the two processes and gathered: each example computed once
     assert metrics["distill"]["teacher_examples_computed"] == 160 + 48
+    parts = list((tmp / "cache-ddp").rglob("part-*.pt"))
+    assert len(parts) == 2  # train, then test: written by process 0 only
     # gathered over both shards, validation equals a single-process evaluation of the saved student
-    single = kdflow.evaluate(str(tmp_path / "ddp"), split="validation")
+    single = kdflow.evaluate(str(tmp / "ddp"), split="validation")
     assert single["examples"] == 48 and metrics["validation"]["accuracy"] == single["accuracy"]
-    assert (tmp_path / "ddp" / "student" / "model.safetensors").is_file()
-    log = (tmp_path / "ddp" / "log.txt").read_text()
+    log = (tmp / "ddp" / "log.txt").read_text()
     assert log.count("[student] epoch 1/2") == 1  # only the main process logs
-    rows = (tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()
+    rows = (tmp / "ddp" / "metrics.csv").read_text().strip().splitlines()
     assert sum(r.startswith("student,") for r in rows) == 2
-    state = json.loads((tmp_path / "ddp" / "checkpoints" / "student" / "last" / "trainer_state.json").read_text())
+    state = json.loads((tmp / "ddp" / "checkpoints" / "student" / "last" / "trainer_state.json").read_text())
     assert state["epoch"] == 1
+    one = kdflow.distill({**raw, "run": {**raw["run"], "name": "one"}, "distill": {"cache_dir": str(tmp / "c1")}})
+    assert abs(one["validation"]["accuracy"] - metrics["validation"]["accuracy"]) <= TOLERANCE
+
+
+def test_torchrun_active_two_processes(teacher):
+    tmp, base = teacher
+    raw = deepcopy(base)
+    raw["run"]["name"] = "al-ddp"
+    raw["train"].update(lr=2e-2)
+    raw["distill"] = {"cache_dir": str(tmp / "cache-al"), "alpha": 0.5}
+    raw["active"] = {"strategy": "margin", "oracle": "gold", "initial": 32, "per_round": 16, "rounds": 3,
+                     "min_steps": 60}
+    torchrun(tmp, raw, "active")
+    out = json.loads((tmp / "al-ddp" / "metrics.json").read_text())["active"]
+    state = json.loads((tmp / "al-ddp" / "active" / "state.json").read_text())
+    assert out["status"] == "done" and len(out["rounds"]) == 3 and out["labels"] == 64
+    assert len(state["labels"]) == 64 and len({i for b in state["batches"] for i in b}) == 64  # none twice
+    assert (tmp / "al-ddp" / "active" / "student" / "model.safetensors").is_file()
+    assert len((tmp / "al-ddp" / "active" / "rounds.csv").read_text().strip().splitlines()) == 4
+    log = (tmp / "al-ddp" / "log.txt").read_text()
+    assert log.count("[active] batch 1:") == 1
+    one = kdflow.active({**raw, "run": {**raw["run"], "name": "al-one"},
+                         "distill": {"cache_dir": str(tmp / "cache-al1"), "alpha": 0.5}})
+    assert one["labels"] == out["labels"]
+    assert abs(one["rounds"][-1]["validation"]["accuracy"] - out["rounds"][-1]["validation"]["accuracy"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("strategy,keep_top", [("margin", 0), ("margin", 10), ("badge", 0), ("coreset", 0)])
+def test_pool_scored_in_two_shares_and_joined_equals_one_pass(teacher, strategy, keep_top):
+    """What two processes send and join (each scoring every other position) equals one process's pass."""
+    from kdflow.models import load_saved
+    tmp, base = teacher
+    model, tok, labels, _ = load_saved(base["model"]["teacher"]["name"])
+    pool = load_data(kdflow.load_config(base).data).train
+    positions = np.arange(5, len(pool), dtype=np.int64)  # not every position: the rest stay unscored
+    spec = PoolPass(strategy, len(labels), batch_size=16, chunk=64, seed=3, keep_top=keep_top,
+                    need_embeddings=keep_top > 0)
+
+    def featurize():
+        return make_featurizer("text", tok, 32)
+
+    whole = _stream(model, pool, positions, featurize, "cpu", spec)
+    sent = [_share(_stream(model, pool, positions[r::2], featurize, "cpu", spec), positions[r::2], spec)
+            for r in range(2)]
+    joined = _joined(len(pool), sent, spec)
+    if keep_top:  # the short list of the 10 best-scored, re-cut from each share's own 10
+        assert joined.embedding_rows.tolist() == whole.embedding_rows.tolist() and len(whole.embedding_rows) == 10
+        np.testing.assert_allclose(joined.embeddings, whole.embeddings, rtol=1e-5, atol=1e-6)
+    for key in ("scores", "probs", "embeddings" if not keep_top else "scores"):
+        a, b = getattr(whole, key), getattr(joined, key)
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a[positions], b[positions], rtol=1e-5, atol=1e-6)

@@ -166,7 +166,7 @@ def test_save_and_load_round_trip(world, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(**batch).logits, model(**batch).logits)
     (tmp_path / "s" / "kdflow_dkvb.json").write_text("{broken")
-    with pytest.raises(KdflowError, match="readable DKVB"):
+    with pytest.raises(KdflowError, match="kdflow_dkvb.json' is not valid JSON"):
         load_saved(tmp_path / "s")
 
 

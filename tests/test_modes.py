@@ -316,35 +316,59 @@ def test_bf16_mixed_precision_flag_on_cpu(taught, monkeypatch):
     assert entry["parameters"] > 0
 
 
-def test_guide_resume_trains_on_the_same_targets(taught, tiny_bert, monkeypatch):
+def guide_killed(taught, tiny_bert, monkeypatch, name: str, epochs: int, killed_call: int):
+    """A guide-mode run straight through, and the same run interrupted in the ``killed_call``-th training
+    epoch (teacher and student epochs alternate: teacher e0, student e0, teacher e1, ...). Returns the
+    straight run's metrics and the config of a run name."""
+    import kdflow.teacher_cache as guide_mod  # the guide hook trains the teacher there
     import kdflow.train as train_mod
 
-    def cfg(name):
-        c = student_cfg(taught, name, train={"epochs": 3}, distill={"mode": "guide", "guide_every": 2})
+    def cfg(run):
+        c = student_cfg(taught, run, train={"epochs": epochs}, distill={"mode": "guide", "guide_every": 2})
         c["model"]["teacher"]["name"] = tiny_bert
         return c
 
-    straight = kdflow.distill(cfg("g-straight"))
+    straight = kdflow.distill(cfg(f"{name}-straight"))
     real, calls = train_mod.train_epoch, {"n": 0}
 
-    def dies(*args, **kwargs):  # calls: teacher e0, student e0, teacher e1, student e1 <- killed
+    def dies(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == killed_call:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_epoch", dies)
-    import kdflow.teacher_cache as guide_mod  # the guide hook trains the teacher there
     monkeypatch.setattr(guide_mod, "train_epoch", dies)
     with pytest.raises(KeyboardInterrupt):
-        kdflow.distill(cfg("g-killed"))
+        kdflow.distill(cfg(f"{name}-killed"))
     monkeypatch.setattr(train_mod, "train_epoch", real)
     monkeypatch.setattr(guide_mod, "train_epoch", real)
+    return straight, cfg
+
+
+def test_guide_resume_trains_on_the_same_targets(taught, tiny_bert, monkeypatch):
+    straight, cfg = guide_killed(taught, tiny_bert, monkeypatch, "g", epochs=3, killed_call=4)  # in student e1
     resumed = kdflow.distill(cfg("g-killed"), resume=True)
     assert resumed["distill"]["target_refreshes"] == straight["distill"]["target_refreshes"] == 2
     a = load_file(taught[1] / "g-straight" / "student" / "model.safetensors")
     b = load_file(taught[1] / "g-killed" / "student" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_guide_resume_from_the_previous_checkpoint_uses_its_targets(taught, tiny_bert, monkeypatch):
+    """A damaged last/ falls back to previous/, whose copy of the guide targets is put back: killed in
+    epoch 5 (targets refreshed there), last/ = epoch 4 damaged, previous/ = epoch 3 trains on epoch 3's targets."""
+    straight, cfg = guide_killed(taught, tiny_bert, monkeypatch, "gp", epochs=6, killed_call=10)  # in student e4
+    ckpt = taught[1] / "gp-killed" / "checkpoints" / "student"
+    assert torch.load(ckpt / "guide_targets.pt", weights_only=True)["epoch"] == 4
+    (ckpt / "last" / "model.safetensors").write_bytes(b"")
+    resumed = kdflow.distill(cfg("gp-killed"), resume=True)
+    assert "resuming from the last good checkpoint" in (taught[1] / "gp-killed" / "log.txt").read_text()
+    assert resumed["distill"]["target_refreshes"] == straight["distill"]["target_refreshes"] == 3
+    a = load_file(taught[1] / "gp-straight" / "student" / "model.safetensors")
+    b = load_file(taught[1] / "gp-killed" / "student" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["validation"] == straight["validation"]
 
 
 def test_cached_run_trains_exactly_like_a_fresh_one(taught):

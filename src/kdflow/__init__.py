@@ -1,13 +1,13 @@
 """kdflow: knowledge distillation with active learning, from a laptop CPU to many GPUs."""
 
 from .active import active
-from .api import distill, evaluate, teach
+from .api import check, distill, evaluate, teach
 from .compare import MeasureOptions
 from .config import (ActiveConfig, Config, DataConfig, DistillConfig, EncoderSpec, HFSpec, ModelConfig, ModelSpec,
                      RunConfig, TrainConfig, load_config)
 from .errors import KdflowError
 
 __version__ = "0.1.0"
-__all__ = ["teach", "distill", "evaluate", "active", "MeasureOptions", "ActiveConfig", "Config", "DataConfig",
+__all__ = ["teach", "distill", "evaluate", "check", "active", "MeasureOptions", "ActiveConfig", "Config", "DataConfig",
            "DistillConfig", "EncoderSpec", "HFSpec", "ModelConfig", "ModelSpec", "RunConfig", "TrainConfig",
            "load_config", "KdflowError", "__version__"]

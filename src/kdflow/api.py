@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from . import models, pipeline
+from .baselines import control_findings, controls, majority
+from .check import data_findings, plausibility, summary_counts
 from .compare import Contestant, MeasureOptions, compare_models, head_pruned_student, vocab_pruned_student
 from .config import load_config
 from .critical import layer_map, teacher_block_scores
@@ -18,14 +20,21 @@ from .losses import hinton_loss
 from .measure import files_size_mb
 from .metrics import quality
 from .models import LABELS_FILE
-from .runlog import update_metrics
+from .runfolder import kept
+from .runlog import read_metrics, update_metrics
 from .teacher_cache import attach_targets, teacher_test_logits
 from .train import FitJob, fit, make_accelerator
 
 
 def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
-    """Fine-tune the teacher on the labelled data; saves ``<run>/teacher``. Returns its metrics."""
+    """Fine-tune the teacher on the labelled data; saves ``<run>/teacher``. Returns its metrics. A failure
+    leaves the run folder as it was (:func:`kdflow.runfolder.kept`)."""
     cfg = load_config(config, overrides)
+    with kept(cfg.run_dir):
+        return _teach(cfg, resume, overwrite)
+
+
+def _teach(cfg, resume: bool, overwrite: bool) -> dict:
     run = pipeline.setup(cfg, cfg.teach, "teacher", resume, overwrite)
     spec, d = cfg.model.teacher, run.data
     tokenizer = pipeline.tokenizer_for(spec, d)
@@ -53,8 +62,14 @@ def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, o
 
 
 def distill(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
-    """Distil the teacher into the student (mode offline, online or guide); saves ``<run>/student``."""
+    """Distil the teacher into the student (mode offline, online or guide); saves ``<run>/student``. A failure
+    leaves the run folder as it was (:func:`kdflow.runfolder.kept`)."""
     cfg = load_config(config, overrides)
+    with kept(cfg.run_dir):
+        return _distill(cfg, resume, overwrite)
+
+
+def _distill(cfg, resume: bool, overwrite: bool) -> dict:
     run = pipeline.setup(cfg, cfg.train, "student", resume, overwrite)
     pipeline.with_transfer_set(run)
     dc, d = cfg.distill, run.data
@@ -82,10 +97,9 @@ def distill(config, overrides: Optional[list[str]] = None, resume: bool = False,
     if run.acc.is_main_process:
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
     teacher_test = teacher_test_logits(run, distiller, t_feat, targets)
+    scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task)} if teacher_test is not None else {}
     entry = pipeline.final_metrics(run, student, s_feat, result, distill=_distill_info(dc, pairs, distiller, targets),
-                                   compression=round(n_t / n_s, 2))
-    if teacher_test is not None:
-        entry["teacher_test"] = quality(teacher_test, d.test.targets, d.task)
+                                   compression=round(n_t / n_s, 2), **scored)
     run.log.final("student", entry)
     pipeline.write_report(run)
     run.info(f"[student] saved to {cfg.run_dir / 'student'}; " + pipeline.summary(entry)
@@ -138,7 +152,7 @@ def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, sp
              role: str = "student") -> dict:
     """Quality of a saved model (a run folder's ``role``, or a model folder) on a split of the data."""
     path = Path(target)
-    if (path / "config.yaml").is_file():
+    if (path / "config.yaml").exists():  # a run folder (its config.yaml is read below, damaged or not)
         folder, config = path / role, config or (path / "config.yaml")
         if not folder.is_dir():
             raise KdflowError(f"Run folder '{path}' has no {role} yet; run 'kdflow "
@@ -207,6 +221,39 @@ def export(run: str, options: Optional[MeasureOptions] = None) -> list[dict]:
     from .report import write_report
     write_report(target)
     return rows
+
+
+def check(config, overrides: Optional[list[str]] = None, control: bool = True) -> dict:
+    """Leakage, labels, task and baselines of a config's data (and the saved models and scores of its run
+    folder, if any): ``findings`` (error / warning / info), ``majority``, ``control`` (a linear model on
+    true and on shuffled labels, unless ``control`` is off). Reads everything, writes nothing."""
+    cfg = load_config(config, overrides)
+    pipeline.check_inputs(cfg)
+    data = load_data(cfg.data)
+    pipeline.check_modality(cfg, data)
+    findings = data_findings(cfg, data)
+    base = majority(data)
+    ctrl = controls(data, cfg.data.seed) if control else {}
+    findings += control_findings(data, base, ctrl)
+    findings += _score_findings(cfg, data)
+    order = {"error": 0, "warning": 1, "info": 2}
+    return {"data": {s.name: len(s) for s in [*data.splits(), *filter(None, [data.unlabelled])]},
+            "labels": data.num_labels if data.label_names else None, "task": data.task,
+            "findings": [f.as_dict() for f in sorted(findings, key=lambda f: order[f.level])],
+            "counts": summary_counts(findings), "majority": base, "control": ctrl}
+
+
+def _score_findings(cfg, data) -> list:
+    """Too-good-to-be-true test scores already in the run folder's metrics.json."""
+    metrics, out = read_metrics(cfg.run_dir), []
+    n = len(data.test) if data.test is not None else 0
+    teacher = (metrics.get("teacher") or {}).get("test")
+    for role in ("teacher", "student"):
+        entry = metrics.get(role) or {}
+        if isinstance(entry.get("test"), dict):
+            theirs = entry.get("teacher_test") or teacher if role == "student" else None
+            out += plausibility(entry["test"], data.task, n, theirs, role)
+    return out
 
 
 def _run_part(target: Path, role: str) -> Path:

@@ -1,5 +1,5 @@
-"""``kdflow teach | distill | active | frontier | evaluate | compare | export | layers | report | config``: one thin function
-per subcommand over the API."""
+"""``kdflow teach | distill | active | frontier | evaluate | compare | export | layers | report | check |
+config``: one thin function per subcommand over the API."""
 
 from __future__ import annotations
 
@@ -140,6 +140,8 @@ def cmd_export(args) -> list:
     from .api import export
     if not (args.onnx or args.int8 or args.prune_vocab or args.prune_heads):
         raise KdflowError("export needs at least one of --onnx, --int8, --prune-vocab and --prune-heads")
+    from .report import read_records
+    read_records(args.run)  # damaged records are refused before the export writes anything
     rows = export(args.run, _options(args))
     print_rows(rows)
     print(f"exported to {args.run}/export; rows saved in {args.run}/metrics.json under 'deploy'")
@@ -229,10 +231,22 @@ def cmd_report(args) -> dict:
     from pathlib import Path
 
     from .report import write_report
-    if not (Path(args.run) / "metrics.json").is_file():
+    if not (Path(args.run) / "metrics.json").exists():
         raise KdflowError(f"'{args.run}' holds no metrics.json; give a run folder after 'kdflow teach' or 'distill'")
     out = write_report(args.run)
     print(f"wrote {out['md']} and {out['html']} ({len(out['plots'])} plots)")
+    return out
+
+
+def cmd_check(args) -> dict:
+    from .api import check
+    out = check(args.config, args.overrides, control=args.control)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        from .console import check_text
+        print(check_text(out))
+    args.status = 1 if out["counts"]["error"] else 0
     return out
 
 
@@ -248,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{teach,distill,active,frontier,evaluate,compare,export,layers,report,config}")
+                             metavar="{teach,distill,active,frontier,evaluate,compare,export,layers,report,check,config}")
     _training_commands(sub)
     _measuring_commands(sub)
     _tool_commands(sub)
@@ -342,6 +356,15 @@ def _tool_commands(sub) -> None:
     p = sub.add_parser("report", help="(re)write a run folder's report.md / report.html and plots")
     p.add_argument("run", help="run folder (runs/NAME)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("check", help="leakage, label and task checks, baselines and a shuffled-label control "
+                                     "(exit 1 on an error)")
+    p.add_argument("config", help="YAML config naming the data (and a run folder, whose saved models and scores "
+                                  "are checked too)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the linear-model baseline and its shuffled-label control (default: on)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON (default: text)")
+    _set_option(p)
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("config", help="print the resolved config with every default", epilog=EPILOG,
                        formatter_class=fmt)
     p.add_argument("config", help="YAML config file")
@@ -362,7 +385,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     finally:
         _close_distributed()
-    return 0
+    return getattr(args, "status", 0)
 
 
 def _close_distributed() -> None:

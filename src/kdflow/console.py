@@ -98,4 +98,26 @@ def show(table: Table, width: Optional[int] = None) -> None:
         _console(width).print(table)
 
 
-__all__ = ["run_table", "rows_table", "frontier_table", "show"]
+def check_text(out: dict) -> str:
+    """``kdflow check``'s findings as lines of text: sizes, baselines, then each finding with its examples."""
+    sizes = ", ".join(f"{k} {v}" for k, v in out["data"].items())
+    metric = "accuracy" if out["task"] == "classification" else "pearson"
+    lines = [f"data: {sizes}; " + (f"{out['labels']} labels" if out["labels"] else "regression")]
+    base = out["majority"]
+    if base:
+        lines.append("majority baseline: " + ", ".join(f"{k} {metric} {v[metric]:.4f}" for k, v in base.items()))
+    if out["control"]:
+        c = out["control"]
+        lines.append(f"linear model on {c['examples']} training examples: validation {metric} "
+                     f"{c['linear'][metric]:.4f}; on shuffled labels {c['shuffled'][metric]:.4f} (should be near "
+                     "the majority baseline)")
+    for f in out["findings"]:
+        lines.append(f"{f['level'].upper():8s}{f['check']}: {f['message']}")
+        lines += [f"          e.g. {e}" for e in f["examples"]]
+    counts = out["counts"]
+    lines.append(f"{counts['error']} error(s), {counts['warning']} warning(s)"
+                 + ("; teach, distill and active refuse this data until the errors are fixed" if counts["error"] else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["check_text", "run_table", "rows_table", "frontier_table", "show"]

@@ -24,6 +24,7 @@ import shutil
 from typing import Optional
 
 from . import models, pipeline
+from .checkpoint import has_checkpoint
 from .compare import Bench, Contestant, MeasureOptions, relate, student_forms, teacher_row
 from .config import HFSpec, load_config, same_setting
 from .critical import layer_map
@@ -31,6 +32,7 @@ from .distiller import Distiller
 from .errors import KdflowError
 from .measure import files_size_mb
 from .pareto import Budget, halve, pareto_front, select
+from .runfolder import kept
 from .runlog import update_metrics
 from .teacher_cache import attach_targets
 from .train import FitJob, fit, make_accelerator
@@ -150,7 +152,7 @@ class Frontier:
         model = pipeline.with_projections(crun, student, distiller, train_dl) if pairs else student
         ckpt = self.folder / name / "checkpoints"
         job = FitJob(f"frontier-{name}", pipeline.train_settings(crun, cfg.train, "student", spec, student), ckpt,
-                     (ckpt / "last").is_dir() or (ckpt / "last.old").is_dir(), {"sizes": cand["sizes"]},
+                     has_checkpoint(ckpt), {"sizes": cand["sizes"]},
                      stop_after=until)
         result = fit(model, distiller, train_dl,
                      pipeline.eval_fn(crun, d.validation, s_feat, cfg.train.eval_batch_size), job, crun.acc,
@@ -253,7 +255,13 @@ def frontier(config, overrides: Optional[list[str]] = None, budget: Optional[Bud
     budget = budget or Budget()
     if budget.retention is not None and not 0 < budget.retention <= 1.5:
         raise KdflowError(f"--retention is a fraction of the teacher's score, e.g. 0.99; got {budget.retention}")
-    job = Frontier(config, overrides, resume, overwrite)
+    cfg = load_config(config, overrides)
+    with kept(cfg.run_dir):  # a failure before the first trained rung leaves the run folder as it was
+        return _frontier(cfg, budget, resume, overwrite)
+
+
+def _frontier(cfg, budget: Budget, resume: bool, overwrite: bool) -> dict:
+    job = Frontier(cfg, None, resume, overwrite)
     job.rungs(budget)
     rows = job.measure()
     summary = _summary(job, rows, budget)

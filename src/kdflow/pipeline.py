@@ -12,8 +12,7 @@ A run folder ``<run.output_dir>/<run.name>/`` collects everything::
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from torch import nn
@@ -24,6 +23,7 @@ from .data import (Featurizer, Split, TaskData, image_preprocess, input_batches,
                    make_featurizer)
 from .errors import KdflowError
 from .metrics import check_metric, quality
+from .runfolder import discard
 from .runlog import RunLog
 from .train import FitResult, make_accelerator, predict
 
@@ -36,6 +36,7 @@ class Run:
     data: TaskData
     acc: Any
     log: Optional[RunLog]
+    findings: list = field(default_factory=list)  # warnings of the checks before training (kdflow.check)
 
     def info(self, message: str) -> None:
         if self.log is not None:
@@ -93,10 +94,13 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
     check_modality(cfg, data)
     for key in ("train", "teach"):
         check_metric(getattr(cfg, key).metric, data.task, data.num_labels, f"{key}.metric")
+    findings = preflight(cfg, data)
     guard(cfg, acc, role, resume, overwrite)
-    run = Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet))
+    run = Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet), [f.as_dict() for f in findings])
     for note in data.notes:
         run.info(f"[data] {note}")
+    for f in findings:
+        run.info(f"[check] {f.level}: {f.message}")
     run.info(f"[data] train {len(data.train)}, validation {len(data.validation)}, "
              f"test {len(data.test) if data.test else 0} examples; "
              + (f"{data.num_labels} labels" if data.label_names else "regression"))
@@ -105,18 +109,29 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
     return run
 
 
+def preflight(cfg: Config, data: TaskData) -> list:
+    """The fast checks of ``kdflow check`` (leakage, labels, task; no model runs) before any work: an error
+    refuses the command, the warnings are returned (logged, and kept in metrics.json and the report)."""
+    from .check import data_findings, first_error
+    findings = data_findings(cfg, data, heads={})
+    error = first_error(findings)
+    if error is not None:
+        raise KdflowError(error.message)
+    return [f for f in findings if f.level != "info"]
+
+
 def guard(cfg: Config, acc, role: str, resume: bool, overwrite: bool) -> None:
     """Never silently overwrite finished or half-finished work; --overwrite clears this role's records."""
     run_dir = cfg.run_dir
     ckpt, out = run_dir / "checkpoints" / role, run_dir / role
     if resume and overwrite:
         raise KdflowError("--resume continues a run and --overwrite discards it; pass only one of them")
-    if overwrite and acc.is_main_process:
-        shutil.rmtree(ckpt, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
+    if overwrite and acc.is_main_process:  # moved aside until the command succeeds (kdflow.runfolder)
+        discard(ckpt, run_dir)
+        discard(out, run_dir)
         roles = {role, "teacher_guide"} if role == "student" else {role}
         for r in roles:
-            shutil.rmtree(run_dir / "tensorboard" / r, ignore_errors=True)
+            discard(run_dir / "tensorboard" / r, run_dir)
         RunLog.drop_rows(run_dir, roles)
     elif not resume and (ckpt.exists() or out.exists()):
         raise KdflowError(f"Run folder '{run_dir}' already holds a {role}; pass --resume to continue it, "
@@ -310,7 +325,20 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
         entry["codebook"] = {name: model.codebook_health(input_batches(split, feat, bs)) for name, split in
                              (("train", run.data.train), ("test", run.data.test)) if split is not None}
     entry.update(extra)
+    checks = run.findings + [f.as_dict() for f in _plausibility(run, entry)]
+    if checks:
+        entry["checks"] = checks
     return entry
+
+
+def _plausibility(run: Run, entry: dict) -> list:
+    if "test" not in entry or run.data.test is None:
+        return []
+    from .check import plausibility
+    found = plausibility(entry["test"], run.data.task, len(run.data.test), entry.get("teacher_test"), "model")
+    for f in found:
+        run.info(f"[check] {f.level}: {f.message}")
+    return found
 
 
 def summary(entry: dict) -> str:

@@ -10,14 +10,17 @@ the accuracy / latency / size front.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .runlog import read_metrics
+from .errors import KdflowError, first_line
+from .files import json_type, read_json
+from .runlog import METRICS_FIX, read_metrics, read_rows
+
+# metrics.json holds null where a metric was NaN (valid JSON); the report reads those back as NaN
+METRIC_KEYS = {"accuracy", "macro_f1", "f1", "mcc", "mse", "neg_mse", "pearson", "spearman", "retention", "f1_macro"}
 
 
 def _plt():
@@ -34,13 +37,9 @@ def _save(plt, fig, out: Path) -> Path:
     return out
 
 
-def _rows(run: Path) -> list[dict]:
-    path = run / "metrics.csv"
-    return list(csv.DictReader(open(path))) if path.is_file() else []
-
-
-def plot_curves(run: Path, out: Path) -> "Path | None":
-    rows = _rows(run)
+def plot_curves(rows: list[dict], out: Path) -> "Path | None":
+    """Training loss and validation metric per epoch of each role (``rows``: metrics.csv's)."""
+    rows = [r for r in rows if r.get("loss")]
     if not rows:
         return None
     plt = _plt()
@@ -237,34 +236,85 @@ def _compare_md(comp: dict) -> list[str]:
     return lines + [""]
 
 
+def _checks_md(blob: dict) -> list[str]:
+    """The warnings of the checks (``kdflow check``'s fast pass before training, and the scores after it)."""
+    seen, lines = set(), []
+    for role, entry in blob.items():
+        for f in (entry.get("checks") or []) if isinstance(entry, dict) else []:
+            if isinstance(f, dict) and (f.get("message"), role) not in seen:
+                seen.add((f.get("message"), role))
+                lines.append(f"- **{f.get('level', 'warning')}** ({role}, {f.get('check', '')}): {f.get('message')}")
+    return ["## Checks", "", *lines, ""] if lines else []
+
+
 def _table_md(rows: list[dict]) -> str:
     from .compare import table
     return table(rows)
 
 
-def write_report(run: "str | Path") -> dict:
-    """(Re)write ``plots/*.png``, ``report.md`` and ``report.html``; returns their paths."""
+def nan_for_null(value):
+    """``value`` with a null under a metric's name (:data:`METRIC_KEYS`) read back as NaN."""
+    if isinstance(value, dict):
+        return {k: float("nan") if v is None and k in METRIC_KEYS else nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_for_null(v) for v in value]
+    return value
+
+
+def read_records(run: "str | Path") -> tuple[dict, list[dict], "dict | None"]:
+    """metrics.json, metrics.csv's rows and active_compare.json of a run, each checked before anything is
+    written: a damaged file is one sentence naming it."""
     run = Path(run)
-    blob = read_metrics(run)
+    blob = nan_for_null(read_metrics(run))
+    rows = read_rows(run / "metrics.csv")
+    comp_path = run / "active_compare.json"
+    comp = nan_for_null(read_json(comp_path, f"'{comp_path}'", "run kdflow active --strategies again to rewrite it",
+                                  dict)) if comp_path.exists() else None
+    wanted = {"teacher": dict, "student": dict, "active": dict, "frontier": dict, "deploy": list}
+    for key, kind in wanted.items():
+        if blob.get(key) is not None and not isinstance(blob[key], kind):
+            raise KdflowError(f"'{run / 'metrics.json'}' holds {json_type(blob[key])} under '{key}', where kdflow "
+                              f"writes {json_type(kind())}; {METRICS_FIX}")
+    if any(not isinstance(r, dict) or not isinstance(r.get("model"), str) for r in blob.get("deploy") or []):
+        raise KdflowError(f"'{run / 'metrics.json'}' holds 'deploy' rows without a model name; {METRICS_FIX}")
+    return blob, rows, comp
+
+
+def write_report(run: "str | Path") -> dict:
+    """(Re)write ``plots/*.png``, ``report.md`` and ``report.html``; returns their paths. Nothing is written
+    unless the run's records read back whole."""
+    run = Path(run)
+    blob, rows, comp = read_records(run)
+    try:
+        deploy, metric, lines, extra = _markdown(run, blob, comp)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise KdflowError(f"The records of '{run}' (metrics.json, active_compare.json) hold entries of another "
+                          f"shape than kdflow writes ({first_line(err)}); {METRICS_FIX}") from None
     plots = run / "plots"
     plots.mkdir(parents=True, exist_ok=True)
+    student_row = next((r for r in deploy if r["model"] == "student"), {})
+    active, fr = blob.get("active"), blob.get("frontier")
+    images = [p for p in (plot_curves(rows, plots / "curves.png"), plot_bars(deploy, metric, plots / "compare.png"),
+                          plot_confusions(student_row.get("top_confusions", []), plots / "confusions.png"),
+                          plot_active(active, active.get("metric", "accuracy"), plots / "active.png")
+                          if active else None,
+                          plot_label_efficiency(comp, plots / "label_efficiency.png") if comp else None,
+                          plot_frontier(fr, plots / "frontier.png") if fr else None) if p]
+    lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
+    (run / "report.md").write_text("\n".join(lines))
+    (run / "report.html").write_text(_page(run.name, deploy, metric, extra, images))
+    return {"md": run / "report.md", "html": run / "report.html", "plots": images}
+
+
+def _markdown(run: Path, blob: dict, comp: "dict | None") -> tuple[list[dict], str, list[str], list[str]]:
+    """(the side-by-side rows, their metric, report.md's lines but the plots, its extra sections)."""
     deploy = blob.get("deploy") or []
     metric = "accuracy" if not deploy or "accuracy" in deploy[0] else "pearson"
     if not deploy:  # quality only, from the final metrics of teach / distill
         deploy = [{"model": role, **blob[role]["test"]} for role in ("teacher", "student")
                   if role in blob and "test" in blob[role]]
         metric = "accuracy" if deploy and "accuracy" in deploy[0] else "pearson"
-    student_row = next((r for r in deploy if r["model"] == "student"), {})
     active, fr = blob.get("active"), blob.get("frontier")
-    comp_path = run / "active_compare.json"
-    comp = json.loads(comp_path.read_text()) if comp_path.is_file() else None
-    images = [p for p in (plot_curves(run, plots / "curves.png"), plot_bars(deploy, metric, plots / "compare.png"),
-                          plot_confusions(student_row.get("top_confusions", []), plots / "confusions.png"),
-                          plot_active(active, active.get("metric", "accuracy"), plots / "active.png")
-                          if active else None,
-                          plot_label_efficiency(comp, plots / "label_efficiency.png") if comp else None,
-                          plot_frontier(fr, plots / "frontier.png") if fr else None) if p]
-
     lines = [f"# kdflow report: {run.name}", ""]
     if deploy and "latency_ms_p50" in deploy[0]:
         lines += ["## Teacher vs student", "", _table_md(deploy), ""]
@@ -278,13 +328,12 @@ def write_report(run: "str | Path") -> dict:
                      if k in entry}
             lines += [f"## {role}", "", "| " + " | ".join(facts) + " |", "|" + "---|" * len(facts),
                       "| " + " | ".join(str(v) for v in facts.values()) + " |", ""]
-    extra = (_frontier_md(fr) if fr else []) + (_compare_md(comp) if comp else []) + (
+    extra = _checks_md(blob) + (_frontier_md(fr) if fr else []) + (_compare_md(comp) if comp else []) + (
         _active_md(active, active.get("metric", "accuracy")) if active else [])
     lines += extra
-    lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in images] + [""]
-    (run / "report.md").write_text("\n".join(lines))
-    (run / "report.html").write_text(_page(run.name, deploy, metric, extra, images))
-    return {"md": run / "report.md", "html": run / "report.html", "plots": images}
+    _page(run.name, deploy, metric, extra, [])  # the HTML's table reads the rows too: fail here, not half-way
+    [(c["true"], c["predicted"], float(c["count"])) for r in deploy for c in r.get("top_confusions") or []]
+    return deploy, metric, lines, extra
 
 
 def _page(name: str, deploy: list[dict], metric: str, sections: list[str], images: list[Path]) -> str:

@@ -30,6 +30,7 @@ from . import models
 from .config import learning_rate
 from .data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
 from .distiller import Distiller, freeze
+from .distributed import is_main, sharded_rows
 from .errors import KdflowError
 from .losses import hinton_loss
 from .train import make_optimizer, predict, train_epoch
@@ -39,12 +40,13 @@ if TYPE_CHECKING:
 
 
 class TeacherCache:
-    def __init__(self, root: "str | Path", fingerprint: str, flush_every: int = 0):
+    def __init__(self, root: "str | Path", fingerprint: str, flush_every: int = 0, writer: bool = True):
         """``flush_every``: new rows are written once that many are pending (0: at every compute call);
-        :meth:`flush` writes the rest. Rows not yet written are lost with the process, and recomputed."""
+        :meth:`flush` writes the rest. Rows not yet written are lost with the process, and recomputed.
+        ``writer``: whether this process writes its new rows (off where another process writes the same)."""
         self.folder = Path(root) / fingerprint
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.flush_every = flush_every
+        self.flush_every, self.writer = flush_every, writer
         self._rows: dict[str, torch.Tensor] = {}
         self._pending: list[str] = []  # computed, not yet on disk
         self._read: set[str] = set()  # part files already read (parts are written once, never changed)
@@ -93,6 +95,9 @@ class TeacherCache:
         """Write the rows computed since the last write as one part file."""
         if not self._pending:
             return
+        if not self.writer:  # every process holds the rows; another one writes them
+            self._pending = []
+            return
         keys = list(dict.fromkeys(self._pending))
         # unique names: two runs sharing the cache never write the same file
         part = self.folder / f"part-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.pt"
@@ -113,7 +118,7 @@ def cache_root(run: "Run") -> Path:
 
 def cache_for(run: "Run", teacher, tokenizer) -> TeacherCache:
     """The on-disk cache of this teacher's logits, keyed by its weights and the tokenization settings."""
-    return TeacherCache(cache_root(run), models.fingerprint(teacher, _settings(run, tokenizer)))
+    return TeacherCache(cache_root(run), models.fingerprint(teacher, _settings(run, tokenizer)), writer=is_main())
 
 
 def _settings(run: "Run", tokenizer) -> str:
@@ -137,12 +142,14 @@ def teacher_logits(run: "Run", teacher, split: Split, feat: Featurizer, cache: O
         logits, _ = predict(teacher, dl, run.acc, gather=False)
         return torch.from_numpy(logits)
 
+    def every_process(positions: list[int]) -> torch.Tensor:  # each process a share, gathered by position
+        return sharded_rows(positions, compute)
+
     if cache is None:
-        return compute(list(range(len(split))))
-    with run.acc.main_process_first():  # one process computes and writes, the others read
-        if not run.acc.is_main_process:
-            cache.reload()
-        return cache.get(split.ids, compute)
+        return every_process(list(range(len(split))))
+    run.acc.wait_for_everyone()
+    cache.reload()  # every process sees the same cache, so all agree on what is missing; process 0 writes
+    return cache.get(split.ids, every_process)
 
 
 def extra_teacher_targets(run: "Run") -> list:
@@ -180,9 +187,10 @@ def attach_targets(run: "Run", distiller: Distiller, tokenizer, t_feat: Featuriz
     teacher.to(run.acc.device)  # moved, never prepared: no DDP wrapper around a frozen teacher
     out = Targets(cache=cache_for(run, teacher, tokenizer))
     if dc.mode == "offline":
+        started = time.perf_counter()
         distiller.set_targets(teacher_logits(run, teacher, d.train, t_feat, out.cache))
         run.info(f"[distill] teacher outputs: {out.cache.computed} computed, {out.cache.served} from cache "
-                 f"{out.cache.folder}")
+                 f"{out.cache.folder} in {time.perf_counter() - started:.1f} s ({run.acc.num_processes} process(es))")
         distiller.extra_targets = extra_teacher_targets(run)
     if dc.mode == "offline" and run.acc.device.type != "cpu" and not distiller.pairs:
         teacher.to("cpu")  # its outputs are cached: free the accelerator for the student
@@ -216,17 +224,18 @@ def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: boo
     t_model, optimizer, t_dl, scheduler = acc.prepare(distiller.teacher, optimizer, t_dl, scheduler)
     evaluate = eval_fn(run, d.validation, t_feat, cfg.train.eval_batch_size)
     saved = cfg.run_dir / "checkpoints" / "student" / "guide_targets.pt"
-    restored = {"epoch": None}
-    if resume and saved.is_file():
-        blob = torch.load(saved, weights_only=True)
-        distiller.set_targets(blob["targets"])
-        distiller.refreshes = int(blob["refreshes"])
-        restored["epoch"] = int(blob["epoch"])
+    restored = {"epoch": None, "read": not resume}
 
     def loss_fn(model, batch):
         return hinton_loss(model(**batch["teacher_inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
 
     def on_epoch_start(epoch: int) -> None:
+        if not restored["read"] and saved.is_file():  # read here: fit has put back the checkpoint's copy
+            blob = torch.load(saved, weights_only=True)
+            distiller.set_targets(blob["targets"])
+            distiller.refreshes = int(blob["refreshes"])
+            restored["epoch"] = int(blob["epoch"])
+        restored["read"] = True
         if restored["epoch"] is not None and restored["epoch"] >= epoch:
             # killed inside the epoch that refreshed them: that refresh happens again below
             distiller.targets, distiller.refreshes, restored["epoch"] = None, distiller.refreshes - 1, None

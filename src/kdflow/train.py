@@ -8,8 +8,8 @@ under ``torchrun`` / ``accelerate launch``.
 
 from __future__ import annotations
 
-import json
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .checkpoint import adopt_checkpoint, check_file, open_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig, same_setting
 from .data import set_epoch
-from .errors import KdflowError
+from .errors import KdflowError, first_line
 from .runlog import RunLog
 
 
@@ -54,27 +55,62 @@ class FitResult:
     finished: bool = True  # False when it returned at ``stop_after`` with epochs (and patience) left
 
 
+class NonFiniteLoss(KdflowError):
+    """A training step's loss was NaN or infinite. :func:`fit` names the role, the epoch and the optimizer
+    step in its own message; a caller of :func:`train_epoch` of its own (guide mode's teacher) shows this one."""
+
+    def __init__(self, step: int, steps: int, ids: Optional[list], terms: dict):
+        self.step, self.steps, self.ids, self.terms = step, steps, ids, terms
+        super().__init__(f"The training loss became {terms['loss']} at step {step} of {steps} of an epoch"
+                         f"{self.detail()}; lower the learning rate or set max_grad_norm, and run again")
+
+    def detail(self) -> str:
+        """`` on examples a, b (and 14 more), loss terms loss nan, loss_kd 0.42, loss_hard 1.38``."""
+        shown = ""
+        if self.ids:
+            more = f" (and {len(self.ids) - 8} more)" if len(self.ids) > 8 else ""
+            shown = f" on examples {', '.join(map(str, self.ids[:8]))}{more}"
+        return shown + ", loss terms " + ", ".join(f"{k} {v:.6g}" for k, v in self.terms.items())
+
+
+def check_finite(pending: Optional[tuple]) -> None:
+    """Raise :class:`NonFiniteLoss` when the loss of ``pending`` (step, steps, terms, ids) is NaN or infinite."""
+    if pending is None:
+        return
+    step, steps, terms, ids = pending
+    if not bool(torch.isfinite(terms["loss"]).all()):
+        raise NonFiniteLoss(step, steps, ids, {k: float(v.float().mean()) for k, v in terms.items()})
+
+
 def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_grad_norm, bar=None) -> dict:
-    """One pass over ``loader``; returns the mean of every named loss term."""
+    """One pass over ``loader``; returns the mean of every named loss term. A NaN or infinite loss stops it
+    with :class:`NonFiniteLoss` (the step, its examples' ids when the batch carries ``"ids"``, every term)."""
     model.train()
-    sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync per step
-    n = 0
+    sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync per step for them
+    n, steps, pending = 0, len(loader), None
     for batch in loader:
         with accelerator.autocast():
             terms = loss_fn(model, batch)
         accelerator.backward(terms["loss"])
+        # the one host sync per step: whether the previous step's loss was finite. Checked one step late, so
+        # the accelerator has this step's forward and backward queued while the host waits (a check of this
+        # step's loss would drain the queue every step); the failed step's update is never saved anyway
+        check_finite(pending)
         if max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         n += 1
+        pending = (n, steps, {k: v.detach() for k, v in terms.items()},
+                   batch.get("ids") if isinstance(batch, dict) else None)
         for key, value in terms.items():
             sums[key] = sums[key] + value.detach().float() if key in sums else value.detach().float()
         if bar is not None:
             bar.update(1)
             if n % 10 == 1:
                 bar.set_postfix(loss=f"{sums['loss'].item() / n:.4f}")
+    check_finite(pending)
     return {k: v.item() / max(n, 1) for k, v in sums.items()}
 
 
@@ -135,8 +171,9 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
     validation metrics including ``job.cfg.metric`` (higher is better). Everything
     prepared on ``accelerator`` before this call (a training teacher and its optimizer in
     guide mode) is checkpointed too. The best weights are loaded into ``model`` before returning.
+    A NaN or infinite loss, or a GPU out of memory, stops it with a :class:`KdflowError`; the
+    checkpoints of the epochs before stay as they were.
     """
-    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     cfg = job.cfg
@@ -153,8 +190,13 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
             job.on_epoch_start(epoch)
         with tqdm(total=len(train_loader), desc=f"{job.role} epoch {epoch + 1}/{cfg.epochs}", disable=quiet,
                   leave=False, dynamic_ncols=True) as bar:
-            losses = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, accelerator,
-                                 cfg.max_grad_norm, bar)
+            try:
+                losses = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, accelerator,
+                                     cfg.max_grad_norm, bar)
+            except NonFiniteLoss as err:
+                raise KdflowError(non_finite_message(err, job, epoch, state)) from None
+            except torch.cuda.OutOfMemoryError:
+                raise KdflowError(out_of_memory_message(job, epoch)) from None
         metrics = evaluate(model)
         if job.on_epoch_end is not None:
             job.on_epoch_end(epoch, accelerator.unwrap_model(model))
@@ -163,49 +205,82 @@ def fit(model, loss_fn: Callable, train_loader, evaluate: Callable[[torch.nn.Mod
         _end_epoch(state, epoch, row, metrics[cfg.metric], model, job, accelerator, log)
         save_checkpoint(accelerator, job.ckpt_dir, state)
     accelerator.wait_for_everyone()
-    best_file = job.ckpt_dir / "best.safetensors"
-    if best_file.is_file():
-        accelerator.unwrap_model(model).load_state_dict(load_file(best_file, device="cpu"))
+    _load_best(accelerator.unwrap_model(model), job, state)
     return FitResult(state["best"], state["best_epoch"], state["epoch"] + 1, state["history"],
                      time.time() - started, state["done"] or state["epoch"] + 1 >= cfg.epochs)
 
 
+def non_finite_message(err: NonFiniteLoss, job: FitJob, epoch: int, state: dict) -> str:
+    """One sentence: where the loss stopped being finite, on what, its terms, what was kept, what to do."""
+    section = "teach" if job.role == "teacher" else "train"
+    fix = f"lower {section}.lr or set {section}.max_grad_norm"
+    if state["epoch"] >= 0:
+        kept = f"the checkpoint after epoch {state['epoch'] + 1} in '{job.ckpt_dir / 'last'}' is kept: {fix} and " \
+               "continue with --resume"
+    else:
+        kept = f"no checkpoint was written yet: {fix} and run the command again"
+    return (f"The {job.role}'s training loss became {err.terms['loss']} at optimizer step "
+            f"{epoch * err.steps + err.step} (epoch {epoch + 1}, step {err.step} of {err.steps}){err.detail()}; "
+            f"nothing of this epoch was saved, and {kept}")
+
+
+def out_of_memory_message(job: FitJob, epoch: int) -> str:
+    section = "teach" if job.role == "teacher" else "train"
+    return (f"The {job.role} ran out of GPU memory in epoch {epoch + 1} at {section}.batch_size "
+            f"{job.cfg.batch_size}; lower {section}.batch_size or data.max_length (or set "
+            f"{section}.mixed_precision: bf16) and start again with --overwrite, since a resumed run keeps its "
+            "batch size")
+
+
+def _load_best(model, job: FitJob, state: dict) -> None:
+    """Load ``best.safetensors`` into ``model``, checked against the record the trainer state keeps of it."""
+    from safetensors.torch import load_file
+    best_file = job.ckpt_dir / "best.safetensors"
+    if not best_file.is_file():
+        return
+    problem = check_file(best_file, state["best_file"]) if state.get("best_file") else None
+    if problem is not None:
+        raise KdflowError(f"The {job.role}'s best weights cannot be used: {problem}; run again with --resume "
+                          "(it restores them from the last whole checkpoint) or --overwrite")
+    model.load_state_dict(load_file(best_file, device="cpu"))
+
+
 def _start_state(job: FitJob, steps_per_epoch: int, accelerator, log: RunLog) -> dict:
-    """A fresh trainer state, or the saved one of ``job.ckpt_dir/last`` (checked against the signature)."""
+    """A fresh trainer state, or that of the newest whole checkpoint in ``job.ckpt_dir`` (a damaged
+    ``last`` falls back to ``previous``, with a warning), checked against the signature."""
     signature = {"epochs": job.cfg.epochs, "batch_size": job.cfg.batch_size, "steps_per_epoch": steps_per_epoch,
                  **job.signature}
     if not job.resume:
         return {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "done": False,
                 "signature": signature}
-    last = job.ckpt_dir / "last"
-    if not (last / "trainer_state.json").is_file() and (job.ckpt_dir / "last.old").is_dir():
-        last = job.ckpt_dir / "last.old"  # killed between the two renames of a checkpoint swap
-    if not (last / "trainer_state.json").is_file():
-        raise KdflowError(f"There is no {job.role} checkpoint to resume in '{job.ckpt_dir}'; drop --resume to start")
-    saved = json.loads((last / "trainer_state.json").read_text())
+    folder, saved, damaged = open_checkpoint(job.ckpt_dir, job.role, log)
     changed = [k for k, v in signature.items() if not same_setting(saved.get("signature", {}).get(k), v)]
-    if changed:
+    if changed:  # refused before anything on disk changes
         k = changed[0]
         raise KdflowError(f"Cannot resume: {k} was {saved['signature'].get(k)!r} and is now {signature[k]!r}; "
                           "resume with the settings of the interrupted run, or --overwrite to start again")
-    accelerator.load_state(str(last))
-    log.info(f"[{job.role}] resumed from {last} after epoch {saved['epoch'] + 1}")
+    adopt_checkpoint(job.ckpt_dir, folder, damaged, accelerator)
+    try:
+        accelerator.load_state(str(folder))
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+        raise KdflowError(f"Cannot resume the {job.role}: the checkpoint '{folder}' does not load "
+                          f"({first_line(err)}); drop --resume and start again with --overwrite") from None
+    log.info(f"[{job.role}] resumed from {folder} after epoch {saved['epoch'] + 1}")
     return saved
 
 
 def _end_epoch(state: dict, epoch: int, row: dict, score: float, model, job: FitJob, accelerator,
                log: RunLog) -> None:
     """Record the epoch: history, best weights (``best.safetensors``), the log, early stopping."""
-    from safetensors.torch import save_file
     cfg = job.cfg
     state["history"].append(row)
-    improved = score > state["best"]
+    improved = not math.isnan(score) and score > state["best"]  # a NaN metric is never the best
     if improved:
         state.update(best=score, best_epoch=epoch, bad_epochs=0)
         if accelerator.is_main_process:
             job.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            weights = accelerator.unwrap_model(model).state_dict()
-            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, job.ckpt_dir / "best.safetensors")
+            state["best_file"] = save_weights(accelerator.unwrap_model(model).state_dict(),
+                                              job.ckpt_dir / "best.safetensors")
     else:
         state["bad_epochs"] += 1
     log.epoch(job.role, epoch, row)
@@ -216,26 +291,6 @@ def _end_epoch(state: dict, epoch: int, row: dict, score: float, model, job: Fit
     if cfg.patience and state["bad_epochs"] >= cfg.patience and steps >= job.min_steps:
         log.info(f"[{job.role}] early stop: no {cfg.metric} gain for {cfg.patience} epochs")
         state["done"] = True
-
-
-def save_checkpoint(accelerator, ckpt_dir: Path, state: dict) -> None:
-    """Write ``last/`` atomically: a kill mid-save leaves the previous checkpoint whole."""
-    import shutil
-    last, tmp, old = ckpt_dir / "last", ckpt_dir / "last.tmp", ckpt_dir / "last.old"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
-        shutil.rmtree(old, ignore_errors=True)
-        if last.exists():
-            last.rename(old)
-        tmp.rename(last)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()

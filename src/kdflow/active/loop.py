@@ -31,6 +31,7 @@ from ..distiller import Distiller, freeze
 from ..errors import KdflowError
 from ..leakage import overlapping
 from ..metrics import quality
+from ..runfolder import kept
 from ..runlog import RunLog
 from ..teacher_cache import cache_for, teacher_logits
 from ..train import FitJob, fit, make_accelerator, predict
@@ -183,7 +184,9 @@ class Loop:
         log = RunLog(cfg.run_dir, acc, cfg.run.quiet, metrics_file="active/epochs.csv",
                      tensorboard="tensorboard/active")
         ckpt = self.folder / "checkpoints"
-        shutil.rmtree(ckpt, ignore_errors=True)
+        if acc.is_main_process:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        acc.wait_for_everyone()
         steps = math.ceil(len(lab) / cfg.train.batch_size)  # small sets get epochs enough for min_steps
         epochs = max(cfg.train.epochs, math.ceil(ac.min_steps / max(steps, 1)))
         job = FitJob(f"round{r}", self.train_cfg.model_copy(update={"epochs": epochs}), ckpt, on_epoch_end=snapshot,
@@ -192,7 +195,9 @@ class Loop:
                      pipeline.eval_fn(self.run, self.run.data.validation, self.s_feat, cfg.train.eval_batch_size),
                      job, acc, log)
         log.close()
-        shutil.rmtree(ckpt, ignore_errors=True)
+        acc.wait_for_everyone()  # every process has read the best weights back
+        if acc.is_main_process:
+            shutil.rmtree(ckpt, ignore_errors=True)
         model = acc.unwrap_model(model).cpu().eval()
         record = self._evaluate(model, r, len(state.batches[r]), result)
         self._save_round(model, snaps, r)
@@ -244,6 +249,8 @@ class Loop:
 
     def _save_round(self, model, snaps, r: int) -> None:
         from safetensors.torch import save_file
+        if not self.run.acc.is_main_process:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self._student_file(r).with_suffix(".tmp")
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
@@ -258,7 +265,7 @@ class Loop:
             tmp.rename(folder)
 
     def _prune_files(self, r: int) -> None:
-        for f in self.folder.glob("student-round-*.safetensors"):
+        for f in self.folder.glob("student-round-*.safetensors") if self.run.acc.is_main_process else ():
             if f != self._student_file(r):
                 f.unlink()
 
@@ -338,16 +345,21 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
     then call again with ``resume=True, labels=FILE``).
     """
     cfg = load_config(config, overrides)
-    resume = resume or labels is not None
-    loop = Loop(cfg, resume, overwrite)
-    loop.command = "kdflow active " + (str(config) if isinstance(config, (str, Path)) else "CONFIG") + "".join(
+    command = "kdflow active " + (str(config) if isinstance(config, (str, Path)) else "CONFIG") + "".join(
         f" --set {o}" for o in overrides or [] if not o.startswith("run.quiet"))
+    with kept(cfg.run_dir):  # a failure before the first saved step leaves the run folder as it was
+        return _active(cfg, command, resume or labels is not None, overwrite, labels)
+
+
+def _active(cfg: Config, command: str, resume: bool, overwrite: bool, labels: Optional[str]) -> dict:
+    loop = Loop(cfg, resume, overwrite)
+    loop.command = command
     if cfg.active.stop_parity:  # before the resume checks: a run that stopped at parity stays stopped
         v = loop.run.data.validation
         t_logits = teacher_logits(loop.run, loop.teacher, v, pipeline.featurizer(loop.run, loop.tokenizer),
                                   loop.cache)
         loop.teacher_val = quality(t_logits.numpy(), v.targets, "classification")
-    state = loop.state = _open_state(loop, resume)
+    state = loop.state = settings.open_state(loop, resume)
     if labels is not None and state.phase != "wait":
         raise KdflowError(f"No batch is waiting for labels in '{cfg.run_dir}' (the run is at its "
                           f"'{state.phase}' step); drop --labels")
@@ -376,19 +388,3 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
         else:
             break
     return records.finish(loop, cfg)
-
-
-def _open_state(loop: Loop, resume: bool) -> PoolState:
-    """The saved state of the run to resume (its settings checked), or a new one."""
-    cfg = loop.cfg
-    if not resume:
-        return loop.new_state()
-    if not loop.state_path.is_file():
-        raise KdflowError(f"There is no active-learning run to resume in '{cfg.run_dir}'; drop --resume to start one")
-    loop.state = PoolState.load(loop.state_path, list(loop.pool.ids))
-    settings.check_resume(loop.state.signature, cfg)
-    if loop.state.stopped and loop.state.rounds and loop.stop_reason() is None:
-        loop.run.info(f"[active] continuing a run that had stopped ({loop.state.stopped}): its limits were raised")
-        loop.state.stopped = None
-    loop.run.info(f"[active] resumed: {len(loop.state.labels)} labels, {len(loop.state.rounds)} rounds done")
-    return loop.state

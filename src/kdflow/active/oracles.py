@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..data import Split
+from ..distributed import is_main
 from ..errors import KdflowError
 
 if TYPE_CHECKING:
@@ -59,11 +60,13 @@ def write_request(folder: Path, pool: Split, positions: np.ndarray, label_names:
     if "text" not in pool.inputs:
         raise KdflowError("The human oracle writes the texts to label (CSV, JSONL, Label Studio), and this pool "
                           "holds no text; use active.oracle: gold or teacher")
-    folder.mkdir(parents=True, exist_ok=True)
     fields = [k for k in ("text", "text_pair") if k in pool.inputs]
     rows = [{"id": pool.ids[p], **{k: pool.inputs[k][p] for k in fields}, "label": ""} for p in positions]
     paths = {"csv": folder / "to_label.csv", "jsonl": folder / "to_label.jsonl",
              "label_studio": folder / "label_studio_tasks.json", "label_studio_config": folder / "label_studio.xml"}
+    if not is_main():  # under torchrun process 0 writes the request
+        return {k: str(v) for k, v in paths.items()}
+    folder.mkdir(parents=True, exist_ok=True)
     with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["id", *fields, "label"])
         writer.writeheader()

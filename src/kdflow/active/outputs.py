@@ -19,7 +19,7 @@ with the chunk, not with the pool. What is kept across chunks:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data import Featurizer, Split, loader, make_collate
+from ..distributed import gather_objects, join_rows, my_share, world
 from ..errors import KdflowError
 from .strategies import NEEDS, SCORES, PoolOutputs, tie_keys
 
@@ -192,7 +193,53 @@ class Reducer:
 def stream_pool(model: nn.Module, pool: Split, positions: np.ndarray, featurize: Callable[[], Featurizer], device,
                 spec: PoolPass) -> PoolOutputs:
     """Outputs of ``model`` over ``pool[positions]`` for ``spec.strategy``; ``featurize()`` makes a fresh
-    featurizer per chunk (its id cache then holds one chunk: memory bounded by the chunk)."""
+    featurizer per chunk (its id cache then holds one chunk: memory bounded by the chunk). Under several
+    processes each scores its share of the positions and every process gets the joined outputs."""
+    if world() > 1:
+        return _sharded_pool(model, pool, np.asarray(positions, dtype=np.int64), featurize, device, spec)
+    return _stream(model, pool, positions, featurize, device, spec)
+
+
+def _sharded_pool(model, pool: Split, positions: np.ndarray, featurize, device, spec: PoolPass) -> PoolOutputs:
+    if spec.wants_teacher:  # the teacher's rows first, by every process alike (its pass is split too)
+        every = spec.teacher_probs(positions)
+        where = {int(p): i for i, p in enumerate(positions)}
+        spec = replace(spec, teacher_probs=lambda pos: every[[where[int(p)] for p in pos]])
+    mine = np.asarray(my_share(positions), dtype=np.int64)
+    local = _stream(model, pool, mine, featurize, device, spec)
+    return _joined(len(pool), gather_objects(_share(local, mine, spec)), spec)
+
+
+def _share(local: PoolOutputs, mine: np.ndarray, spec: PoolPass) -> dict:
+    """What one process sends of its pass over positions ``mine``: their rows only, and its short list."""
+    short = local.embedding_rows if local.embedding_rows is not None else np.zeros(0, np.int64)
+    return {"rows": mine, "scores": None if local.scores is None else local.scores[mine],
+            "probs": None if local.probs is None else local.probs[mine],
+            "embeddings": local.embeddings[mine] if spec.strategy in FULL_EMBEDDINGS else None,
+            "short": (short, local.embeddings if len(short) else None,
+                      local.scores[short] if local.scores is not None and len(short) else None)}
+
+
+def _joined(n: int, parts: list[dict], spec: PoolPass) -> PoolOutputs:
+    """One process's view of the whole pool from every process's share (the short list re-cut to its size)."""
+    def joined(key: str, fill: float) -> Optional[np.ndarray]:
+        if all(p[key] is None for p in parts):
+            return None
+        return join_rows(n, [(p["rows"], p[key]) for p in parts], fill)
+    out = PoolOutputs(n=n, scores=joined("scores", -np.inf), probs=joined("probs", 0.0),
+                      embeddings=joined("embeddings", 0.0))
+    shorts = [p["short"] for p in parts if p["short"][1] is not None]
+    if shorts:
+        pos = np.concatenate([s[0] for s in shorts])
+        emb, score = np.concatenate([s[1] for s in shorts]), np.concatenate([s[2] for s in shorts])
+        keep = np.lexsort((tie_keys(pos, spec.seed), -score))[:spec.keep_top]
+        order = keep[np.argsort(pos[keep])]
+        out.embeddings, out.embedding_rows = emb[order], pos[order]
+    return out
+
+
+def _stream(model: nn.Module, pool: Split, positions: np.ndarray, featurize: Callable[[], Featurizer], device,
+            spec: PoolPass) -> PoolOutputs:
     positions = np.asarray(positions, dtype=np.int64)
     reducer = Reducer(len(pool), spec)
     model.to(device).eval()  # trained, restored or evaluated on the CPU: score where the inputs go

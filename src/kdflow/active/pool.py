@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..distributed import is_main
 from ..errors import KdflowError
 
 STATE_VERSION = 1
@@ -97,6 +98,8 @@ class PoolState:
 
     # -- disk
     def save(self, path: Path) -> None:
+        if not is_main():  # under torchrun every process holds the same state; process 0 writes it
+            return
         blob = {"version": STATE_VERSION, "pool_fingerprint": pool_fingerprint(self.pool_ids),
                 "pool_size": len(self.pool_ids), "signature": self.signature, "labels": self.labels,
                 "ignored": self.ignored, "batches": self.batches, "batch_meta": self.batch_meta, "rounds": self.rounds,

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import models
 from ..config import Config
+from ..distributed import is_main
 from ..runlog import update_metrics, write_csv
 from .oracles import SKIP
 
@@ -58,7 +59,9 @@ def summary(loop: "Loop", cfg: Config, status: str) -> dict:
 
 
 def write(loop: "Loop", result: dict) -> None:
-    """metrics.json["active"], active/rounds.csv, and the report."""
+    """metrics.json["active"], active/rounds.csv, and the report (process 0 writes them)."""
+    if not is_main():
+        return
     run_dir = loop.cfg.run_dir
     update_metrics(run_dir, {"active": result})
     rows = []
@@ -94,7 +97,7 @@ def finish(loop: "Loop", cfg: Config) -> dict:
     """Save the last round's student as the run's and write the final summary."""
     if loop.current is None and loop.state.rounds:
         loop.restore(len(loop.state.rounds) - 1)
-    if loop.current is not None:
+    if loop.current is not None and is_main():
         models.save_model(loop.current, loop.folder / "student", loop.s_tokenizer, loop.labels, "classification")
     loop.run.info(f"[active] stopped: {loop.state.stopped}; final student in {loop.folder / 'student'}")
     result = summary(loop, cfg, "done")

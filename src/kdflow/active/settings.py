@@ -5,11 +5,10 @@ Every check here runs before any work starts (and before the run folder is touch
 
 from __future__ import annotations
 
-import os
-
 from ..config import Config, same_setting
 from ..errors import KdflowError
 from .outputs import COMMITTEE
+from .pool import PoolState
 
 
 def needs_teacher(cfg: Config) -> bool:
@@ -50,9 +49,6 @@ def _check_committee(cfg: Config) -> None:
 def check(cfg: Config) -> None:
     """Settings that cannot work together, named before any work starts."""
     ac, d = cfg.active, cfg.data
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise KdflowError("kdflow active runs in one process (it scores the whole pool between rounds); start it "
-                          "without torchrun / accelerate launch")
     if d.task != "classification":
         raise KdflowError("kdflow active needs data.task: classification (its strategies score class "
                           "probabilities)")
@@ -98,4 +94,20 @@ def check_resume(saved: dict, cfg: Config) -> None:
                           "resume with the settings of the run, or --overwrite to start again")
 
 
-__all__ = ["needs_teacher", "check", "signature", "check_resume"]
+def open_state(loop, resume: bool) -> PoolState:
+    """The saved state of the run to resume (its settings checked), or a new one."""
+    cfg = loop.cfg
+    if not resume:
+        return loop.new_state()
+    if not loop.state_path.is_file():
+        raise KdflowError(f"There is no active-learning run to resume in '{cfg.run_dir}'; drop --resume to start one")
+    loop.state = PoolState.load(loop.state_path, list(loop.pool.ids))
+    check_resume(loop.state.signature, cfg)
+    if loop.state.stopped and loop.state.rounds and loop.stop_reason() is None:
+        loop.run.info(f"[active] continuing a run that had stopped ({loop.state.stopped}): its limits were raised")
+        loop.state.stopped = None
+    loop.run.info(f"[active] resumed: {len(loop.state.labels)} labels, {len(loop.state.rounds)} rounds done")
+    return loop.state
+
+
+__all__ = ["needs_teacher", "check", "signature", "check_resume", "open_state"]

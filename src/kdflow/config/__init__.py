@@ -2,6 +2,9 @@
 
 Every section is strict: an unknown key is an error that names the key and the
 closest valid one, and a bad value is an error that names the key and the rule.
+Types are exact (``true`` is no number, ``1.5`` and ``"3"`` are no whole numbers),
+every number is finite, and a key given twice in a YAML file is an error
+(:mod:`~kdflow.config.checks`, which also reads ``1e-3`` as a number, as YAML 1.2 does).
 The same objects are built from Python without any YAML::
 
     cfg = Config(data=DataConfig(path="clinc.json"), run=RunConfig(name="x"))

@@ -50,7 +50,7 @@ class ActiveConfig(Strict):
     evaluate_test: bool = True  # score test after each round for the curve; never used to select or stop
     pool_batch_size: int = Field(256, ge=1)
     pool_chunk: int = Field(2048, ge=1)  # examples tokenized and scored at a time (memory bound)
-    seed: int = 0  # seed set and selection; the student's own seed is train.seed
+    seed: int = Field(0, ge=0, lt=2**32)  # seed set and selection; the student's own seed is train.seed
 
 
 class FrontierConfig(Strict):

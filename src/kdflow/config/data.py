@@ -79,7 +79,7 @@ class DataConfig(Strict):
     unlabelled: Optional[str] = None
     max_unlabelled_examples: Optional[int] = Field(None, ge=1)
     include_out_of_scope: bool = False
-    seed: int = 42  # for the held-out validation split and the train subsample: one for every command
+    seed: int = Field(42, ge=0, lt=2**32)  # held-out validation split, train subsample: one for every command
 
     def columns_given(self) -> set[str]:
         """The column keys set to something other than their defaults. Compared by value, not by which keys

@@ -12,7 +12,12 @@ import yaml
 from pydantic import BaseModel, Discriminator, ValidationError
 
 from ..errors import KdflowError
+from ..files import read_text
+from .checks import DuplicateKey, parse_yaml
 from .sections import MODEL_SPECS, Config
+
+# the names pydantic puts in an error's location for the member of a union that failed (int, list[int], ...)
+UNION_MEMBERS = {"int", "str", "float", "bool", "none"}
 
 
 def _section_of(annotation: Any) -> Optional[type]:
@@ -29,6 +34,9 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[tuple, Optional[type]]:
     i = 0
     while i < len(loc):
         part = loc[i]
+        if isinstance(part, str) and cls is None and i > 0 and (part in UNION_MEMBERS or "[" in part):
+            i += 1  # a union's member, not a key
+            continue
         clean.append(part)
         if not isinstance(part, str):  # a list index: the items are of the class the list holds
             i += 1
@@ -79,8 +87,10 @@ def explain(err: ValidationError, model: type[BaseModel] = Config) -> str:
 def _parse_scalar(text: str) -> Any:
     """``--set`` values are YAML scalars: 4 -> int, 1e-3 -> float, true -> bool, [1,2] -> list."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text)
+    except DuplicateKey:
+        raise
+    except (yaml.YAMLError, RecursionError):
         return text
     if isinstance(value, str):
         try:
@@ -95,16 +105,24 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise KdflowError(f"--set {item!r} must look like section.key=value, e.g. --set train.lr=3e-5")
         dotted, text = item.split("=", 1)
-        parts = [p for p in dotted.strip().split(".") if p]
-        if not parts:
+        parts = [p.strip() for p in dotted.strip().split(".")]
+        if not dotted.strip():
             raise KdflowError(f"--set {item!r} has no key before '='; write e.g. --set distill.alpha=0.7")
+        if not all(parts):
+            raise KdflowError(f"--set {item!r} has an empty part in its key; write section.key=value, e.g. "
+                              "--set distill.alpha=0.7")
+        if not text.strip():
+            raise KdflowError(f"--set {item!r} has no value after '='; give one, or null to unset the key")
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise KdflowError(f"--set {item!r}: '{part}' is a value, not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(text)
+        try:
+            node[parts[-1]] = _parse_scalar(text)
+        except DuplicateKey as err:
+            raise KdflowError(f"--set {item!r} names key {err.key!r} twice; keep one of them") from None
     return raw
 
 
@@ -124,20 +142,30 @@ def load_config(source: "str | Path | dict | Config", overrides: Optional[list[s
     elif isinstance(source, dict):
         raw = copy.deepcopy(source)  # overrides must not leak into the caller's dict
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise KdflowError(f"Config file '{path}' does not exist; pass the path of a YAML file "
-                              "such as configs/clinc.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise KdflowError(f"Config file '{path}' is not valid YAML{where}; fix the syntax there") from None
-        if not isinstance(raw, dict):
-            raise KdflowError(f"Config file '{path}' must hold a mapping of sections (model, data, ...), "
-                              f"not a {type(raw).__name__}")
+        raw = read_yaml(Path(source))
     return build(apply_overrides(raw, overrides or []))
+
+
+def read_yaml(path: Path) -> dict:
+    """A config file's mapping of sections; every way it can be broken is one sentence naming the file."""
+    text = read_text(path, f"Config file '{path}'", "pass the path of a YAML file such as configs/clinc.yaml")
+    try:
+        raw = parse_yaml(text)
+    except DuplicateKey as err:
+        raise KdflowError(f"Config file '{path}' gives key {err.key!r} twice (lines {err.first} and {err.line}); "
+                          "keep one of them") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KdflowError(f"Config file '{path}' is not valid YAML{where}; fix the syntax there") from None
+    except RecursionError:
+        raise KdflowError(f"Config file '{path}' nests its YAML too deeply to read; fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise KdflowError(f"Config file '{path}' must hold a mapping of sections (model, data, ...), "
+                          f"not a {type(raw).__name__}")
+    return raw
 
 
 def same_setting(saved: Any, now: Any) -> bool:

@@ -11,12 +11,13 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from .checks import dump_yaml
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -312,7 +313,7 @@ class TrainConfig(Strict):
     patience: Optional[int] = Field(5, ge=1)
     # classification: accuracy, macro_f1, f1 (binary: of label 1), mcc; regression: pearson, spearman, neg_mse
     metric: Literal["accuracy", "macro_f1", "f1", "mcc", "neg_mse", "pearson", "spearman"] = "accuracy"
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)  # numpy's seeds: 0 .. 2**32 - 1
     deterministic: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -395,4 +396,4 @@ class Config(Strict):
         return Path(self.run.output_dir) / self.run.name
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return dump_yaml(self.model_dump(mode="json"))

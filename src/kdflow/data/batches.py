@@ -1,8 +1,9 @@
 """Batches: a seeded per-epoch sampler, the collate function, the loader.
 
-A batch is ``{"index", "inputs", "teacher_inputs", "labels"}``: the examples'
-positions in their split (to pick cached teacher targets), the student's model
-keyword arguments, the teacher's (the same dict when both read alike), and targets.
+A batch is ``{"index", "ids", "inputs", "teacher_inputs", "labels"}``: the examples'
+positions in their split (to pick cached teacher targets), their ids (a list of
+strings, for messages), the student's model keyword arguments, the teacher's (the
+same dict when both read alike), and targets.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def make_collate(split: Split, student_feat: Featurizer, teacher_feat: Optional[
         extra = {"seed": int(torch.randint(2 ** 62, (1,)))} if augments else {}
         s_in = student_feat.collate([s_rows[i] for i in index], train, **extra)
         t_in = teacher_feat.collate([t_rows[i] for i in index], train, **extra) if t_rows is not None else s_in
-        return {"index": idx, "inputs": s_in, "teacher_inputs": t_in, "labels": targets[idx]}
+        return {"index": idx, "ids": [split.ids[i] for i in index], "inputs": s_in, "teacher_inputs": t_in,
+                "labels": targets[idx]}
 
     return collate
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import KdflowError
+from ..files import read_json
 from .splits import Split
 
 
@@ -70,12 +71,16 @@ class TextFeaturizer(CachedFeaturizer):
 
     def __init__(self, tokenizer, max_length: int = 128):
         super().__init__(max_length)
+        if isinstance(tokenizer, ImagePreprocess):
+            raise KdflowError("This data holds text but the model reads images (it has an image preprocessing, no "
+                              "tokenizer); give a text model, or image data")
         self.tokenizer = tokenizer
 
     def _encode(self, split: Split, positions: list[int]) -> list[dict]:
         if self.tokenizer is None:
-            raise KdflowError("This model reads text but has no tokenizer; use an hf model, or give an "
-                              "encoder a tokenizer through model.teacher.name")
+            raise KdflowError("This model reads text but has no tokenizer (a saved model folder keeps it in "
+                              "tokenizer_config.json and the files beside it); save the model with its tokenizer, "
+                              "use an hf model, or give an encoder a tokenizer through model.teacher.name")
         texts = [split.inputs["text"][i] for i in positions]
         pair = [split.inputs["text_pair"][i] for i in positions] if "text_pair" in split.inputs else None
         enc = self.tokenizer(texts, pair, truncation=True, max_length=self.max_length)
@@ -154,15 +159,30 @@ class ImagePreprocess:
     def save_pretrained(self, folder: "str | Path") -> None:
         (Path(folder) / IMAGE_FILE).write_text(json.dumps(asdict(self), indent=2))
 
+    def well_formed(self) -> bool:
+        """Whether the fields hold what :meth:`__call__` needs (a read-back file may hold anything)."""
+        def numbers(v) -> bool:
+            return isinstance(v, list) and len(v) == self.channels and all(
+                type(x) in (int, float) and np.isfinite(x) for x in v)
+        return type(self.channels) is int and self.channels in (1, 3) and numbers(self.mean) \
+            and numbers(self.std) and min(self.std) > 0 and (self.size is None or type(self.size) is int
+                                                             and self.size > 0)
+
     @classmethod
     def from_folder(cls, folder: "str | Path") -> Optional["ImagePreprocess"]:
         path = Path(folder) / IMAGE_FILE
         if not path.is_file():
             return None
+        fix = "save the model again (kdflow writes it with the model)"
+        meta = read_json(path, f"'{path}'", fix, dict)
         try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as err:
-            raise KdflowError(f"'{path}' is damaged ({err}); save the model again") from None
+            out = cls(**meta)
+        except TypeError:
+            raise KdflowError(f"'{path}' holds keys {sorted(meta)}, not mean, std, channels and size; {fix}") from None
+        if not out.well_formed():
+            raise KdflowError(f"'{path}' is damaged (mean and std must be lists of channels (1 or 3) finite numbers, "
+                              f"std above 0, size a positive whole number or null); {fix}")
+        return out
 
 
 def image_preprocess(split: Split) -> ImagePreprocess:

@@ -18,7 +18,7 @@ from ..leakage import overlapping
 from .hub import read_hub
 from .images import read_packaged, same_shape
 from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
-from .tables import read_path, read_split_files, read_table, text_inputs
+from .tables import read_path, read_split_files, read_table, split_files, text_inputs
 from .tasks import glue_task, read_glue_files
 
 
@@ -34,15 +34,29 @@ def label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
 
 def _regression_targets(raw: list, split: str, cfg: DataConfig) -> np.ndarray:
     try:
-        out = np.asarray([float(y) for y in raw], dtype=np.float32)
+        with np.errstate(over="ignore"):  # a target beyond float32's range becomes inf: refused below
+            out = np.asarray([float(y) for y in raw], dtype=np.float32)
     except (TypeError, ValueError):
         bad = next(y for y in raw if not _is_float(y))
         raise KdflowError(f"Regression target {bad!r} in the {split} split is not a number; "
                           f"fix column '{cfg.label_column}' or set data.task: classification") from None
     if np.isnan(out).any():
         raise KdflowError(f"Regression target in row {int(np.flatnonzero(np.isnan(out))[0])} of the {split} "
-                          f"split is missing (NaN); fill it in or drop the row")
+                          f"split ({source_of(cfg, split)}) is missing (NaN); fill it in or drop the row")
+    if not np.isfinite(out).all():
+        row = int(np.flatnonzero(~np.isfinite(out))[0])
+        raise KdflowError(f"Regression target {raw[row]!r} in row {row} of the {split} split ({source_of(cfg, split)}, "
+                          f"column '{cfg.label_column}') is infinite or beyond float32's range (about 3.4e38); give "
+                          "finite targets")
     return out
+
+
+def source_of(cfg: DataConfig, split: str) -> str:
+    """Where ``split``'s examples come from, for an error: its file and config key, or the hub data set."""
+    files = {part: f"file '{path}', data.{key}" for part, key, path in split_files(cfg)}
+    if split in files:
+        return files[split]
+    return f"hub data set '{cfg.hub}'" if cfg.hub else f"file '{cfg.path}'" if cfg.path else f"data.{split}"
 
 
 def targets(raw: list, names: Optional[list[str]], split: str, cfg: DataConfig) -> np.ndarray:

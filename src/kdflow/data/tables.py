@@ -13,7 +13,9 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import KdflowError, first_line
+from ..files import json_type, parse_json, read_text, text_encoding
 
+TEXT_FORMATS = ("csv", "tsv", "json", "jsonl")
 SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
                  ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
@@ -35,6 +37,8 @@ def must_exist(path: Path, key: str, folder: bool = False) -> Path:
             raise KdflowError(f"data.{key} folder '{path}' does not exist or is not a folder; check the path "
                               "(relative paths are read from the current directory)")
         return path
+    if path.is_dir():
+        raise KdflowError(f"data.{key} '{path}' is a folder, not a file; point data.{key} at the file itself")
     if not path.is_file():
         raise KdflowError(f"data.{key} file '{path}' does not exist; check the path (relative paths are "
                           "read from the current directory)")
@@ -44,8 +48,13 @@ def must_exist(path: Path, key: str, folder: bool = False) -> Path:
 def read_table(path: Path, cfg: DataConfig, key: str = "train"):
     """A pandas DataFrame from CSV/TSV/JSON/JSONL/Parquet, with cfg.columns for header-less files."""
     fmt = format_of(must_exist(path, key), cfg.format)
+    what = f"data.{key} file '{path}'"
+    encoding = text_encoding(path, what, f"give a {fmt} text file") if fmt in TEXT_FORMATS else None
+    if encoding is not None and _blank(path, encoding):
+        raise KdflowError(f"{what} is empty; give a {fmt} file with " + ("a header row and " if fmt in ("csv", "tsv")
+                                                                          and cfg.header else "") + "examples")
     try:
-        df = _read_frame(path, fmt, cfg, key)
+        df = _read_frame(path, fmt, cfg, key, encoding)
     except KdflowError:
         raise
     except Exception as err:  # a malformed file: say which, and what the parser saw
@@ -55,11 +64,11 @@ def read_table(path: Path, cfg: DataConfig, key: str = "train"):
     return df
 
 
-def _read_frame(path: Path, fmt: str, cfg: DataConfig, key: str):
+def _read_frame(path: Path, fmt: str, cfg: DataConfig, key: str, encoding: "str | None" = None):
     import pandas as pd
     if fmt in ("csv", "tsv"):
         df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=0 if cfg.header else None, index_col=False,
-                         quoting=3 if fmt == "tsv" else 0, dtype=str, keep_default_na=False)
+                         quoting=3 if fmt == "tsv" else 0, dtype=str, keep_default_na=False, encoding=encoding)
         if cfg.columns is not None:
             if len(df.columns) != len(cfg.columns):
                 raise KdflowError(f"'{path}' has {len(df.columns)} fields per row but data.columns names "
@@ -67,14 +76,9 @@ def _read_frame(path: Path, fmt: str, cfg: DataConfig, key: str):
             df.columns = cfg.columns
         return df
     if fmt == "jsonl":
-        return pd.read_json(path, lines=True, dtype=False)  # keep "001" a string, as CSV does
+        return pd.DataFrame.from_records(read_jsonl(path, key, encoding))  # "001" stays a string, as in CSV
     if fmt == "json":
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-        if isinstance(obj, dict) and {"train", "val", "validation", "test"} & set(obj):
-            raise KdflowError(f"'{path}' holds several splits ({', '.join(obj)}); point data.path "
-                              "(not data.train) at it, with data.format: clinc for the CLINC150 layout")
-        return pd.DataFrame(obj)  # a list of records, or a dict of columns
+        return pd.DataFrame(_json_table(path, key, encoding))
     if fmt == "parquet":
         return pd.read_parquet(path)
     if fmt in ("npz", "folder"):
@@ -82,6 +86,52 @@ def _read_frame(path: Path, fmt: str, cfg: DataConfig, key: str):
                           f"data.format {fmt} holds images, which data.{key} does not read")
     raise KdflowError(f"data.format '{fmt}' is for data.path files; for data.{key} use csv, tsv, "
                       "json, jsonl or parquet")
+
+
+def _blank(path: Path, encoding: str) -> bool:
+    """Whether a text file holds nothing but white space (read until the first other character)."""
+    with open(path, encoding=encoding) as fh:
+        while True:
+            chunk = fh.read(1 << 16)
+            if not chunk or chunk.strip():
+                return not chunk
+
+
+def read_jsonl(path: Path, key: str, encoding: str = "utf-8") -> list[dict]:
+    """One JSON object per line (blank lines skipped); a broken line is an error naming its number."""
+    records = []
+    with open(path, encoding=encoding) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise KdflowError(f"Line {n} of data.{key} file '{path}' is not valid JSON (column {err.colno}: "
+                                  f"{err.msg}); each line of a JSONL file must be one JSON object") from None
+            if not isinstance(value, dict):
+                raise KdflowError(f"Line {n} of data.{key} file '{path}' holds {json_type(value)}, not a JSON object; "
+                                  'write each row as {"text": ..., "label": ...}')
+            records.append(value)
+    return records
+
+
+def _json_table(path: Path, key: str, encoding: str = "utf-8"):
+    """A JSON table: a list of records, or an object of equal-length column lists."""
+    what = f"data.{key} file '{path}'"
+    obj = parse_json(path.read_text(encoding=encoding), what, "fix the file there")
+    if isinstance(obj, dict) and {"train", "val", "validation", "test"} & set(obj):
+        raise KdflowError(f"'{path}' holds several splits ({', '.join(obj)}); point data.path "
+                          "(not data.train) at it, with data.format: clinc for the CLINC150 layout")
+    fix = 'give a list of records [{"text": ..., "label": ...}] or an object of column lists {"text": [...], ...}'
+    if not isinstance(obj, (list, dict)):
+        raise KdflowError(f"{what} holds {json_type(obj)}; {fix}")
+    bad = next((c for c, v in obj.items() if not isinstance(v, list)), None) if isinstance(obj, dict) else \
+        next((i for i, v in enumerate(obj) if not isinstance(v, dict)), None)
+    if bad is not None:
+        part = f"column {bad!r}" if isinstance(obj, dict) else f"item {bad}"
+        raise KdflowError(f"{what}: its {part} holds {json_type(obj[bad])}; {fix}")
+    return obj
 
 
 def text_inputs(df, cfg: DataConfig, path: Path) -> dict[str, list]:
@@ -127,35 +177,42 @@ def sequence(value, row: int, path: Path, column: str) -> list:
         except json.JSONDecodeError:
             value = None
     try:
-        arr = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused below
+            arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.ndim not in (1, 2) or arr.shape[0] == 0:
         raise KdflowError(f"Row {row} of column '{column}' in '{path}' is not a non-empty list of numbers (or of "
                           "equal-length vectors); fix that row")
+    if not np.isfinite(arr).all():
+        raise KdflowError(f"Row {row} of column '{column}' in '{path}' holds NaN, an infinity or a number beyond "
+                          "float32's range (about 3.4e38); give finite values")
     return arr.tolist()
 
 
 def read_clinc(path: Path, include_oos: bool) -> dict[str, tuple[dict, list]]:
     """``{"train": [[text, intent], ...], "val": ..., "test": ...}`` (and ``oos_*`` when asked)."""
-    try:
-        obj = json.loads(must_exist(path, "path").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise KdflowError(f"'{path}' is not valid JSON (line {err.lineno}); data.format clinc expects "
-                          '{"train": [[text, intent], ...], "val": ..., "test": ...}') from None
+    layout = 'data.format clinc expects {"train": [[text, intent], ...], "val": ..., "test": ...}'
+    what = f"data.path file '{path}'"
+    obj = parse_json(read_text(must_exist(path, "path"), what, layout), what, layout)
     if not isinstance(obj, dict) or "train" not in obj:
         raise KdflowError(f"'{path}' is not in the CLINC150 layout: expected a JSON object with a 'train' key "
                           "holding [text, intent] pairs")
     out = {}
     for split, key in (("train", "train"), ("validation", "val"), ("test", "test")):
-        rows = list(obj.get(key, []))
-        if include_oos:
-            rows += obj.get(f"oos_{key}", [])
+        rows = []
+        for part in (key, f"oos_{key}") if include_oos else (key,):
+            if not isinstance(obj.get(part, []), list):
+                raise KdflowError(f"'{path}' key '{part}' holds {json_type(obj[part])}; {layout}")
+            rows += obj.get(part, [])
         if not rows:
             continue
         bad = next((i for i, r in enumerate(rows) if not (isinstance(r, list) and len(r) == 2)), None)
         if bad is not None:
             raise KdflowError(f"'{path}' {key}[{bad}] is {rows[bad]!r}; each CLINC150 row must be [text, intent]")
+        bad = next((i for i, r in enumerate(rows) if r[0] is None or not str(r[0]).strip()), None)
+        if bad is not None:
+            raise KdflowError(f"'{path}' {key}[{bad}] has no text; fill it in or drop the row")
         out[split] = ({"text": [str(r[0]) for r in rows]}, [r[1] for r in rows])
     return out
 

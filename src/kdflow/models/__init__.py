@@ -54,11 +54,12 @@ def load_saved(folder: "str | Path"):
     if len(found) > 1:
         raise KdflowError(f"'{folder}' holds the files of several model kinds ({', '.join(found)}); save each model "
                           "into a folder of its own")
-    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else \
+    model = KINDS[found[0]].load(folder)  # first: a damaged config.json is named as such, not as a tokenizer's
+    tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").exists() else \
         ImagePreprocess.from_folder(folder)
     if tokenizer is None and (folder / "preprocessor_config.json").is_file():  # save_pretrained of an image model
         tokenizer = vision.processor_preprocess(str(folder))
-    return KINDS[found[0]].load(folder), tokenizer, labels, task
+    return model, tokenizer, labels, task
 
 
 def block_list(model: nn.Module) -> nn.ModuleList:

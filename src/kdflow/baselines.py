@@ -1,0 +1,113 @@
+"""Baselines a score must beat, for ``kdflow check``: the majority class (the mean, for regression), a
+simple linear model on the raw inputs, and the same model trained on **shuffled** labels.
+
+The shuffled control learns nothing true about the labels, so its validation score must sit near chance
+(the majority rate). Far above chance means the evaluation itself is broken: the labels reach the
+model through the inputs, or the scores are computed against something other than held-out gold labels.
+
+The linear model is deliberately cheap and independent of the teacher and student: hashed word uni- and
+bigrams for text (a pair's second text hashed apart from the first), downsampled pixels for images,
+padded values for numeric sequences; a linear SVM trained by SGD (ridge regression for regression).
+Both are scored with :func:`kdflow.metrics.quality`, the function that scores every kdflow model.
+"""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+
+from .check import Finding
+from .data.splits import Split, TaskData
+from .metrics import quality
+
+CONTROL_EXAMPLES = 4000  # training examples the linear models read at most
+
+
+def majority(data: TaskData) -> dict:
+    """Predicting train's most frequent class (its mean target, for regression) on each held-out split."""
+    y = data.train.targets[data.train.labelled]
+    out = {}
+    for name, part in (("validation", data.validation), ("test", data.test)):
+        if part is None or len(part) == 0:
+            continue
+        if data.task == "regression":
+            out[name] = quality(np.full((len(part), 1), float(y.mean())), part.targets, "regression")
+        else:
+            logits = np.zeros((len(part), data.num_labels))
+            logits[:, int(np.bincount(y.astype(np.int64), minlength=data.num_labels).argmax())] = 1.0
+            out[name] = quality(logits, part.targets, "classification")
+    return out
+
+
+def features(split: Split, width: int = 2 ** 18):
+    """A fixed-size numeric view of any split's inputs (sparse for text)."""
+    if "text" in split.inputs:
+        from scipy.sparse import hstack
+        from sklearn.feature_extraction.text import HashingVectorizer
+        vec = HashingVectorizer(n_features=width, ngram_range=(1, 2), alternate_sign=False, norm="l2")
+        parts = [vec.transform([str(t) for t in split.inputs["text"]])]
+        if "text_pair" in split.inputs:
+            parts.append(vec.transform([f"pair {t}" for t in split.inputs["text_pair"]]))
+        return hstack(parts).tocsr()
+    if "image" in split.inputs:
+        images = [np.asarray(a, dtype=np.float32) for a in split.inputs["image"]]
+        step = max(1, images[0].shape[0] // 16)
+        return np.stack([a[::step, ::step].reshape(-1) / 255.0 for a in images])
+    rows = [np.asarray(v, dtype=np.float32).reshape(-1)[:256] for v in split.inputs["values"]]
+    out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def _fit_score(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, task: str, seed: int) -> dict:
+    if task == "regression":
+        from sklearn.linear_model import Ridge
+        model = Ridge(alpha=1.0).fit(x_train, y_train)
+        return quality(model.predict(x_eval).reshape(-1, 1), y_eval, task)
+    from sklearn.linear_model import SGDClassifier
+    model = SGDClassifier(alpha=1e-4, max_iter=30, tol=None, random_state=seed).fit(x_train, y_train)
+    scores = model.decision_function(x_eval)
+    scores = np.stack([-scores, scores], 1) if scores.ndim == 1 else scores
+    logits = np.full((len(y_eval), int(max(y_train.max(), y_eval.max())) + 1), -np.inf)
+    logits[:, model.classes_.astype(np.int64)] = scores
+    return quality(logits, y_eval, task)
+
+
+def controls(data: TaskData, seed: int = 0, limit: int = CONTROL_EXAMPLES) -> dict:
+    """Validation scores of the linear model on true labels (``linear``) and on shuffled ones (``shuffled``)."""
+    rng = np.random.default_rng(seed)
+    keep = data.train.labelled
+    if len(keep) > limit:
+        keep = np.sort(rng.choice(keep, limit, replace=False))
+    train = data.train.subset(keep)
+    if data.task == "classification" and len(np.unique(train.targets)) < 2:
+        return {}
+    x_train, x_eval = features(train), features(data.validation)
+    shuffled = rng.permutation(train.targets)
+    return {"examples": len(train),
+            "linear": _fit_score(x_train, train.targets, x_eval, data.validation.targets, data.task, seed),
+            "shuffled": _fit_score(x_train, shuffled, x_eval, data.validation.targets, data.task, seed)}
+
+
+def control_findings(data: TaskData, base: dict, control: dict) -> list[Finding]:
+    """A shuffled control far above chance; a near-perfect linear baseline (the task may be trivial or leaky)."""
+    if not control:
+        return []
+    metric = "accuracy" if data.task == "classification" else "pearson"
+    chance = base.get("validation", {}).get(metric, 0.0) if data.task == "classification" else 0.0
+    shuffled, n = control["shuffled"][metric], len(data.validation)
+    noise = 3 * math.sqrt(max(chance * (1 - chance), 0.25 if data.task == "regression" else 1e-4) / max(n, 1))
+    out = []
+    if shuffled > chance + max(0.05, noise):
+        out.append(Finding("warning", "plausibility", f"A linear model trained on shuffled labels scores validation "
+                           f"{metric} {shuffled:.4f}, far above chance ({chance:.4f}): the labels reach the inputs, "
+                           "or validation is scored against something other than its gold labels"))
+    linear = control["linear"][metric]
+    if linear >= 0.995:
+        out.append(Finding("warning", "plausibility", f"A linear model on the raw inputs already scores validation "
+                           f"{metric} {linear:.4f}: the task may be trivial, or an input column gives the label away"))
+    return out
+
+
+__all__ = ["majority", "features", "controls", "control_findings", "CONTROL_EXAMPLES"]

@@ -1,0 +1,129 @@
+"""A command that fails leaves its run folder as it found it.
+
+``config.yaml``, ``metrics.json`` and the rest are the record that ``evaluate``, ``export`` and ``report``
+read later: a refused ``--resume``, a student that cannot be built, a loss that turns NaN before the first
+epoch ends must not rewrite it. :func:`kept` snapshots the folder before a command and, when the command
+raises, puts back every record file it changed and removes everything it created. What ``--overwrite``
+discards is moved aside (:func:`discard`) and deleted only when the command succeeds.
+
+Work that would cost time to redo is kept: once the command has written to ``checkpoints/``, ``active/``
+or ``frontier/`` (an epoch, a round or a candidate finished), the folder stays as it is, so ``--resume``
+goes on from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+PROGRESS = ("checkpoints", "active", "frontier")  # where an interrupted command's finished work lives
+RECORD_LIMIT = 32 * 2 ** 20  # record files up to this size are kept in memory while a command runs
+ASIDE = ".discarded"  # what --overwrite moves aside until the command succeeds
+
+_active: dict[Path, "Snapshot"] = {}
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+class Snapshot:
+    """The files of ``root`` (size and modification time), the small ones' bytes, and what was set aside."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.existed = self.root.is_dir()
+        self.files = self._listing()
+        self.dirs = {p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_dir()} \
+            if self.existed else set()
+        self.saved = {rel: (self.root / rel).read_bytes() for rel, (size, _) in self.files.items()
+                      if size <= RECORD_LIMIT and not rel.startswith(PROGRESS)}
+        self.aside: list[tuple[Path, Path]] = []  # (where it was, where it waits)
+
+    def _listing(self) -> dict[str, tuple[int, int]]:
+        if not self.root.is_dir():
+            return {}
+        out = {}
+        for path in self.root.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and not path.is_symlink() and not rel.startswith(ASIDE):
+                st = path.stat()
+                out[rel] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def progressed(self) -> bool:
+        """Whether the command wrote finished work (a checkpoint, a round, a candidate)."""
+        now = self._listing()
+        return any(rel.startswith(PROGRESS) and self.files.get(rel) != stat for rel, stat in now.items())
+
+    def restore(self) -> None:
+        """Put the folder back as it was: records rewritten, new files removed, set-aside folders returned."""
+        if not self.existed:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for rel in self._listing():
+            if rel not in self.files:
+                (self.root / rel).unlink(missing_ok=True)
+        for rel, data in self.saved.items():
+            path = self.root / rel
+            if not path.is_file() or path.read_bytes() != data:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                os.utime(path, ns=(self.files[rel][1], self.files[rel][1]))
+        for was, waits in reversed(self.aside):
+            if waits.exists():
+                shutil.rmtree(was, ignore_errors=True)
+                was.parent.mkdir(parents=True, exist_ok=True)
+                waits.rename(was)
+        self._drop_new_folders()
+
+    def _drop_new_folders(self) -> None:
+        shutil.rmtree(self.root / ASIDE, ignore_errors=True)
+        for path in sorted(self.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and path.relative_to(self.root).as_posix() not in self.dirs and not any(path.iterdir()):
+                path.rmdir()
+
+    def commit(self) -> None:
+        shutil.rmtree(self.root / ASIDE, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def kept(root: Path) -> Iterator[Snapshot]:
+    """Run a command on ``root``; if it raises before writing finished work, the folder is put back."""
+    snap = Snapshot(root)
+    _active[snap.root] = snap
+    try:
+        yield snap
+    except BaseException:
+        if _main_process() and not snap.progressed():
+            snap.restore()
+        elif _main_process():
+            snap.commit()
+        raise
+    else:
+        if _main_process():
+            snap.commit()
+    finally:
+        _active.pop(snap.root, None)
+
+
+def discard(path: Path, run_dir: Path) -> None:
+    """Remove ``path`` (a role's output, on --overwrite): moved aside while a :func:`kept` command runs on
+    ``run_dir`` (back in place if it fails), deleted at once otherwise."""
+    snap = _active.get(Path(run_dir).resolve())
+    if not path.exists():
+        return
+    if snap is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    waits = snap.root / ASIDE / f"{uuid.uuid4().hex[:8]}-{path.name}"
+    waits.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(waits)
+    snap.aside.append((path, waits))
+
+
+__all__ = ["Snapshot", "kept", "discard", "PROGRESS"]
