@@ -201,3 +201,39 @@ def test_bad_config_is_one_sentence_not_a_traceback(tmp_path, capsys):
     assert len(err) == 1 and "missing.csv" in err[0]
     with pytest.raises(KdflowError):
         kdflow.check(path)
+
+
+def test_a_validation_split_held_out_by_kdflow_from_duplicated_train_is_a_warning(tmp_path):
+    rows = distinct(15, 1, "tr")
+    data = {"train": write_csv(tmp_path / "ten.csv", rows * 10), "validation_fraction": 0.2}  # every text 10 times
+    out = kdflow.check(config(tmp_path, data), control=False)
+    held = next(f for f in out["findings"] if f["check"] == "leakage" and "validation" in f["message"])
+    assert held["message"].startswith("The validation split is contained in the train split (all 120")
+    assert held["level"] == "warning" and out["counts"]["error"] == 0  # kdflow held it out: not the user's split
+    tiny = files(tmp_path, distinct(20, 1, "tr"), distinct(5, 2, "va"), [])
+    small = distinct(20, 1, "tr")[:4]  # a 4-example test split inside train: said, not refused (too few to judge)
+    tiny["test"] = write_csv(tmp_path / "small.csv", small)
+    found = kdflow.check(config(tmp_path, tiny, name="tiny"), control=False)["findings"]
+    assert any(f["level"] == "warning" and "test split is contained in" in f["message"] for f in found)
+
+
+def test_numeric_sequences_of_different_lengths_get_a_control(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def rows(n, start):
+        out = []
+        for i in range(start, start + n):
+            y = i % 2
+            series = np.cumsum(rng.normal(0, 0.1, 8 + i % 9)) + (1 if y else -1) * 0.5
+            out.append({"series": series.round(4).tolist(), "trend": "up" if y else "down"})
+        return out
+
+    import pandas as pd
+    pd.DataFrame(rows(160, 0)).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    pd.DataFrame(rows(40, 160)).to_json(tmp_path / "val.jsonl", orient="records", lines=True)
+    data = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "val.jsonl"),
+            "values_column": "series", "label_column": "trend"}
+    raw = {"model": {"teacher": {"kind": "encoder", "input_dim": 1}, "student": {"kind": "encoder", "input_dim": 1}},
+           "data": data, "run": {"name": "series", "output_dir": str(tmp_path / "runs")}}
+    out = kdflow.check(raw)
+    assert out["control"]["linear"]["accuracy"] > 0.8 and abs(out["control"]["shuffled"]["accuracy"] - 0.5) < 0.3

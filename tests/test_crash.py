@@ -337,10 +337,13 @@ def test_unreadable_trainer_state_is_one_sentence(tmp_path):
                                           r"damaged \(18 of its \d+ bytes\), and no earlier whole checkpoint "
                                           r"remains in .*; drop --resume and start again with --overwrite$"):
         tiny_fit(tmp_path, resume=True)
-    (ckpt / "last" / "manifest.json").unlink()  # unverified: the JSON itself is then what fails
-    with pytest.raises(KdflowError, match="trainer_state.json' is damaged \\(not a readable trainer state\\)"):
+    (ckpt / "last" / "manifest.json").unlink()  # a checkpoint of this version without its seal: not whole
+    with pytest.raises(KdflowError, match="manifest.json' is missing, and no earlier whole checkpoint"):
         tiny_fit(tmp_path, resume=True)
     import shutil
+    shutil.rmtree(ckpt / "last" / "files")  # the layout before manifests: unverified, the JSON itself fails
+    with pytest.raises(KdflowError, match="trainer_state.json' is damaged \\(not a readable trainer state\\)"):
+        tiny_fit(tmp_path, resume=True)
     shutil.rmtree(ckpt / "last")
     with pytest.raises(KdflowError, match="There is no t checkpoint to resume"):
         tiny_fit(tmp_path, resume=True)
@@ -367,7 +370,8 @@ def test_out_of_gpu_memory_is_one_sentence(tmp_path):
 def test_infinite_loss_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path):
     with pytest.raises(KdflowError, match=r"^The t's training loss became inf at optimizer step 2 \(epoch 1, step 2 "
                                           r"of 5\) on examples ex4, ex5, ex6, ex7, loss terms loss inf; nothing of "
-                                          r"this epoch was saved, and no checkpoint was written yet: lower "
-                                          r"train.lr or set train.max_grad_norm and run the command again$"):
+                                          r"this epoch was saved, and no checkpoint of this t was written yet: "
+                                          r"lower train.lr or set train.max_grad_norm and run the command again "
+                                          r"\(with --resume where"):
         tiny_fit(tmp_path, loss_hook=lambda step: float("inf") if step == 2 else None)
     assert not (tmp_path / "ckpt").exists()

@@ -67,12 +67,18 @@ def test_a_failed_first_command_leaves_no_folder_and_progress_is_kept(tmp_path):
         (root / "config.yaml").write_text("x")
         raise KdflowError("refused")
     assert not root.exists()
+    with pytest.raises(KdflowError), kept(root):  # loose files alone are no finished work: put back
+        (root / "checkpoints" / "student").mkdir(parents=True)
+        (root / "checkpoints" / "student" / "guide_targets.pt").write_text("targets")
+        raise KdflowError("NaN in epoch 1")
+    assert not root.exists()
     with pytest.raises(KdflowError), kept(root):  # a finished epoch is work: the folder stays for --resume
         (root / "checkpoints" / "student").mkdir(parents=True)
-        (root / "checkpoints" / "student" / "state").write_text("epoch 1")
+        (root / "checkpoints" / "student" / "guide_targets.pt").write_text("targets")  # not finished work
+        (root / "checkpoints" / "student" / "trainer_state.json").write_text("epoch 1")  # a sealed epoch is
         (root / "log.txt").write_text("epoch 1 done")
         raise KdflowError("NaN in epoch 2")
-    assert (root / "checkpoints" / "student" / "state").read_text() == "epoch 1"
+    assert (root / "checkpoints" / "student" / "trainer_state.json").read_text() == "epoch 1"
     assert (root / "log.txt").is_file()
 
 

@@ -21,6 +21,7 @@ from .data.splits import Split, TaskData
 from .metrics import quality
 
 CONTROL_EXAMPLES = 4000  # training examples the linear models read at most
+VALUES_WIDTH = 256  # numeric sequences: their first 256 values, zero-padded
 
 
 def majority(data: TaskData) -> dict:
@@ -53,9 +54,9 @@ def features(split: Split, width: int = 2 ** 18):
         images = [np.asarray(a, dtype=np.float32) for a in split.inputs["image"]]
         step = max(1, images[0].shape[0] // 16)
         return np.stack([a[::step, ::step].reshape(-1) / 255.0 for a in images])
-    rows = [np.asarray(v, dtype=np.float32).reshape(-1)[:256] for v in split.inputs["values"]]
-    out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.float32)
-    for i, r in enumerate(rows):
+    out = np.zeros((len(split), VALUES_WIDTH), dtype=np.float32)  # one width for every split
+    for i, v in enumerate(split.inputs["values"]):
+        r = np.asarray(v, dtype=np.float32).reshape(-1)[:VALUES_WIDTH]
         out[i, :len(r)] = r
     return out
 
@@ -81,7 +82,7 @@ def controls(data: TaskData, seed: int = 0, limit: int = CONTROL_EXAMPLES) -> di
     if len(keep) > limit:
         keep = np.sort(rng.choice(keep, limit, replace=False))
     train = data.train.subset(keep)
-    if data.task == "classification" and len(np.unique(train.targets)) < 2:
+    if len(data.validation) == 0 or (data.task == "classification" and len(np.unique(train.targets)) < 2):
         return {}
     x_train, x_eval = features(train), features(data.validation)
     shuffled = rng.permutation(train.targets)
@@ -97,7 +98,9 @@ def control_findings(data: TaskData, base: dict, control: dict) -> list[Finding]
     metric = "accuracy" if data.task == "classification" else "pearson"
     chance = base.get("validation", {}).get(metric, 0.0) if data.task == "classification" else 0.0
     shuffled, n = control["shuffled"][metric], len(data.validation)
-    noise = 3 * math.sqrt(max(chance * (1 - chance), 0.25 if data.task == "regression" else 1e-4) / max(n, 1))
+    # 3 standard errors of chance: sqrt(p(1-p)/n) for an accuracy, 1/sqrt(n) for a null Pearson correlation
+    spread = 1.0 if data.task == "regression" else max(chance * (1 - chance), 1e-4)
+    noise = 3 * math.sqrt(spread / max(n, 1))
     out = []
     if shuffled > chance + max(0.05, noise):
         out.append(Finding("warning", "plausibility", f"A linear model trained on shuffled labels scores validation "

@@ -71,34 +71,57 @@ def _shown(split: Split, i: int) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def _overlap(train_name: str, train: Split, held_name: str, held: Split, fatal: bool = True) -> list[Finding]:
-    """Examples of ``held`` whose inputs are in ``train``: exactly, then only once normalised (``held`` inside
-    ``train`` is an error when ``fatal``)."""
+class Keys:
+    """Each split's exact and normalised content keys, computed once however many pairs read them."""
+
+    def __init__(self):
+        self.done: dict[int, tuple[list, list]] = {}
+
+    def __call__(self, split: Split) -> tuple[list, list]:
+        if id(split) not in self.done:
+            self.done[id(split)] = (content_keys(split.inputs), normalised_keys(split.inputs))
+        return self.done[id(split)]
+
+
+MIN_FATAL = 10  # a held-out split inside train is an error from this many examples (a handful may be chance)
+
+
+def _overlap(pair: tuple[str, Split, str, Split], keys: Keys, fatal: bool = True) -> list[Finding]:
+    """Examples of the held-out split whose inputs are in the training one: exactly, then only once normalised
+    (all of them inside it is an error when ``fatal``)."""
+    train_name, train, held_name, held = pair
     if len(held) == 0 or len(train) == 0:
         return []
-    exact_train, norm_train = set(content_keys(train.inputs)), set(normalised_keys(train.inputs))
-    exact = [i for i, k in enumerate(content_keys(held.inputs)) if k in exact_train]
-    near = [i for i, k in enumerate(normalised_keys(held.inputs)) if k in norm_train and i not in set(exact)]
+    (exact_train, norm_train), (exact_held, norm_held) = map(set, keys(train)), keys(held)
+    exact = [i for i, k in enumerate(exact_held) if k in exact_train]
+    is_exact = set(exact)
+    near = [i for i, k in enumerate(norm_held) if k in norm_train and i not in is_exact]
     n = len(held)
     if len(exact) == n:
-        same = len(set(content_keys(train.inputs))) == len(set(content_keys(held.inputs)))
-        return [Finding("error" if fatal else "warning", "leakage", f"The {held_name} split {'equals' if same else 'is contained in'} the "
-                        f"{train_name} split (all {n} of its examples are {train_name} examples), so "
-                        + (f"it would score training data; give a separate {held_name} file, or drop it and let "
-                           "kdflow hold one out" if fatal else f"it repeats the data that picks the best epoch; "
-                           f"give a separate {held_name} file"),
-                        [_shown(held, i) for i in exact[:EXAMPLES]])]
+        return [_contained(pair, exact, len(exact_train) == len(set(exact_held)), fatal and n >= MIN_FATAL)]
     out = []
     if exact:  # a few duplicates are common in real data (CLINC150: 0.1 %): a warning from 1 %
-        out.append(Finding("warning" if len(exact) >= 0.01 * n else "info", "leakage", f"{len(exact)} of {n} {held_name} examples "
-                           f"({len(exact) / n:.1%}) also occur in {train_name} (exact duplicates); their scores "
-                           f"measure memory, not generalisation: remove them from one side",
-                           [_shown(held, i) for i in exact[:EXAMPLES]]))
+        out.append(Finding("warning" if len(exact) >= 0.01 * n else "info", "leakage",
+                           f"{len(exact)} of {n} {held_name} examples ({len(exact) / n:.1%}) also occur in "
+                           f"{train_name} (exact duplicates); their scores measure memory, not generalisation: "
+                           "remove them from one side", [_shown(held, i) for i in exact[:EXAMPLES]]))
     if near:
-        out.append(Finding("warning" if len(near) >= 0.05 * n else "info", "leakage", f"{len(near)} of {n} {held_name} examples ({len(near) / n:.1%}) "
-                           f"equal a {train_name} example once case, punctuation and spacing are ignored",
+        out.append(Finding("warning" if len(near) >= 0.05 * n else "info", "leakage",
+                           f"{len(near)} of {n} {held_name} examples ({len(near) / n:.1%}) equal a {train_name} "
+                           "example once case, punctuation and spacing are ignored",
                            [_shown(held, i) for i in near[:EXAMPLES]]))
     return out
+
+
+def _contained(pair: tuple, exact: list, same: bool, fatal: bool) -> Finding:
+    train_name, _, held_name, held = pair
+    why = (f"it would score training data; give a separate {held_name} file, or drop it and let kdflow hold one "
+           "out" if train_name != "validation" else "it repeats the data that picks the best epoch; give a "
+           f"separate {held_name} file")
+    return Finding("error" if fatal else "warning", "leakage",
+                   f"The {held_name} split {'equals' if same else 'is contained in'} the {train_name} split (all "
+                   f"{len(held)} of its examples are {train_name} examples), so {why}",
+                   [_shown(held, i) for i in exact[:EXAMPLES]])
 
 
 def leakage_findings(data: TaskData) -> list[Finding]:
@@ -106,14 +129,18 @@ def leakage_findings(data: TaskData) -> list[Finding]:
     held = [("validation", data.validation), ("test", data.test),
             *((f"test_{k}", v) for k, v in data.extra_tests.items())]
     sources = [("train", data.train)] + ([("transfer set", data.unlabelled)] if data.unlabelled is not None else [])
-    out = []
+    # a validation split kdflow held out of train repeats train only where train repeats itself: not the
+    # user's mistake, so said as a warning (with its fix), never a refusal
+    held_out_here = any(n.startswith("no validation split given") for n in data.notes)
+    out, keys = [], Keys()
     for held_name, part in held:
         if part is None:
             continue
         for source_name, source in sources:
-            out += _overlap(source_name, source, held_name, part)
+            fatal = not (held_name == "validation" and held_out_here)
+            out += _overlap((source_name, source, held_name, part), keys, fatal)
     if data.test is not None:
-        out += _overlap("validation", data.validation, "test", data.test, fatal=False)
+        out += _overlap(("validation", data.validation, "test", data.test), keys, fatal=False)
     return out
 
 

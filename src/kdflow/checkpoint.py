@@ -136,6 +136,8 @@ def check_checkpoint(folder: Path) -> tuple[Optional[dict], Optional[str]]:
     """(trainer state, ``None``) of a whole checkpoint, or (``None``, what is damaged). A checkpoint written
     before manifests has nothing to check its files against: it is used as it is."""
     manifest = folder / MANIFEST
+    if not manifest.is_file() and (folder / FILES).is_dir():  # written by this version, so sealed: not whole
+        return None, f"checkpoint file '{manifest}' is missing"
     if manifest.is_file():
         try:
             records = json.loads(manifest.read_text(encoding="utf-8"))["files"]

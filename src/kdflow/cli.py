@@ -262,7 +262,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kdflow", description="Distil a large teacher into a small, fast student.",
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{teach,distill,active,frontier,evaluate,compare,export,layers,report,check,config}")
+                             metavar="{teach,distill,active,frontier,evaluate,compare,export,layers,report,check,"
+                                     "config}")
     _training_commands(sub)
     _measuring_commands(sub)
     _tool_commands(sub)

@@ -116,7 +116,8 @@ def check_text(out: dict) -> str:
         lines += [f"          e.g. {e}" for e in f["examples"]]
     counts = out["counts"]
     lines.append(f"{counts['error']} error(s), {counts['warning']} warning(s)"
-                 + ("; teach, distill and active refuse this data until the errors are fixed" if counts["error"] else ""))
+                 + ("; teach, distill and active refuse this data until the errors are fixed"
+                    if counts["error"] else ""))
     return "\n".join(lines)
 
 

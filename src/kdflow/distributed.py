@@ -46,6 +46,16 @@ def gather_objects(obj) -> list:
     return out
 
 
+def from_main(obj):
+    """Process 0's ``obj`` on every process (``obj`` itself in one process)."""
+    if not _group_ready():
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if _group_ready():
         import torch.distributed as dist
@@ -66,14 +76,20 @@ def sharded_rows(positions: Sequence[int], compute: Callable[[list], torch.Tenso
         return compute(positions)
     mine = my_share(positions)
     local = compute(mine).detach().cpu() if mine else None
-    parts = [p for p in gather_objects((mine, local)) if p[1] is not None]
+    sent = gather_objects((positions, mine, local))
+    if any(p[0] != positions for p in sent):
+        raise RuntimeError("internal: the processes split different positions")  # a collective misused
+    parts = [(pos, rows) for _, pos, rows in sent if rows is not None]
     if not parts:
         return compute([])
-    width = parts[0][1].shape[1:]
-    out = torch.empty((len(positions), *width), dtype=parts[0][1].dtype)
+    out = torch.full((len(positions), *parts[0][1].shape[1:]), float("nan"), dtype=parts[0][1].dtype)
     where = {p: i for i, p in enumerate(positions)}
+    filled = 0
     for pos, rows in parts:
         out[torch.as_tensor([where[p] for p in pos], dtype=torch.long)] = rows
+        filled += len(pos)
+    if filled != len(positions):
+        raise RuntimeError(f"internal: {filled} rows gathered for {len(positions)} positions")
     return out
 
 
@@ -89,4 +105,5 @@ def join_rows(n: int, parts: list[tuple[np.ndarray, np.ndarray]], fill: float = 
     return out
 
 
-__all__ = ["world", "rank", "is_main", "gather_objects", "barrier", "my_share", "sharded_rows", "join_rows"]
+__all__ = ["world", "rank", "is_main", "gather_objects", "from_main", "barrier", "my_share", "sharded_rows",
+           "join_rows"]

@@ -5,7 +5,7 @@ A run folder ``<run.output_dir>/<run.name>/`` collects everything::
 
     config.yaml            resolved config of the latest command
     teacher/ student/      save_pretrained (safetensors), tokenizer, kdflow_labels.json
-    checkpoints/<role>/    last/ (resumable accelerate state) and best.safetensors
+    checkpoints/<role>/    last/ and previous/ (resumable accelerate state, checksummed) and best.safetensors
     metrics.csv            one row per epoch and role;  tensorboard/  events
     metrics.json           final numbers;  log.txt  the log
 """

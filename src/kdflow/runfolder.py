@@ -6,9 +6,9 @@ epoch ends must not rewrite it. :func:`kept` snapshots the folder before a comma
 raises, puts back every record file it changed and removes everything it created. What ``--overwrite``
 discards is moved aside (:func:`discard`) and deleted only when the command succeeds.
 
-Work that would cost time to redo is kept: once the command has written to ``checkpoints/``, ``active/``
-or ``frontier/`` (an epoch, a round or a candidate finished), the folder stays as it is, so ``--resume``
-goes on from there.
+Work that would cost time to redo is kept: once the command has sealed a checkpoint (an epoch) or saved an
+active-learning or frontier state (a round, a candidate) the folder stays as it is, so ``--resume`` goes
+on from there.
 """
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 PROGRESS = ("checkpoints", "active", "frontier")  # where an interrupted command's finished work lives
-RECORD_LIMIT = 32 * 2 ** 20  # record files up to this size are kept in memory while a command runs
+# the files that mark finished work there: a sealed checkpoint, a saved active-learning or frontier state
+MARKERS = ("trainer_state.json", "manifest.json", "state.json")
+RECORD_SUFFIXES = {".json", ".csv", ".yaml", ".yml", ".md", ".html", ".txt", ".png"}
+RECORD_LIMIT = 32 * 2 ** 20  # a record file up to this size is kept in memory while a command runs
+RECORDS_TOTAL = 256 * 2 ** 20  # and all of them together up to this
 ASIDE = ".discarded"  # what --overwrite moves aside until the command succeeds
 
 _active: dict[Path, "Snapshot"] = {}
@@ -40,8 +45,13 @@ class Snapshot:
         self.files = self._listing()
         self.dirs = {p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_dir()} \
             if self.existed else set()
-        self.saved = {rel: (self.root / rel).read_bytes() for rel, (size, _) in self.files.items()
-                      if size <= RECORD_LIMIT and not rel.startswith(PROGRESS)}
+        self.saved: dict[str, bytes] = {}  # the records (config, metrics, log, report), not models or checkpoints
+        total = 0
+        for rel, (size, _) in sorted(self.files.items(), key=lambda item: item[1][0]):
+            if Path(rel).suffix in RECORD_SUFFIXES and size <= RECORD_LIMIT and not rel.startswith(PROGRESS) \
+                    and total + size <= RECORDS_TOTAL:
+                self.saved[rel] = (self.root / rel).read_bytes()
+                total += size
         self.aside: list[tuple[Path, Path]] = []  # (where it was, where it waits)
 
     def _listing(self) -> dict[str, tuple[int, int]]:
@@ -58,7 +68,8 @@ class Snapshot:
     def progressed(self) -> bool:
         """Whether the command wrote finished work (a checkpoint, a round, a candidate)."""
         now = self._listing()
-        return any(rel.startswith(PROGRESS) and self.files.get(rel) != stat for rel, stat in now.items())
+        return any(rel.startswith(PROGRESS) and Path(rel).name in MARKERS and self.files.get(rel) != stat
+                   for rel, stat in now.items())
 
     def restore(self) -> None:
         """Put the folder back as it was: records rewritten, new files removed, set-aside folders returned."""
@@ -94,21 +105,33 @@ class Snapshot:
 @contextlib.contextmanager
 def kept(root: Path) -> Iterator[Snapshot]:
     """Run a command on ``root``; if it raises before writing finished work, the folder is put back."""
+    if not _main_process():  # process 0 alone keeps and puts back the folder
+        yield None
+        return
     snap = Snapshot(root)
     _active[snap.root] = snap
     try:
         yield snap
     except BaseException:
-        if _main_process() and not snap.progressed():
-            snap.restore()
-        elif _main_process():
-            snap.commit()
+        _after_failure(snap)
         raise
     else:
-        if _main_process():
-            snap.commit()
+        snap.commit()
     finally:
         _active.pop(snap.root, None)
+
+
+def _after_failure(snap: Snapshot) -> None:
+    """Put the folder back (or keep the finished work); a failure to do so is said, never raised over the
+    command's own error."""
+    try:
+        if snap.progressed():
+            snap.commit()
+        else:
+            snap.restore()
+    except OSError as err:
+        print(f"kdflow: warning: could not put the run folder '{snap.root}' back as it was ({err}); what "
+              f"--overwrite set aside waits in '{snap.root / ASIDE}'", file=sys.stderr)
 
 
 def discard(path: Path, run_dir: Path) -> None:

@@ -30,7 +30,7 @@ from . import models
 from .config import learning_rate
 from .data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
 from .distiller import Distiller, freeze
-from .distributed import is_main, sharded_rows
+from .distributed import from_main, is_main, sharded_rows
 from .errors import KdflowError
 from .losses import hinton_loss
 from .train import make_optimizer, predict, train_epoch
@@ -74,20 +74,27 @@ class TeacherCache:
     def __contains__(self, key: str) -> bool:
         return key in self._rows
 
+    def missing(self, ids: Sequence[str]) -> list[int]:
+        """Positions of ``ids`` this cache has no row for."""
+        return [i for i, key in enumerate(ids) if key not in self._rows]
+
+    def add(self, keys: Sequence[str], logits: torch.Tensor) -> None:
+        """New rows, computed by the caller (written at the next flush)."""
+        logits = logits.detach().float().cpu()
+        if logits.shape[0] != len(keys):
+            raise RuntimeError(f"teacher returned {logits.shape[0]} rows for {len(keys)} examples")
+        for key, row in zip(keys, logits):
+            self._rows[key] = row
+        self._pending.extend(keys)
+        self.computed += len(keys)
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
     def get(self, ids: Sequence[str], compute: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
         """Logits for ``ids`` (``[N, C]``); ``compute(positions)`` runs only for the missing ones."""
-        missing = [i for i, key in enumerate(ids) if key not in self._rows]
+        missing = self.missing(ids)
         if missing:
-            logits = compute(missing).detach().float().cpu()
-            if logits.shape[0] != len(missing):
-                raise RuntimeError(f"teacher returned {logits.shape[0]} rows for {len(missing)} examples")
-            new_ids = [ids[i] for i in missing]
-            for key, row in zip(new_ids, logits):
-                self._rows[key] = row
-            self._pending.extend(new_ids)
-            self.computed += len(missing)
-            if len(self._pending) >= self.flush_every:
-                self.flush()
+            self.add([ids[i] for i in missing], compute(missing))
         self.served += len(ids) - len(missing)
         return torch.stack([self._rows[key] for key in ids]) if ids else torch.empty(0)
 
@@ -142,14 +149,17 @@ def teacher_logits(run: "Run", teacher, split: Split, feat: Featurizer, cache: O
         logits, _ = predict(teacher, dl, run.acc, gather=False)
         return torch.from_numpy(logits)
 
-    def every_process(positions: list[int]) -> torch.Tensor:  # each process a share, gathered by position
-        return sharded_rows(positions, compute)
-
     if cache is None:
-        return every_process(list(range(len(split))))
+        return sharded_rows(list(range(len(split))), compute)  # each process a share, gathered by position
     run.acc.wait_for_everyone()
-    cache.reload()  # every process sees the same cache, so all agree on what is missing; process 0 writes
-    return cache.get(split.ids, every_process)
+    cache.reload()
+    # process 0 says what is missing (another run may add parts to a shared cache between two processes'
+    # reads); every process computes its share of that, and all add the gathered rows (process 0 writes)
+    missing = from_main(cache.missing(split.ids))
+    if missing:
+        cache.add([split.ids[i] for i in missing], sharded_rows(missing, compute))
+        cache.served -= len(missing)  # counted once, as computed
+    return cache.get(split.ids, compute)  # rows process 0 had and this one did not: computed here
 
 
 def extra_teacher_targets(run: "Run") -> list:

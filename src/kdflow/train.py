@@ -57,12 +57,17 @@ class FitResult:
 
 class NonFiniteLoss(KdflowError):
     """A training step's loss was NaN or infinite. :func:`fit` names the role, the epoch and the optimizer
-    step in its own message; a caller of :func:`train_epoch` of its own (guide mode's teacher) shows this one."""
+    step in its own message; a caller of :func:`train_epoch` of its own (guide mode's teacher) shows this one.
+    ``terms`` is empty on a process whose own losses were finite when another process's was not."""
 
     def __init__(self, step: int, steps: int, ids: Optional[list], terms: dict):
         self.step, self.steps, self.ids, self.terms = step, steps, ids, terms
-        super().__init__(f"The training loss became {terms['loss']} at step {step} of {steps} of an epoch"
+        super().__init__(f"The training loss became {self.value} at step {step} of {steps} of an epoch"
                          f"{self.detail()}; lower the learning rate or set max_grad_norm, and run again")
+
+    @property
+    def value(self) -> str:
+        return str(self.terms["loss"]) if "loss" in self.terms else "non-finite (in another process)"
 
     def detail(self) -> str:
         """`` on examples a, b (and 14 more), loss terms loss nan, loss_kd 0.42, loss_hard 1.38``."""
@@ -70,16 +75,48 @@ class NonFiniteLoss(KdflowError):
         if self.ids:
             more = f" (and {len(self.ids) - 8} more)" if len(self.ids) > 8 else ""
             shown = f" on examples {', '.join(map(str, self.ids[:8]))}{more}"
-        return shown + ", loss terms " + ", ".join(f"{k} {v:.6g}" for k, v in self.terms.items())
+        return shown + (", loss terms " + ", ".join(f"{k} {v:.6g}" for k, v in self.terms.items())
+                        if self.terms else "")
 
 
-def check_finite(pending: Optional[tuple]) -> None:
-    """Raise :class:`NonFiniteLoss` when the loss of ``pending`` (step, steps, terms, ids) is NaN or infinite."""
-    if pending is None:
-        return
-    step, steps, terms, ids = pending
-    if not bool(torch.isfinite(terms["loss"]).all()):
-        raise NonFiniteLoss(step, steps, ids, {k: float(v.float().mean()) for k, v in terms.items()})
+CHECK_EVERY = 32  # optimizer steps between reads of the loss flags: one host sync per 32 steps, not per step
+
+
+class LossWatch:
+    """Finds the first non-finite loss without a host sync per step: each step's "finite" flag stays on the
+    device with the step's terms and example ids, and they are read every :data:`CHECK_EVERY` steps and at
+    the end of the epoch. Under several processes the first bad step is agreed on (a gather of each
+    process's first), so every process stops at the same read. The steps after a bad one until the read
+    only touch weights that are never saved: the run stops before the epoch's checkpoint."""
+
+    def __init__(self, accelerator, steps: int):
+        self.acc, self.steps = accelerator, steps
+        self.flags: list[torch.Tensor] = []
+        self.recent: list[tuple] = []
+
+    def add(self, step: int, terms: dict, ids: Optional[list]) -> None:
+        self.flags.append(torch.isfinite(terms["loss"].detach()).all())
+        self.recent.append((step, ids, {k: v.detach() for k, v in terms.items()}))
+        if len(self.flags) >= CHECK_EVERY:
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`NonFiniteLoss` at the first non-finite loss since the last read (on every process)."""
+        if not self.flags:
+            return
+        ok = torch.stack(self.flags)
+        first = int(torch.argmin(ok.int())) if not bool(ok.all()) else -1  # the host sync
+        mine = self.recent[first][0] if first >= 0 else self.steps + 1
+        agreed = mine
+        if self.acc.num_processes > 1:
+            agreed = int(self.acc.gather(torch.tensor([mine], device=self.acc.device)).min())
+        self.flags, recent, self.recent = [], self.recent, []
+        if agreed > self.steps:
+            return
+        if mine == agreed:
+            step, ids, terms = recent[first]
+            raise NonFiniteLoss(step, self.steps, ids, {k: float(v.float().mean()) for k, v in terms.items()})
+        raise NonFiniteLoss(agreed, self.steps, None, {})
 
 
 def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_grad_norm, bar=None) -> dict:
@@ -87,30 +124,25 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, max_g
     with :class:`NonFiniteLoss` (the step, its examples' ids when the batch carries ``"ids"``, every term)."""
     model.train()
     sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync per step for them
-    n, steps, pending = 0, len(loader), None
+    n, watch = 0, LossWatch(accelerator, len(loader))
     for batch in loader:
         with accelerator.autocast():
             terms = loss_fn(model, batch)
         accelerator.backward(terms["loss"])
-        # the one host sync per step: whether the previous step's loss was finite. Checked one step late, so
-        # the accelerator has this step's forward and backward queued while the host waits (a check of this
-        # step's loss would drain the queue every step); the failed step's update is never saved anyway
-        check_finite(pending)
         if max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         n += 1
-        pending = (n, steps, {k: v.detach() for k, v in terms.items()},
-                   batch.get("ids") if isinstance(batch, dict) else None)
+        watch.add(n, terms, batch.get("ids") if isinstance(batch, dict) else None)
         for key, value in terms.items():
             sums[key] = sums[key] + value.detach().float() if key in sums else value.detach().float()
         if bar is not None:
             bar.update(1)
             if n % 10 == 1:
                 bar.set_postfix(loss=f"{sums['loss'].item() / n:.4f}")
-    check_finite(pending)
+    watch.check()
     return {k: v.item() / max(n, 1) for k, v in sums.items()}
 
 
@@ -218,8 +250,9 @@ def non_finite_message(err: NonFiniteLoss, job: FitJob, epoch: int, state: dict)
         kept = f"the checkpoint after epoch {state['epoch'] + 1} in '{job.ckpt_dir / 'last'}' is kept: {fix} and " \
                "continue with --resume"
     else:
-        kept = f"no checkpoint was written yet: {fix} and run the command again"
-    return (f"The {job.role}'s training loss became {err.terms['loss']} at optimizer step "
+        kept = (f"no checkpoint of this {job.role} was written yet: {fix} and run the command again (with "
+                "--resume where the run folder holds earlier finished work, such as active-learning rounds)")
+    return (f"The {job.role}'s training loss became {err.value} at optimizer step "
             f"{epoch * err.steps + err.step} (epoch {epoch + 1}, step {err.step} of {err.steps}){err.detail()}; "
             f"nothing of this epoch was saved, and {kept}")
 

@@ -62,4 +62,20 @@ def dump_yaml(value: Any) -> str:
     return yaml.dump(value, Dumper=ConfigDumper, sort_keys=False)
 
 
-__all__ = ["ConfigLoader", "ConfigDumper", "DuplicateKey", "parse_yaml", "dump_yaml", "FLOAT_1_2"]
+def plain_values(data: Any) -> Any:
+    """A section's values as YAML would give them: tuples as lists, numpy scalars as Python numbers (the
+    types stay exact: a numpy bool is still a bool, never an int)."""
+    if not isinstance(data, dict):
+        return data
+    return {k: _plain(v) for k, v in data.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+__all__ = ["plain_values", "ConfigLoader", "ConfigDumper", "DuplicateKey", "parse_yaml", "dump_yaml", "FLOAT_1_2"]

@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from .checks import dump_yaml
+from .checks import dump_yaml, plain_values
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+    _plain = model_validator(mode="before")(plain_values)  # tuples and numpy scalars from Python callers
 
 
 class ModelSpec(Strict):
