@@ -16,6 +16,7 @@ from copy import deepcopy
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import kdflow
@@ -73,6 +74,18 @@ def test_torchrun_distill_two_processes(teacher):
     assert state["epoch"] == 1
     one = kdflow.distill({**raw, "run": {**raw["run"], "name": "one"}, "distill": {"cache_dir": str(tmp / "c1")}})
     assert abs(one["validation"]["accuracy"] - metrics["validation"]["accuracy"]) <= TOLERANCE
+    # every example's teacher row, gathered from two processes, is the row one process computes for it
+    two, single = cached_rows(tmp / "cache-ddp"), cached_rows(tmp / "c1")
+    assert set(two) == set(single) and len(two) == 160 + 48
+    assert all(torch.allclose(two[k], single[k], atol=1e-5) for k in single)
+
+
+def cached_rows(root) -> dict:
+    rows = {}
+    for part in root.rglob("part-*.pt"):
+        blob = torch.load(part, weights_only=True)
+        rows.update(zip(blob["ids"], blob["logits"]))
+    return rows
 
 
 def test_torchrun_active_two_processes(teacher):
