@@ -35,7 +35,8 @@ from ..runfolder import kept
 from ..runlog import RunLog
 from ..teacher_cache import cache_for, teacher_logits
 from ..train import FitJob, fit, make_accelerator, predict
-from . import oracles, records, settings
+from . import coldstart, oracles, records, settings
+from .coldstart import COLD_STARTS
 from .outputs import COMMITTEE, PoolPass, stream_pool
 from .pool import PoolState
 from .strategies import NEEDS, SCORES, PoolOutputs, select
@@ -59,6 +60,7 @@ class Loop:
         self.current: Optional[torch.nn.Module] = None  # the student of the last finished round
         self.members: list[torch.nn.Module] = []
         self.teacher_val: Optional[dict] = None  # the teacher's validation quality (for stop_parity)
+        self.teacher_view = None  # the teacher's embeddings and probabilities of the pool (a cold start)
         self.command = "kdflow active CONFIG"  # how the user started it, for the instructions we print
 
     # ------------------------------------------------------------ set-up
@@ -136,7 +138,9 @@ class Loop:
         k = min(ac.initial, len(cands), ac.budget or ac.initial)
         state.batch_meta.append({"batch": 0, "strategy": f"initial ({ac.initial_strategy})", "k": int(k),
                                  "select_seconds": None})
-        if ac.initial_strategy == "stratified":
+        if ac.initial_strategy in COLD_STARTS:  # the teacher's view of the pool, no gold labels
+            pick = coldstart.pick_for(self, k, cands)
+        elif ac.initial_strategy == "stratified":
             pick = cands[stratified_sample(self.pool.targets[cands], k, ac.seed, True)]
         else:
             pick = cands[np.sort(np.random.default_rng(ac.seed).permutation(len(cands))[:k])]
@@ -307,12 +311,15 @@ class Loop:
         started = time.perf_counter()
         strategy, seed = ac.strategy, ac.seed * 100_003 + b
         outputs = PoolOutputs(n=len(self.pool))
-        if strategy != "random":
+        cold = ac.cold_start_labels and len(state.labels) < ac.cold_start_labels
+        if not cold and strategy != "random":
             positions = np.union1d(cands, state.labelled_positions) if strategy == "coreset" else cands
             outputs = stream_pool(self.current, self.pool, positions, lambda: pipeline.featurizer(self.run,
                                   self.s_tokenizer), self.run.acc.device, self._pool_pass(k, seed))
-        picked = select(strategy, outputs, k, cands, state.labelled_positions, seed=seed,
-                        diversity=ac.diversity if strategy in SCORES else 1)
+        picked = coldstart.pick_for(self, k, cands) if cold else select(
+            strategy, outputs, k, cands, state.labelled_positions, seed=seed,
+            diversity=ac.diversity if strategy in SCORES else 1)
+        strategy = f"{ac.initial_strategy} (cold start)" if cold else strategy
         seconds = time.perf_counter() - started
         state.batch_meta.append({"batch": b, "strategy": strategy, "k": int(len(picked)),
                                  "select_seconds": round(seconds, 3)})

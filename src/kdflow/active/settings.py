@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..config import Config, same_setting
 from ..errors import KdflowError
+from .coldstart import COLD_STARTS
 from .outputs import COMMITTEE
 from .pool import PoolState
 
@@ -15,7 +16,8 @@ def needs_teacher(cfg: Config) -> bool:
     """Whether the run asks the teacher anything: soft targets, labels, a strategy or a stopping rule."""
     ac = cfg.active
     return (cfg.distill.alpha > 0 or ac.oracle in ("teacher", "hybrid") or ac.strategy == "disagreement"
-            or (ac.strategy in COMMITTEE and ac.committee == "teacher_student") or ac.stop_parity is not None)
+            or (ac.strategy in COMMITTEE and ac.committee == "teacher_student") or ac.stop_parity is not None
+            or ac.initial_strategy in COLD_STARTS)
 
 
 def _check_distill(cfg: Config) -> None:
@@ -61,7 +63,12 @@ def check(cfg: Config) -> None:
                           "with hybrid_human gold) cannot label it; use oracle human, teacher or hybrid")
     if ac.initial_strategy == "stratified" and not d.unlabelled and not simulated:
         raise KdflowError(f"active.initial_strategy stratified draws the seed set by the pool's gold labels, which "
-                          f"oracle {ac.oracle} does not have; set active.initial_strategy: random")
+                          f"oracle {ac.oracle} does not have; set active.initial_strategy: balanced (by the "
+                          "teacher's predictions) or random")
+    if ac.cold_start_labels and ac.initial_strategy not in COLD_STARTS:
+        raise KdflowError(f"active.cold_start_labels keeps choosing batches by the cold-start strategy, and "
+                          f"initial_strategy {ac.initial_strategy} is none; set initial_strategy: typicality or "
+                          "balanced, or drop cold_start_labels")
     spec = cfg.model.student
     if ac.strategy == "bald" and not spec.name and spec.dropout <= 0:  # a named student is checked once built
         raise KdflowError("active.strategy bald samples the student with MC dropout, but model.student.dropout is 0; "
@@ -74,14 +81,14 @@ def signature(cfg: Config) -> dict:
     stopping rules may change: raise the budget to buy more labels)."""
     ac, dc = cfg.active, cfg.distill
     return {"strategy": ac.strategy, "oracle": ac.oracle, "initial": ac.initial, "initial_strategy": ac.initial_strategy,
-            "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
+            "cold_start_labels": ac.cold_start_labels, "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
             "diversity": ac.diversity, "student": cfg.model.student.model_dump(mode="json"),
             "alpha": dc.alpha, "temperature": dc.temperature, "logit_loss": dc.logit_loss, "dkd_alpha": dc.dkd_alpha,
             "dkd_beta": dc.dkd_beta, "max_length": cfg.data.max_length, "train_seed": cfg.train.seed}
 
 
 # what runs saved before these keys were part of the signature could only have used
-EARLIER_DEFAULTS = {"logit_loss": "hinton", "dkd_alpha": 1.0, "dkd_beta": 8.0}
+EARLIER_DEFAULTS = {"logit_loss": "hinton", "dkd_alpha": 1.0, "dkd_beta": 8.0, "cold_start_labels": None}
 
 
 def check_resume(saved: dict, cfg: Config) -> None:

@@ -18,7 +18,8 @@ class ActiveConfig(Strict):
     pool -> select -> label.
 
     The pool is ``data.train`` with its labels hidden until queried (a simulation; the
-    first ``initial`` examples are drawn by ``initial_strategy``), or, when
+    first ``initial`` examples are drawn by ``initial_strategy``; with ``cold_start_labels``, every batch is
+    until the labelled set holds that many), or, when
     ``data.unlabelled`` is given, those texts, with ``data.train`` as the labelled seed set.
     Batch ``b >= 1`` holds ``per_round * growth**(b-1)`` examples. The student trains on
     the labelled set with the teacher's soft targets (``distill.alpha``, offline, cached)
@@ -33,7 +34,9 @@ class ActiveConfig(Strict):
     hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this
     hybrid_human: Literal["human", "gold"] = "human"  # hybrid: who labels the rest (gold = simulation)
     initial: int = Field(100, ge=1)
-    initial_strategy: Literal["random", "stratified"] = "stratified"
+    # typicality / balanced: the teacher's view of the pool, no gold labels (kdflow.active.coldstart)
+    initial_strategy: Literal["random", "stratified", "typicality", "balanced"] = "stratified"
+    cold_start_labels: Optional[int] = Field(None, ge=1)  # batches by initial_strategy until this many labels
     per_round: int = Field(100, ge=1)
     growth: float = Field(1.0, ge=1.0)
     budget: Optional[int] = Field(None, ge=1)

@@ -1,0 +1,100 @@
+"""The cold start: typicality picks cluster centres, balanced spreads over the teacher's classes, and the
+loop seeds and keeps choosing by them until ``cold_start_labels``, then hands over to the strategy."""
+
+import json
+
+import numpy as np
+import pytest
+
+import kdflow
+from kdflow.active.coldstart import balanced, typical_member, typicality
+from kdflow.errors import KdflowError
+
+from conftest import tiny_config
+
+
+def blobs(sizes, seed=0, spread=0.3):
+    """Gaussian blobs around (10 i, 0) of the given sizes, each with its exact centre as the last point."""
+    rng = np.random.default_rng(seed)
+    points, centres = [], []
+    for i, n in enumerate(sizes):
+        centre = np.array([10.0 * i, 0.0])
+        points.append(centre + rng.normal(0, spread, (n - 1, 2)))
+        points.append(centre[None])
+        centres.append(sum(sizes[:i + 1]) - 1)
+    return np.concatenate(points), centres
+
+
+def test_the_most_typical_member_is_the_densest_point():
+    pts, centres = blobs([50])
+    assert typical_member(pts) == centres[0]
+    assert typical_member(pts[:2]) == 0 and typical_member(pts[:1]) == 0
+
+
+def test_typicality_picks_the_centres_of_the_largest_uncovered_clusters():
+    emb, centres = blobs([30, 60, 40])
+    blob = np.repeat([0, 1, 2], [30, 60, 40])
+    everything = np.arange(len(emb))
+
+    def central(i: int) -> bool:  # among the 15 % of its blob nearest the blob's centre
+        members = np.flatnonzero(blob == blob[i])
+        dist = np.linalg.norm(emb[members] - emb[centres[blob[i]]], axis=1)
+        return np.linalg.norm(emb[i] - emb[centres[blob[i]]]) <= np.quantile(dist, 0.15)
+
+    picked = typicality(emb, 3, everything, np.zeros(0, np.int64), seed=0)  # 3 clusters: the 3 blobs
+    assert blob[picked].tolist() == [1, 2, 0] and all(map(central, picked))  # the largest cluster first
+    labelled = np.array([centres[1]])  # the largest blob holds a label: 1 + 2 clusters, that one covered
+    picked = typicality(emb, 2, np.setdiff1d(everything, labelled), labelled, seed=0)
+    assert blob[picked].tolist() == [2, 0] and all(map(central, picked))
+    assert not central(int(np.argmax(np.linalg.norm(emb - emb[centres[0]], axis=1) * (blob == 0))))  # can fail
+    assert typicality(emb, 0, everything, np.zeros(0, np.int64)).tolist() == []
+
+
+def test_balanced_spreads_the_picks_over_the_predicted_classes():
+    predicted = np.array([0] * 10 + [1] * 3 + [2] * 5)
+    picked = balanced(predicted, 6, np.arange(18), seed=1)
+    assert np.bincount(predicted[picked], minlength=3).tolist() == [2, 2, 2]
+    picked = balanced(predicted, 12, np.arange(18), seed=1)  # class 1 runs out: the others take its turns
+    assert np.bincount(predicted[picked], minlength=3).tolist() == [5, 3, 4] and len(set(picked)) == 12
+    assert balanced(predicted, 6, np.arange(18), seed=1).tolist() == balanced(predicted, 6, np.arange(18),
+                                                                                seed=1).tolist()
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, tiny_bert, intents_json):
+    out = tmp_path_factory.mktemp("cold")
+    raw = tiny_config(tiny_bert, intents_json, out, "teach")
+    kdflow.teach(raw)
+    raw["model"]["teacher"]["name"] = str(out / "teach" / "teacher")
+    raw["train"]["lr"] = 2e-2
+    return out, raw
+
+
+def run(taught, name, **active):
+    out, raw = taught
+    cfg = {**raw, "run": {**raw["run"], "name": name}, "distill": {"cache_dir": str(out / f"c-{name}"), "alpha": 0.5}}
+    cfg["active"] = {"initial": 8, "per_round": 8, "rounds": 3, "min_steps": 20, "strategy": "margin", **active}
+    return cfg
+
+
+def test_the_loop_seeds_by_typicality_until_cold_start_labels_then_uses_its_strategy(taught):
+    out = kdflow.active(run(taught, "typ", initial_strategy="typicality", cold_start_labels=16))
+    strategies = [b["strategy"] for b in out["batches"]]
+    assert strategies == ["initial (typicality)", "typicality (cold start)", "margin"]
+    assert out["labels"] == 24 and len(out["rounds"]) == 3
+    state = json.loads((taught[0] / "typ" / "active" / "state.json").read_text())
+    pool = out["pool"]
+    assert out["teacher_queries"] == pool  # the teacher saw the pool once, for its view (gold labels: none)
+    assert len({i for b in state["batches"] for i in b}) == 24
+    again = kdflow.active(run(taught, "typ-again", initial_strategy="typicality", cold_start_labels=16))
+    assert again["batches"][0]["k"] == 8 and [r["validation"] for r in again["rounds"]] == \
+        [r["validation"] for r in out["rounds"]]  # deterministic
+
+
+def test_balanced_seeding_needs_no_gold_labels_and_a_cold_start_without_one_is_refused(taught):
+    out = kdflow.active(run(taught, "bal", initial_strategy="balanced", rounds=1, oracle="teacher"))
+    assert out["batches"][0]["strategy"] == "initial (balanced)" and out["labels"] == 8
+    with pytest.raises(KdflowError, match="cold_start_labels keeps choosing batches by the cold-start strategy"):
+        kdflow.active(run(taught, "bad", initial_strategy="random", cold_start_labels=16))
+    with pytest.raises(KdflowError, match="set active.initial_strategy: balanced"):
+        kdflow.active(run(taught, "human", initial_strategy="stratified", oracle="human"))
