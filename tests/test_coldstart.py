@@ -98,3 +98,20 @@ def test_balanced_seeding_needs_no_gold_labels_and_a_cold_start_without_one_is_r
         kdflow.active(run(taught, "bad", initial_strategy="random", cold_start_labels=16))
     with pytest.raises(KdflowError, match="set active.initial_strategy: balanced"):
         kdflow.active(run(taught, "human", initial_strategy="stratified", oracle="human"))
+
+
+def test_target_teacher_calls_counts_every_call_and_asks_the_teacher_nothing_else(taught):
+    out = kdflow.active(run(taught, "calls", target="teacher_calls", initial_strategy="typicality",
+                            cold_start_labels=16, budget=24))
+    assert out["target"] == "teacher_calls" and out["oracle"] == "teacher"  # the oracle follows the target
+    assert out["sources"] == {"teacher": 24} and out["labels"] == 24
+    # the budget is teacher calls: the cold start read the untrained student's view, not the teacher's
+    assert [r["teacher_queries"] for r in out["rounds"]] == [r["labels"] for r in out["rounds"]] == [8, 16, 24]
+    with pytest.raises(KdflowError, match="target teacher_calls spends teacher calls, so the teacher is the oracle"):
+        kdflow.active(run(taught, "calls-gold", target="teacher_calls", oracle="gold"))
+    with pytest.raises(KdflowError, match="strategy disagreement asks the teacher about examples it does not label"):
+        kdflow.active(run(taught, "calls-dis", target="teacher_calls", strategy="disagreement"))
+    with pytest.raises(KdflowError, match="stop_parity asks the teacher"):
+        kdflow.active(run(taught, "calls-par", target="teacher_calls", stop_parity=0.05))
+    with pytest.raises(KdflowError, match="balanced sorts the pool by the teacher's predictions"):
+        kdflow.active(run(taught, "calls-bal", target="teacher_calls", initial_strategy="balanced"))

@@ -87,14 +87,18 @@ def balanced(predicted: np.ndarray, k: int, candidates: np.ndarray, seed: int = 
 
 def teacher_view(loop):
     """The teacher's embeddings and probabilities for every pool position: one pass (split across processes
-    under torchrun), so the teacher sees each pool example once; counted as teacher queries."""
+    under torchrun), so the teacher sees each pool example once; counted as teacher queries. Under
+    ``target: teacher_calls``, where those calls are the budget, the untrained student's view instead."""
     from .. import pipeline
     from .outputs import PoolPass, stream_pool
     ac = loop.ac
     spec = PoolPass("badge", len(loop.labels), ac.pool_batch_size, ac.pool_chunk, seed=ac.seed)
-    view = stream_pool(loop.teacher, loop.pool, np.arange(len(loop.pool)),
-                       lambda: pipeline.featurizer(loop.run, loop.tokenizer), loop.run.acc.device, spec)
-    loop.state.note_teacher(list(loop.pool.ids))
+    calls = ac.target == "teacher_calls"
+    model, tok = (loop.template, loop.s_tokenizer) if calls else (loop.teacher, loop.tokenizer)
+    view = stream_pool(model, loop.pool, np.arange(len(loop.pool)),
+                       lambda: pipeline.featurizer(loop.run, tok), loop.run.acc.device, spec)
+    if not calls:
+        loop.state.note_teacher(list(loop.pool.ids))
     return view
 
 

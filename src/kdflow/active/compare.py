@@ -68,7 +68,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise KdflowError("--seeds asks for no run; give a count of at least 1 (e.g. 3) or a list such as 0,1,2")
-    if full and reference is None and cfg.data.unlabelled:
+    if full and reference is None and cfg.data.unlabelled and cfg.active.target != "teacher_calls":
         raise KdflowError("The all-labels reference trains on the pool's gold labels, and data.unlabelled has none; "
                           "pass --no-full (full=False) to compare the strategies without it")
     runner = _SubRuns(config, cfg, overrides, quiet)
@@ -76,7 +76,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
                                                              f"train.seed={seed}"]) for seed in seeds]
                for strategy in strategies}
     if full and reference is None:
-        reference = _all_labels_reference(runner, seeds)
+        reference = _all_labels_reference(runner, seeds, cfg.active.target)
     out = summarise(results, cfg, seeds, target, reference)
     base = cfg.run_dir
     base.mkdir(parents=True, exist_ok=True)
@@ -113,12 +113,14 @@ class _SubRuns:
         return summary
 
 
-def _all_labels_reference(runner: _SubRuns, seeds: list[int]) -> dict:
-    """The same student trained on every pool label at once (one round, no selection), per seed."""
+def _all_labels_reference(runner: _SubRuns, seeds: list[int], target: str = "student") -> dict:
+    """The same student trained on every pool label at once (one round, no selection), per seed: gold labels,
+    or under ``target: teacher_calls`` the teacher's labels of the whole pool."""
+    oracle = "teacher" if target == "teacher_calls" else "gold"
     runs = [runner.run(f"all-labels-s{seed}", [
         "active.strategy=random", f"active.seed={seed}", f"train.seed={seed}", "active.initial=100000000",
-        "active.initial_strategy=random", "active.rounds=1", "active.budget=null", "active.oracle=gold"])
-        for seed in seeds]
+        "active.initial_strategy=random", "active.rounds=1", "active.budget=null", "active.cold_start_labels=null",
+        f"active.oracle={oracle}"]) for seed in seeds]
     vals = [r["rounds"][-1].get("test", r["rounds"][-1]["validation"])[runner.metric] for r in runs]
     return {"labels": runs[0]["labels"], "mean": float(np.mean(vals)), "std": float(np.std(vals)), "runs": vals}
 

@@ -50,7 +50,8 @@ def round_line(rec: dict, metric: str) -> str:
 def summary(loop: "Loop", cfg: Config, status: str) -> dict:
     state = loop.state
     rounds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in state.rounds]
-    return {"status": status, "stopped": state.stopped, "strategy": cfg.active.strategy, "metric": cfg.train.metric,
+    return {"status": status, "stopped": state.stopped, "target": cfg.active.target, "strategy": cfg.active.strategy,
+            "metric": cfg.train.metric,
             "oracle": cfg.active.oracle, "labels": len(state.labels), "sources": state.sources(),
             "ignored": len(state.ignored), "teacher_queries": len(state.teacher_queries),
             "pool": len(loop.pool), "rounds": rounds, "batches": state.batch_meta,

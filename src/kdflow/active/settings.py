@@ -61,6 +61,16 @@ def check(cfg: Config) -> None:
     if d.unlabelled and simulated:
         raise KdflowError("The pool is data.unlabelled, which has no gold labels, so active.oracle gold (or hybrid "
                           "with hybrid_human gold) cannot label it; use oracle human, teacher or hybrid")
+    if ac.target == "teacher_calls" and (ac.strategy == "disagreement" or ac.stop_parity is not None
+                                          or (ac.strategy in COMMITTEE and ac.committee == "teacher_student")):
+        asks = "stop_parity" if ac.stop_parity is not None else f"strategy {ac.strategy}"
+        raise KdflowError(f"active.target teacher_calls counts every teacher call, and {asks} asks the teacher "
+                          "about examples it does not label; pick a student strategy (margin, entropy, badge, "
+                          "coreset, committee: checkpoints...) and stop on budget, rounds or stop_kappa")
+    if ac.target == "teacher_calls" and ac.initial_strategy == "balanced":
+        raise KdflowError("active.initial_strategy balanced sorts the pool by the teacher's predictions, a call per "
+                          "pool example, and target teacher_calls counts them; use typicality (on the student's "
+                          "embeddings) or random")
     if ac.initial_strategy == "stratified" and not d.unlabelled and not simulated:
         raise KdflowError(f"active.initial_strategy stratified draws the seed set by the pool's gold labels, which "
                           f"oracle {ac.oracle} does not have; set active.initial_strategy: balanced (by the "
@@ -80,15 +90,17 @@ def signature(cfg: Config) -> dict:
     """Settings a resumed run must share with the run it continues (budget, rounds and the
     stopping rules may change: raise the budget to buy more labels)."""
     ac, dc = cfg.active, cfg.distill
-    return {"strategy": ac.strategy, "oracle": ac.oracle, "initial": ac.initial, "initial_strategy": ac.initial_strategy,
-            "cold_start_labels": ac.cold_start_labels, "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
+    return {"target": ac.target, "strategy": ac.strategy, "oracle": ac.oracle, "initial": ac.initial,
+            "initial_strategy": ac.initial_strategy, "cold_start_labels": ac.cold_start_labels,
+            "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
             "diversity": ac.diversity, "student": cfg.model.student.model_dump(mode="json"),
             "alpha": dc.alpha, "temperature": dc.temperature, "logit_loss": dc.logit_loss, "dkd_alpha": dc.dkd_alpha,
             "dkd_beta": dc.dkd_beta, "max_length": cfg.data.max_length, "train_seed": cfg.train.seed}
 
 
 # what runs saved before these keys were part of the signature could only have used
-EARLIER_DEFAULTS = {"logit_loss": "hinton", "dkd_alpha": 1.0, "dkd_beta": 8.0, "cold_start_labels": None}
+EARLIER_DEFAULTS = {"logit_loss": "hinton", "dkd_alpha": 1.0, "dkd_beta": 8.0, "cold_start_labels": None,
+                   "target": "student"}
 
 
 def check_resume(saved: dict, cfg: Config) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .sections import Strict
 
@@ -29,6 +29,9 @@ class ActiveConfig(Strict):
     validation predictions >= ``stop_kappa`` for ``stop_window`` rounds).
     """
 
+    # student: human (or gold) labels feed the student; teacher_calls: the teacher is fixed, its calls are the
+    # budget and it labels what the student picks (oracle teacher; nothing asks it about the rest of the pool)
+    target: Literal["student", "teacher_calls"] = "student"
     strategy: STRATEGIES = "entropy"
     oracle: Literal["gold", "teacher", "human", "hybrid"] = "gold"
     hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this
@@ -54,6 +57,16 @@ class ActiveConfig(Strict):
     pool_batch_size: int = Field(256, ge=1)
     pool_chunk: int = Field(2048, ge=1)  # examples tokenized and scored at a time (memory bound)
     seed: int = Field(0, ge=0, lt=2**32)  # seed set and selection; the student's own seed is train.seed
+
+    @model_validator(mode="after")
+    def _teacher_calls_oracle(self) -> "ActiveConfig":
+        """target teacher_calls: the teacher is the oracle (set unless another one was asked for)."""
+        if self.target == "teacher_calls" and self.oracle != "teacher":
+            if "oracle" in self.model_fields_set:
+                raise ValueError(f"target teacher_calls spends teacher calls, so the teacher is the oracle; drop "
+                                 f"active.oracle {self.oracle} or set it to teacher")
+            object.__setattr__(self, "oracle", "teacher")
+        return self
 
 
 class FrontierConfig(Strict):
