@@ -26,7 +26,7 @@ import torch
 
 from .. import models, pipeline
 from ..config import Config, load_config
-from ..data import Split, loader, make_collate, stratified_sample, train_loader
+from ..data import Split, stratified_sample, train_loader
 from ..distiller import Distiller, freeze
 from ..errors import KdflowError
 from ..leakage import overlapping
@@ -34,8 +34,8 @@ from ..metrics import quality
 from ..runfolder import kept
 from ..runlog import RunLog
 from ..teacher_cache import cache_for, teacher_logits
-from ..train import FitJob, fit, make_accelerator, predict
-from . import coldstart, oracles, records, settings
+from ..train import FitJob, fit, make_accelerator
+from . import coldstart, oracles, records, settings, teacher_rounds
 from .coldstart import COLD_STARTS
 from .outputs import COMMITTEE, PoolPass, stream_pool
 from .pool import PoolState
@@ -66,12 +66,13 @@ class Loop:
     # ------------------------------------------------------------ set-up
     def _load_models(self) -> None:
         cfg, run = self.cfg, self.run
-        if settings.needs_teacher(cfg) and not pipeline.teacher_is_trained(run):
+        own_head = self.ac.target == "teacher" and not pipeline.teacher_is_trained(run)  # the rounds train one
+        if settings.needs_teacher(cfg) and not pipeline.teacher_is_trained(run) and not own_head:
             raise KdflowError(f"This active-learning run needs a trained teacher (distill.alpha > 0, oracle "
                               f"{self.ac.oracle}, strategy {self.ac.strategy}); run 'kdflow teach' with this config "
                               f"first (it saves {cfg.run_dir / 'teacher'}), or point model.teacher.name at a "
                               "fine-tuned classifier")
-        found = pipeline.load_teacher(run)
+        found = teacher_rounds.fresh_teacher(run) if own_head else pipeline.load_teacher(run)
         self.teacher, self.tokenizer, self.teacher_source = found.model, found.tokenizer, found.source
         self.template, self.s_tokenizer = pipeline.build_student(run, self.teacher, self.tokenizer)
         pipeline.check_length(self.template, cfg.data.max_length, "student")
@@ -167,6 +168,8 @@ class Loop:
 
     def train_round(self) -> dict:
         """Train this round's student on the labelled set, evaluate it, save it and the state."""
+        if self.ac.target == "teacher":  # the labels fine-tune the teacher, which distils the student
+            return teacher_rounds.train_round(self)
         cfg, ac, state = self.cfg, self.ac, self.state
         r = len(state.rounds)
         acc = make_accelerator(cfg.train)  # fresh state and the same seed every round: a resumed round replays
@@ -203,7 +206,7 @@ class Loop:
         if acc.is_main_process:
             shutil.rmtree(ckpt, ignore_errors=True)
         model = acc.unwrap_model(model).cpu().eval()
-        record = self._evaluate(model, r, len(state.batches[r]), result)
+        record = records.evaluate_round(self, model, r, len(state.batches[r]), result)
         self._save_round(model, snaps, r)
         state.rounds.append(record)
         state.save(self.state_path)
@@ -225,31 +228,6 @@ class Loop:
         m = copy.deepcopy(self.template)
         m.load_state_dict(state_dict)
         return m.eval()
-
-    def _evaluate(self, model, r: int, new: int, result) -> dict:
-        cfg, d, acc = self.cfg, self.run.data, self.run.acc
-        model.to(acc.device)
-
-        def run(split: Split) -> np.ndarray:
-            dl = loader(split, make_collate(split, self.s_feat), cfg.train.eval_batch_size, shuffle=False)
-            logits, _ = predict(model, dl, acc, gather=False)
-            return logits
-        val_logits = run(d.validation)
-        pred = val_logits.argmax(-1)
-        kappa = records.kappa(self.state.rounds[-1].get("_val_pred") if self.state.rounds else None, pred)
-        for old in self.state.rounds:  # keep only the newest predictions in the state file
-            old.pop("_val_pred", None)
-        record = {"round": r, "labels": len(self.state.labels), "new": new, "sources": self.state.sources(),
-                  "teacher_queries": len(self.state.teacher_queries), "epochs_run": result.epochs_run,
-                  "best_epoch": result.best_epoch + 1, "train_seconds": round(result.seconds, 2),
-                  "select_seconds": (self.state.batch_meta[r] if r < len(self.state.batch_meta) else {}
-                                     ).get("select_seconds"),
-                  "validation": quality(val_logits, d.validation.targets, "classification"), "kappa": kappa}
-        if self.ac.evaluate_test and d.test is not None:
-            record["test"] = quality(run(d.test), d.test.targets, "classification")
-        record["_val_pred"] = pred.tolist()
-        model.cpu()
-        return record
 
     def _save_round(self, model, snaps, r: int) -> None:
         from safetensors.torch import save_file
@@ -314,8 +292,9 @@ class Loop:
         cold = ac.cold_start_labels and len(state.labels) < ac.cold_start_labels
         if not cold and strategy != "random":
             positions = np.union1d(cands, state.labelled_positions) if strategy == "coreset" else cands
-            outputs = stream_pool(self.current, self.pool, positions, lambda: pipeline.featurizer(self.run,
-                                  self.s_tokenizer), self.run.acc.device, self._pool_pass(k, seed))
+            model, tok = teacher_rounds.view_model(self)  # the student, or the teacher under target: teacher
+            outputs = stream_pool(model, self.pool, positions, lambda: pipeline.featurizer(self.run, tok),
+                                  self.run.acc.device, self._pool_pass(k, seed))
         picked = coldstart.pick_for(self, k, cands) if cold else select(
             strategy, outputs, k, cands, state.labelled_positions, seed=seed,
             diversity=ac.diversity if strategy in SCORES else 1)

@@ -19,8 +19,11 @@ import numpy as np
 
 from .. import models
 from ..config import Config
+from ..data import Split, loader, make_collate
 from ..distributed import is_main
+from ..metrics import quality
 from ..runlog import update_metrics, write_csv
+from ..train import predict
 from .oracles import SKIP
 
 if TYPE_CHECKING:
@@ -106,4 +109,32 @@ def finish(loop: "Loop", cfg: Config) -> dict:
     return result
 
 
-__all__ = ["kappa", "round_line", "summary", "write", "waiting", "finish"]
+def evaluate_round(loop: "Loop", model, r: int, new: int, result) -> dict:
+    """The round record of the student ``model`` trained in round ``r`` (``new`` labels this round): its
+    validation (and test) quality, kappa against the last round, labels and teacher queries so far."""
+    cfg, d, acc = loop.cfg, loop.run.data, loop.run.acc
+    model.to(acc.device)
+
+    def run(split: Split) -> np.ndarray:
+        dl = loader(split, make_collate(split, loop.s_feat), cfg.train.eval_batch_size, shuffle=False)
+        logits, _ = predict(model, dl, acc, gather=False)
+        return logits
+    val_logits = run(d.validation)
+    pred = val_logits.argmax(-1)
+    agreement = kappa(loop.state.rounds[-1].get("_val_pred") if loop.state.rounds else None, pred)
+    for old in loop.state.rounds:  # keep only the newest predictions in the state file
+        old.pop("_val_pred", None)
+    record = {"round": r, "labels": len(loop.state.labels), "new": new, "sources": loop.state.sources(),
+              "teacher_queries": len(loop.state.teacher_queries), "epochs_run": result.epochs_run,
+              "best_epoch": result.best_epoch + 1, "train_seconds": round(result.seconds, 2),
+              "select_seconds": (loop.state.batch_meta[r] if r < len(loop.state.batch_meta) else {}
+                                 ).get("select_seconds"),
+              "validation": quality(val_logits, d.validation.targets, "classification"), "kappa": agreement}
+    if loop.ac.evaluate_test and d.test is not None:
+        record["test"] = quality(run(d.test), d.test.targets, "classification")
+    record["_val_pred"] = pred.tolist()
+    model.cpu()
+    return record
+
+
+__all__ = ["evaluate_round", "kappa", "round_line", "summary", "write", "waiting", "finish"]

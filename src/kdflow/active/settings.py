@@ -67,6 +67,8 @@ def check(cfg: Config) -> None:
         raise KdflowError(f"active.target teacher_calls counts every teacher call, and {asks} asks the teacher "
                           "about examples it does not label; pick a student strategy (margin, entropy, badge, "
                           "coreset, committee: checkpoints...) and stop on budget, rounds or stop_kappa")
+    if ac.target == "teacher":
+        _check_teacher_target(cfg)
     if ac.target == "teacher_calls" and ac.initial_strategy == "balanced":
         raise KdflowError("active.initial_strategy balanced sorts the pool by the teacher's predictions, a call per "
                           "pool example, and target teacher_calls counts them; use typicality (on the student's "
@@ -84,6 +86,22 @@ def check(cfg: Config) -> None:
         raise KdflowError("active.strategy bald samples the student with MC dropout, but model.student.dropout is 0; "
                           "set it above 0 (e.g. 0.1) or pick another strategy")
     _check_committee(cfg)
+
+
+def _check_teacher_target(cfg: Config) -> None:
+    """target teacher: the labels train the teacher, so it cannot also be their oracle, and the student
+    learns from it."""
+    ac = cfg.active
+    if ac.oracle in ("teacher", "hybrid"):
+        raise KdflowError(f"active.target teacher fine-tunes the teacher on the labels, so they cannot come from it "
+                          f"(oracle {ac.oracle}); use oracle gold or human")
+    if ac.strategy in ("vote_entropy", "committee_kl", "disagreement") or ac.stop_parity is not None:
+        what = "stop_parity" if ac.stop_parity is not None else f"strategy {ac.strategy}"
+        raise KdflowError(f"active.target teacher ranks the pool with the teacher alone, and {what} needs the "
+                          "student beside it; use margin, entropy, least_confidence, bald, coreset, badge or random")
+    if cfg.distill.alpha == 0:
+        raise KdflowError("active.target teacher distils the student from the improved teacher each round; set "
+                          "distill.alpha above 0 (e.g. 0.9)")
 
 
 def signature(cfg: Config) -> dict:

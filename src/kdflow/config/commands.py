@@ -29,9 +29,10 @@ class ActiveConfig(Strict):
     validation predictions >= ``stop_kappa`` for ``stop_window`` rounds).
     """
 
-    # student: human (or gold) labels feed the student; teacher_calls: the teacher is fixed, its calls are the
-    # budget and it labels what the student picks (oracle teacher; nothing asks it about the rest of the pool)
-    target: Literal["student", "teacher_calls"] = "student"
+    # student: human (or gold) labels feed the student; teacher: they fine-tune the teacher, which then distils
+    # the student on the whole pool; teacher_calls: the teacher is fixed, its calls are the budget and it labels
+    # what the student picks (oracle teacher; nothing asks it about the rest of the pool)
+    target: Literal["student", "teacher", "teacher_calls"] = "student"
     strategy: STRATEGIES = "entropy"
     oracle: Literal["gold", "teacher", "human", "hybrid"] = "gold"
     hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this

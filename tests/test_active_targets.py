@@ -1,10 +1,15 @@
-"""The cold start: typicality picks cluster centres, balanced spreads over the teacher's classes, and the
-loop seeds and keeps choosing by them until ``cold_start_labels``, then hands over to the strategy."""
+"""What active learning spends and on what: the cold start (typicality picks cluster centres, balanced
+spreads over the teacher's classes, the loop hands over to the strategy at ``cold_start_labels``), and the
+targets: ``teacher_calls`` (the teacher's calls are the budget) and ``teacher`` (labels fine-tune the
+teacher, warm-started round after round, which distils the student on the whole pool)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import kdflow
 from kdflow.active.coldstart import balanced, typical_member, typicality
@@ -115,3 +120,52 @@ def test_target_teacher_calls_counts_every_call_and_asks_the_teacher_nothing_els
         kdflow.active(run(taught, "calls-par", target="teacher_calls", stop_parity=0.05))
     with pytest.raises(KdflowError, match="balanced sorts the pool by the teacher's predictions"):
         kdflow.active(run(taught, "calls-bal", target="teacher_calls", initial_strategy="balanced"))
+
+
+def test_target_teacher_fine_tunes_the_teacher_each_round_and_distils_the_student_on_the_pool(taught):
+    out = kdflow.active(run(taught, "tt", target="teacher", initial_strategy="random"))
+    assert out["target"] == "teacher" and [r["labels"] for r in out["rounds"]] == [8, 16, 24]
+    assert out["sources"] == {"gold": 24}  # human (here gold) labels only; the teacher labels nothing
+    assert all("validation" in r["teacher"] and "test" in r["teacher"] for r in out["rounds"])
+    assert out["teacher_queries"] == out["pool"]  # its soft targets cover the whole pool: free, but counted
+    folder = taught[0] / "tt" / "active"
+    assert [p.name for p in folder.glob("teacher-round-*.safetensors")] == ["teacher-round-002.safetensors"]
+    epochs = (folder / "teacher_epochs.csv").read_text().splitlines()
+    assert sum(line.startswith("teacher-round2,") for line in epochs) == out["rounds"][-1]["teacher"]["epochs_run"]
+
+
+def test_target_teacher_resumes_from_the_saved_teacher_exactly(taught, monkeypatch):
+    from kdflow.active import teacher_rounds as rounds_mod
+    whole = kdflow.active(run(taught, "tw", target="teacher", initial_strategy="random"))
+    real, calls = rounds_mod.fit, {"n": 0}
+
+    def dies(*args, **kwargs):  # teacher r0, student r0, teacher r1, student r1 <- killed
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rounds_mod, "fit", dies)
+    with pytest.raises(KeyboardInterrupt):
+        kdflow.active(run(taught, "tk", target="teacher", initial_strategy="random"))
+    monkeypatch.setattr(rounds_mod, "fit", real)
+    resumed = kdflow.active(run(taught, "tk", target="teacher", initial_strategy="random"), resume=True)
+    assert [r["validation"] for r in resumed["rounds"]] == [r["validation"] for r in whole["rounds"]]
+    assert [r["teacher"]["validation"] for r in resumed["rounds"]] == [r["teacher"]["validation"]
+                                                                        for r in whole["rounds"]]
+    a = load_file(taught[0] / "tw" / "active" / "teacher-round-002.safetensors")
+    b = load_file(taught[0] / "tk" / "active" / "teacher-round-002.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(Path(taught[0]) / n / "active" / "student" / "model.safetensors") for n in ("tw", "tk"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_target_teacher_refuses_what_would_need_the_student_or_label_with_the_teacher(taught):
+    with pytest.raises(KdflowError, match="fine-tunes the teacher on the labels, so they cannot come from it"):
+        kdflow.active(run(taught, "t1", target="teacher", oracle="teacher", initial_strategy="random"))
+    with pytest.raises(KdflowError, match="strategy disagreement needs the student beside it"):
+        kdflow.active(run(taught, "t2", target="teacher", strategy="disagreement"))
+    cfg = run(taught, "t3", target="teacher")
+    cfg["distill"]["alpha"] = 0.0
+    with pytest.raises(KdflowError, match="set distill.alpha above 0"):
+        kdflow.active(cfg)

@@ -1,0 +1,185 @@
+"""``active.target: teacher`` — human labels make the teacher better, and the student follows it.
+
+With ``distill.alpha`` near 1 the student learns almost only from the teacher's soft targets, so which
+examples get a human label hardly matters to it directly; they matter through the teacher. Each round:
+
+1. the teacher, warm-started from the last round's (round 0: the configured teacher, or a fresh head on
+   ``model.teacher``), fine-tunes on the labelled set with ``teach``'s settings;
+2. its soft targets for the **whole pool** (they cost no label) distil a student, with the human labels
+   mixed in where the pool has them (``distill.alpha``);
+3. both are evaluated: the student's record as in every run, the teacher's under ``teacher``.
+
+Batches are chosen with the teacher's view of the pool (its probabilities for the uncertainty scores, its
+embeddings for core-set, BADGE and the cold start). Round ``r``'s teacher is saved as
+``active/teacher-round-NNN.safetensors`` (the newest kept), so a resumed run goes on from exactly the
+teacher an uninterrupted one had.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .. import pipeline
+from ..data import IGNORE, loader, make_collate, train_loader
+from ..distiller import Distiller, freeze
+from ..losses import hinton_loss
+from ..metrics import quality
+from ..runlog import RunLog
+from ..teacher_cache import cache_for, teacher_logits
+from ..train import FitJob, fit, make_accelerator, predict
+from . import records
+
+if TYPE_CHECKING:
+    from .loop import Loop
+
+REFUSED = ("vote_entropy", "committee_kl", "disagreement")  # they read the student's committee or the student
+
+
+def teacher_file(loop: "Loop", r: int) -> Path:
+    return loop.folder / f"teacher-round-{r:03d}.safetensors"
+
+
+def fresh_teacher(run) -> pipeline.Teacher:
+    """``model.teacher`` with a new head for these labels (the rounds train it)."""
+    spec = run.cfg.model.teacher
+    tok = pipeline.tokenizer_for(spec, run.data)
+    return pipeline.Teacher(pipeline.new_teacher(run, tok), tok, f"{spec.name or spec.kind} (head trained by the rounds)")
+
+
+def restore_teacher(loop: "Loop", r: int) -> None:
+    """The teacher of finished round ``r``, from disk (after a resume)."""
+    from safetensors.torch import load_file
+    loop.teacher.load_state_dict(load_file(teacher_file(loop, r)))
+    loop.cache = cache_for(loop.run, freeze(loop.teacher), loop.tokenizer)
+    loop.teacher_round = r
+
+
+def _teacher_of(loop: "Loop", r: int) -> None:
+    """Make sure the loaded teacher is round ``r``'s (``-1``: the configured one, which the run starts from)."""
+    if r >= 0 and getattr(loop, "teacher_round", None) != r:
+        restore_teacher(loop, r)
+
+
+def _fit_teacher(loop: "Loop", lab, r: int):
+    """Fine-tune the teacher on the labelled split (warm start); returns the fit result."""
+    cfg, ac, run = loop.cfg, loop.ac, loop.run
+    acc = run.acc = make_accelerator(cfg.teach)  # the same seed every round: a resumed round replays
+    teacher = loop.teacher
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    feat = pipeline.featurizer(run, loop.tokenizer)
+    settings = pipeline.train_settings(run, cfg.teach, "teacher", cfg.model.teacher, teacher)
+    steps = math.ceil(len(lab) / cfg.teach.batch_size)
+    epochs = max(cfg.teach.epochs, math.ceil(ac.min_steps / max(steps, 1)))
+    ckpt = loop.folder / "teacher-checkpoints"
+    if acc.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+
+    def loss_fn(model, batch):
+        return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, "classification")
+
+    log = RunLog(cfg.run_dir, acc, cfg.run.quiet, metrics_file="active/teacher_epochs.csv",
+                 tensorboard="tensorboard/active_teacher")
+    job = FitJob(f"teacher-round{r}", settings.model_copy(update={"epochs": epochs}), ckpt, min_steps=ac.min_steps)
+    result = fit(teacher, loss_fn, train_loader(lab, feat, None, cfg.teach.batch_size, cfg.teach.seed),
+                 pipeline.eval_fn(run, run.data.validation, feat, cfg.teach.eval_batch_size), job, acc, log)
+    log.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    loop.teacher = freeze(acc.unwrap_model(teacher)).cpu().eval()
+    return result
+
+
+def _teacher_scores(loop: "Loop") -> dict:
+    d, run = loop.run.data, loop.run
+    feat = pipeline.featurizer(run, loop.tokenizer)
+    out = {}
+    for name, split in (("validation", d.validation), ("test", d.test if loop.ac.evaluate_test else None)):
+        if split is not None:
+            dl = loader(split, make_collate(split, feat), loop.cfg.teach.eval_batch_size, shuffle=False)
+            logits, _ = predict(loop.teacher.to(run.acc.device), dl, run.acc, gather=False)
+            out[name] = quality(logits, split.targets, "classification")
+    loop.teacher.cpu()
+    return out
+
+
+def _pool_with_labels(loop: "Loop"):
+    """The whole pool, its labelled examples carrying their labels and the rest ``IGNORE``."""
+    part = loop.pool.subset(np.arange(len(loop.pool)))
+    index = {n: i for i, n in enumerate(loop.labels)}
+    part.targets = np.asarray([index[loop.state.labels[k]["label"]] if k in loop.state.labels else IGNORE
+                               for k in part.ids], dtype=np.int64)
+    return part
+
+
+def _distil_student(loop: "Loop", r: int):
+    """A student distilled from the round's teacher on the whole pool; returns (student, fit result)."""
+    cfg, run = loop.cfg, loop.run
+    acc = run.acc = make_accelerator(cfg.train)
+    pool = _pool_with_labels(loop)
+    loop.cache = cache_for(run, loop.teacher, loop.tokenizer)
+    distiller = Distiller(loop.teacher, cfg.distill, "classification")
+    distiller.set_targets(teacher_logits(run, loop.teacher, pool, pipeline.featurizer(run, loop.tokenizer),
+                                         loop.cache))
+    loop.state.note_teacher(pool.ids)  # the teacher's soft targets for every pool example: free, but counted
+    model = loop._start_model(r)
+    log = RunLog(cfg.run_dir, acc, cfg.run.quiet, metrics_file="active/epochs.csv", tensorboard="tensorboard/active")
+    ckpt = loop.folder / "checkpoints"
+    if acc.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+    job = FitJob(f"round{r}", loop.train_cfg, ckpt)
+    result = fit(model, distiller, train_loader(pool, loop.s_feat, None, cfg.train.batch_size, cfg.train.seed),
+                 pipeline.eval_fn(run, run.data.validation, loop.s_feat, cfg.train.eval_batch_size), job, acc, log)
+    log.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return acc.unwrap_model(model).cpu().eval(), result
+
+
+def train_round(loop: "Loop") -> dict:
+    """Round ``r`` of ``target: teacher``: teacher fine-tuned, student distilled on the pool, both scored."""
+    from safetensors.torch import save_file
+    state = loop.state
+    r = len(state.rounds)
+    _teacher_of(loop, r - 1)
+    teacher_fit = _fit_teacher(loop, loop._labelled_split(), r)
+    loop.teacher_round = r
+    teacher = {**_teacher_scores(loop), "epochs_run": teacher_fit.epochs_run,
+               "train_seconds": round(teacher_fit.seconds, 2)}
+    student, result = _distil_student(loop, r)
+    record = records.evaluate_round(loop, student, r, len(state.batches[r]), result)
+    record["teacher"] = teacher
+    if loop.run.acc.is_main_process:
+        tmp = teacher_file(loop, r).with_suffix(".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in loop.teacher.state_dict().items()}, tmp)
+        tmp.replace(teacher_file(loop, r))
+        for old in loop.folder.glob("teacher-round-*.safetensors"):
+            if old != teacher_file(loop, r):
+                old.unlink()
+    loop._save_round(student, [], r)
+    state.rounds.append(record)
+    state.save(loop.state_path)
+    loop._prune_files(r)
+    loop.current = student
+    return record
+
+
+def view_model(loop: "Loop") -> tuple[torch.nn.Module, object]:
+    """The model (and tokenizer) whose outputs rank the pool: the teacher under ``target: teacher``."""
+    if loop.ac.target == "teacher":
+        _teacher_of(loop, len(loop.state.rounds) - 1)
+        return loop.teacher, loop.tokenizer
+    return loop.current, loop.s_tokenizer
+
+
+__all__ = ["train_round", "fresh_teacher", "restore_teacher", "view_model", "teacher_file", "REFUSED"]
