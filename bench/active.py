@@ -112,14 +112,20 @@ def table(result: dict, title: str) -> str:
     ref = result["reference"]
     lines = [f"**{title}** — all {ref['labels']} pool labels: test accuracy {ref['mean']:.4f} ± {ref['std']:.4f}; "
              f"target {result['target']:.0%} = {result['target'] * ref['mean']:.4f}", "",
-             "| strategy | labels to reach target (mean curve) | per seed | vs random | test acc at most labels | "
-             "teacher queries | selection s / round |", "|---|---:|---|---:|---:|---:|---:|"]
+             "| strategy | labels to reach target (mean curve) | per seed (mean ± 95 % CI) | vs random | "
+             "test acc at most labels (± 95 % CI) | teacher queries | selection s / round |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for name, st in result["strategies"].items():
         per = ", ".join(fmt_need(v) for v in st.get("labels_to_reach_per_seed", []))
+        if st.get("labels_to_reach_ci95") is not None:
+            seeds = st["labels_to_reach_per_seed"]
+            per += f" ({sum(seeds) / len(seeds):.0f} ± {st['labels_to_reach_ci95']:.0f})"
         frac = st.get("fraction_of_random")
+        ci = (st.get("ci95") or [None])[-1]
         lines.append(f"| {name} | {fmt_need(st.get('labels_to_reach'))} | {per} | "
-                     f"{'' if frac is None else f'{frac:.0%}'} | {st['mean'][-1]:.4f} ± {st['std'][-1]:.4f} "
-                     f"({st['labels'][-1]}) | {st['teacher_queries']:.0f} | {st['select_seconds']:.2f} |")
+                     f"{'' if frac is None else f'{frac:.0%}'} | {st['mean'][-1]:.4f}"
+                     f"{'' if ci is None else f' ± {ci:.4f}'} ({st['labels'][-1]}) | {st['teacher_queries']:.0f} | "
+                     f"{st['select_seconds']:.2f} |")
     return "\n".join(lines)
 
 

@@ -352,6 +352,14 @@ def test_streamed_scores_do_not_depend_on_chunking(taught):
     assert (bald1.scores[pos] > 0).all() and not model.training  # dropout switched off again afterwards
 
 
+def test_ci95_is_the_t_interval_of_the_mean():
+    from kdflow.active.compare import ci95
+    # n = 5, sample std 1.5811 (ddof 1), t(0.975, 4) = 2.7764: 2.7764 * 1.5811 / sqrt(5) = 1.9632
+    assert ci95([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(1.9632, abs=1e-4)
+    assert ci95([0.5, 0.5]) == 0.0
+    assert ci95([0.7]) is None and ci95([0.7, None, 0.8]) is None  # one seed, or one that never got there
+
+
 def test_labels_to_reach_interpolates():
     assert labels_to_reach([100, 200, 400], [0.5, 0.7, 0.9], 0.8) == pytest.approx(300)
     assert labels_to_reach([100, 200], [0.85, 0.9], 0.8) == 100
@@ -372,6 +380,8 @@ def test_compare_strategies_writes_curves_and_the_all_labels_reference(taught):
     for st in blob["strategies"].values():
         want = labels_to_reach(st["labels"], st["mean"], 0.95 * ref["mean"])
         assert st["labels_to_reach"] == want
+        assert len(st["ci95"]) == len(st["mean"]) and st["seeds_reaching"] == sum(
+            v is not None for v in st["labels_to_reach_per_seed"])
     assert (taught[0] / "cmp" / "plots" / "label_efficiency.png").is_file()
     assert "## Label efficiency" in (taught[0] / "cmp" / "report.md").read_text()
     page = (taught[0] / "cmp" / "report.html").read_text()

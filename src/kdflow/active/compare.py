@@ -35,8 +35,18 @@ def labels_to_reach(labels: list[float], values: list[float], goal: float) -> Op
     return None
 
 
+def ci95(values: list[float]) -> Optional[float]:
+    """Half-width of the 95 % confidence interval of the mean of ``values`` (Student's t, ``n - 1`` degrees
+    of freedom, sample standard deviation); ``None`` below two values or when one is missing."""
+    if len(values) < 2 or any(v is None or not np.isfinite(v) for v in values):
+        return None
+    from scipy.stats import t
+    return float(t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
 def curve_stats(runs: list[dict], split: str, metric: str) -> dict:
-    """Mean and std of ``split``'s metric per label count over seeds (label counts that every seed reached)."""
+    """Mean, std and 95 % interval half-width of ``split``'s metric per label count over seeds (label counts
+    that every seed reached)."""
     by_labels: dict[int, list[float]] = {}
     for run in runs:
         for rec in run["rounds"]:
@@ -44,7 +54,8 @@ def curve_stats(runs: list[dict], split: str, metric: str) -> dict:
                 by_labels.setdefault(rec["labels"], []).append(rec[split][metric])
     full = sorted(n for n, v in by_labels.items() if len(v) == len(runs))
     return {"labels": full, "mean": [float(np.mean(by_labels[n])) for n in full],
-            "std": [float(np.std(by_labels[n])) for n in full], "seeds": len(runs)}
+            "std": [float(np.std(by_labels[n])) for n in full], "ci95": [ci95(by_labels[n]) for n in full],
+            "seeds": len(runs)}
 
 
 def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" = 3,
@@ -144,6 +155,9 @@ def summarise(results: dict[str, list[dict]], cfg, seeds: list[int], target: flo
             entry["labels_to_reach_per_seed"] = [
                 labels_to_reach([x["labels"] for x in r["rounds"]],
                                 [x.get(split, {}).get(metric, float("nan")) for x in r["rounds"]], goal) for r in runs]
+            per_seed = entry["labels_to_reach_per_seed"]  # an interval only when every seed got there
+            entry["labels_to_reach_ci95"] = ci95(per_seed)
+            entry["seeds_reaching"] = sum(v is not None for v in per_seed)
         out["strategies"][strategy] = entry
     rnd = out["strategies"].get("random", {}).get("labels_to_reach") if reference else None
     if rnd:
