@@ -72,13 +72,19 @@ def taught(tmp_path_factory, tiny_bert, intents_json):
     kdflow.teach(raw)
     raw["model"]["teacher"]["name"] = str(out / "teach" / "teacher")
     raw["train"]["lr"] = 2e-2
+    raw["tiny_bert"] = tiny_bert
     return out, raw
 
 
-def run(taught, name, **active):
+def run(taught, name, fresh_teacher=False, **active):
+    """An active run on the taught teacher, or (``fresh_teacher``) on a teacher whose head the rounds train."""
     out, raw = taught
-    cfg = {**raw, "run": {**raw["run"], "name": name}, "distill": {"cache_dir": str(out / f"c-{name}"), "alpha": 0.5}}
+    cfg = {**raw, "run": {**raw["run"], "name": name}, "distill": {"cache_dir": str(out / f"c-{name}"), "alpha": 0.5},
+           "teach": {**raw["teach"], "epochs": 3}}
+    if fresh_teacher:  # the taught teacher learnt every pool label: target teacher starts from a bare head
+        cfg["model"] = {**raw["model"], "teacher": {"name": raw["tiny_bert"]}}
     cfg["active"] = {"initial": 8, "per_round": 8, "rounds": 3, "min_steps": 20, "strategy": "margin", **active}
+    cfg.pop("tiny_bert", None)
     return cfg
 
 
@@ -113,7 +119,9 @@ def test_target_teacher_calls_counts_every_call_and_asks_the_teacher_nothing_els
     # the budget is teacher calls: the cold start read the untrained student's view, not the teacher's
     assert [r["teacher_queries"] for r in out["rounds"]] == [r["labels"] for r in out["rounds"]] == [8, 16, 24]
     with pytest.raises(KdflowError, match="target teacher_calls spends teacher calls, so the teacher is the oracle"):
-        kdflow.active(run(taught, "calls-gold", target="teacher_calls", oracle="gold"))
+        kdflow.active(run(taught, "calls-human", target="teacher_calls", oracle="human"))
+    # gold is the default that a run's config.yaml lists: replaced by the teacher, not refused
+    assert kdflow.load_config(run(taught, "g", target="teacher_calls", oracle="gold")).active.oracle == "teacher"
     with pytest.raises(KdflowError, match="strategy disagreement asks the teacher about examples it does not label"):
         kdflow.active(run(taught, "calls-dis", target="teacher_calls", strategy="disagreement"))
     with pytest.raises(KdflowError, match="stop_parity asks the teacher"):
@@ -123,46 +131,59 @@ def test_target_teacher_calls_counts_every_call_and_asks_the_teacher_nothing_els
 
 
 def test_target_teacher_fine_tunes_the_teacher_each_round_and_distils_the_student_on_the_pool(taught):
-    out = kdflow.active(run(taught, "tt", target="teacher", initial_strategy="random"))
+    out = kdflow.active(run(taught, "tt", True, target="teacher", initial_strategy="random"))
     assert out["target"] == "teacher" and [r["labels"] for r in out["rounds"]] == [8, 16, 24]
     assert out["sources"] == {"gold": 24}  # human (here gold) labels only; the teacher labels nothing
     assert all("validation" in r["teacher"] and "test" in r["teacher"] for r in out["rounds"])
-    assert out["teacher_queries"] == out["pool"]  # its soft targets cover the whole pool: free, but counted
+    # its soft targets cover the pool (free, but counted), never the pool texts also in validation or test
+    assert out["ignored"] > 0 and out["teacher_queries"] == out["pool"] - out["ignored"]
     folder = taught[0] / "tt" / "active"
     assert [p.name for p in folder.glob("teacher-round-*.safetensors")] == ["teacher-round-002.safetensors"]
     epochs = (folder / "teacher_epochs.csv").read_text().splitlines()
     assert sum(line.startswith("teacher-round2,") for line in epochs) == out["rounds"][-1]["teacher"]["epochs_run"]
+    assert "teacher_validation_accuracy" in (folder / "rounds.csv").read_text().splitlines()[0]
+    assert (folder / "teacher" / "model.safetensors").is_file() and (folder / "student" / "model.safetensors").is_file()
+    pool_left = out["pool"] - 24
+    assert out["rounds"][-1]["teacher"]["validation"]["accuracy"] > 0.25 and pool_left > 0  # it learnt: chance 0.25
 
 
-def test_target_teacher_resumes_from_the_saved_teacher_exactly(taught, monkeypatch):
+@pytest.mark.parametrize("phase", ["train", "select"])
+def test_target_teacher_resumes_from_the_saved_teacher_exactly(taught, monkeypatch, phase):
+    from kdflow.active import loop as loop_mod
     from kdflow.active import teacher_rounds as rounds_mod
-    whole = kdflow.active(run(taught, "tw", target="teacher", initial_strategy="random"))
-    real, calls = rounds_mod.fit, {"n": 0}
+    cfg = dict(target="teacher", initial_strategy="typicality", cold_start_labels=16)
+    whole = kdflow.active(run(taught, f"tw-{phase}", True, **cfg))
+    mod, name = (rounds_mod, "fit") if phase == "train" else (loop_mod, "stream_pool")
+    real, calls = getattr(mod, name), {"n": 0}
 
-    def dies(*args, **kwargs):  # teacher r0, student r0, teacher r1, student r1 <- killed
-        calls["n"] += 1
-        if calls["n"] == 4:
+    def dies(*args, **kwargs):  # train: teacher r0, student r0, teacher r1, student r1 <- killed;
+        calls["n"] += 1         # select: the first pool pass after the cold start (batch 2) <- killed
+        if calls["n"] == (4 if phase == "train" else 1):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rounds_mod, "fit", dies)
+    monkeypatch.setattr(mod, name, dies)
     with pytest.raises(KeyboardInterrupt):
-        kdflow.active(run(taught, "tk", target="teacher", initial_strategy="random"))
-    monkeypatch.setattr(rounds_mod, "fit", real)
-    resumed = kdflow.active(run(taught, "tk", target="teacher", initial_strategy="random"), resume=True)
+        kdflow.active(run(taught, f"tk-{phase}", True, **cfg))
+    monkeypatch.setattr(mod, name, real)
+    resumed = kdflow.active(run(taught, f"tk-{phase}", True, **cfg), resume=True)
+    assert [b["strategy"] for b in resumed["batches"]] == ["initial (typicality)", "typicality (cold start)", "margin"]
     assert [r["validation"] for r in resumed["rounds"]] == [r["validation"] for r in whole["rounds"]]
     assert [r["teacher"]["validation"] for r in resumed["rounds"]] == [r["teacher"]["validation"]
                                                                         for r in whole["rounds"]]
-    a = load_file(taught[0] / "tw" / "active" / "teacher-round-002.safetensors")
-    b = load_file(taught[0] / "tk" / "active" / "teacher-round-002.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    a, b = (load_file(Path(taught[0]) / n / "active" / "student" / "model.safetensors") for n in ("tw", "tk"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for part in ("teacher-round-002.safetensors", "student/model.safetensors", "teacher/model.safetensors"):
+        a, b = (load_file(Path(taught[0]) / n / "active" / part) for n in (f"tw-{phase}", f"tk-{phase}"))
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    state = [json.loads((Path(taught[0]) / n / "active" / "state.json").read_text()) for n in ("tw-" + phase,
+                                                                                              "tk-" + phase)]
+    assert state[0]["batches"] == state[1]["batches"]
 
 
 def test_target_teacher_refuses_what_would_need_the_student_or_label_with_the_teacher(taught):
     with pytest.raises(KdflowError, match="fine-tunes the teacher on the labels, so they cannot come from it"):
         kdflow.active(run(taught, "t1", target="teacher", oracle="teacher", initial_strategy="random"))
+    with pytest.raises(KdflowError, match="balanced sorts the pool by the teacher's predictions, and this teacher's"):
+        kdflow.active(run(taught, "t4", True, target="teacher", initial_strategy="balanced"))
     with pytest.raises(KdflowError, match="strategy disagreement needs the student beside it"):
         kdflow.active(run(taught, "t2", target="teacher", strategy="disagreement"))
     cfg = run(taught, "t3", target="teacher")

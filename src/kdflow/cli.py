@@ -31,7 +31,7 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
   train.* / teach.*   epochs, batch_size (32), lr (auto: 1e-4 student from the teacher, 1e-3 random blocks,
                       5e-5 teacher), weight_decay, warmup_ratio, max_grad_norm, patience,
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
-  active.*            target (student|teacher_calls), strategy (entropy | random, least_confidence, margin, bald,
+  active.*            target (student|teacher|teacher_calls), strategy (entropy | random, least_confidence, margin, bald,
                       vote_entropy, committee_kl, coreset, badge, disagreement), oracle (gold|teacher|human|hybrid),
                       initial (100), initial_strategy (stratified|random|typicality|balanced), cold_start_labels,
                       per_round (100), growth (1.0), budget, rounds (10),

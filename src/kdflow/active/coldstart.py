@@ -64,7 +64,7 @@ def typicality(emb: np.ndarray, k: int, candidates: np.ndarray, labelled: np.nda
     for c in order[:k]:
         members = candidates[cand_assign == c]
         picked.append(int(members[typical_member(emb[members], knn)]))
-    if len(picked) < k:  # fewer uncovered clusters than asked for: the most typical of the rest
+    if len(picked) < k:  # fewer uncovered clusters than asked for: the rest at random (seeded)
         rest = np.setdiff1d(candidates, picked)
         picked += rest[np.random.default_rng(seed).permutation(len(rest))[:k - len(picked)]].tolist()
     return np.asarray(picked, dtype=np.int64)
@@ -97,6 +97,7 @@ def teacher_view(loop):
     model, tok = (loop.template, loop.s_tokenizer) if calls else (loop.teacher, loop.tokenizer)
     view = stream_pool(model, loop.pool, np.arange(len(loop.pool)),
                        lambda: pipeline.featurizer(loop.run, tok), loop.run.acc.device, spec)
+    model.cpu()  # the template is copied for every round's student, on the CPU
     if not calls:
         loop.state.note_teacher(list(loop.pool.ids))
     return view
@@ -104,8 +105,12 @@ def teacher_view(loop):
 
 def pick_for(loop, k: int, candidates: np.ndarray) -> np.ndarray:
     """The next ``k`` of ``loop``'s candidates by its cold-start strategy (the teacher's view computed once)."""
-    if getattr(loop, "teacher_view", None) is None:
-        loop.teacher_view = teacher_view(loop)
+    from .teacher_rounds import teacher_of
+    key = len(loop.state.rounds) - 1 if loop.ac.target == "teacher" else -1
+    if key >= 0:
+        teacher_of(loop, key)  # target teacher: the view of the newest fine-tuned teacher, resumed or not
+    if loop.teacher_view is None or getattr(loop, "teacher_view_key", -1) != key:
+        loop.teacher_view, loop.teacher_view_key = teacher_view(loop), key
     seed = loop.ac.seed * 100_003 + len(loop.state.batches)
     return cold_start_pick(loop.ac.initial_strategy, loop.teacher_view, k, candidates,
                            loop.state.labelled_positions, seed)

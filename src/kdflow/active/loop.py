@@ -61,6 +61,7 @@ class Loop:
         self.members: list[torch.nn.Module] = []
         self.teacher_val: Optional[dict] = None  # the teacher's validation quality (for stop_parity)
         self.teacher_view = None  # the teacher's embeddings and probabilities of the pool (a cold start)
+        self.teacher_round = -1  # target teacher: the round whose fine-tuned teacher is loaded (-1: as given)
         self.command = "kdflow active CONFIG"  # how the user started it, for the instructions we print
 
     # ------------------------------------------------------------ set-up
@@ -72,6 +73,9 @@ class Loop:
                               f"{self.ac.oracle}, strategy {self.ac.strategy}); run 'kdflow teach' with this config "
                               f"first (it saves {cfg.run_dir / 'teacher'}), or point model.teacher.name at a "
                               "fine-tuned classifier")
+        if own_head and self.ac.initial_strategy == "balanced":
+            raise KdflowError("active.initial_strategy balanced sorts the pool by the teacher's predictions, and this "
+                              "teacher's head is untrained (the rounds train it); use typicality or random")
         found = teacher_rounds.fresh_teacher(run) if own_head else pipeline.load_teacher(run)
         self.teacher, self.tokenizer, self.teacher_source = found.model, found.tokenizer, found.source
         self.template, self.s_tokenizer = pipeline.build_student(run, self.teacher, self.tokenizer)
@@ -255,8 +259,8 @@ class Loop:
         ac, state = self.ac, self.state
         last = state.rounds[-1]
         metric = self.cfg.train.metric
-        if ac.budget and len(state.labels) >= ac.budget:
-            return f"budget of {ac.budget} labels reached"
+        if ac.budget and self.spent() >= ac.budget:
+            return f"budget of {ac.budget} {'teacher calls' if ac.target == 'teacher_calls' else 'labels'} reached"
         if ac.rounds and len(state.rounds) >= ac.rounds:
             return f"{ac.rounds} rounds done"
         if ac.stop_parity and self.teacher_val is not None:
@@ -275,8 +279,12 @@ class Loop:
         ac = self.ac
         k = int(round(ac.per_round * ac.growth ** (b - 1)))
         if ac.budget:
-            k = min(k, ac.budget - len(self.state.labels))
+            k = min(k, ac.budget - self.spent())
         return max(k, 0)
+
+    def spent(self) -> int:
+        """What the budget counts: teacher calls under ``target: teacher_calls``, labels otherwise."""
+        return len(self.state.teacher_queries) if self.ac.target == "teacher_calls" else len(self.state.labels)
 
     def select_batch(self) -> Optional[dict]:
         """Score the pool with the last round's student and label the chosen batch."""

@@ -74,6 +74,9 @@ def write(loop: "Loop", result: dict) -> None:
         row.update({f"{src}_labels": n for src, n in r["sources"].items()})
         row.update({f"val_{k}": v for k, v in r["validation"].items()})
         row.update({f"test_{k}": v for k, v in r.get("test", {}).items()})
+        for split, scores in (r.get("teacher") or {}).items():  # target teacher: the fine-tuned teacher's
+            if isinstance(scores, dict):
+                row.update({f"teacher_{split}_{k}": v for k, v in scores.items()})
         rows.append(row)
     if rows:
         write_csv(loop.folder / "rounds.csv", rows)
@@ -103,6 +106,10 @@ def finish(loop: "Loop", cfg: Config) -> dict:
         loop.restore(len(loop.state.rounds) - 1)
     if loop.current is not None and is_main():
         models.save_model(loop.current, loop.folder / "student", loop.s_tokenizer, loop.labels, "classification")
+    if cfg.active.target == "teacher" and loop.state.rounds and is_main():  # the teacher the labels made
+        from .teacher_rounds import teacher_of
+        teacher_of(loop, len(loop.state.rounds) - 1)
+        models.save_model(loop.teacher, loop.folder / "teacher", loop.tokenizer, loop.labels, "classification")
     loop.run.info(f"[active] stopped: {loop.state.stopped}; final student in {loop.folder / 'student'}")
     result = summary(loop, cfg, "done")
     write(loop, result)

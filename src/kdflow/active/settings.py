@@ -75,8 +75,9 @@ def check(cfg: Config) -> None:
                           "embeddings) or random")
     if ac.initial_strategy == "stratified" and not d.unlabelled and not simulated:
         raise KdflowError(f"active.initial_strategy stratified draws the seed set by the pool's gold labels, which "
-                          f"oracle {ac.oracle} does not have; set active.initial_strategy: balanced (by the "
-                          "teacher's predictions) or random")
+                          f"oracle {ac.oracle} does not have; set active.initial_strategy: "
+                          + ("typicality or random" if ac.target == "teacher_calls" else
+                             "balanced (by the teacher's predictions) or random"))
     if ac.cold_start_labels and ac.initial_strategy not in COLD_STARTS:
         raise KdflowError(f"active.cold_start_labels keeps choosing batches by the cold-start strategy, and "
                           f"initial_strategy {ac.initial_strategy} is none; set initial_strategy: typicality or "
@@ -111,6 +112,8 @@ def signature(cfg: Config) -> dict:
     return {"target": ac.target, "strategy": ac.strategy, "oracle": ac.oracle, "initial": ac.initial,
             "initial_strategy": ac.initial_strategy, "cold_start_labels": ac.cold_start_labels,
             "per_round": ac.per_round, "growth": ac.growth, "retrain": ac.retrain, "seed": ac.seed,
+            **({"teacher": cfg.model.teacher.model_dump(mode="json"), "teach": cfg.teach.model_dump(mode="json")}
+               if ac.target == "teacher" else {}),
             "diversity": ac.diversity, "student": cfg.model.student.model_dump(mode="json"),
             "alpha": dc.alpha, "temperature": dc.temperature, "logit_loss": dc.logit_loss, "dkd_alpha": dc.dkd_alpha,
             "dkd_beta": dc.dkd_beta, "max_length": cfg.data.max_length, "train_seed": cfg.train.seed}

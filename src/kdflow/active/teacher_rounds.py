@@ -31,15 +31,12 @@ from ..distiller import Distiller, freeze
 from ..losses import hinton_loss
 from ..metrics import quality
 from ..runlog import RunLog
-from ..teacher_cache import cache_for, teacher_logits
+from ..teacher_cache import teacher_logits
 from ..train import FitJob, fit, make_accelerator, predict
 from . import records
 
 if TYPE_CHECKING:
     from .loop import Loop
-
-REFUSED = ("vote_entropy", "committee_kl", "disagreement")  # they read the student's committee or the student
-
 
 def teacher_file(loop: "Loop", r: int) -> Path:
     return loop.folder / f"teacher-round-{r:03d}.safetensors"
@@ -49,20 +46,20 @@ def fresh_teacher(run) -> pipeline.Teacher:
     """``model.teacher`` with a new head for these labels (the rounds train it)."""
     spec = run.cfg.model.teacher
     tok = pipeline.tokenizer_for(spec, run.data)
-    return pipeline.Teacher(pipeline.new_teacher(run, tok), tok, f"{spec.name or spec.kind} (head trained by the rounds)")
+    source = f"{spec.name or spec.kind} (head trained by the rounds)"
+    return pipeline.Teacher(pipeline.new_teacher(run, tok), tok, source)
 
 
 def restore_teacher(loop: "Loop", r: int) -> None:
     """The teacher of finished round ``r``, from disk (after a resume)."""
     from safetensors.torch import load_file
-    loop.teacher.load_state_dict(load_file(teacher_file(loop, r)))
-    loop.cache = cache_for(loop.run, freeze(loop.teacher), loop.tokenizer)
+    freeze(loop.teacher).load_state_dict(load_file(teacher_file(loop, r)))
     loop.teacher_round = r
 
 
-def _teacher_of(loop: "Loop", r: int) -> None:
+def teacher_of(loop: "Loop", r: int) -> None:
     """Make sure the loaded teacher is round ``r``'s (``-1``: the configured one, which the run starts from)."""
-    if r >= 0 and getattr(loop, "teacher_round", None) != r:
+    if r >= 0 and loop.teacher_round != r:
         restore_teacher(loop, r)
 
 
@@ -112,8 +109,10 @@ def _teacher_scores(loop: "Loop") -> dict:
 
 
 def _pool_with_labels(loop: "Loop"):
-    """The whole pool, its labelled examples carrying their labels and the rest ``IGNORE``."""
-    part = loop.pool.subset(np.arange(len(loop.pool)))
+    """The pool the student learns from: every labelled example with its label and every candidate with
+    ``IGNORE`` (the teacher's soft targets only); ignored examples (in validation or test, or skipped) never."""
+    state = loop.state
+    part = loop.pool.subset(np.union1d(state.labelled_positions, state.candidates).astype(np.int64))
     index = {n: i for i, n in enumerate(loop.labels)}
     part.targets = np.asarray([index[loop.state.labels[k]["label"]] if k in loop.state.labels else IGNORE
                                for k in part.ids], dtype=np.int64)
@@ -125,10 +124,10 @@ def _distil_student(loop: "Loop", r: int):
     cfg, run = loop.cfg, loop.run
     acc = run.acc = make_accelerator(cfg.train)
     pool = _pool_with_labels(loop)
-    loop.cache = cache_for(run, loop.teacher, loop.tokenizer)
     distiller = Distiller(loop.teacher, cfg.distill, "classification")
-    distiller.set_targets(teacher_logits(run, loop.teacher, pool, pipeline.featurizer(run, loop.tokenizer),
-                                         loop.cache))
+    # no cache: each round's teacher is new, so its outputs would only pile up in the cache folder
+    distiller.set_targets(teacher_logits(run, loop.teacher, pool, pipeline.featurizer(run, loop.tokenizer), None))
+    loop.teacher.cpu()
     loop.state.note_teacher(pool.ids)  # the teacher's soft targets for every pool example: free, but counted
     model = loop._start_model(r)
     log = RunLog(cfg.run_dir, acc, cfg.run.quiet, metrics_file="active/epochs.csv", tensorboard="tensorboard/active")
@@ -151,7 +150,7 @@ def train_round(loop: "Loop") -> dict:
     from safetensors.torch import save_file
     state = loop.state
     r = len(state.rounds)
-    _teacher_of(loop, r - 1)
+    teacher_of(loop, r - 1)
     teacher_fit = _fit_teacher(loop, loop._labelled_split(), r)
     loop.teacher_round = r
     teacher = {**_teacher_scores(loop), "epochs_run": teacher_fit.epochs_run,
@@ -163,13 +162,13 @@ def train_round(loop: "Loop") -> dict:
         tmp = teacher_file(loop, r).with_suffix(".tmp")
         save_file({k: v.detach().contiguous().cpu() for k, v in loop.teacher.state_dict().items()}, tmp)
         tmp.replace(teacher_file(loop, r))
-        for old in loop.folder.glob("teacher-round-*.safetensors"):
-            if old != teacher_file(loop, r):
-                old.unlink()
     loop._save_round(student, [], r)
     state.rounds.append(record)
     state.save(loop.state_path)
     loop._prune_files(r)
+    for old in loop.folder.glob("teacher-round-*.safetensors") if loop.run.acc.is_main_process else ():
+        if old != teacher_file(loop, r):  # only once the state names round r: a kill before keeps r - 1's
+            old.unlink()
     loop.current = student
     return record
 
@@ -177,9 +176,9 @@ def train_round(loop: "Loop") -> dict:
 def view_model(loop: "Loop") -> tuple[torch.nn.Module, object]:
     """The model (and tokenizer) whose outputs rank the pool: the teacher under ``target: teacher``."""
     if loop.ac.target == "teacher":
-        _teacher_of(loop, len(loop.state.rounds) - 1)
+        teacher_of(loop, len(loop.state.rounds) - 1)
         return loop.teacher, loop.tokenizer
     return loop.current, loop.s_tokenizer
 
 
-__all__ = ["train_round", "fresh_teacher", "restore_teacher", "view_model", "teacher_file", "REFUSED"]
+__all__ = ["train_round", "fresh_teacher", "restore_teacher", "view_model", "teacher_file", "teacher_of"]

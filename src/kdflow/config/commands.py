@@ -63,9 +63,9 @@ class ActiveConfig(Strict):
     def _teacher_calls_oracle(self) -> "ActiveConfig":
         """target teacher_calls: the teacher is the oracle (set unless another one was asked for)."""
         if self.target == "teacher_calls" and self.oracle != "teacher":
-            if "oracle" in self.model_fields_set:
+            if self.oracle != "gold":  # gold is the default (a run's config.yaml lists it): replaced, not refused
                 raise ValueError(f"target teacher_calls spends teacher calls, so the teacher is the oracle; drop "
-                                 f"active.oracle {self.oracle} or set it to teacher")
+                                 f"active.oracle {self.oracle} or set it to teacher (gold is replaced)")
             object.__setattr__(self, "oracle", "teacher")
         return self
 
