@@ -135,17 +135,19 @@ def target_runs(name: str, files: dict, folder: Path, teacher_dir: Path, args) -
         strategies = (args.target_strategies or TARGET_STRATEGIES[target]).split(",")
         goal = args.target if target == "teacher" else args.calls_target
         plain = compare_strategies(cfg, strategies, args.seeds, target=goal)
-        cold = config(files, folder, f"target-{target}-cold", args, teacher=teacher)
-        cold["active"].update(target=target, initial_strategy="typicality", cold_start_labels=args.cold_start)
-        if target == "teacher_calls":
-            cold["active"].pop("oracle")
-        with_cold = compare_strategies(cold, [s for s in strategies if s != "random"], args.seeds, target=goal,
-                                       reference=plain["reference"])
-        out[target] = {"plain": plain, "cold_start": with_cold}
         print(f"\n### {name}: target {target}\n")
-        print(table(plain, f"target {target}, random seed set"))
-        print()
-        print(table(with_cold, f"target {target}, typicality until {args.cold_start} labels"))
+        print(table(plain, f"target {target}, random seed set"), flush=True)
+        out[target] = {"plain": plain, "cold_start": None}
+        rest = [s for s in strategies if s != "random"]  # random has no use for a cold start
+        if rest:
+            cold = config(files, folder, f"target-{target}-cold", args, teacher=teacher)
+            cold["active"].update(target=target, initial_strategy="typicality", cold_start_labels=args.cold_start)
+            if target == "teacher_calls":
+                cold["active"].pop("oracle")
+            out[target]["cold_start"] = compare_strategies(cold, rest, args.seeds, target=goal,
+                                                           reference=plain["reference"])
+            print()
+            print(table(out[target]["cold_start"], f"target {target}, typicality until {args.cold_start} labels"))
     return out
 
 

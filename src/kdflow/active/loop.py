@@ -77,6 +77,9 @@ class Loop:
             raise KdflowError("active.initial_strategy balanced sorts the pool by the teacher's predictions, and this "
                               "teacher's head is untrained (the rounds train it); use typicality or random")
         found = teacher_rounds.fresh_teacher(run) if own_head else pipeline.load_teacher(run)
+        if self.ac.target == "teacher" and not own_head:
+            run.info(f"[active] warning: target teacher starts from {found.source}, already fine-tuned for these "
+                     "labels; if that was on this pool's labels, the curves overstate what the new labels buy")
         self.teacher, self.tokenizer, self.teacher_source = found.model, found.tokenizer, found.source
         self.template, self.s_tokenizer = pipeline.build_student(run, self.teacher, self.tokenizer)
         pipeline.check_length(self.template, cfg.data.max_length, "student")
