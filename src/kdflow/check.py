@@ -124,7 +124,7 @@ def _contained(pair: tuple, exact: list, same: bool, fatal: bool) -> Finding:
                    [_shown(held, i) for i in exact[:EXAMPLES]])
 
 
-def leakage_findings(data: TaskData) -> list[Finding]:
+def leakage_findings(data: TaskData, keys: Optional[Keys] = None) -> list[Finding]:
     """Overlaps of every held-out split with train and the transfer set, and of test with validation."""
     held = [("validation", data.validation), ("test", data.test),
             *((f"test_{k}", v) for k, v in data.extra_tests.items())]
@@ -132,7 +132,7 @@ def leakage_findings(data: TaskData) -> list[Finding]:
     # a validation split kdflow held out of train repeats train only where train repeats itself: not the
     # user's mistake, so said as a warning (with its fix), never a refusal
     held_out_here = any(n.startswith("no validation split given") for n in data.notes)
-    out, keys = [], Keys()
+    out, keys = [], keys or Keys()
     for held_name, part in held:
         if part is None:
             continue
@@ -144,7 +144,7 @@ def leakage_findings(data: TaskData) -> list[Finding]:
     return out
 
 
-def label_findings(data: TaskData, heads: dict[str, Optional[list]]) -> list[Finding]:
+def label_findings(data: TaskData, heads: dict[str, Optional[list]], keys: Optional[Keys] = None) -> list[Finding]:
     """Label names (missing-looking, rare), conflicting labels, and the models' heads against the data."""
     out = [*_head_findings(data, heads)]
     if data.task != "classification" or not data.label_names:
@@ -161,15 +161,15 @@ def label_findings(data: TaskData, heads: dict[str, Optional[list]]) -> list[Fin
         out.append(Finding("warning", "labels", f"{len(rare)} class(es) have fewer than 2 training examples: "
                            f"{', '.join(rare[:10])}; the model cannot learn them, and a stratified split cannot "
                            "hold them out", rare[:EXAMPLES]))
-    out += _conflicts(data)
+    out += _conflicts(data, keys or Keys())
     return out
 
 
-def _conflicts(data: TaskData) -> list[Finding]:
+def _conflicts(data: TaskData, keys: Keys) -> list[Finding]:
     """Training inputs (normalised) that carry two different labels: noise, or a task the inputs cannot decide."""
     by_input: dict[str, set] = defaultdict(set)
     first: dict[str, int] = {}
-    for i, (key, y) in enumerate(zip(normalised_keys(data.train.inputs), data.train.targets)):
+    for i, (key, y) in enumerate(zip(keys(data.train)[1], data.train.targets)):
         if y >= 0:
             by_input[key].add(int(y))
             first.setdefault(key, i)
@@ -256,7 +256,8 @@ def head_labels(cfg) -> dict[str, Optional[list]]:
 
 def data_findings(cfg, data: TaskData, heads: Optional[dict] = None) -> list[Finding]:
     """Every check that reads the data and the saved heads only (fast: no model runs)."""
-    return [*leakage_findings(data), *label_findings(data, head_labels(cfg) if heads is None else heads),
+    keys = Keys()  # train's keys serve the leakage and the conflicting-label checks alike
+    return [*leakage_findings(data, keys), *label_findings(data, head_labels(cfg) if heads is None else heads, keys),
             *task_findings(cfg, data)]
 
 

@@ -9,6 +9,7 @@ model configs), defensively: a folder, a binary file, a file in another encoding
 from __future__ import annotations
 
 import codecs
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,19 @@ def text_encoding(path: Path, what: str, fix: str) -> str:
     UTF-8; a binary file or bytes that do not decode are an error naming the line."""
     with open(must_be_file(path, what, fix), "rb") as fh:
         head = fh.read(CHUNK)
+    encoding = _encoding_of(head, what, fix)
+    _decodes(path, encoding, what)
+    return encoding
+
+
+def _encoding_of(head: bytes, what: str, fix: str) -> str:
+    """The encoding a file's first bytes name (a byte-order mark), else UTF-8; binary bytes are an error."""
     encoding = next((enc for bom, enc in BOMS if head.startswith(bom)), None)
     if encoding is None:
         if looks_binary(head):
             raise KdflowError(f"{what} is not a text file (it holds NUL or other control bytes: binary data, or "
                               f"UTF-16 text without a byte-order mark); {fix}")
         encoding = "utf-8"
-    _decodes(path, encoding, what)
     return encoding
 
 
@@ -78,8 +85,16 @@ def _decodes(path: Path, encoding: str, what: str) -> None:
 
 
 def read_text(path: Path, what: str, fix: str) -> str:
-    """The text of ``path`` in the encoding its byte-order mark names (UTF-8 without one)."""
-    return Path(path).read_text(encoding=text_encoding(path, what, fix))
+    """The text of ``path`` in the encoding its byte-order mark names (UTF-8 without one), newlines
+    translated as ``Path.read_text`` does; the file is read once (a second, chunked pass only to name the
+    line of a byte that does not decode)."""
+    data = must_be_file(path, what, fix).read_bytes()
+    encoding = _encoding_of(data[:CHUNK], what, fix)
+    try:
+        return io.TextIOWrapper(io.BytesIO(data), encoding=encoding).read()
+    except UnicodeDecodeError:
+        _decodes(Path(path), encoding, what)  # raises, naming the line
+        raise
 
 
 def parse_json(text: str, what: str, fix: str) -> Any:

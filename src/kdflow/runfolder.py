@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from .distributed import is_main
+
 PROGRESS = ("checkpoints", "active", "frontier")  # where an interrupted command's finished work lives
 # the files that mark finished work there: a sealed checkpoint, a saved active-learning or frontier state
 MARKERS = ("trainer_state.json", "manifest.json", "state.json")
@@ -30,10 +32,6 @@ RECORDS_TOTAL = 256 * 2 ** 20  # and all of them together up to this
 ASIDE = ".discarded"  # what --overwrite moves aside until the command succeeds
 
 _active: dict[Path, "Snapshot"] = {}
-
-
-def _main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 class Snapshot:
@@ -105,7 +103,7 @@ class Snapshot:
 @contextlib.contextmanager
 def kept(root: Path) -> Iterator[Snapshot]:
     """Run a command on ``root``; if it raises before writing finished work, the folder is put back."""
-    if not _main_process():  # process 0 alone keeps and puts back the folder
+    if not is_main():  # process 0 alone keeps and puts back the folder
         yield None
         return
     snap = Snapshot(root)
