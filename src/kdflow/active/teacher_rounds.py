@@ -72,8 +72,12 @@ def _fit_teacher(loop: "Loop", lab, r: int):
         p.requires_grad_(True)
     feat = pipeline.featurizer(run, loop.tokenizer)
     settings = pipeline.train_settings(run, cfg.teach, "teacher", cfg.model.teacher, teacher)
-    steps = math.ceil(len(lab) / cfg.teach.batch_size)
-    epochs = max(cfg.teach.epochs, math.ceil(ac.min_steps / max(steps, 1)))
+    # A small labelled set is repeated within an epoch until ``teach.epochs`` epochs make ``min_steps`` steps:
+    # the teacher's validation pass (its cost on a CPU) then runs ``teach.epochs`` times, not once per step.
+    per_epoch = math.ceil(ac.min_steps / cfg.teach.epochs)
+    reps = max(1, math.ceil(per_epoch * cfg.teach.batch_size / max(len(lab), 1)))
+    train = lab.subset(np.tile(np.arange(len(lab)), reps)) if reps > 1 else lab
+    epochs = cfg.teach.epochs
     ckpt = loop.folder / "teacher-checkpoints"
     if acc.is_main_process:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -85,7 +89,7 @@ def _fit_teacher(loop: "Loop", lab, r: int):
     log = RunLog(cfg.run_dir, acc, cfg.run.quiet, metrics_file="active/teacher_epochs.csv",
                  tensorboard="tensorboard/active_teacher")
     job = FitJob(f"teacher-round{r}", settings.model_copy(update={"epochs": epochs}), ckpt, min_steps=ac.min_steps)
-    result = fit(teacher, loss_fn, train_loader(lab, feat, None, cfg.teach.batch_size, cfg.teach.seed),
+    result = fit(teacher, loss_fn, train_loader(train, feat, None, cfg.teach.batch_size, cfg.teach.seed),
                  pipeline.eval_fn(run, run.data.validation, feat, cfg.teach.eval_batch_size), job, acc, log)
     log.close()
     acc.wait_for_everyone()
