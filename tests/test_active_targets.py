@@ -36,6 +36,14 @@ def test_the_most_typical_member_is_the_densest_point():
     assert typical_member(pts[:2]) == 0 and typical_member(pts[:1]) == 0
 
 
+def test_the_most_typical_member_is_the_same_computed_in_blocks():
+    pts = np.random.default_rng(3).normal(size=(300, 5))
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    brute = int(np.argmin(np.sort(d, axis=1)[:, :20].mean(1)))
+    assert typical_member(pts) == typical_member(pts, block=7) == typical_member(pts, block=300) == brute
+
+
 def test_typicality_picks_the_centres_of_the_largest_uncovered_clusters():
     emb, centres = blobs([30, 60, 40])
     blob = np.repeat([0, 1, 2], [30, 60, 40])
@@ -143,6 +151,9 @@ def test_target_teacher_fine_tunes_the_teacher_each_round_and_distils_the_studen
     assert sum(line.startswith("teacher-round2,") for line in epochs) == out["rounds"][-1]["teacher"]["epochs_run"]
     assert "teacher_validation_accuracy" in (folder / "rounds.csv").read_text().splitlines()[0]
     assert (folder / "teacher" / "model.safetensors").is_file() and (folder / "student" / "model.safetensors").is_file()
+    # 8-24 labels are 1-2 batches: repeated within each epoch so that teach.epochs (3) epochs make min_steps
+    # (20), with one validation pass per epoch instead of 20 epochs of one step each
+    assert [r["teacher"]["epochs_run"] for r in out["rounds"]] == [3, 3, 3]
     pool_left = out["pool"] - 24
     assert out["rounds"][-1]["teacher"]["validation"]["accuracy"] > 0.25 and pool_left > 0  # it learnt: chance 0.25
 
@@ -189,4 +200,15 @@ def test_target_teacher_refuses_what_would_need_the_student_or_label_with_the_te
     cfg = run(taught, "t3", target="teacher")
     cfg["distill"]["alpha"] = 0.0
     with pytest.raises(KdflowError, match="set distill.alpha above 0"):
+        kdflow.active(cfg)
+
+
+def test_bald_under_target_teacher_samples_the_teachers_dropout_not_the_students(taught):
+    cfg = run(taught, "bald-t", True, target="teacher", strategy="bald", initial_strategy="random", rounds=2)
+    cfg["model"] = {**cfg["model"], "student": {**cfg["model"]["student"], "dropout": 0.0}}
+    out = kdflow.active(cfg)  # the tiny BERT teacher has dropout: accepted, though the student has none
+    assert [r["labels"] for r in out["rounds"]] == [8, 16] and out["batches"][-1]["strategy"] == "bald"
+    cfg = run(taught, "bald-s", strategy="bald")
+    cfg["model"] = {**cfg["model"], "student": {**cfg["model"]["student"], "dropout": 0.0}}
+    with pytest.raises(KdflowError, match="bald samples the student with MC dropout"):
         kdflow.active(cfg)

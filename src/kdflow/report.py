@@ -107,11 +107,16 @@ def plot_active(summary: dict, metric: str, out: Path) -> "Path | None":
         vals = [r[split][metric] for r in rounds if split in r]
         if len(vals) == len(rounds):
             ax.plot(labels, vals, style, marker="o", ms=4, label=f"student, {split}")
+    for split, style in (("validation", "--"), ("test", "-")):  # target teacher: the teacher of every round
+        vals = [r["teacher"][split][metric] for r in rounds if split in r.get("teacher", {})]
+        if len(vals) == len(rounds):
+            ax.plot(labels, vals, style, marker="s", ms=4, color="#C44E52", label=f"teacher, {split}")
     teacher = summary.get("teacher_validation")
     if teacher and metric in teacher:
         ax.axhline(teacher[metric], color="#4C72B0", ls=":", label="teacher, validation")
-    ax.set(title=f"active learning: {summary.get('strategy')} ({summary.get('oracle')} oracle)",
-           xlabel="labelled examples", ylabel=metric)
+    x = "teacher calls (labels)" if summary.get("target") == "teacher_calls" else "labelled examples"
+    ax.set(title=f"active learning: {summary.get('strategy')} ({summary.get('oracle')} oracle)", xlabel=x,
+           ylabel=metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(plt, fig, out)

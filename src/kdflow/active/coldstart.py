@@ -23,17 +23,22 @@ COLD_STARTS = ("typicality", "balanced")
 KNN = 20  # neighbours that define typicality (TypiClust's value)
 
 
-def typical_member(points: np.ndarray, knn: int = KNN) -> int:
-    """Index of the most typical row of ``points``: the smallest mean distance to its ``knn`` nearest others."""
+def typical_member(points: np.ndarray, knn: int = KNN, block: int = 1024) -> int:
+    """Index of the most typical row of ``points``: the smallest mean distance to its ``knn`` nearest others.
+    Distances are computed ``block`` rows at a time, so memory stays ``block x n`` for a cluster of any size."""
     n = len(points)
     if n <= 2:
         return 0
+    points = np.asarray(points, dtype=np.float64)
     sq = (points ** 2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0.0))
-    np.fill_diagonal(d, np.inf)
     m = min(knn, n - 1)
-    near = np.partition(d, m - 1, axis=1)[:, :m]
-    return int(np.argmin(near.mean(1)))
+    typical = np.empty(n)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        d = np.sqrt(np.maximum(sq[rows, None] + sq[None, :] - 2.0 * points[rows] @ points.T, 0.0))
+        d[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # not its own neighbour
+        typical[rows] = np.partition(d, m - 1, axis=1)[:, :m].mean(1)
+    return int(np.argmin(typical))
 
 
 def clusters(emb: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:

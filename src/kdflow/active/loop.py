@@ -84,10 +84,13 @@ class Loop:
         self.template, self.s_tokenizer = pipeline.build_student(run, self.teacher, self.tokenizer)
         pipeline.check_length(self.template, cfg.data.max_length, "student")
         self.train_cfg = pipeline.train_settings(run, cfg.train, "student", cfg.model.student, self.template)
-        if self.ac.strategy == "bald" and not any(isinstance(m, torch.nn.Dropout) and m.p > 0
-                                                  for m in self.template.modules()):
-            raise KdflowError("active.strategy bald samples the student with MC dropout, but the student has no "
-                              "dropout; set model.student.dropout above 0 (e.g. 0.1) or pick another strategy")
+        viewer = "teacher" if self.ac.target == "teacher" else "student"  # whose outputs rank the pool
+        if self.ac.strategy == "bald" and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in (
+                self.teacher if viewer == "teacher" else self.template).modules()):
+            fix = ("use a teacher with dropout" if viewer == "teacher"
+                   else "set model.student.dropout above 0 (e.g. 0.1)")
+            raise KdflowError(f"active.strategy bald samples the {viewer} with MC dropout, but the {viewer} has no "
+                              f"dropout; {fix} or pick another strategy")
         self.s_feat = pipeline.featurizer(run, self.s_tokenizer)
         self.cache = None
         if settings.needs_teacher(cfg):

@@ -83,7 +83,7 @@ def check(cfg: Config) -> None:
                           f"initial_strategy {ac.initial_strategy} is none; set initial_strategy: typicality or "
                           "balanced, or drop cold_start_labels")
     spec = cfg.model.student
-    if ac.strategy == "bald" and not spec.name and spec.dropout <= 0:  # a named student is checked once built
+    if ac.strategy == "bald" and ac.target != "teacher" and not spec.name and spec.dropout <= 0:  # checked once built
         raise KdflowError("active.strategy bald samples the student with MC dropout, but model.student.dropout is 0; "
                           "set it above 0 (e.g. 0.1) or pick another strategy")
     _check_committee(cfg)
