@@ -36,6 +36,21 @@ def test_the_most_typical_member_is_the_densest_point():
     assert typical_member(pts[:2]) == 0 and typical_member(pts[:1]) == 0
 
 
+def test_the_neighbour_vote_estimates_labels_from_similar_labelled_rows():
+    from kdflow.active.strategies import neighbour_vote
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.normal([5, 0], 0.3, (20, 2)), rng.normal([0, 5], 0.3, (20, 2))])
+    labels = np.repeat([2, 0], 20)  # class 1 never seen
+    queries = np.array([[4.0, 0.5], [0.5, 4.0], [3.0, 3.0]])
+    p = neighbour_vote(queries, ref, labels, 3, k=10)
+    assert np.allclose(p.sum(1), 1.0) and (p > 0).all()  # the prior: no class is ruled out
+    assert p[0].argmax() == 2 and p[1].argmax() == 0 and p[0, 2] > 0.9 and p[1, 0] > 0.9
+    assert abs(p[2, 0] - p[2, 2]) < 0.5 and p[2, 1] < 0.1  # between the two: split, and the unseen class small
+    empty = neighbour_vote(queries, np.zeros((0, 2)), np.zeros(0, np.int64), 3)
+    assert np.allclose(empty, 1 / 3)  # nothing bought yet: the prior alone
+    assert np.allclose(neighbour_vote(queries, ref, labels, 3, k=1000), neighbour_vote(queries, ref, labels, 3, k=40))
+
+
 def test_the_most_typical_member_is_the_same_computed_in_blocks():
     pts = np.random.default_rng(3).normal(size=(300, 5))
     d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
@@ -130,8 +145,11 @@ def test_target_teacher_calls_counts_every_call_and_asks_the_teacher_nothing_els
         kdflow.active(run(taught, "calls-human", target="teacher_calls", oracle="human"))
     # gold is the default that a run's config.yaml lists: replaced by the teacher, not refused
     assert kdflow.load_config(run(taught, "g", target="teacher_calls", oracle="gold")).active.oracle == "teacher"
-    with pytest.raises(KdflowError, match="strategy disagreement asks the teacher about examples it does not label"):
-        kdflow.active(run(taught, "calls-dis", target="teacher_calls", strategy="disagreement"))
+    # disagreement estimates the teacher from the labels it already gave: still one call per label
+    out = kdflow.active(run(taught, "calls-dis", target="teacher_calls", strategy="disagreement",
+                            initial_strategy="random", budget=24))
+    assert [r["teacher_queries"] for r in out["rounds"]] == [r["labels"] for r in out["rounds"]] == [8, 16, 24]
+    assert [b["strategy"] for b in out["batches"]][1:] == ["disagreement", "disagreement"]
     with pytest.raises(KdflowError, match="stop_parity asks the teacher"):
         kdflow.active(run(taught, "calls-par", target="teacher_calls", stop_parity=0.05))
     with pytest.raises(KdflowError, match="balanced sorts the pool by the teacher's predictions"):

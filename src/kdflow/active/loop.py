@@ -35,7 +35,7 @@ from ..runfolder import kept
 from ..runlog import RunLog
 from ..teacher_cache import cache_for, teacher_logits
 from ..train import FitJob, fit, make_accelerator
-from . import coldstart, oracles, records, settings, teacher_rounds
+from . import coldstart, oracles, proxy, records, settings, teacher_rounds
 from .coldstart import COLD_STARTS
 from .outputs import COMMITTEE, PoolPass, stream_pool
 from .pool import PoolState
@@ -328,9 +328,9 @@ class Loop:
         use_teacher = "teacher_probs" in NEEDS[ac.strategy] or (ac.strategy in COMMITTEE
                                                                 and ac.committee == "teacher_student")
         diverse = ac.diversity > 1 and ac.strategy in SCORES
+        teacher = proxy.estimated_teacher(self) if use_teacher and ac.target == "teacher_calls" else self.teacher_probs
         return PoolPass(ac.strategy, len(self.labels), ac.pool_batch_size, ac.pool_chunk, ac.mc_samples,
-                        members=self.members if checkpoints else None,
-                        teacher_probs=self.teacher_probs if use_teacher else None,
+                        members=self.members if checkpoints else None, teacher_probs=teacher if use_teacher else None,
                         keep_top=ac.diversity * k if diverse else 0, seed=seed, need_embeddings=diverse)
 
 

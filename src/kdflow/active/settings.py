@@ -61,12 +61,13 @@ def check(cfg: Config) -> None:
     if d.unlabelled and simulated:
         raise KdflowError("The pool is data.unlabelled, which has no gold labels, so active.oracle gold (or hybrid "
                           "with hybrid_human gold) cannot label it; use oracle human, teacher or hybrid")
-    if ac.target == "teacher_calls" and (ac.strategy == "disagreement" or ac.stop_parity is not None
+    if ac.target == "teacher_calls" and (ac.stop_parity is not None
                                           or (ac.strategy in COMMITTEE and ac.committee == "teacher_student")):
         asks = "stop_parity" if ac.stop_parity is not None else f"strategy {ac.strategy}"
         raise KdflowError(f"active.target teacher_calls counts every teacher call, and {asks} asks the teacher "
                           "about examples it does not label; pick a student strategy (margin, entropy, badge, "
-                          "coreset, committee: checkpoints...) and stop on budget, rounds or stop_kappa")
+                          "coreset, disagreement (estimated from the teacher's labels so far), committee: "
+                          "checkpoints...) and stop on budget, rounds or stop_kappa")
     if ac.target == "teacher":
         _check_teacher_target(cfg)
     if ac.target == "teacher_calls" and ac.initial_strategy == "balanced":

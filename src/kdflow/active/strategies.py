@@ -108,6 +108,27 @@ def disagreement(student_probs: np.ndarray, teacher_probs: np.ndarray) -> np.nda
     return np.maximum((t * (np.log(np.clip(t, EPS, 1.0)) - np.log(np.clip(s, EPS, 1.0)))).sum(-1), 0.0)
 
 
+def neighbour_vote(queries: np.ndarray, reference: np.ndarray, labels: np.ndarray, num_labels: int, k: int = 10,
+                   prior: float = 1.0) -> np.ndarray:
+    """``[n, C]`` class probabilities of each query row from its ``k`` most cosine-similar ``reference`` rows,
+    whose ``labels`` are known: each neighbour votes its label with weight ``1 + similarity`` (in [0, 2]),
+    and ``prior`` votes are spread evenly over the classes, so no class is ever certain from a few votes."""
+    queries, reference = np.asarray(queries, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.full((len(queries), num_labels), prior / num_labels)
+    if len(reference) == 0 or len(queries) == 0:
+        return out / out.sum(1, keepdims=True)
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    ref = unit(reference)
+    k = min(k, len(ref))
+    for start in range(0, len(queries), 1024):  # memory: 1024 x |reference|
+        sim = unit(queries[start:start + 1024]) @ ref.T
+        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        rows = np.arange(len(near))[:, None]
+        np.add.at(out[start:start + 1024], (np.broadcast_to(rows, near.shape), labels[near]), 1.0 + sim[rows, near])
+    return out / out.sum(1, keepdims=True)
+
+
 # ------------------------------------------------------------------ selectors
 
 def _order(n: int, seed: int) -> np.ndarray:
