@@ -142,7 +142,7 @@ def config(files: dict, out: Path, name: str, args, teacher: str = "gt-all-minil
     }
 
 
-TARGET_STRATEGIES = {"teacher": "random", "teacher_calls": "random,margin"}
+TARGET_STRATEGIES = {"teacher": "random", "teacher_calls": "random,margin,disagreement"}
 COLD_STRATEGIES = {"teacher": "margin", "teacher_calls": ""}
 
 
@@ -237,7 +237,7 @@ def main() -> None:
                          "teacher), teacher_calls (the teacher's calls are the budget)")
     ap.add_argument("--target-strategies", default=None,
                     help="strategies of the teacher / teacher_calls targets from a random seed set (default: random "
-                         "for teacher, whose cold-start runs add margin; random,margin for teacher_calls)")
+                         "for teacher, whose cold-start runs add margin; random,margin,disagreement for teacher_calls)")
     ap.add_argument("--cold", type=int, default=None,
                     help="labels chosen by typicality in the cold-start runs (default: the data set's own, SIZES)")
     ap.add_argument("--cold-strategies", default=None,
