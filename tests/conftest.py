@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random BERT (packaged MiniLM tokenizer), tiny self-made data, the real data folder."""
 
+import hashlib
 import json
 import os
 import random
@@ -85,3 +86,11 @@ def tiny_config(tiny_bert: str, data: str, out: Path, name: str, **sections) -> 
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return raw
+
+
+def tree_hash(root, folders: bool = False) -> dict[str, str]:
+    """Every file under ``root`` by its path: its sha256 (and with ``folders``, every folder as "folder", so a
+    new empty folder counts as a change too). Equal dicts: nothing was added, removed or changed."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(root.rglob("*")) if p.is_file() or (folders and p.is_dir())}

@@ -12,7 +12,6 @@ weights and tokenizers) for ``evaluate``, ``report``, ``export`` and ``distill -
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -29,7 +28,7 @@ from kdflow.cli import main
 from kdflow.config import MODEL_SPECS, Config
 from kdflow.config.checks import dump_yaml
 
-from conftest import tiny_config
+from conftest import tiny_config, tree_hash
 
 SEED = 20251127
 LABELS = ["balance", "flight", "music", "weather"]  # conftest's intents
@@ -56,11 +55,6 @@ class Case:
     name: str
     build: Callable[[World, Path], list[str]]
     expect: str
-
-
-def tree_hash(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
 def base_raw(world: World, folder: Path, data: "dict | None" = None, **sections) -> dict:

@@ -1,7 +1,6 @@
 """A command that fails leaves the run folder exactly as it found it (hashed before and after), and
 --overwrite discards the earlier output only once the new command succeeds."""
 
-import hashlib
 
 import pytest
 import yaml
@@ -11,16 +10,11 @@ from kdflow.cli import main
 from kdflow.errors import KdflowError
 from kdflow.runfolder import Snapshot, discard, kept
 
-from conftest import tiny_config
+from conftest import tiny_config, tree_hash
 
 
-def folder_hash(root) -> str:
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        h.update(path.relative_to(root).as_posix().encode())
-        if path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()
+def folder_hash(root) -> dict[str, str]:
+    return tree_hash(root, folders=True)
 
 
 @pytest.fixture(scope="module")
