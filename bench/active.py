@@ -228,9 +228,67 @@ def table(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def _need(st: dict) -> "tuple[float, float] | None":
+    """(mean, 95 % half-width) of the labels each seed needs, when every seed got there."""
+    seeds = st.get("labels_to_reach_per_seed") or []
+    if not seeds or any(v is None for v in seeds):
+        return None
+    return sum(seeds) / len(seeds), st.get("labels_to_reach_ci95") or 0.0
+
+
+def goal_lines(result: dict, share: float = 0.5) -> list[str]:
+    """Each strategy against random (the goal: at most ``share`` of random's labels, intervals apart)."""
+    runs = {**result["plain"]["strategies"],
+            **{f"{k} (cold start)": v for k, v in ((result.get("cold_start") or {}).get("strategies") or {}).items()}}
+    rnd = _need(runs.get("random", {}))
+    lines = []
+    for name, st in runs.items():
+        own = _need(st)
+        if name == "random" or own is None or rnd is None:
+            reached = st.get("seeds_reaching", 0)
+            lines.append(f"- {name}: " + (f"{own[0]:.0f} ± {own[1]:.0f} labels" if own else
+                                          f"{reached} of {len(st.get('labels_to_reach_per_seed') or [])} seeds "
+                                          "reach the target"))
+            continue
+        apart = own[0] + own[1] < rnd[0] - rnd[1]
+        lines.append(f"- {name}: {own[0]:.0f} ± {own[1]:.0f} labels = {own[0] / rnd[0]:.0%} of random's "
+                     f"{rnd[0]:.0f} ± {rnd[1]:.0f}; intervals {'apart' if apart else 'overlap'}; goal (≤ {share:.0%}"
+                     f" and apart) {'met' if apart and own[0] <= share * rnd[0] else 'missed'}")
+    return lines
+
+
+def calls_lines(result: dict, share: float = 0.3) -> list[str]:
+    """teacher_calls: the calls each strategy needs against the pool (the goal: at most ``share`` of it)."""
+    pool = result["plain"]["reference"]["labels"]
+    lines = []
+    for name, st in result["plain"]["strategies"].items():
+        own = _need(st)
+        if own is None:
+            lines.append(f"- {name}: {st.get('seeds_reaching', 0)} of {len(st.get('labels_to_reach_per_seed') or [])}"
+                         f" seeds reach the target; goal missed")
+            continue
+        lines.append(f"- {name}: {own[0]:.0f} ± {own[1]:.0f} calls = {own[0] / pool:.0%} of the pool's {pool}; goal "
+                     f"(≤ {share:.0%}) {'met' if own[0] <= share * pool else 'missed'}")
+    return lines
+
+
+def print_saved(paths: list[str]) -> None:
+    """Print every saved (data set, target) result: the tables and the goal lines."""
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        name = Path(path).name
+        print(f"\n### {name}\n")
+        print(table(result["plain"], "random seed set"))
+        if result.get("cold_start"):
+            print()
+            print(table(result["cold_start"], "cold start (typicality), then the strategy"))
+        print()
+        print("\n".join(goal_lines(result) if ".teacher.json" in name else calls_lines(result)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", required=True, help="folder holding agnews/ and sst2/")
+    ap.add_argument("--data-root", default=None, help="folder holding agnews/, sst2/ and clinc150/")
     ap.add_argument("--datasets", default="agnews,sst2,clinc")
     ap.add_argument("--targets", default="student,teacher,teacher_calls",
                     help="what the budget buys: student (labels feed the student), teacher (labels fine-tune the "
@@ -282,7 +340,13 @@ def main() -> None:
                     help="with --part gold: skip the all-labels reference runs (another process trains them)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (run one process per data set with --threads 1 on a 2-core machine)")
+    ap.add_argument("--report", nargs="+", default=None,
+                    help="print the tables of saved (data set, target) JSON files (<json>.<data>.<target>.json)")
     args = ap.parse_args()
+    if args.report:
+        return print_saved(args.report)
+    if not args.data_root:
+        ap.error("--data-root is needed (the folder holding agnews/, sst2/ and clinc150/)")
     if args.no_reference and args.part != "gold":
         ap.error("--no-reference goes with --part gold: the tables need the reference")
     torch.set_num_threads(args.threads)
