@@ -272,7 +272,41 @@ def calls_lines(result: dict, share: float = 0.3) -> list[str]:
     return lines
 
 
-def print_saved(paths: list[str]) -> None:
+def teacher_curves(folder: Path, target: float = 0.95) -> list[str]:
+    """Target teacher: the teachers' own curves (test accuracy per label count over seeds, from each sub-run's
+    rounds.csv) and the labels each seed's teacher needs to reach ``target`` of the all-labels teacher."""
+    import numpy as np
+
+    from kdflow.active.compare import ci95, labels_to_reach
+
+    def rounds(run: Path) -> list[dict]:
+        return list(pd.read_csv(run / "active" / "rounds.csv").to_dict("records"))
+    plain, cold = folder / "target-teacher" / "active-runs", folder / "target-teacher-cold" / "active-runs"
+    ref = [rounds(p)[-1]["teacher_test_accuracy"] for p in sorted(plain.glob("all-labels-s*"))]
+    if not ref:
+        return []
+    goal = target * float(np.mean(ref))
+    lines = [f"Teachers (test accuracy; all pool labels: {np.mean(ref):.4f}, target {target:.0%} = {goal:.4f}):", ""]
+
+    def finished(root: Path, pattern: str) -> list[Path]:
+        return sorted(p for p in root.glob(pattern) if (p / "active" / "rounds.csv").is_file())
+    for name, runs in (("random", finished(plain, "random-s*")), ("margin (cold start)", finished(cold, "margin-s*"))):
+        per = [rounds(r) for r in runs]
+        if not per:
+            continue
+        labels = [x["labels"] for x in per[0]]
+        curve = [[p[i]["teacher_test_accuracy"] for p in per] for i in range(len(labels))]
+        need = [labels_to_reach([x["labels"] for x in p], [x["teacher_test_accuracy"] for x in p], goal) for p in per]
+        cells = ", ".join(f"{n}: {np.mean(c):.4f} ± {ci95(c) or 0:.4f}" for n, c in zip(labels, curve))
+        done = [v for v in need if v is not None]
+        reach = (f"{np.mean(done):.0f} ± {ci95(done) or 0:.0f}" if len(done) == len(need) else
+                 f"{len(done)} of {len(need)} seeds reach it")
+        lines.append(f"- {name}: {cells}; labels to reach the target: {reach} "
+                     f"(per seed: {', '.join('—' if v is None else f'{v:.0f}' for v in need)})")
+    return lines
+
+
+def print_saved(paths: list[str], out: Path) -> None:
     """Print every saved (data set, target) result: the tables and the goal lines."""
     for path in paths:
         result = json.loads(Path(path).read_text())
@@ -284,6 +318,9 @@ def print_saved(paths: list[str]) -> None:
             print(table(result["cold_start"], "cold start (typicality), then the strategy"))
         print()
         print("\n".join(goal_lines(result) if ".teacher.json" in name else calls_lines(result)))
+        if ".teacher.json" in name:  # <json>.<data>.teacher.json: the sub-runs are under <out>/<data>
+            print()
+            print("\n".join(teacher_curves(out / name.split(".")[-3])))
 
 
 def main() -> None:
@@ -344,7 +381,7 @@ def main() -> None:
                     help="print the tables of saved (data set, target) JSON files (<json>.<data>.<target>.json)")
     args = ap.parse_args()
     if args.report:
-        return print_saved(args.report)
+        return print_saved(args.report, Path(args.out))
     if not args.data_root:
         ap.error("--data-root is needed (the folder holding agnews/, sst2/ and clinc150/)")
     if args.no_reference and args.part != "gold":
