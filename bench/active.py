@@ -306,6 +306,15 @@ def teacher_curves(folder: Path, target: float = 0.95) -> list[str]:
     return lines
 
 
+def curve_lines(result: dict) -> list[str]:
+    """Every strategy's student curve: mean ± 95 % interval per label count."""
+    runs = {**result["plain"]["strategies"],
+            **{f"{k} (cold start)": v for k, v in ((result.get("cold_start") or {}).get("strategies") or {}).items()}}
+    return [f"- {name}: " + ", ".join(f"{n}: {m:.4f} ± {c or 0:.4f}" for n, m, c in zip(st["labels"], st["mean"],
+                                                                                      st.get("ci95") or []))
+            for name, st in runs.items()]
+
+
 def print_saved(paths: list[str], out: Path) -> None:
     """Print every saved (data set, target) result: the tables and the goal lines."""
     for path in paths:
@@ -318,6 +327,8 @@ def print_saved(paths: list[str], out: Path) -> None:
             print(table(result["cold_start"], "cold start (typicality), then the strategy"))
         print()
         print("\n".join(goal_lines(result) if ".teacher.json" in name else calls_lines(result)))
+        print("\nStudents (test accuracy, mean ± 95 % interval over seeds):\n")
+        print("\n".join(curve_lines(result)))
         if ".teacher.json" in name:  # <json>.<data>.teacher.json: the sub-runs are under <out>/<data>
             print()
             print("\n".join(teacher_curves(out / name.split(".")[-3])))
