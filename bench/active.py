@@ -180,7 +180,7 @@ def target_runs(name: str, files: dict, folder: Path, teacher_dir: Path, args) -
         goal = args.target if target == "teacher" else args.calls_target
         strategies = (args.target_strategies or TARGET_STRATEGIES[target]).split(",")
         plain = compare_strategies(target_config(files, folder, target, teacher, args, cold=False), strategies,
-                                   args.seeds, target=goal, reference_seeds=args.reference_seeds)
+                                   args.seeds, target=goal, full=args.reference_seeds)
         print(f"\n### {name}: target {target}\n")
         print(table(plain, f"target {target}, random seed set"), flush=True)
         out[target] = {"plain": plain, "cold_start": None}

@@ -59,15 +59,14 @@ def curve_stats(runs: list[dict], split: str, metric: str) -> dict:
 
 
 def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" = 3,
-                       overrides: Optional[list[str]] = None, full: bool = True, target: float = 0.95,
-                       quiet: bool = True, reference: Optional[dict] = None,
-                       reference_seeds: "int | list[int] | None" = None) -> dict:
+                       overrides: Optional[list[str]] = None, full: "bool | int | list[int]" = True,
+                       target: float = 0.95, quiet: bool = True, reference: Optional[dict] = None) -> dict:
     """Run ``strategies`` x ``seeds`` and summarise their label efficiency (module docstring).
 
     ``reference``: the all-labels result of an earlier comparison on the same data (its
     ``reference`` entry), used instead of training it again (e.g. to put a teacher-oracle
-    comparison against the gold all-labels student). ``reference_seeds``: the seeds of the all-labels
-    reference when it is trained here (default: ``seeds``; fewer where it is the expensive part).
+    comparison against the gold all-labels student). ``full``: train that reference here, on ``seeds``
+    (``True``), on the first ``full`` seeds (an int; fewer where it is the expensive part) or on a list.
     """
     cfg = load_config(config, overrides)
     bad = [s for s in strategies if s not in STRATEGIES]
@@ -89,10 +88,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
                                                              f"train.seed={seed}"]) for seed in seeds]
                for strategy in strategies}
     if full and reference is None:
-        ref_seeds = seeds if reference_seeds is None else (
-            list(range(reference_seeds)) if isinstance(reference_seeds, int) else list(reference_seeds))
-        if not ref_seeds:
-            raise KdflowError("reference_seeds asks for no all-labels run; give at least 1 seed or leave it out")
+        ref_seeds = seeds if full is True else list(range(full)) if isinstance(full, int) else list(full)
         reference = _all_labels_reference(runner, ref_seeds, cfg.active.target)
     out = summarise(results, cfg, seeds, target, reference)
     base = cfg.run_dir
