@@ -294,7 +294,7 @@ def teacher_curves(folder: Path, target: float = 0.95) -> list[str]:
         per = [rounds(r) for r in runs]
         if not per:
             continue
-        labels = [x["labels"] for x in per[0]]
+        labels = [x["labels"] for x in min(per, key=len)]  # the points every seed reached
         curve = [[p[i]["teacher_test_accuracy"] for p in per] for i in range(len(labels))]
         need = [labels_to_reach([x["labels"] for x in p], [x["teacher_test_accuracy"] for x in p], goal) for p in per]
         cells = ", ".join(f"{n}: {np.mean(c):.4f} ± {ci95(c) or 0:.4f}" for n, c in zip(labels, curve))

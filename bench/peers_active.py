@@ -114,8 +114,8 @@ def peer_loop(query_strategy):
             dataset = SklearnDataset(np.arange(n).reshape(-1, 1), np.zeros(n, dtype=np.int64),
                                      target_labels=np.arange(len(self.labels)))
             labelled = state.labelled_positions
-            picked = query_strategy.query(StudentProbs(self), dataset, cands, labelled,
-                                          np.zeros(len(labelled), dtype=np.int64), n=k)
+            picked = query_strategy.query(StudentProbs(self), dataset, cands, labelled,  # small-text refuses n > pool
+                                          np.zeros(len(labelled), dtype=np.int64), n=min(k, len(cands)))
             seconds = time.perf_counter() - started
             state.batch_meta.append({"batch": b, "strategy": str(query_strategy), "k": int(len(picked)),
                                      "select_seconds": round(seconds, 3)})

@@ -391,6 +391,8 @@ def test_compare_strategies_writes_curves_and_the_all_labels_reference(taught):
     assert again["strategies"]["entropy"]["mean"] == result["strategies"]["entropy"]["mean"]
     one = compare_strategies(cfg, ["random"], seeds=2, full=1)  # the reference on the first seed only
     assert one["reference"]["runs"] == ref["runs"][:1] and one["strategies"]["random"]["seeds"] == 2
+    first = compare_strategies(cfg, ["random"], seeds=[1, 0], full=1)  # the first of the seeds given: 1
+    assert first["reference"]["runs"] == ref["runs"][1:]
 
 
 def test_active_on_real_agnews_text(shared_data, tiny_bert, tmp_path):

@@ -102,7 +102,8 @@ def plot_active(summary: dict, metric: str, out: Path) -> "Path | None":
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    labels = [r["labels"] for r in rounds]
+    calls = summary.get("target") == "teacher_calls"
+    labels = [r["teacher_queries"] if calls else r["labels"] for r in rounds]
     for split, style in (("validation", "--"), ("test", "-")):
         vals = [r[split][metric] for r in rounds if split in r]
         if len(vals) == len(rounds):
@@ -114,7 +115,7 @@ def plot_active(summary: dict, metric: str, out: Path) -> "Path | None":
     teacher = summary.get("teacher_validation")
     if teacher and metric in teacher:
         ax.axhline(teacher[metric], color="#4C72B0", ls=":", label="teacher, validation")
-    x = "teacher calls (labels)" if summary.get("target") == "teacher_calls" else "labelled examples"
+    x = "teacher calls" if calls else "labelled examples"
     ax.set(title=f"active learning: {summary.get('strategy')} ({summary.get('oracle')} oracle)", xlabel=x,
            ylabel=metric)
     ax.grid(alpha=0.3)

@@ -66,7 +66,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     ``reference``: the all-labels result of an earlier comparison on the same data (its
     ``reference`` entry), used instead of training it again (e.g. to put a teacher-oracle
     comparison against the gold all-labels student). ``full``: train that reference here, on ``seeds``
-    (``True``), on the first ``full`` seeds (an int; fewer where it is the expensive part) or on a list.
+    (``True``), on the first ``full`` of them (an int; fewer where it is the expensive part) or on a list.
     """
     cfg = load_config(config, overrides)
     bad = [s for s in strategies if s not in STRATEGIES]
@@ -88,7 +88,8 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
                                                              f"train.seed={seed}"]) for seed in seeds]
                for strategy in strategies}
     if full and reference is None:
-        ref_seeds = seeds if full is True else list(range(full)) if isinstance(full, int) else list(full)
+        count = isinstance(full, (int, np.integer)) and not isinstance(full, (bool, np.bool_))
+        ref_seeds = seeds[:int(full)] if count else seeds if isinstance(full, (bool, np.bool_)) else list(full)
         reference = _all_labels_reference(runner, ref_seeds, cfg.active.target)
     out = summarise(results, cfg, seeds, target, reference)
     base = cfg.run_dir

@@ -1,11 +1,12 @@
 """Teacher-student disagreement without calling the teacher (``active.target: teacher_calls``).
 
-Under ``teacher_calls`` every teacher call is spent budget, so ``disagreement`` cannot ask the teacher about
-the pool. The teacher's labels already bought stand in for it: each pool example's estimated teacher
-distribution is the vote of its nearest teacher-labelled examples in the current student's embedding space
-(:func:`~kdflow.active.strategies.neighbour_vote`), and its score is ``KL(estimate || student)``, high
-where the student predicts against what the teacher said about similar examples. It costs one extra
-student pass over the labelled examples and the candidates, and no teacher call.
+Under ``teacher_calls`` every teacher call is spent budget (and the teacher is the only oracle), so
+``disagreement`` cannot ask the teacher about the pool. The teacher's labels already bought stand in for
+it: each pool example's estimated teacher distribution is the vote of its nearest teacher-labelled
+examples in the current student's embedding space (:func:`~kdflow.active.strategies.neighbour_vote`), and
+its score is ``KL(estimate || student)``, high where the student predicts against what the teacher said
+about similar examples. It costs one extra student pass over the labelled examples and the candidates,
+and no teacher call.
 """
 
 from __future__ import annotations

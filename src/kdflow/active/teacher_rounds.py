@@ -72,10 +72,11 @@ def _fit_teacher(loop: "Loop", lab, r: int):
         p.requires_grad_(True)
     feat = pipeline.featurizer(run, loop.tokenizer)
     settings = pipeline.train_settings(run, cfg.teach, "teacher", cfg.model.teacher, teacher)
-    # A small labelled set is repeated within an epoch until ``teach.epochs`` epochs make ``min_steps`` steps:
+    # A small labelled set is repeated within an epoch until ``teach.epochs`` epochs make ``min_steps`` steps
+    # (on every process: the loader is split between them):
     # the teacher's validation pass (its cost on a CPU) then runs ``teach.epochs`` times, not once per step.
     per_epoch = math.ceil(ac.min_steps / cfg.teach.epochs)
-    reps = max(1, math.ceil(per_epoch * cfg.teach.batch_size / max(len(lab), 1)))
+    reps = max(1, math.ceil(per_epoch * cfg.teach.batch_size * acc.num_processes / max(len(lab), 1)))
     train = lab.subset(np.tile(np.arange(len(lab)), reps)) if reps > 1 else lab
     epochs = cfg.teach.epochs
     ckpt = loop.folder / "teacher-checkpoints"
