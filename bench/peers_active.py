@@ -7,7 +7,7 @@ and budget:
 
 - ``kdflow_random`` and ``kdflow_margin``: ``kdflow active`` with ``strategy: random`` / ``margin``;
 - ``smalltext_random`` and ``smalltext_breakingties``: small-text's ``RandomSampling`` and ``BreakingTies``
-  query strategies choose instead. They run inside kdflow's loop in place of kdflow's selection step, so
+  query strategies choose instead. They run inside kdflow's loop, overriding its `Loop.choose`, so
   that everything else is the same code (the student trained from scratch each round on the labels with
   the teacher's cached soft targets, the evaluation, the seeds); small-text's classifier is a thin adapter
   whose ``predict_proba`` runs the round's student over the rows small-text asks for (BreakingTies asks
@@ -97,29 +97,18 @@ def peer_loop(query_strategy):
     import numpy as np
     from small_text.data import SklearnDataset
 
-    from kdflow.active import oracles
     from kdflow.active.loop import Loop
 
     class PeerLoop(Loop):
-        def select_batch(self):
-            state = self.state
-            b = len(state.batches)
-            if self.current is None:
-                self.restore(len(state.rounds) - 1)
-            k = self.batch_size(b)
-            cands = state.candidates
-            started = time.perf_counter()
+        def choose(self, k, cands, b):
             np.random.seed(self.ac.seed * 100_003 + b)  # RandomSampling draws from numpy's global generator
             n = len(self.pool)
             dataset = SklearnDataset(np.arange(n).reshape(-1, 1), np.zeros(n, dtype=np.int64),
                                      target_labels=np.arange(len(self.labels)))
-            labelled = state.labelled_positions
+            labelled = self.state.labelled_positions
             picked = query_strategy.query(StudentProbs(self), dataset, cands, labelled,  # small-text refuses n > pool
                                           np.zeros(len(labelled), dtype=np.int64), n=min(k, len(cands)))
-            seconds = time.perf_counter() - started
-            state.batch_meta.append({"batch": b, "strategy": str(query_strategy), "k": int(len(picked)),
-                                     "select_seconds": round(seconds, 3)})
-            return oracles.label_batch(self, np.asarray(picked, dtype=np.int64), b)
+            return np.asarray(picked, dtype=np.int64), str(query_strategy)
 
     return PeerLoop
 

@@ -294,25 +294,14 @@ class Loop:
 
     def select_batch(self) -> Optional[dict]:
         """Score the pool with the last round's student and label the chosen batch."""
-        ac, state = self.ac, self.state
+        state = self.state
         b = len(state.batches)
         if self.current is None:
             self.restore(len(state.rounds) - 1)
         k = self.batch_size(b)
         cands = state.candidates
         started = time.perf_counter()
-        strategy, seed = ac.strategy, ac.seed * 100_003 + b
-        outputs = PoolOutputs(n=len(self.pool))
-        cold = ac.cold_start_labels and len(state.labels) < ac.cold_start_labels
-        if not cold and strategy != "random":
-            positions = np.union1d(cands, state.labelled_positions) if strategy == "coreset" else cands
-            model, tok = teacher_rounds.view_model(self)  # the student, or the teacher under target: teacher
-            outputs = stream_pool(model, self.pool, positions, lambda: pipeline.featurizer(self.run, tok),
-                                  self.run.acc.device, self._pool_pass(k, seed))
-        picked = coldstart.pick_for(self, k, cands) if cold else select(
-            strategy, outputs, k, cands, state.labelled_positions, seed=seed,
-            diversity=ac.diversity if strategy in SCORES else 1)
-        strategy = f"{ac.initial_strategy} (cold start)" if cold else strategy
+        picked, strategy = self.choose(k, cands, b)
         seconds = time.perf_counter() - started
         state.batch_meta.append({"batch": b, "strategy": strategy, "k": int(len(picked)),
                                  "select_seconds": round(seconds, 3)})
@@ -320,6 +309,23 @@ class Loop:
         self.run.info(f"[active] batch {b}: {len(picked)} examples selected by {strategy} in {seconds:.1f} s "
                       f"({len(cands)} candidates)")
         return pending
+
+    def choose(self, k: int, cands: np.ndarray, b: int) -> tuple[np.ndarray, str]:
+        """Batch ``b``: ``k`` of the pool positions ``cands``, and the name of what chose them (timed as the
+        selection step; a subclass may choose otherwise, as bench/peers_active.py does)."""
+        ac, state = self.ac, self.state
+        strategy, seed = ac.strategy, ac.seed * 100_003 + b
+        outputs = PoolOutputs(n=len(self.pool))
+        cold = ac.cold_start_labels and len(state.labels) < ac.cold_start_labels
+        if cold:
+            return coldstart.pick_for(self, k, cands), f"{ac.initial_strategy} (cold start)"
+        if strategy != "random":
+            positions = np.union1d(cands, state.labelled_positions) if strategy == "coreset" else cands
+            model, tok = teacher_rounds.view_model(self)  # the student, or the teacher under target: teacher
+            outputs = stream_pool(model, self.pool, positions, lambda: pipeline.featurizer(self.run, tok),
+                                  self.run.acc.device, self._pool_pass(k, seed))
+        return select(strategy, outputs, k, cands, state.labelled_positions, seed=seed,
+                      diversity=ac.diversity if strategy in SCORES else 1), strategy
 
     def _pool_pass(self, k: int, seed: int) -> PoolPass:
         """What this run's strategy needs from a pass over the pool, for a batch of ``k``."""
