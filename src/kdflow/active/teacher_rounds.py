@@ -26,13 +26,12 @@ import numpy as np
 import torch
 
 from .. import pipeline
-from ..data import IGNORE, loader, make_collate, train_loader
+from ..data import IGNORE, train_loader
 from ..distiller import Distiller, freeze
 from ..losses import hinton_loss
-from ..metrics import quality
 from ..runlog import RunLog
 from ..teacher_cache import teacher_logits
-from ..train import FitJob, fit, make_accelerator, predict
+from ..train import FitJob, fit, make_accelerator
 from . import records
 
 if TYPE_CHECKING:
@@ -105,10 +104,9 @@ def _teacher_scores(loop: "Loop") -> dict:
     feat = pipeline.featurizer(run, loop.tokenizer)
     out = {}
     for name, split in (("validation", d.validation), ("test", d.test if loop.ac.evaluate_test else None)):
-        if split is not None:
-            dl = loader(split, make_collate(split, feat), loop.cfg.teach.eval_batch_size, shuffle=False)
-            logits, _ = predict(loop.teacher.to(run.acc.device), dl, run.acc, gather=False)
-            out[name] = quality(logits, split.targets, "classification")
+        if split is not None:  # the evaluation every fit uses (split over processes, gathered)
+            out[name] = pipeline.eval_fn(run, split, feat, loop.cfg.teach.eval_batch_size)(
+                loop.teacher.to(run.acc.device))
     loop.teacher.cpu()
     return out
 
