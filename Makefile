@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install clean
+.PHONY: demo test test-matrix install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,8 +30,13 @@ $(VENV)/.demo-data: | $(VENV)/.installed
 demo: install $(VENV)/.demo-data
 	$(BIN)/python -m kdflow.demo
 
+# random order (pytest-randomly, its seed printed first): PYTEST_ADDOPTS=--randomly-seed=N make test repeats one
 test: install $(VENV)/.demo-data
 	$(BIN)/python -m pytest -q tests
+
+# the suite as other machines run it: 1 thread, PyTorch's plain kernels, file order; 3 runs each (long: ~1.5 h)
+test-matrix: install $(VENV)/.demo-data
+	$(BIN)/python bench/test_matrix.py --runs 3
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

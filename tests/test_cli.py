@@ -29,7 +29,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         (("distill", str(cfg), "--set", "distill.temprature=2"), "did you mean 'distill.temperature'"),
         (("distill", str(cfg), "--set", "distill.alpha=2"), "distill.alpha"),
         (("teach", str(cfg)), "missing.json' does not exist"),
-        (("evaluate", str(tmp_path / "norun")), "without a run config"),
+        (("evaluate", str(tmp_path / "norun")), "norun' does not exist"),
+        (("evaluate", str(tmp_path)), "without a run config"),
     ]
     for args, expected in cases:
         out = run(*args)

@@ -249,6 +249,9 @@ def test_files_in_other_encodings_binary_or_empty(tmp_path):
         assert expected in str(info.value) and name in str(info.value) and "\n" not in str(info.value), name
     (tmp_path / "folder.csv").mkdir()
     (tmp_path / "t.csv").write_text("text,label\n" + rows)
+    with pytest.raises(KdflowError, match="is an empty folder, not a file"):
+        load_data(cfg(train=str(tmp_path / "t.csv"), format="csv", validation=str(tmp_path / "folder.csv")))
+    (tmp_path / "folder.csv" / "part-0.csv").write_text("text,label\n")
     with pytest.raises(KdflowError, match="is a folder, not a file"):
         load_data(cfg(train=str(tmp_path / "t.csv"), format="csv", validation=str(tmp_path / "folder.csv")))
     utf16 = tmp_path / "u16.csv"

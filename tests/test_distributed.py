@@ -1,10 +1,13 @@
-"""The same commands under torchrun: 2 CPU processes (gloo), one run folder, metrics beside one process's.
+"""The same commands under torchrun: 2 CPU processes (gloo), one run folder, records beside one process's.
 
 Two processes split each training batch (accelerate) and every pass that only reads a model over many
 examples (the teacher's outputs, active learning's pool scoring: ``kdflow.distributed``). The training is
 not bit-identical to one process (each process draws half of every batch, gradients are averaged in
-another order), so the metrics are compared within a tolerance; counts that must not change (teacher
-outputs computed, labels bought, rows written) are compared exactly.
+another order), so no metric of the two trainings is compared with the other's: that "2 processes train as
+well as 1" is a statistical claim, measured over seeds in ``bench/distributed.py`` (BENCHMARKS.md). What is
+exact is asserted: each teacher output computed once and gathered equal to one process's row, the data-only
+choices (the seed set) equal, every count (outputs computed, labels bought, rounds, rows written), the
+gathered validation equal to a one-process evaluation of the same saved model, the files.
 """
 
 import json
@@ -24,8 +27,6 @@ from kdflow.active.outputs import PoolPass, _joined, _share, _stream
 from kdflow.data import load_data, make_featurizer
 
 from conftest import tiny_config
-
-TOLERANCE = 0.15  # validation accuracy, one process vs two, on 48 examples after a few epochs of a tiny model
 
 
 def torchrun(tmp_path, raw: dict, *command) -> subprocess.CompletedProcess:
@@ -73,7 +74,7 @@ def test_torchrun_distill_two_processes(teacher):
     state = json.loads((tmp / "ddp" / "checkpoints" / "student" / "last" / "trainer_state.json").read_text())
     assert state["epoch"] == 1
     one = kdflow.distill({**raw, "run": {**raw["run"], "name": "one"}, "distill": {"cache_dir": str(tmp / "c1")}})
-    assert abs(one["validation"]["accuracy"] - metrics["validation"]["accuracy"]) <= TOLERANCE
+    assert one["distill"]["teacher_examples_computed"] == metrics["distill"]["teacher_examples_computed"]
     # every example's teacher row, gathered from two processes, is the row one process computes for it
     two, single = cached_rows(tmp / "cache-ddp"), cached_rows(tmp / "c1")
     assert set(two) == set(single) and len(two) == 160 + 48
@@ -107,8 +108,10 @@ def test_torchrun_active_two_processes(teacher):
     assert log.count("[active] batch 1:") == 1
     one = kdflow.active({**raw, "run": {**raw["run"], "name": "al-one"},
                          "distill": {"cache_dir": str(tmp / "cache-al1"), "alpha": 0.5}})
-    assert one["labels"] == out["labels"]
-    assert abs(one["rounds"][-1]["validation"]["accuracy"] - out["rounds"][-1]["validation"]["accuracy"]) <= TOLERANCE
+    single = json.loads((tmp / "al-one" / "active" / "state.json").read_text())
+    assert one["labels"] == out["labels"] and len(one["rounds"]) == len(out["rounds"])
+    assert single["batches"][0] == state["batches"][0]  # the seed set is drawn from the data alone: the same
+    assert [len(b) for b in single["batches"]] == [len(b) for b in state["batches"]] == [32, 16, 16]
 
 
 @pytest.mark.parametrize("strategy,keep_top", [("margin", 0), ("margin", 10), ("badge", 0), ("coreset", 0)])

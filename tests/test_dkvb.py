@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from margins import SEED, at_least, at_most
 from kdflow.config import MODEL_SPECS, TrainConfig
 from kdflow.errors import KdflowError
 from kdflow.models import BuildContext, load_saved, save_model
@@ -28,7 +29,7 @@ def world(tiny_bert):
 def build(world, **sizes):
     teacher, tok = world
     spec = MODEL_SPECS["dkvb"].model_validate({"kind": "dkvb", "heads": 4, "keys": 6, "key_dim": 3, **sizes})
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model, s_tok = KIND.student(spec, BuildContext(LABELS, "classification", 16, tok, teacher))
     batch = dict(s_tok(TEXTS, padding=True, return_tensors="pt"))
     return model, s_tok, batch
@@ -99,7 +100,7 @@ def test_keys_and_encoder_stay_frozen_while_values_learn(world):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]  # the values learn
+    at_most("dkvb: loss after 20 steps / first loss", losses[-1] / losses[0], 0.5)  # the values learn
     assert torch.equal(model.keys, keys)  # the keys never move, in train mode either
     assert all(torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
 
@@ -199,7 +200,7 @@ def test_kdflow_distill_trains_a_dkvb_student_from_yaml(tiny_bert, intents_json,
     log = (tmp_path / "dkvb" / "log.txt").read_text()
     assert "DKVB keys fitted by k-means on 160 training inputs" in log and "learning rate 0.1 " in log
     assert metrics["codebook"]["train"]["examples"] == 160 and metrics["codebook"]["test"]["examples"] == 48
-    assert metrics["test"]["accuracy"] > 0.5  # 4 intents, chance 0.25
+    at_least("dkvb: student test accuracy", metrics["test"]["accuracy"], 0.5)  # 4 intents, chance 0.25
     back, _, _, _ = load_saved(tmp_path / "dkvb" / "student")
     assert type(back).__name__ == "DKVBClassifier"
     capsys.readouterr()
@@ -209,7 +210,8 @@ def test_kdflow_distill_trains_a_dkvb_student_from_yaml(tiny_bert, intents_json,
     if importlib.util.find_spec("onnxruntime"):  # deployable like every student: ONNX and int8 score alike
         assert main(["export", str(tmp_path / "dkvb"), "--onnx"]) == 0
         deploy = {r["model"]: r for r in json.loads((tmp_path / "dkvb" / "metrics.json").read_text())["deploy"]}
-        assert deploy["student-onnx"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=0.03)
+        at_most("dkvb: |onnx - pytorch| test accuracy", abs(deploy["student-onnx"]["accuracy"] - metrics["test"]["accuracy"]),
+                0.03)
     # refused before any work, and the run folder is left as it was
     before = (tmp_path / "dkvb" / "config.yaml").read_text()
     assert main(["distill", str(cfg), "--overwrite", "--set", "distill.intermediate=true"]) == 2

@@ -16,6 +16,7 @@ from kdflow.data.tasks import GLUE_TASKS, glue_of_hub
 from kdflow.metrics import quality
 
 from conftest import tiny_config
+from margins import at_least, at_most
 
 
 def write(path, lines):
@@ -204,15 +205,18 @@ def synthetic_pairs(tmp_path, seed):
 
 
 def synthetic_sts(tmp_path, seed):
-    """STS benchmark layout; the score is how many of the pair's five words say 'yes'."""
+    """STS benchmark layout; the score is how many of the pair's five words say 'yes'. Each file's first sentences
+    are its own, so no test pair is a training pair (the leakage rule would refuse it)."""
     rng = random.Random(seed)
+    firsts = [f"{who} {does}" for who in ("a man", "the dog", "two cars", "a woman", "the bird", "three kids")
+              for does in ("plays", "runs", "stops", "waits")][seed - 1::2]
     rows = []
     for i in range(200):
         score = rng.randint(0, 5)
         words = ["yes"] * score + ["no"] * (5 - score)
         rng.shuffle(words)
         rows.append(["main-captions", "MSRvid", "2012test", f"{i:04d}", float(score),
-                     rng.choice(["a man plays", "the dog runs", "two cars stop"]), " ".join(words)]
+                     rng.choice(firsts), " ".join(words)]
                     + (["x", "y"] if i % 7 == 0 else []))
     return write(tmp_path / f"sts-{seed}.csv", rows)
 
@@ -227,8 +231,9 @@ def test_a_pair_task_and_the_regression_task_end_to_end(task, tmp_path, tiny_ber
     teacher = kdflow.teach(raw)
     student = kdflow.distill(raw)
     metric = "accuracy" if task == "rte" else "pearson"
-    assert teacher["test"][metric] > (0.9 if task == "rte" else 0.8)
-    assert student["test"][metric] > (0.75 if task == "rte" else 0.9)  # chance: 0.5 and 0
+    at_least(f"glue: synthetic {task} teacher test {metric}", teacher["test"][metric], 0.9 if task == "rte" else 0.8)
+    at_least(f"glue: synthetic {task} student test {metric}", student["test"][metric],  # chance: 0.5 and 0
+             0.75 if task == "rte" else 0.9)
     d = load_data(Config(**raw).data)
     assert student["distill"]["teacher_examples_computed"] == len(d.train) + len(d.test)  # once each, cached
     metrics = json.loads((tmp_path / task / "metrics.json").read_text())
@@ -244,7 +249,7 @@ def test_a_pair_task_and_the_regression_task_end_to_end(task, tmp_path, tiny_ber
         from kdflow.compare import MeasureOptions
         rows = export(str(tmp_path / task), MeasureOptions(onnx=True, int8=False, memory=False))
         onnx = next(r for r in rows if r["model"] == "student-onnx")
-        assert onnx["accuracy"] == pytest.approx(student["test"]["accuracy"], abs=0.02)
+        at_most("glue: |onnx - pytorch| rte test accuracy", abs(onnx["accuracy"] - student["test"]["accuracy"]), 0.02)
         raw["run"]["name"] = "rte-active"
         raw["model"]["teacher"]["name"] = str(tmp_path / task / "teacher")
         raw["active"] = {"initial": 16, "per_round": 16, "rounds": 2, "min_steps": 20, "strategy": "entropy"}

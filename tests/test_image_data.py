@@ -133,7 +133,10 @@ def test_image_folders_through_load_data(tmp_path):
 def test_image_folder_errors(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
+    raises("is an empty folder", load_data, DataConfig(train=str(empty)))
+    (empty / "notes").write_text("x")
     raises("no class subfolders", load_data, DataConfig(train=str(empty)))
+    (empty / "notes").unlink()
     (empty / "cat").mkdir()
     (empty / "cat" / "readme.md").write_text("x")
     raises(str(empty / "cat"), load_data, DataConfig(train=str(empty)))

@@ -11,6 +11,8 @@ from kdflow.config import DataConfig
 from kdflow.measure import parameter_counts, quality_report
 from kdflow.models import build_hf_student, load_hf_classifier, load_tokenizer
 
+from margins import at_most
+
 
 def test_quality_report_against_hand_computed_values():
     # true:  0 0 0 1 1 2 ; predicted: 0 0 1 1 2 2
@@ -113,7 +115,8 @@ def test_export_command_on_a_run(tiny_bert, intents_json, tmp_path):
     assert by["student-pruned"]["size_mb"] < by["student"]["size_mb"] / 5  # 30,522 rows -> the ~100 used
     assert by["student-pruned-onnx"]["max_abs_diff_vs_student"] < 1e-4
     # train-only vocabulary: test words outside it become [UNK], so accuracy may move, and is reported
-    assert abs(by["student-pruned"]["accuracy"] - by["student"]["accuracy"]) <= 0.1
+    at_most("export: |pruned - whole vocabulary| student test accuracy",
+            abs(by["student-pruned"]["accuracy"] - by["student"]["accuracy"]), 0.1)
     assert (tmp_path / "exp" / "export" / "student.onnx").is_file()
     assert (tmp_path / "exp" / "export" / "student-int8.onnx").is_file()
     assert rows[1]["compression"] > 1.5  # sizes on disk: the student's weights are smaller

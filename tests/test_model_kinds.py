@@ -8,6 +8,8 @@ import torch
 from kdflow.config import MODEL_SPECS, DataConfig, load_config
 from kdflow.models import KINDS, BuildContext, load_saved, save_model
 
+from margins import SEED, at_most
+
 LABELS = ["a", "b", "c"]
 
 
@@ -36,7 +38,7 @@ def image_world():
 @pytest.mark.parametrize("name", list(KINDS))
 def test_kind_builds_a_student_that_learns_saves_and_reloads(name, teacher, tmp_path):
     kind, spec = KINDS[name], MODEL_SPECS[name].model_validate(KINDS[name].tiny)
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     if spec.modality == "image":
         model, tok, enc = image_world()
     else:
@@ -61,7 +63,7 @@ def test_kind_builds_a_student_that_learns_saves_and_reloads(name, teacher, tmp_
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0]  # it learns
+    at_most(f"model kinds: {name} loss after 15 steps / first loss", losses[-1] / losses[0], 0.99)  # it learns
     save_model(student, tmp_path / name, s_tok, LABELS)
     assert [k for k, other in KINDS.items() if other.saved_in(tmp_path / name)] == [name]
     back, tok2, labels, task = load_saved(tmp_path / name)

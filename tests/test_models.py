@@ -9,6 +9,8 @@ from kdflow.models import (build_encoder_student, build_hf_student,
                            count_parameters, default_teacher_layers, fingerprint, has_task_head,
                            load_hf_classifier, load_saved, save_model)
 
+from margins import SEED, at_least
+
 LABELS = ["a", "b", "c"]
 
 
@@ -93,7 +95,7 @@ def test_encoder_reads_tokens_and_ignores_padding(tiny_bert):
 
 
 def test_encoder_reads_numeric_sequences_and_learns():
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     m = build_encoder_student(EncoderSpec(num_layers=1, hidden_size=16, num_heads=2, input_dim=1,
                                         dropout=0.0), 2, None, 32)
     # class = whether the series trends up or down
@@ -107,7 +109,7 @@ def test_encoder_reads_numeric_sequences_and_learns():
         loss.backward()
         opt.step()
     acc = (m(values=x).logits.argmax(-1) == y).float().mean().item()
-    assert acc > 0.9
+    at_least("models: encoder train accuracy after 60 steps", acc, 0.9)  # chance 0.5
 
 
 def test_save_and_load_round_trip(tmp_path, teacher, tiny_bert):
@@ -128,6 +130,9 @@ def test_save_and_load_round_trip(tmp_path, teacher, tiny_bert):
     with pytest.raises(KdflowError, match="does not exist"):
         load_saved(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
+    with pytest.raises(KdflowError, match="is an empty folder"):
+        load_saved(tmp_path / "empty")
+    (tmp_path / "empty" / "notes.txt").write_text("not a model")
     with pytest.raises(KdflowError, match="holds no saved model"):
         load_saved(tmp_path / "empty")
     import shutil

@@ -11,6 +11,7 @@ from kdflow import KdflowError
 from kdflow.distiller import Distiller
 
 from conftest import tiny_config
+from margins import at_least, at_most
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def student_cfg(taught, name, cache=None, **sections):
 
 def test_teacher_learns_the_task(taught):
     raw, out, entry = taught
-    assert entry["validation"]["accuracy"] >= 0.9  # chance is 0.25
+    at_least("modes: teacher validation accuracy", entry["validation"]["accuracy"], 0.9)  # chance is 0.25
     folder = out / "base" / "teacher"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "kdflow_labels.json"):
         assert (folder / name).is_file()
@@ -80,9 +81,7 @@ def test_offline_caches_teacher_outputs_once(taught):
     live = kdflow.evaluate(str(taught[1] / "base"), role="teacher")
     assert first["teacher_test"]["accuracy"] == pytest.approx(live["accuracy"])
     assert second["teacher_test"]["accuracy"] == pytest.approx(live["accuracy"])
-    # the student learns from the teacher: at least twice chance (0.25) on every seed we tried
-    # (a 16-wide, 1-layer BERT on 160 examples lands between 0.5 and 1.0 depending on the seed)
-    assert first["validation"]["accuracy"] >= 0.5
+    at_least("modes: offline student validation accuracy", first["validation"]["accuracy"], 0.5)  # chance 0.25
     run = taught[1] / "off1"
     for name in ("config.yaml", "metrics.csv", "metrics.json", "log.txt", "student/model.safetensors",
                  "student/tokenizer.json", "student/kdflow_labels.json", "checkpoints/student/last/trainer_state.json"):
@@ -173,8 +172,8 @@ def test_guide_trains_the_teacher_and_refreshes_every_k(taught, tiny_bert):
     assert len(guide_rows) == 4
     header = rows[0].split(",")
     acc = [float(r.split(",")[header.index("val_accuracy")]) for r in guide_rows]
-    assert acc[-1] > acc[0]  # the teacher kept training
-    assert entry["validation"]["accuracy"] > 0.25
+    at_least("modes: guide teacher validation gain, epoch 4 - epoch 1", acc[-1] - acc[0], 0.01)  # it kept training
+    at_least("modes: guide student validation accuracy", entry["validation"]["accuracy"], 0.26)
 
 
 def test_no_kd_baseline_never_runs_the_teacher(taught):
@@ -271,7 +270,8 @@ def test_numeric_sequences_teacher_and_student_encoders(tmp_path):
            "run": {"name": "series", "output_dir": str(tmp_path / "runs"), "quiet": True}}
     teacher = kdflow.teach(raw)
     student = kdflow.distill(raw)
-    assert teacher["test"]["accuracy"] >= 0.9 and student["test"]["accuracy"] >= 0.8
+    at_least("modes: sequences teacher test accuracy", teacher["test"]["accuracy"], 0.9)  # chance 0.5
+    at_least("modes: sequences student test accuracy", student["test"]["accuracy"], 0.8)
     assert student["compression"] > 5 and student["distill"]["teacher_examples_computed"] == 180 + 40
     bad = dict(raw, data=dict(raw["data"], values_column="trend"))
     with pytest.raises(KdflowError, match="is not a non-empty list of numbers"):
@@ -290,9 +290,10 @@ def test_regression_end_to_end(tmp_path, tiny_bert):
     raw["teach"].update(epochs=10)
     teacher = kdflow.teach(raw)
     assert set(teacher["validation"]) == {"mse", "neg_mse", "pearson", "spearman"}
-    assert teacher["validation"]["pearson"] > 0.5
+    at_least("modes: regression teacher validation pearson", teacher["validation"]["pearson"], 0.5)  # chance 0
     student = kdflow.distill(raw)
-    assert {"mode", "alpha"} <= set(student["distill"]) and student["validation"]["mse"] < 1.0
+    assert {"mode", "alpha"} <= set(student["distill"])
+    at_most("modes: regression student validation mse", student["validation"]["mse"], 1.0)
     assert "loss_kd" in (tmp_path / "reg" / "metrics.csv").read_text().splitlines()[0]
 
 
@@ -312,7 +313,8 @@ def test_bf16_mixed_precision_flag_on_cpu(taught, monkeypatch):
     rows = (taught[1] / "bf16" / "metrics.csv").read_text().strip().splitlines()
     header = rows[0].split(",")
     losses = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
-    assert all(0 < x < 10 for x in losses) and losses[1] < losses[0]  # finite, and it trains
+    assert all(0 < x < 10 for x in losses)  # finite
+    at_least("modes: bf16 training loss drop, epoch 1 - epoch 2", losses[0] - losses[1], 1e-3)  # it trains
     assert entry["parameters"] > 0
 
 
@@ -476,3 +478,20 @@ def test_optimizer_is_fused_adamw_and_steps_as_the_per_parameter_loop():
     for a, b in zip(model.parameters(), loop.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not can_fuse([]) and not can_fuse([torch.zeros(2, dtype=torch.long)])
+
+
+def test_resume_without_a_checkpoint_is_refused_before_the_teacher_runs(taught, monkeypatch):
+    """A run with a teacher and no student checkpoint: --resume says so before any teacher output is computed."""
+    import kdflow.teacher_cache as tc
+    from conftest import tree_hash
+    cfg = student_cfg(taught, "noresume", train={"epochs": 1})  # the taught teacher, a new run folder
+    run = taught[1] / "noresume"
+    run.mkdir()
+    (run / "notes.txt").write_text("kept")
+    before = tree_hash(run, folders=True)
+    monkeypatch.setattr(tc, "teacher_logits", lambda *a, **k: pytest.fail("the teacher ran before the refusal"))
+    with pytest.raises(KdflowError, match="There is no student checkpoint to resume in"):
+        kdflow.distill(cfg, resume=True)
+    with pytest.raises(KdflowError, match="There is no teacher checkpoint to resume in"):
+        kdflow.teach(cfg, resume=True)
+    assert tree_hash(run, folders=True) == before

@@ -16,6 +16,7 @@ from .critical import layer_map, teacher_block_scores
 from .data import load_data, make_featurizer, train_loader
 from .distiller import Distiller
 from .errors import KdflowError
+from .files import RUN_FIX, must_be_folder
 from .losses import hinton_loss
 from .measure import files_size_mb
 from .metrics import quality
@@ -151,7 +152,9 @@ def layers(config, overrides: Optional[list[str]] = None, teacher: Optional[str]
 def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",
              role: str = "student") -> dict:
     """Quality of a saved model (a run folder's ``role``, or a model folder) on a split of the data."""
-    path = Path(target)
+    if config is not None:
+        load_config(config, overrides)  # a bad config is named before the folder
+    path = must_be_folder(Path(target), f"'{target}'", "give a run folder (runs/NAME) or a saved model folder")
     if (path / "config.yaml").exists():  # a run folder (its config.yaml is read below, damaged or not)
         folder, config = path / role, config or (path / "config.yaml")
         if not folder.is_dir():
@@ -212,7 +215,7 @@ def _saved_contestant(name: str, folder: str, data, max_length: int) -> Contesta
 def export(run: str, options: Optional[MeasureOptions] = None) -> list[dict]:
     """Export a run's student (ONNX and int8 unless ``options`` say otherwise) into ``<run>/export`` and
     measure every form beside the teacher; the rows go into ``metrics.json`` under ``deploy``."""
-    target = Path(run)
+    target = must_be_folder(Path(run), f"Run folder '{run}'", RUN_FIX)
     if not (target / "config.yaml").is_file():
         raise KdflowError(f"'{run}' is not a run folder (no config.yaml); give runs/NAME")
     rows = compare(str(_run_teacher(target)), str(_run_part(target, "student")), target / "config.yaml",

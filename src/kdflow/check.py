@@ -4,10 +4,11 @@ any training, and about the scores after it.
 A loss that keeps falling while test accuracy is "for some reason" very high is the classic sign of
 scoring training data, of labels leaking into the inputs, or of the wrong loss. The checks:
 
-* **leakage** — exact duplicates (the content hash of :mod:`kdflow.leakage`, pair-aware) and
-  normalised-text duplicates (case, accents' width forms, punctuation and spacing ignored) between
-  train, the transfer set and every held-out split. A held-out split equal to, or contained in, the
-  training split is an error: it would score training data.
+* **leakage** — the rule of :mod:`kdflow.leakage`: each held-out split (a validation file, test, the extra
+  tests) against the training data as given (train, the transfer set, a validation split held out of
+  train), exact and normalised duplicates (case, accents' width forms, punctuation and spacing ignored).
+  More than :data:`~kdflow.leakage.LEAK_SHARE` of a split is an error (its score would measure memory)
+  unless ``data.allow_overlap: true``; a few are said (warning from 1 %, else info).
 * **labels** — the data's label names and order against the saved teacher's and student's heads;
   classes with fewer than 2 training examples; label names that look like missing values; training
   inputs that occur with two different labels.
@@ -23,17 +24,16 @@ Each finding is an ``error`` (the run would be wrong: teach, distill and active 
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from .data.splits import Split, TaskData, content_keys
+from .data.splits import Split, TaskData
 from .errors import KdflowError
+from .leakage import Keys, Overlap, overlaps
 
 MISSING_LIKE = {"", "nan", "none", "null", "na", "n/a", "<na>", "nat", "?", "-", "undefined"}
 EXAMPLES = 3  # examples quoted per finding
@@ -50,45 +50,42 @@ class Finding:
         return asdict(self)
 
 
-def normalise(value) -> str:
-    """Text as a reader compares it: NFKC, case-folded, punctuation dropped, spaces collapsed."""
-    text = unicodedata.normalize("NFKC", str(value)).casefold()
-    text = "".join(" " if unicodedata.category(c)[0] in "PSZC" else c for c in text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def normalised_keys(inputs: dict[str, list]) -> list[str]:
-    """Per example, its text fields normalised and joined (pair-aware); other inputs by exact content."""
-    text = [k for k in sorted(inputs) if k in ("text", "text_pair")]
-    if not text:
-        return content_keys(inputs)
-    return ["\x1f".join(normalise(inputs[k][i]) for k in text) for i in range(len(inputs[text[0]]))]
-
-
 def _shown(split: Split, i: int) -> str:
     fields = [str(split.inputs[k][i]) for k in ("text", "text_pair") if k in split.inputs]
     shown = " ||| ".join(fields) if fields else split.ids[i]
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-class Keys:
-    """Each split's exact and normalised content keys, computed once however many pairs read them."""
+def leakage_findings(data: TaskData, keys: Optional[Keys] = None, allow: bool = False,
+                     where: Callable[[str], str] = lambda split: f"the {split} split") -> list[Finding]:
+    """Each held-out split against the training data as given (:func:`kdflow.leakage.overlaps`: above the
+    threshold an error unless ``allow``, data.allow_overlap), a validation split held out of a train that repeats
+    itself, and test against validation. ``where(split)`` names the split's file for the fix."""
+    keys = keys or Keys()
+    out = [_training_overlap(o, data.split(name), allow, where(name)) for name, o in overlaps(data, keys).items()]
+    if data.validation_from_train:  # it repeats train only where train repeats itself: said, never refused
+        out += _overlap(("train", data.train, "validation", data.validation), keys, held_out_here=True)
+    if data.test is not None and not data.validation_from_train:
+        out += _overlap(("validation", data.validation, "test", data.test), keys)
+    return out
 
-    def __init__(self):
-        self.done: dict[int, tuple[list, list]] = {}
 
-    def __call__(self, split: Split) -> tuple[list, list]:
-        if id(split) not in self.done:
-            self.done[id(split)] = (content_keys(split.inputs), normalised_keys(split.inputs))
-        return self.done[id(split)]
+def _training_overlap(o: Overlap, split: Split, allow: bool, where: str) -> Finding:
+    examples = [_shown(split, int(i)) for i in o.rows[:EXAMPLES]]
+    if o.too_many and not allow:
+        return Finding("error", "leakage", f"{o.describe()}, so its score would measure memory, not generalisation: "
+                       f"remove them from {where} (deduplicate it against train), or set data.allow_overlap: true "
+                       f"to score it knowingly (the score of its {o.size - o.count} other examples is then reported "
+                       "beside it)", examples)
+    level = "warning" if o.too_many or o.share >= 0.01 else "info"  # a few duplicates are common (CLINC150: 0.1 %)
+    why = ("data.allow_overlap is true: scored anyway" if o.too_many else "a few duplicates are common in real data")
+    return Finding(level, "leakage", f"{o.describe()}; {why}, and the score of its {o.size - o.count} other "
+                   "examples is reported beside the whole split's", examples)
 
 
-MIN_FATAL = 10  # a held-out split inside train is an error from this many examples (a handful may be chance)
-
-
-def _overlap(pair: tuple[str, Split, str, Split], keys: Keys, fatal: bool = True) -> list[Finding]:
-    """Examples of the held-out split whose inputs are in the training one: exactly, then only once normalised
-    (all of them inside it is an error when ``fatal``)."""
+def _overlap(pair: tuple[str, Split, str, Split], keys: Keys, held_out_here: bool = False) -> list[Finding]:
+    """Examples of one split whose inputs are in another (exactly, or only once normalised): warnings, for
+    splits that are not the user's training data against their held-out data."""
     train_name, train, held_name, held = pair
     if len(held) == 0 or len(train) == 0:
         return []
@@ -98,49 +95,22 @@ def _overlap(pair: tuple[str, Split, str, Split], keys: Keys, fatal: bool = True
     near = [i for i, k in enumerate(norm_held) if k in norm_train and i not in is_exact]
     n = len(held)
     if len(exact) == n:
-        return [_contained(pair, exact, len(exact_train) == len(set(exact_held)), fatal and n >= MIN_FATAL)]
+        why = ("train repeats itself; deduplicate train" if held_out_here else
+               f"it repeats the data that picks the best epoch; give a separate {held_name} file")
+        return [Finding("warning", "leakage", f"The {held_name} split {'equals' if len(exact_train) == len(set(exact_held)) else 'is contained in'} "
+                        f"the {train_name} split (all {n} of its examples are {train_name} examples): {why}",
+                        [_shown(held, i) for i in exact[:EXAMPLES]])]
     out = []
-    if exact:  # a few duplicates are common in real data (CLINC150: 0.1 %): a warning from 1 %
+    if exact:
         out.append(Finding("warning" if len(exact) >= 0.01 * n else "info", "leakage",
                            f"{len(exact)} of {n} {held_name} examples ({len(exact) / n:.1%}) also occur in "
-                           f"{train_name} (exact duplicates); their scores measure memory, not generalisation: "
-                           "remove them from one side", [_shown(held, i) for i in exact[:EXAMPLES]]))
+                           f"{train_name} (exact duplicates); remove them from one side",
+                           [_shown(held, i) for i in exact[:EXAMPLES]]))
     if near:
         out.append(Finding("warning" if len(near) >= 0.05 * n else "info", "leakage",
                            f"{len(near)} of {n} {held_name} examples ({len(near) / n:.1%}) equal a {train_name} "
                            "example once case, punctuation and spacing are ignored",
                            [_shown(held, i) for i in near[:EXAMPLES]]))
-    return out
-
-
-def _contained(pair: tuple, exact: list, same: bool, fatal: bool) -> Finding:
-    train_name, _, held_name, held = pair
-    why = (f"it would score training data; give a separate {held_name} file, or drop it and let kdflow hold one "
-           "out" if train_name != "validation" else "it repeats the data that picks the best epoch; give a "
-           f"separate {held_name} file")
-    return Finding("error" if fatal else "warning", "leakage",
-                   f"The {held_name} split {'equals' if same else 'is contained in'} the {train_name} split (all "
-                   f"{len(held)} of its examples are {train_name} examples), so {why}",
-                   [_shown(held, i) for i in exact[:EXAMPLES]])
-
-
-def leakage_findings(data: TaskData, keys: Optional[Keys] = None) -> list[Finding]:
-    """Overlaps of every held-out split with train and the transfer set, and of test with validation."""
-    held = [("validation", data.validation), ("test", data.test),
-            *((f"test_{k}", v) for k, v in data.extra_tests.items())]
-    sources = [("train", data.train)] + ([("transfer set", data.unlabelled)] if data.unlabelled is not None else [])
-    # a validation split kdflow held out of train repeats train only where train repeats itself: not the
-    # user's mistake, so said as a warning (with its fix), never a refusal
-    held_out_here = any(n.startswith("no validation split given") for n in data.notes)
-    out, keys = [], keys or Keys()
-    for held_name, part in held:
-        if part is None:
-            continue
-        for source_name, source in sources:
-            fatal = not (held_name == "validation" and held_out_here)
-            out += _overlap((source_name, source, held_name, part), keys, fatal)
-    if data.test is not None:
-        out += _overlap(("validation", data.validation, "test", data.test), keys, fatal=False)
     return out
 
 
@@ -256,9 +226,10 @@ def head_labels(cfg) -> dict[str, Optional[list]]:
 
 def data_findings(cfg, data: TaskData, heads: Optional[dict] = None) -> list[Finding]:
     """Every check that reads the data and the saved heads only (fast: no model runs)."""
+    from .data import source_of
     keys = Keys()  # train's keys serve the leakage and the conflicting-label checks alike
-    return [*leakage_findings(data, keys), *label_findings(data, head_labels(cfg) if heads is None else heads, keys),
-            *task_findings(cfg, data)]
+    return [*leakage_findings(data, keys, cfg.data.allow_overlap, lambda split: source_of(cfg.data, split)),
+            *label_findings(data, head_labels(cfg) if heads is None else heads, keys), *task_findings(cfg, data)]
 
 
 def plausibility(score: dict, task: str, n: int, teacher: Optional[dict] = None, role: str = "student"
@@ -290,5 +261,5 @@ def summary_counts(findings: list[Finding]) -> dict:
     return {level: counts.get(level, 0) for level in ("error", "warning", "info")}
 
 
-__all__ = ["Finding", "normalise", "normalised_keys", "leakage_findings", "label_findings", "task_findings",
+__all__ = ["Finding", "leakage_findings", "label_findings", "task_findings",
            "head_labels", "data_findings", "plausibility", "first_error", "summary_counts", "MISSING_LIKE"]

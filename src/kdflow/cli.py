@@ -21,8 +21,8 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       -- null = auto: 'kdflow config' shows them
   data.*              hub | path | train/validation/test, format, text_column, text_pair_column,
                       label_column, task (classification|regression), max_length, validation_fraction;
-                      images: packaged (digits|mnist_5k), image_column, image_shape, image_size,
-                      augment ([crop, flip]), crop_padding (4)
+                      allow_overlap (false); images: packaged (digits|mnist_5k), image_column, image_shape,
+                      image_size, augment ([crop, flip]), crop_padding (4)
   distill.*           mode (offline|online|guide), temperature (4.0), alpha (0.5), guide_every (1), cache_dir,
                       logit_loss (hinton|dkd|multi_teacher|mse), dkd_alpha (1.0), dkd_beta (8.0),
                       extra_teachers ([{name, weight}]), teacher_weight (1.0), intermediate (false), layers (last:3 | auto:K | uniform | skip |
@@ -33,7 +33,8 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
   active.*            target (student|teacher|teacher_calls), strategy (entropy | random, least_confidence, margin, bald,
                       vote_entropy, committee_kl, coreset, badge, disagreement), oracle (gold|teacher|human|hybrid),
-                      initial (100), initial_strategy (stratified|random|typicality|balanced), cold_start_labels,
+                      initial (100), initial_strategy (auto: stratified with gold labels, else a cold start; random, typicality,
+                      balanced), cold_start_labels,
                       per_round (100), growth (1.0), budget, rounds (10),
                       retrain (scratch|warm), min_steps (100), diversity (1 = off), mc_samples (10),
                       committee (checkpoints|teacher_student), committee_size (3), hybrid_threshold (0.9),
@@ -229,12 +230,8 @@ def cmd_layers(args) -> dict:
 
 
 def cmd_report(args) -> dict:
-    from pathlib import Path
-
-    from .report import write_report
-    if not (Path(args.run) / "metrics.json").exists():
-        raise KdflowError(f"'{args.run}' holds no metrics.json; give a run folder after 'kdflow teach' or 'distill'")
-    out = write_report(args.run)
+    from .report import report
+    out = report(args.run)
     print(f"wrote {out['md']} and {out['html']} ({len(out['plots'])} plots)")
     return out
 

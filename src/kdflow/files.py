@@ -20,17 +20,44 @@ from .errors import KdflowError
 BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 CHUNK = 1 << 20
+RUN_FIX = "give a run folder: runs/NAME, the run.output_dir/run.name of the config that made it"
 CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\f\x1b") + b"\x7f"
 
 
 def must_be_file(path: Path, what: str, fix: str) -> Path:
-    """``path`` when it is a file; else an error saying it is missing or a folder."""
+    """``path`` when it is a file; else one sentence for each other case: it does not exist, it is an empty
+    folder, it is a folder."""
     path = Path(path)
     if path.is_dir():
-        raise KdflowError(f"{what} is a folder, not a file; {fix}")
+        raise KdflowError(f"{what} is {'an empty folder' if is_empty_folder(path) else 'a folder'}, not a file; {fix}")
     if not path.is_file():
         raise KdflowError(f"{what} does not exist; {fix}")
     return path
+
+
+def must_be_folder(path: Path, what: str, fix: str, empty: bool = False) -> Path:
+    """``path`` when it is a folder (and, unless ``empty``, holds something); else one sentence for each other
+    case: it does not exist, it is a file, it is an empty folder."""
+    path = Path(path)
+    if path.is_file():
+        raise KdflowError(f"{what} is a file, not a folder; {fix}")
+    if not path.is_dir():
+        raise KdflowError(f"{what} does not exist; {fix}")
+    if not empty and is_empty_folder(path):
+        raise KdflowError(f"{what} is an empty folder; {fix}")
+    return path
+
+
+def may_be_folder(path: Path, what: str, fix: str) -> Path:
+    """A folder kdflow writes into, created when missing: only an existing file there is an error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KdflowError(f"{what} is a file, not a folder; {fix}")
+    return path
+
+
+def is_empty_folder(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
 
 
 def text_encoding(path: Path, what: str, fix: str) -> str:
@@ -125,4 +152,4 @@ def json_type(value: Any) -> str:
     return next((name for t, name in names if isinstance(value, t)), type(value).__name__)
 
 
-__all__ = ["must_be_file", "text_encoding", "looks_binary", "read_text", "parse_json", "read_json", "json_type"]
+__all__ = ["RUN_FIX", "must_be_file", "must_be_folder", "may_be_folder", "is_empty_folder", "text_encoding", "looks_binary", "read_text", "parse_json", "read_json", "json_type"]

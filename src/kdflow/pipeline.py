@@ -13,6 +13,7 @@ A run folder ``<run.output_dir>/<run.name>/`` collects everything::
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from torch import nn
@@ -22,8 +23,10 @@ from .config import Config, ModelSpec, TrainConfig, learning_rate
 from .data import (Featurizer, Split, TaskData, image_preprocess, input_batches, load_data, loader, make_collate,
                    make_featurizer)
 from .errors import KdflowError
+from .files import may_be_folder
+from .leakage import clean_part, overlaps
 from .metrics import check_metric, quality
-from .runfolder import discard
+from .runfolder import guard
 from .runlog import RunLog
 from .train import FitResult, make_accelerator, predict
 
@@ -37,6 +40,7 @@ class Run:
     acc: Any
     log: Optional[RunLog]
     findings: list = field(default_factory=list)  # warnings of the checks before training (kdflow.check)
+    overlap: dict = field(default_factory=dict)  # held-out split -> its examples in the training data (leakage)
 
     def info(self, message: str) -> None:
         if self.log is not None:
@@ -59,6 +63,7 @@ class Teacher:
 def check_inputs(cfg: Config, role: str = "teacher") -> None:
     """Settings that cannot work with this data, named before any work starts (``role``: what the
     command trains; the distillation settings matter to a student only)."""
+    check_paths(cfg)
     for side in ("teacher", "student"):
         spec = getattr(cfg.model, side)
         models.kind(spec).check(spec, side, cfg.data)
@@ -75,6 +80,21 @@ def check_inputs(cfg: Config, role: str = "teacher") -> None:
         return
     from .distiller import resolve_logit_loss
     resolve_logit_loss(dc.logit_loss, cfg.data.task, 1 + len(dc.extra_teachers))
+
+
+def check_paths(cfg: Config) -> None:
+    """The config's model folders and the folders kdflow writes into: a missing folder, a file where a folder
+    belongs, or an empty folder is one sentence before any work (data files: :mod:`kdflow.data.tables`)."""
+    named = [(f"model.{side}.name", getattr(cfg.model, side).name) for side in ("teacher", "student")]
+    named += [(f"distill.extra_teachers[{i}].name", e.name) for i, e in enumerate(cfg.distill.extra_teachers)]
+    for key, name in named:
+        if name:
+            models.check_source(name, key)
+    fix = "give a folder there, or another path"
+    may_be_folder(Path(cfg.run.output_dir), f"run.output_dir '{cfg.run.output_dir}'", fix)
+    may_be_folder(cfg.run_dir, f"The run folder '{cfg.run_dir}' (run.output_dir/run.name)", "choose another run.name")
+    if cfg.distill.cache_dir:
+        may_be_folder(Path(cfg.distill.cache_dir), f"distill.cache_dir '{cfg.distill.cache_dir}'", fix)
 
 
 def open_run(cfg: Config, train_cfg: TrainConfig) -> Run:
@@ -95,8 +115,9 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
     for key in ("train", "teach"):
         check_metric(getattr(cfg, key).metric, data.task, data.num_labels, f"{key}.metric")
     findings = preflight(cfg, data)
-    guard(cfg, acc, role, resume, overwrite)
-    run = Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet), [f.as_dict() for f in findings])
+    guard(cfg.run_dir, acc, role, resume, overwrite)
+    run = Run(cfg, data, acc, RunLog(cfg.run_dir, acc, cfg.run.quiet), [f.as_dict() for f in findings],
+              overlaps(data))
     for note in data.notes:
         run.info(f"[data] {note}")
     for f in findings:
@@ -118,25 +139,6 @@ def preflight(cfg: Config, data: TaskData) -> list:
     if error is not None:
         raise KdflowError(error.message)
     return [f for f in findings if f.level != "info"]
-
-
-def guard(cfg: Config, acc, role: str, resume: bool, overwrite: bool) -> None:
-    """Never silently overwrite finished or half-finished work; --overwrite clears this role's records."""
-    run_dir = cfg.run_dir
-    ckpt, out = run_dir / "checkpoints" / role, run_dir / role
-    if resume and overwrite:
-        raise KdflowError("--resume continues a run and --overwrite discards it; pass only one of them")
-    if overwrite and acc.is_main_process:  # moved aside until the command succeeds (kdflow.runfolder)
-        discard(ckpt, run_dir)
-        discard(out, run_dir)
-        roles = {role, "teacher_guide"} if role == "student" else {role}
-        for r in roles:
-            discard(run_dir / "tensorboard" / r, run_dir)
-        RunLog.drop_rows(run_dir, roles)
-    elif not resume and (ckpt.exists() or out.exists()):
-        raise KdflowError(f"Run folder '{run_dir}' already holds a {role}; pass --resume to continue it, "
-                          f"--overwrite to start it again, or choose another run.name")
-    acc.wait_for_everyone()
 
 
 # ------------------------------------------------------------------ models
@@ -321,6 +323,7 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
         entry["test"] = eval_fn(run, run.data.test, feat, bs)(model)
     for name, split in run.data.extra_tests.items():  # e.g. MNLI mismatched, scored beside test
         entry[f"test_{name}"] = eval_fn(run, split, feat, bs)(model)
+    entry.update(clean_scores(run, model, feat, entry))
     if hasattr(model, "codebook_health"):  # a key-value bottleneck: how the training inputs and the test use it
         entry["codebook"] = {name: model.codebook_health(input_batches(split, feat, bs)) for name, split in
                              (("train", run.data.train), ("test", run.data.test)) if split is not None}
@@ -329,6 +332,23 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
     if checks:
         entry["checks"] = checks
     return entry
+
+
+def clean_scores(run: Run, model: nn.Module, feat: Featurizer, entry: dict) -> dict:
+    """Beside each scored held-out split that repeats training examples (:mod:`kdflow.leakage`), the score of
+    its other examples (``<split>_clean``), and ``overlap``: how many, where, how (logged too)."""
+    out: dict = {}
+    metric = run.cfg.train.metric
+    for name, o in run.overlap.items():
+        if name not in entry:
+            continue
+        part = clean_part(run.data.split(name), o)
+        clean = eval_fn(run, part, feat, run.cfg.train.eval_batch_size)(model) if part is not None else None
+        out[f"{name}_clean"] = clean
+        out.setdefault("overlap", {})[name] = o.as_dict()
+        run.info(f"[check] {o.describe()}: {name} {metric} {entry[name][metric]:.4f} on all {o.size}, "
+                 + (f"{clean[metric]:.4f} on the other {len(part)}" if clean else "none of it is clean"))
+    return out
 
 
 def _plausibility(run: Run, entry: dict) -> list:
@@ -369,6 +389,6 @@ def with_transfer_set(run: Run) -> None:
              "(teacher soft targets only)")
 
 
-__all__ = ["Run", "Teacher", "check_inputs", "check_modality", "open_run", "setup", "guard", "tokenizer_for", "new_teacher",
+__all__ = ["Run", "Teacher", "check_inputs", "check_paths", "check_modality", "open_run", "setup", "tokenizer_for", "new_teacher",
            "teacher_is_trained", "load_teacher", "build_student", "image_student", "train_settings", "check_length", "featurizer", "eval_fn",
-           "final_metrics", "summary", "write_report", "with_transfer_set"]
+           "final_metrics", "clean_scores", "summary", "write_report", "with_transfer_set"]

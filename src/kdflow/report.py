@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import KdflowError, first_line
-from .files import json_type, read_json
+from .files import RUN_FIX, json_type, must_be_folder, read_json
+from .report_sections import active_md, checks_md, compare_md, frontier_md, overlap_md
 from .runlog import METRICS_FIX, read_metrics, read_rows
 
 # metrics.json holds null where a metric was NaN (valid JSON); the report reads those back as NaN
@@ -193,66 +194,6 @@ def plot_frontier(fr: dict, out: Path) -> "Path | None":
     return _save(plt, fig, out)
 
 
-def _frontier_md(fr: dict) -> list[str]:
-    metric = fr["metric"]
-    lines = ["## Frontier", "", f"Every measured form on validation ({len(fr['rows'])} forms of "
-             f"{sum(c['status'] == 'trained' for c in fr['candidates'].values())} students); "
-             "**bold** = on the Pareto front (validation " + metric + " vs p50 latency)." +
-             (f" Chosen for {fr['budget']}: **{fr['chosen']['validation']['model']}**." if fr.get("chosen") else ""),
-             "", f"| student | form | {metric} | retention | MB | p50 ms | smaller | faster |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(fr["rows"], key=lambda r: r["latency_ms_p50"]):
-        b = "**" if r.get("on_front") else ""
-        lines.append(f"| {b}{r['candidate']}{b} | {r['form']} | {r[metric]:.4f} | {r['retention']:.1%} | "
-                     f"{r['size_mb']:.1f} | {r['latency_ms_p50']:.2f} | {r['compression']:.1f}x | "
-                     f"{r['speedup_p50']:.1f}x |")
-    stopped = [f"{n} ({c['note']})" for n, c in fr["candidates"].items() if c["status"] == "stopped"]
-    return lines + ([""] + ["Stopped early: " + "; ".join(stopped) + "."] if stopped else []) + [""]
-
-
-def _active_md(summary: dict, metric: str) -> list[str]:
-    lines = ["## Active learning", "",
-             f"Strategy **{summary['strategy']}**, oracle **{summary['oracle']}**: {summary['labels']} labels "
-             f"({', '.join(f'{k} {v}' for k, v in summary['sources'].items())}), {summary['teacher_queries']} distinct "
-             f"examples asked of the teacher, {summary['ignored']} pool examples ignored; "
-             f"status {summary['status']}" + (f" ({summary['stopped']})" if summary.get("stopped") else "") + ".", "",
-             f"| round | labels | validation {metric} | test {metric} | kappa | train s |", "|---:|---:|---:|---:|---:|---:|"]
-    for r in summary["rounds"]:
-        test = f"{r['test'][metric]:.4f}" if "test" in r else ""
-        kappa = f"{r['kappa']:.3f}" if r.get("kappa") is not None else ""
-        lines.append(f"| {r['round']} | {r['labels']} | {r['validation'][metric]:.4f} | {test} | {kappa} | "
-                     f"{r['train_seconds']} |")
-    return lines + [""]
-
-
-def _compare_md(comp: dict) -> list[str]:
-    ref = comp.get("reference")
-    lines = ["## Label efficiency", ""]
-    if ref:
-        lines += [f"All {ref['labels']} pool labels: {comp['split']} {comp['metric']} {ref['mean']:.4f} ± {ref['std']:.4f}; "
-                  f"target {comp['target']:.0%} of it = {comp['target'] * ref['mean']:.4f}.", ""]
-    lines += [f"| strategy | labels to reach target | vs random | {comp['metric']} at most labels | teacher queries |",
-              "|---|---:|---:|---:|---:|"]
-    for name, st in comp["strategies"].items():
-        need = st.get("labels_to_reach")
-        frac = st.get("fraction_of_random")
-        last = f"{st['mean'][-1]:.4f} ± {st['std'][-1]:.4f} ({st['labels'][-1]})" if st["labels"] else ""
-        lines.append(f"| {name} | {'not reached' if need is None else f'{need:.0f}'} | "
-                     f"{'' if frac is None else f'{frac:.0%}'} | {last} | {st['teacher_queries']:.0f} |")
-    return lines + [""]
-
-
-def _checks_md(blob: dict) -> list[str]:
-    """The warnings of the checks (``kdflow check``'s fast pass before training, and the scores after it)."""
-    seen, lines = set(), []
-    for role, entry in blob.items():
-        for f in (entry.get("checks") or []) if isinstance(entry, dict) else []:
-            if isinstance(f, dict) and (f.get("message"), role) not in seen:
-                seen.add((f.get("message"), role))
-                lines.append(f"- **{f.get('level', 'warning')}** ({role}, {f.get('check', '')}): {f.get('message')}")
-    return ["## Checks", "", *lines, ""] if lines else []
-
-
 def _table_md(rows: list[dict]) -> str:
     from .compare import table
     return table(rows)
@@ -270,7 +211,7 @@ def nan_for_null(value):
 def read_records(run: "str | Path") -> tuple[dict, list[dict], "dict | None"]:
     """metrics.json, metrics.csv's rows and active_compare.json of a run, each checked before anything is
     written: a damaged file is one sentence naming it."""
-    run = Path(run)
+    run = must_be_folder(Path(run), f"Run folder '{run}'", RUN_FIX)
     blob = nan_for_null(read_metrics(run))
     rows = read_rows(run / "metrics.csv")
     comp_path = run / "active_compare.json"
@@ -284,6 +225,14 @@ def read_records(run: "str | Path") -> tuple[dict, list[dict], "dict | None"]:
     if any(not isinstance(r, dict) or not isinstance(r.get("model"), str) for r in blob.get("deploy") or []):
         raise KdflowError(f"'{run / 'metrics.json'}' holds 'deploy' rows without a model name; {METRICS_FIX}")
     return blob, rows, comp
+
+
+def report(run: "str | Path") -> dict:
+    """``kdflow report RUN``: :func:`write_report` on a run folder that holds a metrics.json."""
+    folder = must_be_folder(Path(run), f"Run folder '{run}'", RUN_FIX)
+    if not (folder / "metrics.json").exists():
+        raise KdflowError(f"'{run}' holds no metrics.json; give a run folder after 'kdflow teach' or 'distill'")
+    return write_report(folder)
 
 
 def write_report(run: "str | Path") -> dict:
@@ -321,7 +270,7 @@ def _markdown(run: Path, blob: dict, comp: "dict | None") -> tuple[list[dict], s
                   if role in blob and "test" in blob[role]]
         metric = "accuracy" if deploy and "accuracy" in deploy[0] else "pearson"
     active, fr = blob.get("active"), blob.get("frontier")
-    lines = [f"# kdflow report: {run.name}", ""]
+    lines = [f"# kdflow report: {run.name}", "", *overlap_md(blob, metric)]
     if deploy and "latency_ms_p50" in deploy[0]:
         lines += ["## Teacher vs student", "", _table_md(deploy), ""]
     elif deploy:
@@ -334,8 +283,8 @@ def _markdown(run: Path, blob: dict, comp: "dict | None") -> tuple[list[dict], s
                      if k in entry}
             lines += [f"## {role}", "", "| " + " | ".join(facts) + " |", "|" + "---|" * len(facts),
                       "| " + " | ".join(str(v) for v in facts.values()) + " |", ""]
-    extra = _checks_md(blob) + (_frontier_md(fr) if fr else []) + (_compare_md(comp) if comp else []) + (
-        _active_md(active, active.get("metric", "accuracy")) if active else [])
+    extra = checks_md(blob) + (frontier_md(fr) if fr else []) + (compare_md(comp) if comp else []) + (
+        active_md(active, active.get("metric", "accuracy")) if active else [])
     lines += extra
     _page(run.name, deploy, metric, extra, [])  # the HTML's table reads the rows too: fail here, not half-way
     [(c["true"], c["predicted"], float(c["count"])) for r in deploy for c in r.get("top_confusions") or []]

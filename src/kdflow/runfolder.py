@@ -21,7 +21,10 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from .checkpoint import has_checkpoint
 from .distributed import is_main
+from .errors import KdflowError
+from .runlog import RunLog
 
 PROGRESS = ("checkpoints", "active", "frontier")  # where an interrupted command's finished work lives
 # the files that mark finished work there: a sealed checkpoint, a saved active-learning or frontier state
@@ -147,4 +150,34 @@ def discard(path: Path, run_dir: Path) -> None:
     snap.aside.append((path, waits))
 
 
-__all__ = ["Snapshot", "kept", "discard", "PROGRESS"]
+def nothing_to_resume(run_dir: Path, role: str) -> None:
+    """--resume on a run folder without this role's checkpoint (or active-learning state): one sentence."""
+    if role in ("teacher", "student") and not has_checkpoint(run_dir / "checkpoints" / role):
+        raise KdflowError(f"There is no {role} checkpoint to resume in '{run_dir / 'checkpoints' / role}'; drop "
+                          "--resume to start")
+    if role == "active" and not (run_dir / "active" / "state.json").is_file():
+        raise KdflowError(f"There is no active-learning run to resume in '{run_dir}'; drop --resume to start one")
+
+
+def guard(run_dir: Path, acc, role: str, resume: bool, overwrite: bool) -> None:
+    """Before a command writes into ``run_dir``: never silently overwrite finished or half-finished work,
+    --overwrite clears this role's records (moved aside until it succeeds), --resume needs something to resume."""
+    ckpt, out = run_dir / "checkpoints" / role, run_dir / role
+    if resume and overwrite:
+        raise KdflowError("--resume continues a run and --overwrite discards it; pass only one of them")
+    if resume:  # nothing to resume is said before any work (a teacher's outputs would take minutes)
+        nothing_to_resume(run_dir, role)
+    if overwrite and acc.is_main_process:  # moved aside until the command succeeds (kdflow.runfolder)
+        discard(ckpt, run_dir)
+        discard(out, run_dir)
+        roles = {role, "teacher_guide"} if role == "student" else {role}
+        for r in roles:
+            discard(run_dir / "tensorboard" / r, run_dir)
+        RunLog.drop_rows(run_dir, roles)
+    elif not resume and (ckpt.exists() or out.exists()):
+        raise KdflowError(f"Run folder '{run_dir}' already holds a {role}; pass --resume to continue it, "
+                          f"--overwrite to start it again, or choose another run.name")
+    acc.wait_for_everyone()
+
+
+__all__ = ["Snapshot", "kept", "discard", "guard", "nothing_to_resume", "PROGRESS"]

@@ -46,9 +46,12 @@ class Loop:
     """State and models of one active-learning run (see the module docstring)."""
 
     def __init__(self, cfg: Config, resume: bool, overwrite: bool):
+        cfg, resolved = settings.resolve(cfg)
         self.cfg, self.ac = cfg, cfg.active
         settings.check(cfg)
         self.run = pipeline.setup(cfg, cfg.train, "active", resume, overwrite)
+        if resolved:
+            self.run.info(resolved)
         d = self.run.data
         self.given = len(d.train) if d.unlabelled is not None else 0  # data.train is the seed set
         self.pool: Split = d.train + d.unlabelled if d.unlabelled is not None else d.train
@@ -346,10 +349,11 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
            labels: Optional[str] = None) -> dict:
     """Run (or continue) pool-based active learning; see :class:`kdflow.config.ActiveConfig`.
 
-    Returns the summary (also ``metrics.json["active"]``): ``status`` is ``done`` (with
-    ``stopped``, the reason) or ``waiting`` (humans must label ``pending["files"]["csv"]``,
-    then call again with ``resume=True, labels=FILE``).
+    Returns the summary (also ``metrics.json["active"]``): ``status`` is ``done`` (with ``stopped``, the reason)
+    or ``waiting`` (humans must label ``pending["files"]["csv"]``, then call again with ``resume=True, labels=FILE``).
     """
+    if labels is not None:  # the file comes first: nothing else is worth checking without it
+        oracles.label_file(labels)
     cfg = load_config(config, overrides)
     command = "kdflow active " + (str(config) if isinstance(config, (str, Path)) else "CONFIG") + "".join(
         f" --set {o}" for o in overrides or [] if not o.startswith("run.quiet"))
@@ -359,7 +363,7 @@ def active(config, overrides: Optional[list[str]] = None, resume: bool = False, 
 
 def _active(cfg: Config, command: str, resume: bool, overwrite: bool, labels: Optional[str]) -> dict:
     loop = Loop(cfg, resume, overwrite)
-    loop.command = command
+    cfg, loop.command = loop.cfg, command  # its unset keys resolved
     if cfg.active.stop_parity:  # before the resume checks: a run that stopped at parity stays stopped
         v = loop.run.data.validation
         t_logits = teacher_logits(loop.run, loop.teacher, v, pipeline.featurizer(loop.run, loop.tokenizer),

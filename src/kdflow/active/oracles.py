@@ -26,6 +26,7 @@ import numpy as np
 from ..data import Split
 from ..distributed import is_main
 from ..errors import KdflowError
+from ..files import must_be_file
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -195,13 +196,16 @@ def _json_item(item, i: int) -> tuple[str, Optional[str], Optional[str]]:
     return where, key, answers[0] if answers else None
 
 
+def label_file(path: "str | Path") -> Path:
+    """The label file a human filled in, when it is a file; else one sentence saying what it is instead."""
+    return must_be_file(Path(path), f"Label file '{path}'", "give the path of the file you filled in (to_label.csv, "
+                        "to_label.jsonl or a Label Studio JSON export)")
+
+
 def read_labels(path: "str | Path", requested: list[str], label_names: list[str]
                 ) -> tuple[dict[str, str], list[str]]:
     """``({id: label}, [skipped ids])`` for exactly the ``requested`` ids, or one error naming the bad row."""
-    path = Path(path)
-    if not path.is_file():
-        raise KdflowError(f"Label file '{path}' does not exist; give the path of the file you filled in "
-                          "(to_label.csv, to_label.jsonl or a Label Studio JSON export)")
+    path = label_file(path)
     wanted, names = set(requested), set(label_names)
     labels: dict[str, str] = {}
     skipped: list[str] = []

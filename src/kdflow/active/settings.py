@@ -5,6 +5,8 @@ Every check here runs before any work starts (and before the run folder is touch
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..config import Config, same_setting
 from ..errors import KdflowError
 from .coldstart import COLD_STARTS
@@ -18,6 +20,31 @@ def needs_teacher(cfg: Config) -> bool:
     return (cfg.distill.alpha > 0 or ac.oracle in ("teacher", "hybrid") or ac.strategy == "disagreement"
             or (ac.strategy in COMMITTEE and ac.committee == "teacher_student") or ac.stop_parity is not None
             or ac.initial_strategy in COLD_STARTS)
+
+
+def resolve(cfg: Config) -> tuple[Config, Optional[str]]:
+    """``cfg`` with the unset keys resolved to what works with the others, and a line saying so (for the log).
+
+    ``initial_strategy``: stratified where the pool's gold labels exist (oracle gold, or a seed set in data.train);
+    else a cold start that needs none -- typicality under target teacher_calls or teacher (the teacher's calls are
+    counted, or its head is not trained yet), balanced by the teacher's predictions where the run asks the teacher
+    anyway, random where it asks it nothing. ``cold_start_labels`` asks for a cold start in any case."""
+    ac = cfg.active
+    if ac.initial_strategy is not None:
+        return cfg, None
+    gold = ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold") or bool(cfg.data.unlabelled)
+    if gold and not ac.cold_start_labels:
+        choice, why = "stratified", "the pool's gold labels are known"
+    elif ac.target in ("teacher", "teacher_calls"):
+        choice, why = "typicality", f"target {ac.target} with oracle {ac.oracle}, no gold labels to stratify by"
+    elif needs_teacher(cfg.model_copy(update={"active": ac.model_copy(update={"initial_strategy": "random"})})):
+        choice, why = "balanced", f"oracle {ac.oracle} has no gold labels; the teacher's predictions balance the classes"
+    else:
+        choice, why = "random", f"oracle {ac.oracle} has no gold labels and this run asks the teacher nothing"
+    if ac.cold_start_labels and choice == "stratified":
+        choice, why = "balanced", "cold_start_labels asks for a cold start"
+    done = cfg.model_copy(update={"active": ac.model_copy(update={"initial_strategy": choice})})
+    return done, f"[active] initial_strategy {choice} (auto: {why})"
 
 
 def _check_distill(cfg: Config) -> None:
@@ -151,4 +178,4 @@ def open_state(loop, resume: bool) -> PoolState:
     return loop.state
 
 
-__all__ = ["needs_teacher", "check", "signature", "check_resume", "open_state"]
+__all__ = ["needs_teacher", "resolve", "check", "signature", "check_resume", "open_state"]

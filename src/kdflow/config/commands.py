@@ -38,8 +38,9 @@ class ActiveConfig(Strict):
     hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this
     hybrid_human: Literal["human", "gold"] = "human"  # hybrid: who labels the rest (gold = simulation)
     initial: int = Field(100, ge=1)
-    # typicality / balanced: the teacher's view of the pool, no gold labels (kdflow.active.coldstart)
-    initial_strategy: Literal["random", "stratified", "typicality", "balanced"] = "stratified"
+    # typicality / balanced: the teacher's view of the pool, no gold labels (kdflow.active.coldstart); unset: what
+    # works with the other keys (kdflow.active.settings.resolve: stratified where gold labels exist, else a cold start)
+    initial_strategy: Optional[Literal["random", "stratified", "typicality", "balanced"]] = None
     cold_start_labels: Optional[int] = Field(None, ge=1)  # batches by initial_strategy until this many labels
     per_round: int = Field(100, ge=1)
     growth: float = Field(1.0, ge=1.0)

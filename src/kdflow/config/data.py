@@ -38,6 +38,13 @@ class DataConfig(Strict):
     Without a validation split, a seeded stratified ``validation_fraction`` of
     train is held out. The test split is never used for model selection.
 
+    A held-out split (a validation file, test, the extra tests) of which more than 5 % of the
+    examples are in the training data as given (train, the transfer set, a validation split held
+    out of train; exactly or once case, punctuation and spacing are ignored) would score memory:
+    every command refuses it (:mod:`kdflow.leakage`) unless ``allow_overlap: true``, which
+    scores it knowingly. Whenever any overlap exists, the score of the split's other examples is
+    reported beside the whole split's (``test_clean`` in ``metrics.json``, the log and the report).
+
     ``glue``: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; implied by
     ``hub: glue/<task>``) fixes the task kind, the label names, the default metric and
     the file layouts (:mod:`kdflow.data.tasks`). ``extra_tests``: further labelled
@@ -79,6 +86,7 @@ class DataConfig(Strict):
     unlabelled: Optional[str] = None
     max_unlabelled_examples: Optional[int] = Field(None, ge=1)
     include_out_of_scope: bool = False
+    allow_overlap: bool = False  # score held-out splits that repeat the training data (above 5 %) knowingly
     seed: int = Field(42, ge=0, lt=2**32)  # held-out validation split, train subsample: one for every command
 
     def columns_given(self) -> set[str]:

@@ -11,10 +11,10 @@
 from .batches import input_batches, loader, make_collate, set_epoch, train_loader
 from .features import (FEATURIZERS, Featurizer, ImageFeaturizer, ImagePreprocess, TextFeaturizer, ValuesFeaturizer,
                        image_preprocess, make_featurizer, modality_of)
-from .load import load_data
+from .load import load_data, source_of
 from .splits import IGNORE, Split, TaskData, content_keys, example_ids, stratified_sample, stratified_split
 
-__all__ = ["load_data", "Split", "TaskData", "IGNORE", "content_keys", "example_ids", "stratified_sample",
+__all__ = ["load_data", "source_of", "Split", "TaskData", "IGNORE", "content_keys", "example_ids", "stratified_sample",
            "stratified_split", "Featurizer", "TextFeaturizer", "ValuesFeaturizer", "ImageFeaturizer",
            "ImagePreprocess", "image_preprocess", "FEATURIZERS", "make_featurizer", "modality_of",
            "loader", "make_collate", "train_loader", "input_batches", "set_epoch"]

@@ -22,6 +22,20 @@ from .tables import read_path, read_split_files, read_table, split_files, text_i
 from .tasks import glue_task, read_glue_files
 
 
+MISSING_LABELS = {"", "nan", "null", "none"}  # label cells that read as a missing value (any case)
+
+
+def refuse_missing_labels(parts: dict[str, tuple[dict, list]], cfg: DataConfig) -> None:
+    """A class label that reads as a missing value (None, NaN, or the words nan / null / none, or blank) is
+    refused with its split and row: never made a class of its own."""
+    for split, (_, raw) in parts.items():
+        for i, y in enumerate(raw):
+            if y is None or (isinstance(y, float) and y != y) or str(y).strip().casefold() in MISSING_LABELS:
+                raise KdflowError(f"Row {i} of the {split} split ({source_of(cfg, split)}, column "
+                                  f"'{cfg.label_column}') holds a label that reads as a missing value ({y!r}); give "
+                                  "that row its label or drop it (a missing label is never made a class)")
+
+
 def label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
     """Sorted label names: integers in numeric order first, then strings."""
     names = sorted({str(y) for y in raw_labels}, key=lambda s: (not s.lstrip("-").isdigit(),
@@ -115,6 +129,8 @@ def load_data(cfg: DataConfig) -> TaskData:
     notes: list[str] = []
     parts = _read_source(cfg, notes)
     classification = cfg.task == "classification"
+    if classification:
+        refuse_missing_labels(parts, cfg)
     if cfg.glue:  # the task's own label names and order, whatever the training labels hold
         names = list(glue_task(cfg.glue).labels) if classification else None
     else:
@@ -126,7 +142,8 @@ def load_data(cfg: DataConfig) -> TaskData:
         keep = stratified_sample(train.targets, cfg.max_train_examples, cfg.seed + 1, classification)
         notes.append(f"train subsampled from {len(train)} to {len(keep)} examples (data.max_train_examples)")
         train = train.subset(keep)
-    if "validation" in splits:
+    carved = "validation" not in splits
+    if not carved:
         validation = splits["validation"]
     else:
         train, validation = _hold_out_validation(train, cfg, notes)
@@ -137,7 +154,7 @@ def load_data(cfg: DataConfig) -> TaskData:
     held = [validation, splits.get("test"), *extra.values()]
     images = "image" in train.inputs
     unlabelled = read_unlabelled(cfg, held, notes, train if images else None) if cfg.unlabelled else None
-    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra)
+    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra, carved)
 
 
 def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: Optional[Split] = None) -> Split:

@@ -59,6 +59,7 @@ class TaskData:
     notes: list[str] = field(default_factory=list)
     unlabelled: Optional[Split] = None  # transfer set: inputs only (targets -100 / NaN)
     extra_tests: dict[str, Split] = field(default_factory=dict)  # scored beside test (MNLI: mismatched)
+    validation_from_train: bool = False  # no validation split was given: kdflow held this one out of train
 
     @property
     def num_labels(self) -> int:

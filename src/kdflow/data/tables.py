@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import KdflowError, first_line
-from ..files import json_type, parse_json, read_text, text_encoding
+from ..files import json_type, must_be_file, must_be_folder, parse_json, read_text, text_encoding
 
 TEXT_FORMATS = ("csv", "tsv", "json", "jsonl")
 SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
@@ -31,18 +31,12 @@ def format_of(path: Path, declared: str) -> str:
 
 
 def must_exist(path: Path, key: str, folder: bool = False) -> Path:
-    """``path`` if it is a file (or, with ``folder``, a directory); else an error naming ``data.<key>``."""
+    """``path`` if it is a file (or, with ``folder``, a folder that holds something); else one sentence naming
+    ``data.<key>``: it does not exist, it is an empty folder, a folder where a file belongs, or the reverse."""
+    fix = f"check data.{key} (relative paths are read from the current directory)"
     if folder:
-        if not path.is_dir():
-            raise KdflowError(f"data.{key} folder '{path}' does not exist or is not a folder; check the path "
-                              "(relative paths are read from the current directory)")
-        return path
-    if path.is_dir():
-        raise KdflowError(f"data.{key} '{path}' is a folder, not a file; point data.{key} at the file itself")
-    if not path.is_file():
-        raise KdflowError(f"data.{key} file '{path}' does not exist; check the path (relative paths are "
-                          "read from the current directory)")
-    return path
+        return must_be_folder(path, f"data.{key} '{path}'", fix)
+    return must_be_file(path, f"data.{key} '{path}'", f"point data.{key} at the file itself" if path.is_dir() else fix)
 
 
 def read_table(path: Path, cfg: DataConfig, key: str = "train"):
@@ -247,8 +241,8 @@ def read_split(path: Path, cfg: DataConfig, key: str) -> tuple[dict, list]:
     """One split file: an image folder (a directory, or ``format: folder``), an ``.npz`` of images, a
     table of pixels (with ``data.image_shape``) or a table of text / numeric sequences."""
     from .images import pixel_inputs, read_image_folder, read_npz
-    if cfg.format == "folder" or (cfg.format == "auto" and path.is_dir()):
-        return read_image_folder(must_exist(path, key, folder=True), cfg, key)
+    if cfg.format == "folder" or (cfg.format == "auto" and path.is_dir() and path.suffix.lower() not in SUFFIX_FORMAT):
+        return read_image_folder(must_exist(path, key, folder=True), cfg, key)  # a folder named x.csv is no image folder
     if format_of(must_exist(path, key), cfg.format) == "npz":
         return read_npz(path, key, cfg.image_size)
     df = read_table(path, cfg, key)

@@ -21,12 +21,13 @@ from torch import nn
 from ..config import ModelSpec
 from ..data.features import ImagePreprocess
 from ..errors import KdflowError
+from ..files import must_be_folder
 from . import dkvb, encoder, hf, vision
 from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
 from .hf import (build_hf_student, copied_blocks, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
                  load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
-from .io import LABELS_FILE, count_parameters, fingerprint, save_model, saved_labels
+from .io import LABELS_FILE, check_source, count_parameters, fingerprint, save_model, saved_labels
 
 KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND, "vision": vision.KIND, "dkvb": dkvb.KIND}
 
@@ -43,9 +44,7 @@ def starts_pretrained(spec: ModelSpec, model: nn.Module) -> bool:
 
 def load_saved(folder: "str | Path"):
     """(model, tokenizer or None, label_names, task) from a folder written by :func:`save_model`."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise KdflowError(f"Model folder '{folder}' does not exist; give a run folder or a saved model folder")
+    folder = must_be_folder(Path(folder), f"Model folder '{folder}'", "give a saved model folder (e.g. runs/NAME/student)")
     labels, task = saved_labels(folder)
     found = [name for name, k in KINDS.items() if k.saved_in(folder)]
     if not found:
@@ -69,7 +68,7 @@ def block_list(model: nn.Module) -> nn.ModuleList:
     return layer_list(model)[1]
 
 
-__all__ = ["KINDS", "ModelKind", "BuildContext", "kind", "starts_pretrained", "copied_blocks", "load_saved", "block_list", "save_model", "saved_labels",
+__all__ = ["KINDS", "ModelKind", "BuildContext", "check_source", "kind", "starts_pretrained", "copied_blocks", "load_saved", "block_list", "save_model", "saved_labels",
            "count_parameters", "fingerprint", "LABELS_FILE", "ENCODER_CONFIG", "EncoderConfig",
            "TransformerEncoderClassifier", "build_encoder_student", "build_hf_student", "default_teacher_layers",
            "has_task_head", "init_from_teacher", "layer_list", "load_hf_classifier", "load_tokenizer",

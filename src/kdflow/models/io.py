@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -12,11 +13,23 @@ import torch
 from torch import nn
 
 from ..errors import KdflowError, first_line
-from ..files import json_type, read_json
+from ..files import json_type, must_be_folder, read_json
 
 LABELS_FILE = "kdflow_labels.json"
 WEIGHTS_FILE = "model.safetensors"
 DAMAGED = "the model folder is damaged: save the model again, or copy the folder over again from where it was saved"
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "org/name"; anything else is a local path
+
+
+def check_source(name: str, what: str) -> None:
+    """A model named by a folder or a hub id: a local path that does not exist, is a file or is an empty folder
+    is one sentence saying so (a hub id is left to the hub, which says whether it could be reached)."""
+    path = Path(name).expanduser()
+    if path.exists() or not HUB_ID.fullmatch(name):
+        must_be_folder(path, f"{what} '{name}'", "give a saved model folder (kdflow teach saves RUN/teacher) or a "
+                       "hub id such as org/name")
 
 
 def save_model(model: nn.Module, folder: "str | Path", tokenizer=None, label_names=None, task="classification"):
@@ -100,5 +113,5 @@ def fingerprint(model: nn.Module, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-__all__ = ["LABELS_FILE", "WEIGHTS_FILE", "save_model", "saved_labels", "read_model_json", "check_sizes",
+__all__ = ["LABELS_FILE", "WEIGHTS_FILE", "check_source", "save_model", "saved_labels", "read_model_json", "check_sizes",
            "load_weights", "count_parameters", "fingerprint"]
