@@ -90,6 +90,12 @@ def test_gold_loop_bookkeeping_cache_and_outputs(taught, gold_run):
     run = taught[0] / "gold"
     rows = list(csv.DictReader(open(run / "active" / "rounds.csv")))
     assert [int(r["labels"]) for r in rows] == [8, 16, 28] and "test_accuracy" in rows[0]
+    # 2 of the 48 test texts are also train texts: each round's test score has its clean part's beside it
+    assert out["overlap"]["test"]["overlapping"] == 2 and out["overlap"]["test"]["clean_examples"] == 46
+    assert all(set(r["test_clean"]) == set(r["test"]) for r in out["rounds"]) and "test_clean_accuracy" in rows[0]
+    again = kdflow.evaluate(str(run / "active" / "student"), config=cfg)  # the same clean part, scored afresh
+    assert again["overlap"]["clean_examples"] == 46
+    assert again["clean"]["accuracy"] == pytest.approx(out["rounds"][-1]["test_clean"]["accuracy"])
     epochs = list(csv.DictReader(open(run / "active" / "epochs.csv")))
     assert {r["role"] for r in epochs} == {"round0", "round1", "round2"}
     assert (run / "active" / "student" / "model.safetensors").is_file()

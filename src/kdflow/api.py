@@ -17,6 +17,7 @@ from .data import load_data, make_featurizer, train_loader
 from .distiller import Distiller
 from .errors import KdflowError
 from .files import RUN_FIX, must_be_folder
+from .leakage import clean_part, overlaps
 from .losses import hinton_loss
 from .measure import files_size_mb
 from .metrics import quality
@@ -174,10 +175,15 @@ def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, sp
     if task != run.data.task or labels != run.data.label_names:
         raise KdflowError(f"The model in '{folder}' was trained for other labels (or another task) than this "
                           "data's; evaluate it on the data it was trained for")
-    part = run.data.split(split)
+    part, feat = run.data.split(split), pipeline.featurizer(run, tokenizer)
     model.to(run.acc.device)
-    result = pipeline.eval_fn(run, part, pipeline.featurizer(run, tokenizer), cfg.train.eval_batch_size)(model)
-    return {"model": str(folder), "split": split, "examples": len(part), **result}
+    result = pipeline.eval_fn(run, part, feat, cfg.train.eval_batch_size)(model)
+    o, extra = overlaps(run.data).get(split), {}
+    if o is not None:  # a split that repeats training data: its other examples' score beside
+        clean = clean_part(part, o)
+        extra = {"overlap": o.as_dict(), "clean": None if clean is None else
+                 pipeline.eval_fn(run, clean, feat, cfg.train.eval_batch_size)(model)}
+    return {"model": str(folder), "split": split, "examples": len(part), **result, **extra}
 
 
 def compare(teacher: str, student: str, config=None, overrides: Optional[list[str]] = None, split: str = "test",

@@ -30,10 +30,14 @@ def active_md(summary: dict, metric: str) -> list[str]:
              f"Strategy **{summary['strategy']}**, oracle **{summary['oracle']}**: {summary['labels']} labels "
              f"({', '.join(f'{k} {v}' for k, v in summary['sources'].items())}), {summary['teacher_queries']} distinct "
              f"examples asked of the teacher, {summary['ignored']} pool examples ignored; "
-             f"status {summary['status']}" + (f" ({summary['stopped']})" if summary.get("stopped") else "") + ".", "",
+             f"status {summary['status']}" + (f" ({summary['stopped']})" if summary.get("stopped") else "") + "."
+             + "".join(f" {o['overlapping']} of the {o['examples']} {split} examples are in the training data: "
+                       f"'clean' scores the other {o['clean_examples']}." for split, o in
+                       (summary.get("overlap") or {}).items() if split == "test"), "",
              f"| round | labels | validation {metric} | test {metric} | kappa | train s |", "|---:|---:|---:|---:|---:|---:|"]
     for r in summary["rounds"]:
         test = f"{r['test'][metric]:.4f}" if "test" in r else ""
+        test += f" ({r['test_clean'][metric]:.4f} clean)" if "test_clean" in r else ""
         kappa = f"{r['kappa']:.3f}" if r.get("kappa") is not None else ""
         lines.append(f"| {r['round']} | {r['labels']} | {r['validation'][metric]:.4f} | {test} | {kappa} | "
                      f"{r['train_seconds']} |")

@@ -44,6 +44,7 @@ def kappa(previous: Optional[list], pred: np.ndarray) -> Optional[float]:
 
 def round_line(rec: dict, metric: str) -> str:
     test = f", test {metric} {rec['test'][metric]:.4f}" if "test" in rec else ""
+    test += f" ({rec['test_clean'][metric]:.4f} without its examples in train)" if "test_clean" in rec else ""
     kappa = f", kappa {rec['kappa']:.3f}" if rec.get("kappa") is not None else ""
     src = ", ".join(f"{k} {v}" for k, v in rec["sources"].items())
     return (f"[active] round {rec['round']}: {rec['labels']} labels ({src}), teacher queries "
@@ -59,6 +60,7 @@ def summary(loop: "Loop", cfg: Config, status: str) -> dict:
             "ignored": len(state.ignored), "teacher_queries": len(state.teacher_queries),
             "pool": len(loop.pool), "rounds": rounds, "batches": state.batch_meta,
             "pending": state.pending, "teacher_validation": loop.teacher_val,
+            "overlap": {name: o.as_dict() for name, o in loop.run.overlap.items()},
             "student": str(loop.folder / "student") if status == "done" else None}
 
 
@@ -74,6 +76,7 @@ def write(loop: "Loop", result: dict) -> None:
         row.update({f"{src}_labels": n for src, n in r["sources"].items()})
         row.update({f"val_{k}": v for k, v in r["validation"].items()})
         row.update({f"test_{k}": v for k, v in r.get("test", {}).items()})
+        row.update({f"test_clean_{k}": v for k, v in r.get("test_clean", {}).items()})
         for split, scores in (r.get("teacher") or {}).items():  # target teacher: the fine-tuned teacher's
             if isinstance(scores, dict):
                 row.update({f"teacher_{split}_{k}": v for k, v in scores.items()})
@@ -138,7 +141,12 @@ def evaluate_round(loop: "Loop", model, r: int, new: int, result) -> dict:
                                  ).get("select_seconds"),
               "validation": quality(val_logits, d.validation.targets, "classification"), "kappa": agreement}
     if loop.ac.evaluate_test and d.test is not None:
-        record["test"] = quality(run(d.test), d.test.targets, "classification")
+        logits = run(d.test)
+        record["test"] = quality(logits, d.test.targets, "classification")
+        o = loop.run.overlap.get("test")  # beside it, whenever test repeats training data: its other examples'
+        if o is not None and o.count < o.size:
+            keep = np.setdiff1d(np.arange(len(d.test)), o.rows)
+            record["test_clean"] = quality(logits[keep], d.test.targets[keep], "classification")
     record["_val_pred"] = pred.tolist()
     model.cpu()
     return record

@@ -28,6 +28,7 @@ import torch
 from .. import pipeline
 from ..data import IGNORE, train_loader
 from ..distiller import Distiller, freeze
+from ..leakage import clean_part
 from ..losses import hinton_loss
 from ..runlog import RunLog
 from ..teacher_cache import teacher_logits
@@ -103,7 +104,9 @@ def _teacher_scores(loop: "Loop") -> dict:
     d, run = loop.run.data, loop.run
     feat = pipeline.featurizer(run, loop.tokenizer)
     out = {}
-    for name, split in (("validation", d.validation), ("test", d.test if loop.ac.evaluate_test else None)):
+    test = d.test if loop.ac.evaluate_test else None
+    clean = clean_part(test, run.overlap["test"]) if test is not None and "test" in run.overlap else None
+    for name, split in (("validation", d.validation), ("test", test), ("test_clean", clean)):
         if split is not None:  # the evaluation every fit uses (split over processes, gathered)
             out[name] = pipeline.eval_fn(run, split, feat, loop.cfg.teach.eval_batch_size)(
                 loop.teacher.to(run.acc.device))
