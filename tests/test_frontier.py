@@ -115,9 +115,11 @@ def test_frontier_trains_measures_chooses_and_reselects(taught, tmp_path, capsys
     assert "No student of the frontier meets retention >= 101.0%" in capsys.readouterr().err
 
 
-def test_frontier_resumes_after_an_interruption(taught, tmp_path, monkeypatch):
+def test_frontier_resumes_after_an_interruption(taught, tmp_path, monkeypatch, capsys):
     from kdflow import frontier as fr_mod
     config = _write(taught, tmp_path, "r")
+    assert main(["frontier", config, "--resume", "--quiet"]) == 2  # nothing to resume yet: said, not started
+    assert "There is no frontier to resume in" in capsys.readouterr().err
     real, calls = fr_mod.Frontier.train, []
 
     def interrupted(self, name, until):

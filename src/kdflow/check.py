@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .data.splits import Split, TaskData
+from .data import Split, TaskData, source_of
 from .errors import KdflowError
 from .leakage import Keys, Overlap, overlaps
 
@@ -97,9 +97,9 @@ def _overlap(pair: tuple[str, Split, str, Split], keys: Keys, held_out_here: boo
     if len(exact) == n:
         why = ("train repeats itself; deduplicate train" if held_out_here else
                f"it repeats the data that picks the best epoch; give a separate {held_name} file")
-        return [Finding("warning", "leakage", f"The {held_name} split {'equals' if len(exact_train) == len(set(exact_held)) else 'is contained in'} "
-                        f"the {train_name} split (all {n} of its examples are {train_name} examples): {why}",
-                        [_shown(held, i) for i in exact[:EXAMPLES]])]
+        how = "equals" if len(exact_train) == len(set(exact_held)) else "is contained in"
+        return [Finding("warning", "leakage", f"The {held_name} split {how} the {train_name} split (all {n} of its "
+                        f"examples are {train_name} examples): {why}", [_shown(held, i) for i in exact[:EXAMPLES]])]
     out = []
     if exact:
         out.append(Finding("warning" if len(exact) >= 0.01 * n else "info", "leakage",
@@ -226,7 +226,6 @@ def head_labels(cfg) -> dict[str, Optional[list]]:
 
 def data_findings(cfg, data: TaskData, heads: Optional[dict] = None) -> list[Finding]:
     """Every check that reads the data and the saved heads only (fast: no model runs)."""
-    from .data import source_of
     keys = Keys()  # train's keys serve the leakage and the conflicting-label checks alike
     return [*leakage_findings(data, keys, cfg.data.allow_overlap, lambda split: source_of(cfg.data, split)),
             *label_findings(data, head_labels(cfg) if heads is None else heads, keys), *task_findings(cfg, data)]

@@ -33,8 +33,8 @@ EPILOG = """config keys (YAML sections, or --set section.key=value):
                       metric, seed, deterministic, mixed_precision (no|fp16|bf16), device (auto|cpu|cuda|mps)
   active.*            target (student|teacher|teacher_calls), strategy (entropy | random, least_confidence, margin, bald,
                       vote_entropy, committee_kl, coreset, badge, disagreement), oracle (gold|teacher|human|hybrid),
-                      initial (100), initial_strategy (auto: stratified with gold labels, else a cold start; random, typicality,
-                      balanced), cold_start_labels,
+                      initial (100), initial_strategy (auto: stratified with gold labels, else a cold start;
+                      random, typicality, balanced), cold_start_labels,
                       per_round (100), growth (1.0), budget, rounds (10),
                       retrain (scratch|warm), min_steps (100), diversity (1 = off), mc_samples (10),
                       committee (checkpoints|teacher_student), committee_size (3), hybrid_threshold (0.9),

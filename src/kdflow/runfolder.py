@@ -151,12 +151,14 @@ def discard(path: Path, run_dir: Path) -> None:
 
 
 def nothing_to_resume(run_dir: Path, role: str) -> None:
-    """--resume on a run folder without this role's checkpoint (or active-learning state): one sentence."""
+    """--resume on a run folder without this role's checkpoint (or active-learning or frontier state): one
+    sentence."""
     if role in ("teacher", "student") and not has_checkpoint(run_dir / "checkpoints" / role):
         raise KdflowError(f"There is no {role} checkpoint to resume in '{run_dir / 'checkpoints' / role}'; drop "
                           "--resume to start")
-    if role == "active" and not (run_dir / "active" / "state.json").is_file():
-        raise KdflowError(f"There is no active-learning run to resume in '{run_dir}'; drop --resume to start one")
+    names = {"active": "active-learning run", "frontier": "frontier"}
+    if role in names and not (run_dir / role / "state.json").is_file():
+        raise KdflowError(f"There is no {names[role]} to resume in '{run_dir}'; drop --resume to start one")
 
 
 def guard(run_dir: Path, acc, role: str, resume: bool, overwrite: bool) -> None:

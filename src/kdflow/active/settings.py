@@ -38,7 +38,8 @@ def resolve(cfg: Config) -> tuple[Config, Optional[str]]:
     elif ac.target in ("teacher", "teacher_calls"):
         choice, why = "typicality", f"target {ac.target} with oracle {ac.oracle}, no gold labels to stratify by"
     elif needs_teacher(cfg.model_copy(update={"active": ac.model_copy(update={"initial_strategy": "random"})})):
-        choice, why = "balanced", f"oracle {ac.oracle} has no gold labels; the teacher's predictions balance the classes"
+        choice = "balanced"
+        why = f"oracle {ac.oracle} has no gold labels; the teacher's predictions balance the classes"
     else:
         choice, why = "random", f"oracle {ac.oracle} has no gold labels and this run asks the teacher nothing"
     if ac.cold_start_labels and choice == "stratified":

@@ -241,8 +241,9 @@ def read_split(path: Path, cfg: DataConfig, key: str) -> tuple[dict, list]:
     """One split file: an image folder (a directory, or ``format: folder``), an ``.npz`` of images, a
     table of pixels (with ``data.image_shape``) or a table of text / numeric sequences."""
     from .images import pixel_inputs, read_image_folder, read_npz
-    if cfg.format == "folder" or (cfg.format == "auto" and path.is_dir() and path.suffix.lower() not in SUFFIX_FORMAT):
-        return read_image_folder(must_exist(path, key, folder=True), cfg, key)  # a folder named x.csv is no image folder
+    image_folder = path.is_dir() and path.suffix.lower() not in SUFFIX_FORMAT  # a folder named x.csv is none
+    if cfg.format == "folder" or (cfg.format == "auto" and image_folder):
+        return read_image_folder(must_exist(path, key, folder=True), cfg, key)
     if format_of(must_exist(path, key), cfg.format) == "npz":
         return read_npz(path, key, cfg.image_size)
     df = read_table(path, cfg, key)

@@ -44,7 +44,7 @@ def starts_pretrained(spec: ModelSpec, model: nn.Module) -> bool:
 
 def load_saved(folder: "str | Path"):
     """(model, tokenizer or None, label_names, task) from a folder written by :func:`save_model`."""
-    folder = must_be_folder(Path(folder), f"Model folder '{folder}'", "give a saved model folder (e.g. runs/NAME/student)")
+    folder = must_be_folder(Path(folder), f"Model folder '{folder}'", "give a saved model folder (runs/NAME/student)")
     labels, task = saved_labels(folder)
     found = [name for name, k in KINDS.items() if k.saved_in(folder)]
     if not found:
