@@ -7,7 +7,8 @@ comes, so a stopped run loses nothing and a rerun skips the (seed, kernels) pair
 each check's lowest (or highest) value against its bound: the margin BENCHMARKS.md quotes.
 
     python bench/test_margins.py --seeds 10                # seeds 0..9, native and plain kernels
-    python bench/test_margins.py --report                  # the table
+    python bench/test_margins.py --seeds 10 --select test_glue   # again for the tests whose training changed
+    python bench/test_margins.py --report                  # the table (a check's newest runs only)
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ def margin_tests() -> list[str]:
     return out
 
 
-def done() -> set[tuple[int, str]]:
+def done(select: str) -> set[tuple[int, str]]:
     if not RUNS.is_file():
         return set()
-    return {(r["seed"], r["kernels"]) for r in map(json.loads, RUNS.read_text().splitlines())}
+    return {(r["seed"], r["kernels"]) for r in map(json.loads, RUNS.read_text().splitlines())
+            if r.get("select", "") == select}
 
 
-def run(seed: int, kernels: str, tests: list[str]) -> None:
+def run(seed: int, kernels: str, tests: list[str], select: str = "") -> None:
     env = {**os.environ, "KDFLOW_TEST_SEED": str(seed), "KDFLOW_MARGINS": str(OUT), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
     if kernels == "default":
@@ -55,13 +57,17 @@ def run(seed: int, kernels: str, tests: list[str]) -> None:
                            *tests], cwd=ROOT, env=env, capture_output=True, text=True)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
     with open(RUNS, "a") as fh:
-        fh.write(json.dumps({"seed": seed, "kernels": kernels, "exit": proc.returncode, "summary": tail,
-                             "seconds": round(time.time() - started, 1)}) + "\n")
+        fh.write(json.dumps({"seed": seed, "kernels": kernels, "select": select, "exit": proc.returncode,
+                             "summary": tail, "seconds": round(time.time() - started, 1)}) + "\n")
     print(f"seed {seed} kernels {kernels}: {tail} ({time.time() - started:.0f} s)", flush=True)
 
 
 def report() -> str:
     rows = [json.loads(line) for line in OUT.read_text().splitlines()]
+    newest: dict[tuple, dict] = {}  # a check measured again (its test changed) counts by its newest values
+    for r in rows:
+        newest[(r["check"], r["seed"], r["kernels"])] = r
+    rows = list(newest.values())
     runs = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.is_file() else []
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -82,18 +88,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--kernels", default="native,default")
+    p.add_argument("--select", default="", help="only the tests whose node id contains this (default: all)")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     if args.report:
         print(report())
         return
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    tests, finished = margin_tests(), done()
+    tests, finished = [t for t in margin_tests() if args.select in t], done(args.select)
     print(f"{len(tests)} tests: {' '.join(tests)}", flush=True)
     for seed in range(args.seeds):
         for kernels in args.kernels.split(","):
             if (seed, kernels) not in finished:
-                run(seed, kernels, tests)
+                run(seed, kernels, tests, args.select)
 
 
 if __name__ == "__main__":

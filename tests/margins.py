@@ -9,6 +9,12 @@ seeds (``KDFLOW_TEST_SEED``, which reseeds the tiny models and every config's se
 kernels and with its plain ones (``ATEN_CPU_CAPABILITY=default``), and records each value asserted here
 (``KDFLOW_MARGINS``: a JSON-lines file); BENCHMARKS.md, "Test margins", holds the table of lowest value,
 floor and margin per check.
+
+The rule for a floor: at most halfway between chance (or "no progress": a loss ratio of 1) and the lowest value
+measured (for a ceiling, the highest), rounded to 0.05 -- it beats chance by half of what every seed reached,
+e.g. 0.35 for a 4-class accuracy whose lowest over 20 runs was 0.5. Where a training does not beat chance on
+every seed (a tiny teacher stuck at 0.45 on a binary task), the test claims nothing of its quality, or its
+training was made steadier first; a test that cannot meet the rule says why in a comment.
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ def test_stopping_rules(taught):
     assert [r["labels"] for r in more["rounds"]] == [8, 16, 20, 28]
     parity = kdflow.active(al_cfg(taught, "parity", strategy="random", stop_parity=0.99))
     assert len(parity["rounds"]) == 1 and parity["stopped"].startswith("teacher parity")
-    at_least("active: teacher validation accuracy (stop_parity)", parity["teacher_validation"]["accuracy"], 0.5)
+    at_least("active: teacher validation accuracy (stop_parity)", parity["teacher_validation"]["accuracy"], 0.35)
     again = kdflow.active(al_cfg(taught, "parity", strategy="random", stop_parity=0.99), resume=True)
     assert len(again["rounds"]) == 1 and again["labels"] == 8  # stays stopped: no batch bought on resume
     # stabilising predictions: the rule reads the last stop_window kappas

@@ -176,7 +176,7 @@ def test_target_teacher_fine_tunes_the_teacher_each_round_and_distils_the_studen
     pool_left = out["pool"] - 24
     assert pool_left > 0
     at_least("active targets: round-2 teacher validation accuracy", out["rounds"][-1]["teacher"]["validation"][
-        "accuracy"], 0.26)  # it learnt: chance 0.25
+        "accuracy"], 0.3)  # it learnt: chance 0.25
 
 
 @pytest.mark.parametrize("phase", ["train", "select"])

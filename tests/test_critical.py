@@ -50,7 +50,7 @@ def test_named_layer_maps_train_and_log_every_term(taught, intents_json, tiny_be
             values = [float(r[f"loss_{kind}_s{s}_t{t}"]) for r in rows]
             assert all(v >= 0 and v == v for v in values)
         hidden = [float(r[f"loss_hidden_s{s}_t{t}"]) for r in rows]
-        at_most(f"critical: {layers} hidden loss s{s}-t{t}, last epoch / first", hidden[-1] / hidden[0], 0.99)
+        at_most(f"critical: {layers} hidden loss s{s}-t{t}, last epoch / first", hidden[-1] / hidden[0], 0.85)
     # 16-wide student vs 32-wide teacher: a learned projection, not saved with the student
     saved = kdflow.models.load_saved(run / "student")[0]
     assert sum(p.numel() for p in saved.parameters()) == entry["parameters"]

@@ -100,7 +100,7 @@ def test_keys_and_encoder_stay_frozen_while_values_learn(world):
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    at_most("dkvb: loss after 20 steps / first loss", losses[-1] / losses[0], 0.5)  # the values learn
+    at_most("dkvb: loss after 20 steps / first loss", losses[-1] / losses[0], 0.7)  # the values learn
     assert torch.equal(model.keys, keys)  # the keys never move, in train mode either
     assert all(torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
 
@@ -200,7 +200,7 @@ def test_kdflow_distill_trains_a_dkvb_student_from_yaml(tiny_bert, intents_json,
     log = (tmp_path / "dkvb" / "log.txt").read_text()
     assert "DKVB keys fitted by k-means on 160 training inputs" in log and "learning rate 0.1 " in log
     assert metrics["codebook"]["train"]["examples"] == 160 and metrics["codebook"]["test"]["examples"] == 48
-    at_least("dkvb: student test accuracy", metrics["test"]["accuracy"], 0.5)  # 4 intents, chance 0.25
+    at_least("dkvb: student test accuracy", metrics["test"]["accuracy"], 0.55)  # 4 intents, chance 0.25
     back, _, _, _ = load_saved(tmp_path / "dkvb" / "student")
     assert type(back).__name__ == "DKVBClassifier"
     capsys.readouterr()

@@ -10,6 +10,10 @@ from kdflow.models import KINDS, BuildContext, load_saved, save_model
 
 from margins import SEED, at_most
 
+# "it learns": the loss after 15 steps over the first, at most halfway from the highest ratio measured on ten seeds
+# (BENCHMARKS.md, "Test margins") to 1 (no progress)
+LEARNS = {"hf": 0.9, "encoder": 0.55, "vision": 0.7, "dkvb": 0.92}
+
 LABELS = ["a", "b", "c"]
 
 
@@ -63,7 +67,7 @@ def test_kind_builds_a_student_that_learns_saves_and_reloads(name, teacher, tmp_
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    at_most(f"model kinds: {name} loss after 15 steps / first loss", losses[-1] / losses[0], 0.99)  # it learns
+    at_most(f"model kinds: {name} loss after 15 steps / first loss", losses[-1] / losses[0], LEARNS[name])
     save_model(student, tmp_path / name, s_tok, LABELS)
     assert [k for k, other in KINDS.items() if other.saved_in(tmp_path / name)] == [name]
     back, tok2, labels, task = load_saved(tmp_path / name)

@@ -36,8 +36,8 @@ def test_teach_and_distill_write_the_records_of_a_text_run(digits_run):
     _, run = digits_run
     metrics = json.loads((run / "metrics.json").read_text())
     teacher, student = metrics["teacher"], metrics["student"]
-    at_least("vision: digits teacher test accuracy", teacher["test"]["accuracy"], 0.6)  # 10 classes: chance 0.1
-    at_least("vision: digits student test accuracy", student["test"]["accuracy"], 0.3)  # 5,442 parameters, 8 epochs
+    at_least("vision: digits teacher test accuracy", teacher["test"]["accuracy"], 0.4)  # 10 classes: chance 0.1
+    at_least("vision: digits student test accuracy", student["test"]["accuracy"], 0.25)  # 5,442 parameters, 8 epochs
     assert student["distill"]["mode"] == "online"  # augmented images: the default mode follows
     kinds = {(p["kind"], p["student"], p["teacher"]) for p in student["distill"]["layers"]}
     assert kinds == {("hidden", 0, 0), ("at", 0, 0), ("hidden", 1, 1), ("at", 1, 1)}
@@ -62,7 +62,7 @@ def test_layers_rank_cnn_stages_and_evaluate_and_export_agree(digits_run, capsys
     assert main(["layers", str(path)]) == 0
     scores = json.loads((run / "layers" / "layers.json").read_text())
     assert scores["blocks"] == 2 and scores["drop"] is None and len(scores["probe"]) == 2
-    at_least("vision: digits linear probe accuracy, lowest stage", min(scores["probe"]), 0.1)  # chance 0.1
+    at_least("vision: digits linear probe accuracy, lowest stage", min(scores["probe"]), 0.45)  # chance 0.1
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
