@@ -233,9 +233,9 @@ def test_a_pair_task_and_the_regression_task_end_to_end(task, tmp_path, tiny_ber
     teacher = kdflow.teach(raw)
     student = kdflow.distill(raw)
     metric = "accuracy" if task == "rte" else "pearson"
-    at_least(f"glue: synthetic {task} teacher test {metric}", teacher["test"][metric], 0.9 if task == "rte" else 0.8)
+    at_least(f"glue: synthetic {task} teacher test {metric}", teacher["test"][metric], 0.7 if task == "rte" else 0.45)
     at_least(f"glue: synthetic {task} student test {metric}", student["test"][metric],  # chance: 0.5 and 0
-             0.75 if task == "rte" else 0.9)
+             0.7 if task == "rte" else 0.45)
     d = load_data(Config(**raw).data)
     assert student["distill"]["teacher_examples_computed"] == len(d.train) + len(d.test)  # once each, cached
     metrics = json.loads((tmp_path / task / "metrics.json").read_text())
