@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from margins import SEED  # noqa: E402  (bench/test_margins.py reruns the suite's trainings on other seeds)
 
 
+SEED_BASES = {"train": 42, "teach": 42, "data": 42, "active": 0}  # the config's own seed defaults, by section
+
+
 def _reseed_config_defaults(seed: int) -> None:
     """Every config's seeds (train, teach, data, active) default to ``seed``-derived values: the same tests, other
     initialisations, batch orders and held-out splits."""
@@ -22,7 +25,8 @@ def _reseed_config_defaults(seed: int) -> None:
     from kdflow.config.commands import ActiveConfig
     from kdflow.config.data import DataConfig
     from kdflow.config.sections import TrainConfig
-    for model, base in ((TrainConfig, 42), (DataConfig, 42), (ActiveConfig, 0)):
+    for model, base in ((TrainConfig, SEED_BASES["train"]), (DataConfig, SEED_BASES["data"]),
+                        (ActiveConfig, SEED_BASES["active"])):
         model.model_fields["seed"].default = base + 1000 * seed
         model.model_rebuild(force=True)
     Config.model_rebuild(force=True)
@@ -119,6 +123,15 @@ def tiny_config(tiny_bert: str, data: str, out: Path, name: str, **sections) -> 
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def seeds_written_out(raw: dict) -> dict:
+    """``raw`` with the seeds this process's configs default to written into it, for a config another process
+    reads (torchrun's): under KDFLOW_TEST_SEED both then draw the same seed set and splits."""
+    if SEED:
+        for section, base in SEED_BASES.items():
+            raw.setdefault(section, {}).setdefault("seed", base + 1000 * SEED)
     return raw
 
 

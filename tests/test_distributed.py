@@ -26,7 +26,7 @@ import kdflow
 from kdflow.active.outputs import PoolPass, _joined, _share, _stream
 from kdflow.data import load_data, make_featurizer
 
-from conftest import tiny_config
+from conftest import seeds_written_out, tiny_config
 
 
 def torchrun(tmp_path, raw: dict, *command) -> subprocess.CompletedProcess:
@@ -34,7 +34,7 @@ def torchrun(tmp_path, raw: dict, *command) -> subprocess.CompletedProcess:
     if runner is None:
         pytest.skip("torchrun is not installed beside this Python")
     cfg = tmp_path / f"{raw['run']['name']}.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg.write_text(yaml.safe_dump(seeds_written_out(deepcopy(raw))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([runner, "--standalone", "--nproc_per_node=2", "-m", "kdflow", *command, str(cfg), "--quiet"],
                          capture_output=True, text=True, env=env, timeout=600)
