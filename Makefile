@@ -36,7 +36,7 @@ test: install $(VENV)/.demo-data
 
 # the suite as other machines run it: 1 thread, PyTorch's plain kernels, file order; 3 runs each (long: ~1.5 h)
 test-matrix: install $(VENV)/.demo-data
-	$(BIN)/python bench/test_matrix.py --runs 3
+	$(BIN)/python bench/test_matrix.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
