@@ -56,9 +56,11 @@ def run(seed: int, kernels: str, tests: list[str], select: str = "") -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
                            *tests], cwd=ROOT, env=env, capture_output=True, text=True)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     with open(RUNS, "a") as fh:
         fh.write(json.dumps({"seed": seed, "kernels": kernels, "select": select, "exit": proc.returncode,
-                             "summary": tail, "seconds": round(time.time() - started, 1)}) + "\n")
+                             "commit": commit, "summary": tail, "seconds": round(time.time() - started, 1)}) + "\n")
     print(f"seed {seed} kernels {kernels}: {tail} ({time.time() - started:.0f} s)", flush=True)
 
 
@@ -72,8 +74,11 @@ def report() -> str:
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["check"], []).append(r)
+    failed = [f"seed {r['seed']} {r['kernels']}: {r['summary']}" for r in runs if r["exit"]]
     lines = [f"{len(runs)} runs ({', '.join(sorted({str(r['seed']) for r in runs}, key=int))} x "
-             f"{', '.join(sorted({r['kernels'] for r in runs}))} kernels)", "",
+             f"{', '.join(sorted({r['kernels'] for r in runs}))} kernels; commits "
+             f"{', '.join(sorted({r.get('commit', '?') for r in runs}))}); runs not green: "
+             + ("; ".join(failed) or "none"), "",
              "| check | bound | n | lowest | mean | highest | margin |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, rs in sorted(by.items()):
         values = [r["value"] for r in rs]
