@@ -30,7 +30,8 @@ $(VENV)/.demo-data: | $(VENV)/.installed
 demo: install $(VENV)/.demo-data
 	$(BIN)/python -m kdflow.demo
 
-# random order (pytest-randomly, its seed printed first): PYTEST_ADDOPTS=--randomly-seed=N make test repeats one
+# random order (pytest-randomly; tests/conftest.py prints its seed above the result): PYTEST_ADDOPTS=--randomly-seed=N make test
+# repeats one
 test: install $(VENV)/.demo-data
 	$(BIN)/python -m pytest -q tests
 

@@ -44,7 +44,7 @@ def run(name: str, index: int) -> dict:
     seconds = time.time() - started
     text = proc.stdout + proc.stderr
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", text.splitlines()[-1])}
-    seed = re.search(r"Using --randomly-seed=(\d+)", text)
+    seed = re.search(r"--randomly-seed=(\d+)", text)  # tests/conftest.py prints it at -q too
     failed = re.findall(r"^FAILED (\S+)", text, re.M) + re.findall(r"^ERROR (\S+)", text, re.M)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

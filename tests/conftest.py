@@ -141,3 +141,12 @@ def tree_hash(root, folders: bool = False) -> dict[str, str]:
     root = Path(root)
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
             for p in sorted(root.rglob("*")) if p.is_file() or (folders and p.is_dir())}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The random order's seed, at any verbosity (``make test`` runs ``-q``, which hides pytest-randomly's header),
+    so a failure that depends on the order can be repeated."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and getattr(config.option, "randomly_reorganize", False):
+        terminalreporter.write_line(f"test order: --randomly-seed={seed}; PYTEST_ADDOPTS=--randomly-seed={seed} "
+                                    "make test repeats it")

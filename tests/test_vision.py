@@ -13,6 +13,8 @@ from kdflow.layers import resolve_for, stage_paths
 from kdflow.models import KINDS, load_saved, save_model
 from kdflow.models.vision import build_mobilenet_v2, build_resnet
 
+from margins import SEED, at_most
+
 LABELS = ["0", "1", "2"]
 
 
@@ -116,7 +118,7 @@ def test_vision_model_saves_and_reloads_with_its_preprocessing(tmp_path):
 def _pair_losses(kinds):
     from kdflow.config import DistillConfig
     from kdflow.distiller import Distiller, FeatureStudent, feature_widths
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     teacher = build_resnet(VisionSpec(hidden_sizes=[8, 16, 32], depths=[1, 1, 1]), 1, LABELS, "classification")
     student = build_mobilenet_v2(VisionSpec(width=0.25), 1, LABELS, "classification")
     pairs = resolve_for("last:3", student, teacher, kinds)
@@ -145,7 +147,9 @@ def test_cnn_stage_losses_hook_the_last_three_stages_and_train(kind):
         terms["loss"].backward()
         opt.step()
         stage_sums.append(sum(terms[n].item() for n in names))
-    assert np.mean(stage_sums[-3:]) < 0.7 * stage_sums[0]  # the stage terms fall: the student learns the maps
+    # the stage terms fall: the student learns the maps (BENCHMARKS.md, "Test margins")
+    at_most(f"vision: {kind} stage terms, mean of the last 3 of 25 steps / first",
+            np.mean(stage_sums[-3:]) / stage_sums[0], 0.7)
     assert not any(m._forward_hooks for m in distiller.teacher.modules())  # hooks removed
 
 
