@@ -35,7 +35,7 @@ demo: install $(VENV)/.demo-data
 test: install $(VENV)/.demo-data
 	$(BIN)/python -m pytest -q tests
 
-# the suite as other machines run it: 1 thread, PyTorch's plain kernels, file order; 3 runs each (long: ~1.5 h)
+# the suite as other machines run it: 1 thread, PyTorch's plain kernels, file order; 3 runs each (long: ~1 h 50 min)
 test-matrix: install $(VENV)/.demo-data
 	$(BIN)/python bench/test_matrix.py
 
