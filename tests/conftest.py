@@ -18,22 +18,26 @@ from margins import SEED  # noqa: E402  (bench/test_margins.py reruns the suite'
 SEED_BASES = {"train": 42, "teach": 42, "data": 42, "active": 0}  # the config's own seed defaults, by section
 
 
-def _reseed_config_defaults(seed: int) -> None:
+def moved_seed(section: str) -> int:
+    """The seed a config ``section`` defaults to under KDFLOW_TEST_SEED (its own default when that is 0)."""
+    return SEED_BASES[section] + 1000 * SEED
+
+
+def _reseed_config_defaults() -> None:
     """Every config's seeds (train, teach, data, active) default to ``seed``-derived values: the same tests, other
     initialisations, batch orders and held-out splits."""
     from kdflow.config import Config
     from kdflow.config.commands import ActiveConfig
     from kdflow.config.data import DataConfig
     from kdflow.config.sections import TrainConfig
-    for model, base in ((TrainConfig, SEED_BASES["train"]), (DataConfig, SEED_BASES["data"]),
-                        (ActiveConfig, SEED_BASES["active"])):
-        model.model_fields["seed"].default = base + 1000 * seed
+    for model, section in ((TrainConfig, "train"), (DataConfig, "data"), (ActiveConfig, "active")):
+        model.model_fields["seed"].default = moved_seed(section)
         model.model_rebuild(force=True)
     Config.model_rebuild(force=True)
 
 
 if SEED:
-    _reseed_config_defaults(SEED)
+    _reseed_config_defaults()
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -130,8 +134,8 @@ def seeds_written_out(raw: dict) -> dict:
     """``raw`` with the seeds this process's configs default to written into it, for a config another process
     reads (torchrun's): under KDFLOW_TEST_SEED both then draw the same seed set and splits."""
     if SEED:
-        for section, base in SEED_BASES.items():
-            raw.setdefault(section, {}).setdefault("seed", base + 1000 * SEED)
+        for section in SEED_BASES:
+            raw.setdefault(section, {}).setdefault("seed", moved_seed(section))
     return raw
 
 
