@@ -199,7 +199,7 @@ NAMES = {"teacher": "teacher", "kdflow": "`kdflow distill` (recipe, prune_vocab 
 def table(results: dict) -> None:
     """Per task: each variant's test metrics (mean over seeds) and retention of the task's first metric;
     then the mean retention over tasks per variant, and size and latency."""
-    from kdflow.data.tasks import glue_task
+    from kdflow.config.glue import glue_task
     summary: dict = {}
     for task, done in results.items():
         metrics = glue_task(task).metrics

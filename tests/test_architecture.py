@@ -83,3 +83,71 @@ def test_files_and_functions_stay_short():
     assert not long_files, long_files
     assert not long_functions, long_functions
     assert not many_parameters, many_parameters
+
+
+# ------------------------------------------------------------------ the import graph
+
+def _submodule_or_package(source: str, name: str, known: set) -> str:
+    candidate = f"{source}.{name}"
+    return candidate if candidate in known else source
+
+
+def import_graph() -> dict[str, set]:
+    """Module -> the kdflow modules it imports, wherever the import stands (top level, inside a function,
+    under TYPE_CHECKING): ``from .data import Split`` reads the package ``kdflow.data`` (its ``__init__``
+    imports its modules), ``from .data import splits`` the module."""
+    trees = {_module_name(rel): (rel, tree) for rel, tree, _ in modules()}
+    known = set(trees)
+    graph: dict[str, set] = {name: set() for name in known}
+    for me, (rel, tree) in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = _resolve(rel, node)
+                if source.split(".")[0] == "kdflow":
+                    graph[me].update(_submodule_or_package(source, a.name, known) for a in node.names)
+            elif isinstance(node, ast.Import):
+                graph[me].update(a.name for a in node.names if a.name.split(".")[0] == "kdflow")
+        graph[me] = {m for m in graph[me] if m in known and m != me}
+    return graph
+
+
+def cycles(graph: dict[str, set]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    order, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in order:
+            visit(v)
+    return found
+
+
+def test_cycles_finds_a_circle_and_nothing_else():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "import circles (function-level and TYPE_CHECKING imports counted):\n" + "\n".join(
+        " <-> ".join(c) for c in found)

@@ -12,7 +12,7 @@ from kdflow import KdflowError
 from kdflow.config import Config, DataConfig
 from kdflow.data import load_data
 from kdflow.data.hub import read_glue_hub
-from kdflow.data.tasks import GLUE_TASKS, glue_of_hub
+from kdflow.config.glue import GLUE_TASKS, glue_of_hub
 from kdflow.metrics import quality
 
 from conftest import tiny_config

@@ -109,6 +109,14 @@ def test_regression_uses_mse_to_teacher_and_target():
 
 # ------------------------------------------------------------ the logit-loss table (kdflow.distiller.LOGIT_LOSSES)
 
+def test_the_config_checks_the_names_the_table_holds():
+    """distill.logit_loss is checked against names in the config (a leaf: no torch, no distiller); they are the
+    table's, in its order."""
+    from kdflow.config.sections import LOGIT_LOSS_NAMES
+    from kdflow.distiller import LOGIT_LOSSES
+    assert tuple(LOGIT_LOSSES) == LOGIT_LOSS_NAMES
+
+
 @pytest.mark.parametrize("name", __import__("kdflow.distiller", fromlist=["LOGIT_LOSSES"]).LOGIT_LOSSES)
 def test_every_logit_loss_entry_keeps_the_contract(name):
     """Every entry of the table, through the Distiller: zero soft loss when the student already says what the

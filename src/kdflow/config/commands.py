@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .sections import Strict
+from .base import Strict
 
 
 STRATEGIES = Literal["random", "least_confidence", "margin", "entropy", "bald", "vote_entropy", "committee_kl",

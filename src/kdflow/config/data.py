@@ -6,7 +6,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .sections import Strict
+from .glue import GLUE_TASKS, glue_of_hub
+from .base import Strict
 
 
 class DataConfig(Strict):
@@ -47,7 +48,7 @@ class DataConfig(Strict):
 
     ``glue``: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte; implied by
     ``hub: glue/<task>``) fixes the task kind, the label names, the default metric and
-    the file layouts (:mod:`kdflow.data.tasks`). ``extra_tests``: further labelled
+    the file layouts (:mod:`kdflow.config.glue`). ``extra_tests``: further labelled
     files scored beside ``test`` (name -> file), e.g. ``{mismatched: dev_mismatched.tsv}``
     for MNLI.
 
@@ -102,7 +103,6 @@ class DataConfig(Strict):
         """``hub: glue/<task>`` implies ``glue: <task>``; a GLUE task fixes ``task`` (STS-B is regression)."""
         if not isinstance(data, dict):
             return data
-        from ..data.tasks import GLUE_TASKS, glue_of_hub
         data = dict(data)
         implied = glue_of_hub(data.get("hub"), data.get("hub_config"))
         if implied and not data.get("glue"):

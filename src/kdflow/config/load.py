@@ -14,7 +14,8 @@ from pydantic import BaseModel, Discriminator, ValidationError
 from ..errors import KdflowError
 from ..files import read_text
 from .checks import DuplicateKey, parse_yaml
-from .sections import MODEL_SPECS, Config
+from .sections import Config
+from .specs import MODEL_SPECS
 
 # the names pydantic puts in an error's location for the member of a union that failed (int, list[int], ...)
 UNION_MEMBERS = {"int", "str", "float", "bool", "none"}

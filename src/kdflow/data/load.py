@@ -13,13 +13,14 @@ from typing import Optional
 import numpy as np
 
 from ..config import DataConfig
+from ..config.glue import glue_task
 from ..errors import KdflowError
 from ..leakage import overlapping
 from .hub import read_hub
 from .images import read_packaged, same_shape
 from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
 from .tables import read_path, read_split_files, read_table, split_files, text_inputs
-from .tasks import glue_task, read_glue_files
+from .tasks import read_glue_files
 
 
 MISSING_LABELS = {"", "nan", "null", "none"}  # label cells that read as a missing value (any case)

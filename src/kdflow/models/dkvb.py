@@ -33,8 +33,8 @@ from torch import nn
 from ..config import DataConfig, DKVBSpec
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind, mean_over_tokens
-from .hf import load_tokenizer, quiet_transformers, resolve_name, student_depth
-from .io import check_sizes, load_weights, read_model_json
+from .hf import load_tokenizer, resolve_name, student_depth
+from .io import check_sizes, load_weights, quiet_transformers, read_model_json
 
 DKVB_CONFIG = "kdflow_dkvb.json"
 CHUNK = 2048  # examples per distance computation in k-means (memory: CHUNK x C x K floats)

