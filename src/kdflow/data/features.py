@@ -188,12 +188,33 @@ class ImagePreprocess:
 def image_preprocess(split: Split) -> ImagePreprocess:
     """Per-channel mean and std of ``split``'s images (the training split's, for models built here), and
     their side when square."""
-    from .images import image_stats
     images = split.inputs["image"]
     mean, std = image_stats(images)
     h, w, c = images[0].shape
     # the training size is kept: images of another size (evaluated later, other data) are resized to it
     return ImagePreprocess([float(m) for m in mean], [float(s) for s in std], int(c), int(h) if h == w else None)
+
+
+def image_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the pixels scaled to [0, 1] (float64 sums; std at
+    least 1e-6), for input normalisation."""
+    if not images:
+        raise KdflowError("Cannot compute image statistics of no images; give a non-empty training split")
+    channels = images[0].shape[2]
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    count = 0
+    for image in images:
+        if image.shape[2] != channels:
+            raise KdflowError(f"Images with {image.shape[2]} and {channels} channels are mixed; give one kind "
+                              "(gray or RGB) per data set")
+        x = image.reshape(-1, channels).astype(np.float64) / 255.0
+        total += x.sum(axis=0)
+        squares += np.square(x).sum(axis=0)
+        count += x.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return mean.tolist(), np.maximum(std, 1e-6).tolist()
 
 
 def augment_batch(x: torch.Tensor, kinds: Sequence[str], padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -263,6 +284,6 @@ def make_featurizer(modality: str, tokenizer=None, max_length: int = 128, augmen
     return FEATURIZERS[modality](tokenizer, max_length)
 
 
-__all__ = ["Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "ImageFeaturizer",
+__all__ = ["image_stats", "Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "ImageFeaturizer",
            "ImagePreprocess", "IMAGE_FILE", "image_preprocess", "augment_batch", "FEATURIZERS", "modality_of",
            "make_featurizer"]

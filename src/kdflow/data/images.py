@@ -18,6 +18,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import KdflowError, first_line
 from .splits import stratified_split
+from .tables import cells, must_exist, read_table
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 HUB_IMAGE_COLUMNS = ("img", "image", "pixel_values")
@@ -221,7 +222,6 @@ def read_npz(path: Path, key: str, image_size: Optional[int] = None, labelled: b
 def read_unlabelled_images(path: Path, cfg: DataConfig) -> dict[str, list]:
     """``data.unlabelled`` for images: an image folder (its class names ignored), an ``.npz`` whose
     ``images`` (or ``x``) are read and any labels ignored, or a pixel table (``data.image_shape``)."""
-    from .tables import must_exist, read_table
     if path.is_dir() or cfg.format == "folder":
         return {"image": _flat_or_class_folder(must_exist(path, "unlabelled", folder=True), cfg)}
     if path.suffix.lower() != ".npz":
@@ -271,7 +271,6 @@ def pixel_inputs(df, cfg: DataConfig, path: Path, labelled: bool = True) -> tupl
     """A table of pixels (MNIST's CSV layout): every column but ``data.label_column`` is a pixel, in
     row-major ``[H, W(, C)]`` order of ``data.image_shape``; ``labelled=False`` (a transfer set): a label
     column is optional and ignored (the labels returned are None)."""
-    from .tables import cells
     if labelled and cfg.label_column not in df.columns:
         have = ", ".join(map(str, list(df.columns)[:8])) + (", ..." if len(df.columns) > 8 else "")
         raise KdflowError(f"Column '{cfg.label_column}' is not in '{path}' (columns: {have}); set data.label_column"
@@ -359,25 +358,3 @@ def _hub_array(value, row: int, cfg: DataConfig) -> np.ndarray:
     except (TypeError, ValueError):
         arr = np.asarray([])
     return _with_channels(to_uint8(arr, where), f"The image in {where}")
-
-
-def image_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of the pixels scaled to [0, 1] (float64 sums; std at
-    least 1e-6), for input normalisation."""
-    if not images:
-        raise KdflowError("Cannot compute image statistics of no images; give a non-empty training split")
-    channels = images[0].shape[2]
-    total = np.zeros(channels)
-    squares = np.zeros(channels)
-    count = 0
-    for image in images:
-        if image.shape[2] != channels:
-            raise KdflowError(f"Images with {image.shape[2]} and {channels} channels are mixed; give one kind "
-                              "(gray or RGB) per data set")
-        x = image.reshape(-1, channels).astype(np.float64) / 255.0
-        total += x.sum(axis=0)
-        squares += np.square(x).sum(axis=0)
-        count += x.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
-    return mean.tolist(), np.maximum(std, 1e-6).tolist()

@@ -17,9 +17,11 @@ from ..config.glue import glue_task
 from ..errors import KdflowError
 from ..leakage import overlapping
 from .hub import read_hub
-from .images import read_packaged, same_shape
+from .features import modality_of
+from .images import pixel_inputs, read_image_folder, read_npz, read_packaged, read_unlabelled_images, same_shape
 from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
-from .tables import read_path, read_split_files, read_table, split_files, text_inputs
+from .tables import (SUFFIX_FORMAT, columns_from_frame, format_of, must_exist, read_path, read_table, split_files,
+                     text_inputs)
 from .tasks import read_glue_files
 
 
@@ -124,6 +126,26 @@ def _hold_out_validation(train: Split, cfg: DataConfig, notes: list[str]) -> tup
     return train.subset(keep), validation
 
 
+def read_split_files(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
+    """``data.train`` / ``validation`` / ``test`` (and ``extra_tests``): one table, image folder or
+    ``.npz`` file per split."""
+    return {part: read_split(path, cfg, key) for part, key, path in split_files(cfg)}
+
+
+def read_split(path: Path, cfg: DataConfig, key: str) -> tuple[dict, list]:
+    """One split file: an image folder (a directory, or ``format: folder``), an ``.npz`` of images, a
+    table of pixels (with ``data.image_shape``) or a table of text / numeric sequences."""
+    image_folder = path.is_dir() and path.suffix.lower() not in SUFFIX_FORMAT  # a folder named x.csv is none
+    if cfg.format == "folder" or (cfg.format == "auto" and image_folder):
+        return read_image_folder(must_exist(path, key, folder=True), cfg, key)
+    if format_of(must_exist(path, key), cfg.format) == "npz":
+        return read_npz(path, key, cfg.image_size)
+    df = read_table(path, cfg, key)
+    if len(df) == 0:
+        raise KdflowError(f"data.{key} file '{path}' holds no rows; give a file with examples")
+    return pixel_inputs(df, cfg, path) if cfg.image_shape else columns_from_frame(df, cfg, path)
+
+
 def load_data(cfg: DataConfig) -> TaskData:
     """Read, validate and split the data that ``cfg`` describes (seeded by ``cfg.seed``, so teach,
     distill and evaluate always see the same split)."""
@@ -155,7 +177,8 @@ def load_data(cfg: DataConfig) -> TaskData:
     held = [validation, splits.get("test"), *extra.values()]
     images = "image" in train.inputs
     unlabelled = read_unlabelled(cfg, held, notes, train if images else None) if cfg.unlabelled else None
-    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra, carved)
+    return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra, carved,
+                    modality_of(train.inputs))
 
 
 def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: Optional[Split] = None) -> Split:
@@ -197,7 +220,6 @@ def _unlabelled_text(path: Path, cfg: DataConfig) -> dict[str, list]:
 
 
 def _unlabelled_images(path: Path, cfg: DataConfig, train: Split) -> dict[str, list]:
-    from .images import read_unlabelled_images
     inputs = read_unlabelled_images(path, cfg)
     want, got = train.inputs["image"][0].shape, inputs["image"][0].shape
     if got != want:

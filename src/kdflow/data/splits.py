@@ -60,17 +60,13 @@ class TaskData:
     unlabelled: Optional[Split] = None  # transfer set: inputs only (targets -100 / NaN)
     extra_tests: dict[str, Split] = field(default_factory=dict)  # scored beside test (MNLI: mismatched)
     validation_from_train: bool = False  # no validation split was given: kdflow held this one out of train
+    # what the examples are (text, with or without a pair; values: numeric sequences; image): the entry of
+    # kdflow.data.features.FEATURIZERS whose field the inputs hold (load_data: modality_of(train.inputs))
+    modality: str = "text"
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names) if self.label_names else 1
-
-    @property
-    def modality(self) -> str:
-        """What the examples are (``text``, with or without a pair; ``values``, numeric sequences): the
-        entry of :data:`kdflow.data.features.FEATURIZERS` whose field the inputs hold."""
-        from .features import modality_of
-        return modality_of(self.train.inputs)
 
     def splits(self) -> list[Split]:
         return [s for s in (self.train, self.validation, self.test) if s is not None]

@@ -229,24 +229,3 @@ def split_files(cfg: DataConfig) -> list[tuple[str, str, Path]]:
     out = [(split, split, Path(getattr(cfg, split))) for split in ("train", "validation", "test")
            if getattr(cfg, split)]
     return out + [(f"test_{name}", f"extra_tests.{name}", Path(p)) for name, p in cfg.extra_tests.items()]
-
-
-def read_split_files(cfg: DataConfig) -> dict[str, tuple[dict, list]]:
-    """``data.train`` / ``validation`` / ``test`` (and ``extra_tests``): one table, image folder or
-    ``.npz`` file per split."""
-    return {part: read_split(path, cfg, key) for part, key, path in split_files(cfg)}
-
-
-def read_split(path: Path, cfg: DataConfig, key: str) -> tuple[dict, list]:
-    """One split file: an image folder (a directory, or ``format: folder``), an ``.npz`` of images, a
-    table of pixels (with ``data.image_shape``) or a table of text / numeric sequences."""
-    from .images import pixel_inputs, read_image_folder, read_npz
-    image_folder = path.is_dir() and path.suffix.lower() not in SUFFIX_FORMAT  # a folder named x.csv is none
-    if cfg.format == "folder" or (cfg.format == "auto" and image_folder):
-        return read_image_folder(must_exist(path, key, folder=True), cfg, key)
-    if format_of(must_exist(path, key), cfg.format) == "npz":
-        return read_npz(path, key, cfg.image_size)
-    df = read_table(path, cfg, key)
-    if len(df) == 0:
-        raise KdflowError(f"data.{key} file '{path}' holds no rows; give a file with examples")
-    return pixel_inputs(df, cfg, path) if cfg.image_shape else columns_from_frame(df, cfg, path)
