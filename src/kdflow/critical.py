@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .data import input_batches, stratified_sample
+from .distiller import use_eager_attention
 from .errors import KdflowError
-from .layers import Taps, as_tokens, stage_paths
+from .layers import Taps, as_tokens, resolve_for, stage_paths
 from .models import block_list, fingerprint
 from .models.base import mean_over_tokens
-
-if TYPE_CHECKING:
-    from .pipeline import Run
+from .run import Run
 
 
 @torch.no_grad()
@@ -165,7 +165,6 @@ def load_scores(folder: "str | Path", fingerprint: str, method: str) -> Optional
 
 def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
     """The teacher's block scores, computed once per teacher (fingerprint) and kept in ``<run>/layers``."""
-    from .data import input_batches, stratified_sample
     dc, d = run.cfg.distill, run.data
     if d.task != "classification":
         raise KdflowError("layer scoring (auto:K, kdflow layers) needs a classification task")
@@ -199,8 +198,6 @@ def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
 
 def layer_map(run: "Run", teacher: nn.Module, student: nn.Module, t_feat) -> list:
     """The resolved layer map of ``distill.layers`` (``auto:K`` scores the teacher's blocks first)."""
-    from .distiller import use_eager_attention
-    from .layers import resolve_for
     dc = run.cfg.distill
     ranking = None
     if isinstance(dc.layers, str) and dc.layers.startswith("auto:"):

@@ -12,45 +12,23 @@ A run folder ``<run.output_dir>/<run.name>/`` collects everything::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from torch import nn
 
 from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
-from .data import (Featurizer, Split, TaskData, image_preprocess, input_batches, load_data, loader, make_collate,
-                   make_featurizer)
+from .data import (Featurizer, TaskData, image_preprocess, input_batches, load_data, make_featurizer)
 from .errors import KdflowError
 from .files import may_be_folder
 from .leakage import clean_part, overlaps
-from .metrics import check_metric, quality
+from .metrics import check_metric
 from .runfolder import guard
+from .run import Run, eval_fn
 from .runlog import RunLog
-from .train import FitResult, make_accelerator, predict
-
-
-@dataclass
-class Run:
-    """One command's world: its config, data, accelerator and log (``None`` for read-only commands)."""
-
-    cfg: Config
-    data: TaskData
-    acc: Any
-    log: Optional[RunLog]
-    findings: list = field(default_factory=list)  # warnings of the checks before training (kdflow.check)
-    overlap: dict = field(default_factory=dict)  # held-out split -> its examples in the training data (leakage)
-
-    def info(self, message: str) -> None:
-        if self.log is not None:
-            self.log.info(message)
-
-    def build_context(self, tokenizer=None, teacher: Optional[nn.Module] = None,
-                      rank_teacher_blocks: Optional[Callable[[], list[int]]] = None) -> models.BuildContext:
-        d = self.data
-        return models.BuildContext(d.label_names, d.task, self.cfg.data.max_length, tokenizer, teacher,
-                                   rank_teacher_blocks, self.info)
+from .train import FitResult, make_accelerator
 
 
 @dataclass
@@ -298,17 +276,6 @@ def featurizer(run: Run, tokenizer) -> Featurizer:
 
 
 # ------------------------------------------------------------------ evaluation and records
-
-def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"
-            ) -> Callable[[nn.Module], dict]:
-    """``evaluate(model) -> metrics`` on ``split`` (sharded over processes, gathered)."""
-    dl = run.acc.prepare_data_loader(loader(split, make_collate(split, feat), batch_size, shuffle=False))
-
-    def evaluate(model) -> dict:
-        logits, targets = predict(model, dl, run.acc, key)
-        return quality(logits, targets, run.data.task)
-    return evaluate
-
 
 def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional[FitResult] = None,
                   **extra) -> dict:

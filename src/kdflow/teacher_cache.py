@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,9 @@ from .distiller import Distiller, freeze
 from .distributed import from_main, is_main, sharded_rows
 from .errors import KdflowError
 from .losses import hinton_loss
+from .run import Run, eval_fn
 from .train import make_optimizer, predict, train_epoch
 
-if TYPE_CHECKING:
-    from .pipeline import Run
 
 
 class TeacherCache:
@@ -225,7 +224,6 @@ def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: boo
     them; the current targets are saved beside them, so a resumed run trains on exactly
     the targets an uninterrupted one would have.
     """
-    from .pipeline import eval_fn
     cfg, acc, d = run.cfg, run.acc, run.data
     t_dl = train_loader(d.train, t_feat, None, cfg.teach.batch_size, cfg.teach.seed)
     teach = cfg.teach.model_copy(update={"lr": learning_rate(
