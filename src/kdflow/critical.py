@@ -74,23 +74,21 @@ def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndar
         return _with_probe(model, fit_batches, fit_targets, eval_batches, eval_targets,
                            {"blocks": n, "base_accuracy": base, "drop": None, "method": method}, progress)
     layers = block_list(model)
-    blocks = list(layers)
     drop = []
     try:
-        for i in range(len(blocks)):
-            layers._modules.clear()
-            for j, blk in enumerate(b for k, b in enumerate(blocks) if k != i):
-                layers._modules[str(j)] = blk
-            drop.append(base - _accuracy(model, eval_batches, eval_targets))
+        for i in range(len(layers)):
+            removed = layers[i]
+            del layers[i]  # the model without block i (ModuleList renumbers the rest)
+            try:
+                drop.append(base - _accuracy(model, eval_batches, eval_targets))
+            finally:
+                layers.insert(i, removed)
             if progress:
                 progress(f"block {i}: accuracy without it {base - drop[-1]:.4f}")
     finally:
-        layers._modules.clear()
-        for j, blk in enumerate(blocks):
-            layers._modules[str(j)] = blk
         model.train(was)
     return _with_probe(model, fit_batches, fit_targets, eval_batches, eval_targets,
-                       {"blocks": len(blocks), "base_accuracy": base, "drop": drop, "method": method}, progress)
+                       {"blocks": len(layers), "base_accuracy": base, "drop": drop, "method": method}, progress)
 
 
 def _with_probe(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarray, eval_batches: list[dict],
