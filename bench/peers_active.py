@@ -71,24 +71,23 @@ class StudentProbs:
     single feature is the pool position."""
 
     def __init__(self, loop):
-        self.loop = loop
+        self.loop = loop  # kdflow.active.loop.Loop: its context (the run) and round trainer
 
     def predict_proba(self, dataset):
         import numpy as np
         import torch
 
         from kdflow import pipeline
-        from kdflow.active.teacher_rounds import view_model
         from kdflow.data import loader, make_collate
         from kdflow.train import predict
-        loop = self.loop
-        model, tok = view_model(loop)  # the round's student and its tokenizer, as kdflow's margin reads them
+        ctx = self.loop.ctx
+        model, tok = self.loop.trainer.view(ctx)  # the round's student and tokenizer, as kdflow's margin reads them
         rows = np.asarray(dataset.x[:, 0], dtype=np.int64)
-        part = loop.pool.subset(rows)
-        dl = loader(part, make_collate(part, pipeline.featurizer(loop.run, tok)), loop.ac.pool_batch_size,
+        part = ctx.pool.subset(rows)
+        dl = loader(part, make_collate(part, pipeline.featurizer(ctx.run, tok)), ctx.ac.pool_batch_size,
                     shuffle=False)
         with torch.no_grad():
-            logits, _ = predict(model.to(loop.run.acc.device), dl, loop.run.acc, gather=False)
+            logits, _ = predict(model.to(ctx.run.acc.device), dl, ctx.run.acc, gather=False)
         return torch.softmax(torch.from_numpy(logits), -1).numpy()
 
 
@@ -101,11 +100,12 @@ def peer_loop(query_strategy):
 
     class PeerLoop(Loop):
         def choose(self, k, cands, b):
-            np.random.seed(self.ac.seed * 100_003 + b)  # RandomSampling draws from numpy's global generator
-            n = len(self.pool)
+            ctx = self.ctx
+            np.random.seed(ctx.ac.seed * 100_003 + b)  # RandomSampling draws from numpy's global generator
+            n = len(ctx.pool)
             dataset = SklearnDataset(np.arange(n).reshape(-1, 1), np.zeros(n, dtype=np.int64),
-                                     target_labels=np.arange(len(self.labels)))
-            labelled = self.state.labelled_positions
+                                     target_labels=np.arange(len(ctx.labels)))
+            labelled = ctx.state.labelled_positions
             picked = query_strategy.query(StudentProbs(self), dataset, cands, labelled,  # small-text refuses n > pool
                                           np.zeros(len(labelled), dtype=np.int64), n=min(k, len(cands)))
             return np.asarray(picked, dtype=np.int64), str(query_strategy)

@@ -4,7 +4,9 @@ Runs the same kdflow commands with the code of this checkout and with the code o
 ``--base`` (a git worktree under a temporary folder), on a tiny random BERT and the
 synthetic intents of the tests, ``deterministic: true`` on the CPU, then compares the
 saved weights tensor by tensor (``torch.equal``) and the batches active learning
-selected. For refactors that must not change behaviour.
+selected. Active learning runs under each target (student, teacher, teacher_calls), and a strategy a user
+registers (``tests/user_strategies.py``: ``user_margin``, the margin in a user's words) against the base's
+built-in ``margin``. For refactors that must not change behaviour.
 
     python bench/same_weights.py --base 7aa1729
 """
@@ -23,7 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
-# (run name, extra --set overrides, the weights file it writes); {v} is the version's output folder
+USER = ROOT / "tests" / "user_strategies.py"
+# (run name, extra --set overrides, the weights files it writes[, the base's overrides where they differ]);
+# {v} is the version's output folder
 RUNS = [
     ("s", ["run.name=s"], "student/model.safetensors"),
     ("inter", ["run.name=inter", "model.teacher.name={v}/s/teacher", "distill.intermediate=true",
@@ -55,11 +59,12 @@ def setup(folder: Path) -> Path:
                                              num_attention_heads=2, intermediate_size=64,
                                              max_position_embeddings=64)).save_pretrained(folder / "tb")
     tok.save_pretrained(folder / "tb")
-    test = make_intents(12, 3)
-    (folder / "i.json").write_text(json.dumps({"train": make_intents(40, 1), "val": make_intents(12, 2),
-                                               "test": test}))
-    # a transfer set: new texts, and three test texts that the leakage rule must drop
-    rows = [t for t, _ in make_intents(15, 7)] + [t for t, _ in test[:3]]
+    train = make_intents(40, 1)
+    seen = {t for t, _ in train}  # held-out rows that repeat a training text are dropped (kdflow refuses >5 %)
+    val, test = ([r for r in make_intents(12, s) if r[0] not in seen] for s in (2, 3))
+    (folder / "i.json").write_text(json.dumps({"train": train, "val": val, "test": test}))
+    # a transfer set: new texts, and two test texts that the leakage rule must drop (below its refusal floor)
+    rows = [t for t, _ in make_intents(15, 7)] + [t for t, _ in test[:2]]
     (folder / "unlabelled.csv").write_text("text\n" + "\n".join(rows) + "\n")
     raw = tiny_config(str(folder / "tb"), str(folder / "i.json"), folder, "s")
     raw["active"] = {"initial": 8, "per_round": 8, "rounds": 2, "min_steps": 20}
@@ -67,7 +72,7 @@ def setup(folder: Path) -> Path:
     return folder / "c.yaml"
 
 
-def run_all(src: Path, out: Path, cfg: Path) -> None:
+def run_all(src: Path, out: Path, cfg: Path, base: bool) -> None:
     env = {**os.environ, "PYTHONPATH": str(src)}
 
     def kdflow(*args) -> None:
@@ -76,7 +81,8 @@ def run_all(src: Path, out: Path, cfg: Path) -> None:
         if done.returncode != 0:
             raise SystemExit(f"same_weights: kdflow {' '.join(args)} failed with {src}: {done.stderr[-500:]}")
     kdflow("teach", str(cfg), "--set", "run.name=s")
-    for name, sets, _ in RUNS:
+    for name, sets, _, *base_sets in RUNS:
+        sets = base_sets[0] if base and base_sets else sets
         command = "active" if "active." in " ".join(sets) else "distill"
         kdflow(command, str(cfg), *[a for s in sets for a in ("--set", s.format(v=out))])
 
@@ -94,13 +100,15 @@ def main() -> int:
         try:
             cfg = setup(tmp)
             for version, src in (("base", tmp / "base" / "src"), ("here", ROOT / "src")):
-                run_all(src, tmp / f"runs-{version}", cfg)
+                run_all(src, tmp / f"runs-{version}", cfg, version == "base")
             same = True
-            for name, _, weights in RUNS:
-                a, b = load_file(tmp / "runs-base" / name / weights), load_file(tmp / "runs-here" / name / weights)
-                equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-                line = f"{name:10s} weights {'identical' if equal else 'DIFFER'}"
-                state = Path(weights).parts[0] == "active"
+            for name, _, weights, *_ in RUNS:
+                equal = True
+                for w in (weights,) if isinstance(weights, str) else weights:
+                    a, b = load_file(tmp / "runs-base" / name / w), load_file(tmp / "runs-here" / name / w)
+                    equal = equal and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                line = f"{name:14s} weights {'identical' if equal else 'DIFFER'}"
+                state = Path(weights if isinstance(weights, str) else weights[0]).parts[0] == "active"
                 if state:
                     sa, sb = (json.loads((tmp / f"runs-{v}" / name / "active" / "state.json").read_text())
                               for v in ("base", "here"))

@@ -14,6 +14,8 @@ import yaml
 import kdflow
 from kdflow import KdflowError
 from kdflow.active import loop as loop_mod
+from kdflow.active import rounds as rounds_mod
+from kdflow.active.context import Context
 from kdflow.active.compare import labels_to_reach
 from kdflow.cli import main
 
@@ -158,19 +160,20 @@ def test_resume_after_a_killed_round_replays_exactly(taught, monkeypatch, strate
     cfg = al_cfg(taught, f"killed-{strategy}", **base)
     cfg["distill"]["cache_dir"] = str(taught[0] / f"cache-whole-{strategy}")  # shared: same teacher, same logits
     calls = {"n": 0}
-    real = loop_mod.fit if kill == "train" else loop_mod.stream_pool
+    where = rounds_mod if kill == "train" else loop_mod  # the round's fit, the pool's scoring pass
+    real = rounds_mod.fit if kill == "train" else loop_mod.stream_pool
 
     def dies_on_the_third(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == (3 if kill == "train" else 2):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(loop_mod, "fit" if kill == "train" else "stream_pool", dies_on_the_third)
+    monkeypatch.setattr(where, "fit" if kill == "train" else "stream_pool", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         kdflow.active(cfg)
     half = state_of(taught, f"killed-{strategy}")
     assert len(half["rounds"]) == 2 and half["stopped"] is None
-    monkeypatch.setattr(loop_mod, "fit" if kill == "train" else "stream_pool", real)
+    monkeypatch.setattr(where, "fit" if kill == "train" else "stream_pool", real)
     with pytest.raises(KdflowError, match="--resume"):
         kdflow.active(cfg)  # never overwrites finished work silently
     done = kdflow.active(cfg, resume=True)
@@ -266,11 +269,11 @@ def test_stopping_rules(taught):
                                                  rounds=[{"kappa": None, "validation": {"accuracy": 0.5}},
                                                          {"kappa": 0.95, "validation": {"accuracy": 0.5}},
                                                          {"kappa": 0.85, "validation": {"accuracy": 0.5}}]))
-    assert loop_mod.Loop.stop_reason(fake) is None
+    assert loop_mod.stop_reason(fake) is None
     fake.state.rounds.append({"kappa": 0.93, "validation": {"accuracy": 0.5}})
-    assert loop_mod.Loop.stop_reason(fake) is None
+    assert loop_mod.stop_reason(fake) is None
     fake.state.rounds.append({"kappa": 0.97, "validation": {"accuracy": 0.5}})
-    assert loop_mod.Loop.stop_reason(fake).startswith("predictions stable")
+    assert loop_mod.stop_reason(fake).startswith("predictions stable")
 
 
 def test_bad_settings_are_named_before_any_work(taught, gold_run, tmp_path):
@@ -424,7 +427,7 @@ def test_active_on_real_agnews_text(shared_data, tiny_bert, tmp_path):
 
 def test_warm_start_continues_from_the_last_round_and_diversity_runs_in_the_loop(taught, monkeypatch):
     starts, saved = [], []
-    real_fit, real_save = loop_mod.fit, loop_mod.Loop._save_round
+    real_fit, real_save = rounds_mod.fit, Context.save_student
 
     def spy_fit(model, *args, **kwargs):
         starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -433,8 +436,8 @@ def test_warm_start_continues_from_the_last_round_and_diversity_runs_in_the_loop
     def spy_save(self, model, snaps, r):
         saved.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_save(self, model, snaps, r)
-    monkeypatch.setattr(loop_mod, "fit", spy_fit)
-    monkeypatch.setattr(loop_mod.Loop, "_save_round", spy_save)
+    monkeypatch.setattr(rounds_mod, "fit", spy_fit)
+    monkeypatch.setattr(Context, "save_student", spy_save)
     out = kdflow.active(al_cfg(taught, "warm", strategy="entropy", retrain="warm", diversity=3, rounds=2))
     assert len(out["rounds"]) == 2 and out["batches"][1]["k"] == 8
     # warm: round 1 starts from the weights round 0 ended with (and saved)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import user_strategies  # noqa: F401  (registers user_margin and user_far, which the contract covers too)
 from kdflow.active import strategies as st
 from kdflow.active.strategies import STRATEGIES, PoolOutputs, select
 
@@ -40,7 +41,7 @@ def candidates() -> np.ndarray:
 
 # ------------------------------------------------------------------ the shared contract
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES + ("user_margin", "user_far"))
 def test_contract(strategy):
     out, cands = hand_made_pool(), candidates()
     picked = select(strategy, out, 10, cands, LABELLED, seed=3)

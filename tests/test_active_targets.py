@@ -182,7 +182,7 @@ def test_target_teacher_fine_tunes_the_teacher_each_round_and_distils_the_studen
 @pytest.mark.parametrize("phase", ["train", "select"])
 def test_target_teacher_resumes_from_the_saved_teacher_exactly(taught, monkeypatch, phase):
     from kdflow.active import loop as loop_mod
-    from kdflow.active import teacher_rounds as rounds_mod
+    from kdflow.active import rounds as rounds_mod  # where both targets fit
     cfg = dict(target="teacher", initial_strategy="typicality", cold_start_labels=16)
     whole = kdflow.active(run(taught, f"tw-{phase}", True, **cfg))
     mod, name = (rounds_mod, "fit") if phase == "train" else (loop_mod, "stream_pool")

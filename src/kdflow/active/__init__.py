@@ -4,9 +4,9 @@
 :mod:`kdflow.active.strategies`, usable on plain numpy arrays.
 """
 
-from .strategies import STRATEGIES, PoolOutputs, select
+from .strategies import STRATEGIES, PoolOutputs, register_strategy, select
 
-__all__ = ["active", "compare_strategies", "select", "PoolOutputs", "STRATEGIES"]
+__all__ = ["active", "compare_strategies", "select", "register_strategy", "PoolOutputs", "STRATEGIES"]
 
 
 def active(*args, **kwargs):

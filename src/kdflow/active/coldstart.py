@@ -90,35 +90,34 @@ def balanced(predicted: np.ndarray, k: int, candidates: np.ndarray, seed: int = 
     return np.asarray(picked, dtype=np.int64)
 
 
-def teacher_view(loop):
+def teacher_view(ctx):
     """The teacher's embeddings and probabilities for every pool position: one pass (split across processes
     under torchrun), so the teacher sees each pool example once; counted as teacher queries. Under
     ``target: teacher_calls``, where those calls are the budget, the untrained student's view instead."""
     from .. import pipeline
     from .outputs import PoolPass, stream_pool
-    ac = loop.ac
-    spec = PoolPass("badge", len(loop.labels), ac.pool_batch_size, ac.pool_chunk, seed=ac.seed)
+    ac = ctx.ac
+    spec = PoolPass("badge", len(ctx.labels), ac.pool_batch_size, ac.pool_chunk, seed=ac.seed)
     calls = ac.target == "teacher_calls"
-    model, tok = (loop.template, loop.s_tokenizer) if calls else (loop.teacher, loop.tokenizer)
-    view = stream_pool(model, loop.pool, np.arange(len(loop.pool)),
-                       lambda: pipeline.featurizer(loop.run, tok), loop.run.acc.device, spec)
+    model, tok = (ctx.template, ctx.s_tokenizer) if calls else (ctx.teacher, ctx.tokenizer)
+    view = stream_pool(model, ctx.pool, np.arange(len(ctx.pool)),
+                       lambda: pipeline.featurizer(ctx.run, tok), ctx.run.acc.device, spec)
     model.cpu()  # the template is copied for every round's student, on the CPU
     if not calls:
-        loop.state.note_teacher(list(loop.pool.ids))
+        ctx.state.note_teacher(list(ctx.pool.ids))
     return view
 
 
-def pick_for(loop, k: int, candidates: np.ndarray) -> np.ndarray:
-    """The next ``k`` of ``loop``'s candidates by its cold-start strategy (the teacher's view computed once)."""
-    from .teacher_rounds import teacher_of
-    key = len(loop.state.rounds) - 1 if loop.ac.target == "teacher" else -1
-    if key >= 0:
-        teacher_of(loop, key)  # target teacher: the view of the newest fine-tuned teacher, resumed or not
-    if loop.teacher_view is None or getattr(loop, "teacher_view_key", -1) != key:
-        loop.teacher_view, loop.teacher_view_key = teacher_view(loop), key
-    seed = loop.ac.seed * 100_003 + len(loop.state.batches)
-    return cold_start_pick(loop.ac.initial_strategy, loop.teacher_view, k, candidates,
-                           loop.state.labelled_positions, seed)
+def pick_for(ctx, k: int, candidates: np.ndarray) -> np.ndarray:
+    """The next ``k`` of the run's candidates by its cold-start strategy (the teacher's view computed once per
+    teacher: under target teacher, the newest fine-tuned one, resumed or not)."""
+    key = len(ctx.state.rounds) - 1 if ctx.ac.target == "teacher" else -1
+    ctx.use_teacher_of(key)
+    if ctx.teacher_view is None or ctx.teacher_view_round != key:
+        ctx.teacher_view, ctx.teacher_view_round = teacher_view(ctx), key
+    seed = ctx.ac.seed * 100_003 + len(ctx.state.batches)
+    return cold_start_pick(ctx.ac.initial_strategy, ctx.teacher_view, k, candidates,
+                           ctx.state.labelled_positions, seed)
 
 
 def cold_start_pick(name: str, view, k: int, candidates: np.ndarray, labelled: np.ndarray, seed: int

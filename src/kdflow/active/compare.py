@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import load_config
 from ..errors import KdflowError
-from .strategies import STRATEGIES
+from .settings import check_strategies
 
 
 def labels_to_reach(labels: list[float], values: list[float], goal: float) -> Optional[float]:
@@ -69,9 +69,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     (``True``), on the first ``full`` of them (an int; fewer where it is the expensive part) or on a list.
     """
     cfg = load_config(config, overrides)
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad:
-        raise KdflowError(f"Unknown strategy '{bad[0]}' in --strategies; choose from {', '.join(STRATEGIES)}")
+    check_strategies(cfg, strategies, "--strategies")
     if not strategies:
         raise KdflowError("--strategies names no strategy; give e.g. random,entropy")
     twice = next((s for s in strategies if strategies.count(s) > 1), None)

@@ -19,7 +19,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -28,8 +28,6 @@ from ..distributed import is_main
 from ..errors import KdflowError
 from ..files import must_be_file
 
-if TYPE_CHECKING:
-    from .loop import Loop
 
 SKIP = "__skip__"
 
@@ -241,26 +239,28 @@ def read_labels(path: "str | Path", requested: list[str], label_names: list[str]
     return labels, skipped
 
 
-def label_batch(loop: "Loop", positions: np.ndarray, batch: int) -> Optional[dict]:
-    """Label ``positions`` with the run's oracle; returns the pending request when humans must label."""
-    ac, pool, names, state = loop.ac, loop.pool, loop.labels, loop.state
+def label_batch(positions: np.ndarray, batch: int, *, ac, pool: Split, names: list[str], state,
+                teacher_probs: Callable[[np.ndarray], np.ndarray], folder: Path) -> Optional[dict]:
+    """Label pool ``positions`` (batch ``batch``) with ``ac.oracle``, adding what it labels to ``state``; the
+    teacher answers through ``teacher_probs(positions) -> [n, C]``. Returns the pending request (its files
+    written under ``folder``) when humans must label."""
     ids = [pool.ids[p] for p in positions]
     if ac.oracle == "gold":
         state.add_batch(gold_labels(pool, positions, names))
         return None
     if ac.oracle == "teacher":
-        state.add_batch(teacher_labels(ids, loop.teacher_probs(positions), names))
+        state.add_batch(teacher_labels(ids, teacher_probs(positions), names))
         return None
     by_teacher: dict = {}
     rest = positions
     if ac.oracle == "hybrid":
-        probs = loop.teacher_probs(positions)
+        probs = teacher_probs(positions)
         sure = confident(probs, ac.hybrid_threshold)
         by_teacher = teacher_labels([k for k, s in zip(ids, sure) if s], probs[sure], names)
         rest = positions[~sure]
         if ac.hybrid_human == "gold" or len(rest) == 0:
             state.add_batch({**by_teacher, **gold_labels(pool, rest, names)})
             return None
-    files = write_request(loop.folder / f"batch-{batch:03d}", pool, rest, names)
+    files = write_request(folder / f"batch-{batch:03d}", pool, rest, names)
     return {"batch": batch, "ids": [pool.ids[p] for p in rest],
             "teacher": {k: v[0] for k, v in by_teacher.items()}, "files": files}

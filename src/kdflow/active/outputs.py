@@ -29,10 +29,19 @@ from torch import nn
 from ..data import Featurizer, Split, loader, make_collate
 from ..distributed import gather_objects, join_rows, my_share, world
 from ..errors import KdflowError
-from .strategies import NEEDS, SCORES, PoolOutputs, tie_keys
+from .selectors import tie_keys
+from .strategies import NEEDS, PICKS, SCORES, PoolOutputs, score
 
-COMMITTEE = ("vote_entropy", "committee_kl")
-FULL_EMBEDDINGS = ("coreset", "badge")
+
+def needs_members(strategy: str) -> bool:
+    """Whether ``strategy`` reads a committee's outputs (vote entropy, committee KL, a registered one)."""
+    return "members" in NEEDS[strategy]
+
+
+def full_rows(strategy: str, part: str) -> bool:
+    """Whether a pass for ``strategy`` keeps output ``part`` for every pool row (selectors such as core-set and
+    BADGE compare them all)."""
+    return strategy in PICKS and part in NEEDS[strategy]
 
 
 @dataclass
@@ -64,11 +73,11 @@ class PoolPass:
 
     @property
     def wants_embeddings(self) -> bool:
-        return self.strategy in FULL_EMBEDDINGS or self.need_embeddings
+        return full_rows(self.strategy, "embeddings") or self.need_embeddings
 
     @property
     def wants_teacher(self) -> bool:
-        return self.teacher_probs is not None and ("teacher_probs" in self.needs or self.strategy in COMMITTEE)
+        return self.teacher_probs is not None and ("teacher_probs" in self.needs or needs_members(self.strategy))
 
 
 # ------------------------------------------------------------------ the forward pass (torch)
@@ -150,18 +159,18 @@ class Reducer:
     def __init__(self, n: int, spec: PoolPass):
         self.n, self.spec = n, spec
         self.scores = np.full(n, -np.inf) if spec.strategy in SCORES else None
-        self.probs = np.zeros((n, spec.num_labels), dtype=np.float32) if spec.strategy == "badge" else None
+        self.probs = np.zeros((n, spec.num_labels), dtype=np.float32) if full_rows(spec.strategy, "probs") else None
         self.embeddings: Optional[np.ndarray] = None
         self.short_pos, self.short_emb, self.short_score = np.zeros(0, np.int64), None, np.zeros(0)
 
     def add(self, rows: np.ndarray, outs: PoolOutputs, emb: Optional[np.ndarray]) -> None:
         spec = self.spec
         if self.scores is not None:
-            s = SCORES[spec.strategy](outs)
+            s = score(spec.strategy, outs)
             self.scores[rows] = s
             if emb is not None and spec.keep_top:
                 self._keep_best(rows, s, emb)
-        if spec.strategy in FULL_EMBEDDINGS:
+        if full_rows(spec.strategy, "embeddings"):
             if self.embeddings is None:
                 self.embeddings = np.zeros((self.n, emb.shape[1]), dtype=np.float32)
             self.embeddings[rows] = emb
@@ -180,7 +189,7 @@ class Reducer:
 
     def result(self) -> PoolOutputs:
         out = PoolOutputs(n=self.n, scores=self.scores, probs=self.probs)
-        if self.spec.strategy in FULL_EMBEDDINGS:
+        if full_rows(self.spec.strategy, "embeddings"):
             out.embeddings = self.embeddings if self.embeddings is not None else np.zeros((self.n, 1), np.float32)
         elif self.spec.need_embeddings and self.short_emb is not None:
             order = np.argsort(self.short_pos)
@@ -215,7 +224,7 @@ def _share(local: PoolOutputs, mine: np.ndarray, spec: PoolPass) -> dict:
     short = local.embedding_rows if local.embedding_rows is not None else np.zeros(0, np.int64)
     return {"rows": mine, "scores": None if local.scores is None else local.scores[mine],
             "probs": None if local.probs is None else local.probs[mine],
-            "embeddings": local.embeddings[mine] if spec.strategy in FULL_EMBEDDINGS else None,
+            "embeddings": local.embeddings[mine] if full_rows(spec.strategy, "embeddings") else None,
             "short": (short, local.embeddings if len(short) else None,
                       local.scores[short] if local.scores is not None and len(short) else None)}
 
@@ -267,7 +276,7 @@ def _stream(model: nn.Module, pool: Split, positions: np.ndarray, featurize: Cal
 
 
 __all__ = ["PoolPass", "stream_pool", "forward_batch", "committee", "Reducer", "head_layer", "capture_head_input",
-           "COMMITTEE"]
+           "needs_members", "full_rows"]
 
 
 def dropout_on(model) -> None:

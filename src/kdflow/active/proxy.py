@@ -11,37 +11,35 @@ and no teacher call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from .. import pipeline
+from .context import Context
 from .outputs import PoolPass, stream_pool
 from .strategies import neighbour_vote
 
-if TYPE_CHECKING:
-    from .loop import Loop
 
 NEIGHBOURS = 10
 
 
-def student_embeddings(loop: "Loop", positions: np.ndarray) -> np.ndarray:
+def student_embeddings(ctx: Context, positions: np.ndarray) -> np.ndarray:
     """The current student's penultimate-layer rows for pool ``positions`` (in that order)."""
     positions = np.asarray(positions, dtype=np.int64)
-    spec = PoolPass("coreset", len(loop.labels), loop.ac.pool_batch_size, loop.ac.pool_chunk)
-    out = stream_pool(loop.current, loop.pool, positions, lambda: pipeline.featurizer(loop.run, loop.s_tokenizer),
-                      loop.run.acc.device, spec)
+    spec = PoolPass("coreset", len(ctx.labels), ctx.ac.pool_batch_size, ctx.ac.pool_chunk)
+    out = stream_pool(ctx.current, ctx.pool, positions, lambda: pipeline.featurizer(ctx.run, ctx.s_tokenizer),
+                      ctx.run.acc.device, spec)
     return out.embeddings[positions]
 
 
-def estimated_teacher(loop: "Loop") -> Callable[[np.ndarray], np.ndarray]:
+def estimated_teacher(ctx: Context) -> Callable[[np.ndarray], np.ndarray]:
     """``positions -> [n, C]``: the teacher's probabilities estimated from the labels it already gave."""
-    labelled = loop.state.labelled_positions
-    index = {name: i for i, name in enumerate(loop.labels)}
-    given = np.asarray([index[loop.state.labels[loop.pool.ids[p]]["label"]] for p in labelled], dtype=np.int64)
-    reference = student_embeddings(loop, labelled)
-    return lambda positions: neighbour_vote(student_embeddings(loop, positions), reference, given,
-                                            len(loop.labels), NEIGHBOURS)
+    labelled = ctx.state.labelled_positions
+    given = np.asarray([ctx.label_index(ctx.pool.ids[p]) for p in labelled], dtype=np.int64)
+    reference = student_embeddings(ctx, labelled)
+    return lambda positions: neighbour_vote(student_embeddings(ctx, positions), reference, given,
+                                            len(ctx.labels), NEIGHBOURS)
 
 
 __all__ = ["estimated_teacher", "student_embeddings", "NEIGHBOURS"]

@@ -10,15 +10,15 @@ from typing import Optional
 from ..config import Config, same_setting
 from ..errors import KdflowError
 from .coldstart import COLD_STARTS
-from .outputs import COMMITTEE
-from .pool import PoolState
+from .outputs import needs_members
+from .strategies import NEEDS, names
 
 
 def needs_teacher(cfg: Config) -> bool:
     """Whether the run asks the teacher anything: soft targets, labels, a strategy or a stopping rule."""
     ac = cfg.active
-    return (cfg.distill.alpha > 0 or ac.oracle in ("teacher", "hybrid") or ac.strategy == "disagreement"
-            or (ac.strategy in COMMITTEE and ac.committee == "teacher_student") or ac.stop_parity is not None
+    return (cfg.distill.alpha > 0 or ac.oracle in ("teacher", "hybrid") or "teacher_probs" in NEEDS[ac.strategy]
+            or (needs_members(ac.strategy) and ac.committee == "teacher_student") or ac.stop_parity is not None
             or ac.initial_strategy in COLD_STARTS)
 
 
@@ -30,6 +30,7 @@ def resolve(cfg: Config) -> tuple[Config, Optional[str]]:
     counted, or its head is not trained yet), balanced by the teacher's predictions where the run asks the teacher
     anyway, random where it asks it nothing. ``cold_start_labels`` asks for a cold start in any case."""
     ac = cfg.active
+    check_strategies(cfg, [ac.strategy], "active.strategy")
     if ac.initial_strategy is not None:
         return cfg, None
     gold = ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold") or bool(cfg.data.unlabelled)
@@ -46,6 +47,50 @@ def resolve(cfg: Config) -> tuple[Config, Optional[str]]:
         choice, why = "balanced", "cold_start_labels asks for a cold start"
     done = cfg.model_copy(update={"active": ac.model_copy(update={"initial_strategy": choice})})
     return done, f"[active] initial_strategy {choice} (auto: {why})"
+
+
+def import_strategy_modules(cfg: Config) -> None:
+    """Import ``active.strategy_modules`` (dotted module names, or ``.py`` files), whose code registers strategies
+    with :func:`kdflow.active.register_strategy`; a module imported before is not run again."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+    for spec in cfg.active.strategy_modules:
+        path = Path(spec)
+        if spec.endswith(".py"):
+            name = "kdflow_strategies_" + path.stem
+            if not path.is_file():
+                raise KdflowError(f"active.strategy_modules names '{spec}', which is not a file; give a .py file "
+                                  "that registers strategies, or a module importable by name")
+            if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+                continue
+            found = importlib.util.spec_from_file_location(name, path.resolve())
+            module = importlib.util.module_from_spec(found)
+            sys.modules[name] = module
+            runner = found.loader.exec_module
+        else:
+            try:
+                importlib.import_module(spec)
+            except ImportError as e:
+                raise KdflowError(f"active.strategy_modules names '{spec}', which cannot be imported ({e}); give "
+                                  "a module on the Python path or a .py file") from None
+            continue
+        try:
+            runner(module)
+        except Exception as e:  # the user's code: say whose it is
+            sys.modules.pop(name, None)
+            raise KdflowError(f"active.strategy_modules: importing '{spec}' failed: {type(e).__name__}: {e}") from None
+
+
+def check_strategies(cfg: Config, wanted: list[str], where: str) -> None:
+    """Every name in ``wanted`` is a strategy (built-in, or registered by ``active.strategy_modules``)."""
+    import_strategy_modules(cfg)
+    bad = [s for s in wanted if s not in NEEDS]
+    if bad:
+        raise KdflowError(f"Unknown strategy '{bad[0]}' in {where}; choose one of {', '.join(names())}, or register "
+                          "your own with kdflow.active.register_strategy in a module named in "
+                          "active.strategy_modules")
 
 
 def _check_distill(cfg: Config) -> None:
@@ -65,7 +110,7 @@ def _check_distill(cfg: Config) -> None:
 
 def _check_committee(cfg: Config) -> None:
     ac = cfg.active
-    if ac.strategy not in COMMITTEE or ac.committee != "checkpoints":
+    if not needs_members(ac.strategy) or ac.committee != "checkpoints":
         return
     if ac.committee_size > cfg.train.epochs:
         raise KdflowError(f"active.committee_size {ac.committee_size} exceeds train.epochs {cfg.train.epochs}: the "
@@ -84,13 +129,14 @@ def check(cfg: Config) -> None:
                           "probabilities)")
     if d.values_column:
         raise KdflowError("kdflow active reads text pools; numeric sequences (data.values_column) are not supported")
+    check_strategies(cfg, [ac.strategy], "active.strategy")
     _check_distill(cfg)
     simulated = ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold")
     if d.unlabelled and simulated:
         raise KdflowError("The pool is data.unlabelled, which has no gold labels, so active.oracle gold (or hybrid "
                           "with hybrid_human gold) cannot label it; use oracle human, teacher or hybrid")
     if ac.target == "teacher_calls" and (ac.stop_parity is not None
-                                          or (ac.strategy in COMMITTEE and ac.committee == "teacher_student")):
+                                          or (needs_members(ac.strategy) and ac.committee == "teacher_student")):
         asks = "stop_parity" if ac.stop_parity is not None else f"strategy {ac.strategy}"
         raise KdflowError(f"active.target teacher_calls counts every teacher call, and {asks} asks the teacher "
                           "about examples it does not label; pick a student strategy (margin, entropy, badge, "
@@ -112,9 +158,9 @@ def check(cfg: Config) -> None:
                           f"initial_strategy {ac.initial_strategy} is none; set initial_strategy: typicality or "
                           "balanced, or drop cold_start_labels")
     spec = cfg.model.student
-    if ac.strategy == "bald" and ac.target != "teacher" and not spec.name and spec.dropout <= 0:  # checked once built
-        raise KdflowError("active.strategy bald samples the student with MC dropout, but model.student.dropout is 0; "
-                          "set it above 0 (e.g. 0.1) or pick another strategy")
+    if "mc_probs" in NEEDS[ac.strategy] and ac.target != "teacher" and not spec.name and spec.dropout <= 0:
+        raise KdflowError(f"active.strategy {ac.strategy} samples the student with MC dropout, but "  # checked once
+                          "model.student.dropout is 0; set it above 0 (e.g. 0.1) or pick another strategy")  # built
     _check_committee(cfg)
 
 
@@ -125,7 +171,7 @@ def _check_teacher_target(cfg: Config) -> None:
     if ac.oracle in ("teacher", "hybrid"):
         raise KdflowError(f"active.target teacher fine-tunes the teacher on the labels, so they cannot come from it "
                           f"(oracle {ac.oracle}); use oracle gold or human")
-    if ac.strategy in ("vote_entropy", "committee_kl", "disagreement") or ac.stop_parity is not None:
+    if needs_members(ac.strategy) or "teacher_probs" in NEEDS[ac.strategy] or ac.stop_parity is not None:
         what = "stop_parity" if ac.stop_parity is not None else f"strategy {ac.strategy}"
         raise KdflowError(f"active.target teacher ranks the pool with the teacher alone, and {what} needs the "
                           "student beside it; use margin, entropy, least_confidence, bald, coreset, badge or random")
@@ -163,20 +209,5 @@ def check_resume(saved: dict, cfg: Config) -> None:
                           "resume with the settings of the run, or --overwrite to start again")
 
 
-def open_state(loop, resume: bool) -> PoolState:
-    """The saved state of the run to resume (its settings checked), or a new one."""
-    cfg = loop.cfg
-    if not resume:
-        return loop.new_state()
-    if not loop.state_path.is_file():
-        raise KdflowError(f"There is no active-learning run to resume in '{cfg.run_dir}'; drop --resume to start one")
-    loop.state = PoolState.load(loop.state_path, list(loop.pool.ids))
-    check_resume(loop.state.signature, cfg)
-    if loop.state.stopped and loop.state.rounds and loop.stop_reason() is None:
-        loop.run.info(f"[active] continuing a run that had stopped ({loop.state.stopped}): its limits were raised")
-        loop.state.stopped = None
-    loop.run.info(f"[active] resumed: {len(loop.state.labels)} labels, {len(loop.state.rounds)} rounds done")
-    return loop.state
-
-
-__all__ = ["needs_teacher", "resolve", "check", "signature", "check_resume", "open_state"]
+__all__ = ["needs_teacher", "resolve", "check", "signature", "check_resume", "check_strategies",
+           "import_strategy_modules"]

@@ -40,33 +40,27 @@ from typing import Callable, Optional
 
 import numpy as np
 
-EPS = 1e-12
+from .selectors import (EPS, badge, check_probs, coreset, diverse_top_k, k_centre_greedy, min_sq_dist, order,
+                        tie_keys, top_k)
 
 
 # ------------------------------------------------------------------ scores
 
-def _check_probs(p: np.ndarray, name: str = "probs") -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    if p.ndim < 2 or p.shape[-1] < 2:
-        raise ValueError(f"{name} must be [..., N, C] with C >= 2 classes, got shape {p.shape}")
-    return p
-
-
 def least_confidence(probs: np.ndarray) -> np.ndarray:
     """``1 - max_c p_c``: 0 for a certain prediction, ``1 - 1/C`` for a uniform one."""
-    p = _check_probs(probs)
+    p = check_probs(probs)
     return 1.0 - p.max(-1)
 
 
 def margin(probs: np.ndarray) -> np.ndarray:
     """Negated gap between the two most probable classes: near 0 = a coin flip between two."""
-    p = np.sort(_check_probs(probs), axis=-1)
+    p = np.sort(check_probs(probs), axis=-1)
     return -(p[..., -1] - p[..., -2])
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Shannon entropy ``-sum p log p`` (nats): 0 for one-hot, ``log C`` for uniform."""
-    p = _check_probs(probs)
+    p = check_probs(probs)
     return -(p * np.log(np.clip(p, EPS, 1.0))).sum(-1)
 
 
@@ -74,7 +68,7 @@ def bald(mc_probs: np.ndarray) -> np.ndarray:
     """Mutual information between the prediction and the weights, from ``[T, N, C]`` MC-dropout
     samples: the entropy of the mean minus the mean entropy. High when the passes are each
     confident but disagree (epistemic), low when they agree, however flat (aleatoric)."""
-    p = _check_probs(mc_probs, "mc_probs")
+    p = check_probs(mc_probs, "mc_probs")
     if p.ndim != 3:
         raise ValueError(f"mc_probs must be [T, N, C] (MC passes, examples, classes), got shape {p.shape}")
     return np.maximum(entropy(p.mean(0)) - entropy(p).mean(0), 0.0)
@@ -82,7 +76,7 @@ def bald(mc_probs: np.ndarray) -> np.ndarray:
 
 def vote_entropy(member_probs: np.ndarray) -> np.ndarray:
     """Entropy of the committee's hard votes (``[M, N, C]`` member probabilities)."""
-    p = _check_probs(member_probs, "member_probs")
+    p = check_probs(member_probs, "member_probs")
     if p.ndim != 3:
         raise ValueError(f"member_probs must be [M, N, C] (members, examples, classes), got shape {p.shape}")
     votes = p.argmax(-1)  # [M, N]
@@ -92,7 +86,7 @@ def vote_entropy(member_probs: np.ndarray) -> np.ndarray:
 
 def committee_kl(member_probs: np.ndarray) -> np.ndarray:
     """Mean KL divergence of each member from the committee's consensus (``[M, N, C]``)."""
-    p = _check_probs(member_probs, "member_probs")
+    p = check_probs(member_probs, "member_probs")
     if p.ndim != 3:
         raise ValueError(f"member_probs must be [M, N, C] (members, examples, classes), got shape {p.shape}")
     mean = p.mean(0, keepdims=True)
@@ -102,7 +96,7 @@ def committee_kl(member_probs: np.ndarray) -> np.ndarray:
 
 def disagreement(student_probs: np.ndarray, teacher_probs: np.ndarray) -> np.ndarray:
     """``KL(p_teacher || p_student)``: where the student has not yet learnt what the teacher knows."""
-    s, t = _check_probs(student_probs), _check_probs(teacher_probs, "teacher_probs")
+    s, t = check_probs(student_probs), check_probs(teacher_probs, "teacher_probs")
     if s.shape != t.shape:
         raise ValueError(f"student and teacher probabilities differ in shape: {s.shape} vs {t.shape}")
     return np.maximum((t * (np.log(np.clip(t, EPS, 1.0)) - np.log(np.clip(s, EPS, 1.0)))).sum(-1), 0.0)
@@ -127,151 +121,6 @@ def neighbour_vote(queries: np.ndarray, reference: np.ndarray, labels: np.ndarra
         rows = np.arange(len(near))[:, None]
         np.add.at(out[start:start + 1024], (np.broadcast_to(rows, near.shape), labels[near]), 1.0 + sim[rows, near])
     return out / out.sum(1, keepdims=True)
-
-
-# ------------------------------------------------------------------ selectors
-
-def _order(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(n)
-
-
-def tie_keys(positions: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded pseudo-random key per pool position, the same whichever subset asks: equal
-    scores are broken by it, in :func:`top_k` and in a streamed short list alike."""
-    positions = np.asarray(positions, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
-        x = positions * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(31)  # splitmix-style mixing: cheap, stateless, well spread
-        x *= np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(29))
-
-
-def top_k(scores: np.ndarray, k: int, candidates: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The ``k`` candidates with the highest scores, best first; equal scores in a seeded order."""
-    candidates = np.asarray(candidates, dtype=np.int64)
-    s = np.asarray(scores, dtype=np.float64)[candidates]
-    if np.isnan(s).any():
-        raise ValueError("scores hold NaN; the model's outputs are not finite")
-    rank = np.lexsort((tie_keys(candidates, seed), -s))  # by score descending, then by the seeded key
-    return candidates[rank[:k]]
-
-
-def _sq_dists(x: np.ndarray, centres: np.ndarray, x_sq: Optional[np.ndarray] = None) -> np.ndarray:
-    """Squared Euclidean distances ``[N, M]`` by ``|x|² + |c|² - 2 x·c`` (clipped at 0)."""
-    x_sq = (x * x).sum(1) if x_sq is None else x_sq
-    d = x_sq[:, None] + (centres * centres).sum(1)[None, :] - 2.0 * (x @ centres.T)
-    return np.maximum(d, 0.0)
-
-
-def min_sq_dist(x: np.ndarray, centres: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """``min_j |x_i - c_j|²`` for every row of ``x``, computed in chunks of centres and rows:
-    memory ``chunk x chunk`` floats whatever ``N`` and ``M``."""
-    x = np.asarray(x, dtype=np.float32)
-    centres = np.asarray(centres, dtype=np.float32)
-    out = np.full(len(x), np.inf, dtype=np.float32)
-    if len(centres) == 0:
-        return out
-    x_sq = (x * x).sum(1)
-    for i in range(0, len(x), chunk):
-        rows, rows_sq = x[i:i + chunk], x_sq[i:i + chunk]
-        for j in range(0, len(centres), chunk):
-            d = _sq_dists(rows, centres[j:j + chunk], rows_sq)
-            np.minimum(out[i:i + chunk], d.min(1), out=out[i:i + chunk])
-    return out
-
-
-def k_centre_greedy(x: np.ndarray, k: int, start_dist: np.ndarray, first: Optional[int] = None) -> list[int]:
-    """Greedy k-centre: repeatedly take the row farthest from everything chosen so far.
-
-    ``start_dist``: squared distance of each row to the already covered set (``inf`` when
-    nothing is covered yet). ``first``: the row to take first (else the farthest).
-    One pass of ``O(N·D)`` per pick.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    dist = np.array(start_dist, dtype=np.float32, copy=True)
-    x_sq = (x * x).sum(1)
-    chosen: list[int] = []
-    for step in range(min(k, len(x))):
-        if step == 0 and first is not None:
-            i = int(first)
-        else:
-            dist[chosen] = -1.0
-            i = int(np.argmax(dist))
-        chosen.append(i)
-        d = np.maximum(x_sq + x_sq[i] - 2.0 * (x @ x[i]), 0.0)
-        np.minimum(dist, d, out=dist)
-    return chosen
-
-
-def diverse_top_k(scores: np.ndarray, embeddings: np.ndarray, k: int, candidates: np.ndarray, factor: int = 10,
-                  seed: int = 0, rows: Optional[np.ndarray] = None) -> np.ndarray:
-    """Batch-mode diversity: among the ``factor * k`` best-scored candidates, greedy k-centre on
-    their embeddings, starting from the best score. ``factor = 1`` is plain :func:`top_k`.
-
-    ``rows``: the pool positions whose embeddings ``embeddings`` holds, in order (a streaming
-    pass keeps only the best-scored ones); ``None`` means every pool position.
-    """
-    candidates = np.asarray(candidates, dtype=np.int64)
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        candidates = candidates[np.isin(candidates, rows)]
-    short = top_k(scores, max(k, factor * k), candidates, seed)
-    if len(short) <= k or factor <= 1:
-        return short[:k]
-    if rows is None:
-        emb = np.asarray(embeddings, dtype=np.float32)[short]
-    else:
-        where = {int(p): i for i, p in enumerate(rows)}
-        emb = np.asarray(embeddings, dtype=np.float32)[[where[int(p)] for p in short]]
-    picked = k_centre_greedy(emb, k, np.full(len(short), np.inf, dtype=np.float32), first=0)
-    return short[picked]
-
-
-def coreset(embeddings: np.ndarray, labelled: np.ndarray, k: int, candidates: np.ndarray,
-            chunk: int = 4096) -> np.ndarray:
-    """Greedy k-centre core-set (Sener & Savarese 2018): each pick is the candidate farthest from
-    the labelled set and from the picks before it. ``embeddings`` covers the whole pool."""
-    candidates = np.asarray(candidates, dtype=np.int64)
-    emb = np.asarray(embeddings, dtype=np.float32)
-    cand = emb[candidates]
-    start = min_sq_dist(cand, emb[np.asarray(labelled, dtype=np.int64)], chunk)
-    if not np.isfinite(start).any():  # nothing labelled yet: start from the candidate nearest the mean
-        first = int(np.argmin(((cand - cand.mean(0)) ** 2).sum(1)))
-        return candidates[k_centre_greedy(cand, k, start, first=first)]
-    return candidates[k_centre_greedy(cand, k, start)]
-
-
-def badge(probs: np.ndarray, hidden: np.ndarray, k: int, candidates: np.ndarray, seed: int = 0) -> np.ndarray:
-    """BADGE (Ash et al. 2020): k-means++ seeding on the last layer's gradient embeddings
-    ``g_i = (p_i - e_yhat_i) ⊗ h_i`` under the model's own predicted label.
-
-    ``|g_i - g_j|² = |a_i|²|h_i|² + |a_j|²|h_j|² - 2 (a_i·a_j)(h_i·h_j)`` with ``a = p - e_yhat``,
-    so each step is ``O(N·(C + D))`` and the ``N x C·D`` matrix is never formed. The first
-    centre is the largest gradient (the most uncertain and most surprising point); the rest
-    are drawn with probability proportional to the squared distance to the chosen centres.
-    """
-    candidates = np.asarray(candidates, dtype=np.int64)
-    p = _check_probs(np.asarray(probs)[candidates])  # index first: only the candidates' rows are copied
-    h = np.asarray(hidden)[candidates].astype(np.float64)
-    a = p.copy()
-    a[np.arange(len(a)), p.argmax(1)] -= 1.0
-    a_sq, h_sq = (a * a).sum(1), (h * h).sum(1)
-    norm = a_sq * h_sq
-    rng = np.random.default_rng(seed)
-    chosen = [int(np.argmax(norm))]
-    dist = np.full(len(candidates), np.inf)
-    for _ in range(min(k, len(candidates)) - 1):
-        c = chosen[-1]
-        d = np.maximum(norm + norm[c] - 2.0 * (a @ a[c]) * (h @ h[c]), 0.0)
-        np.minimum(dist, d, out=dist)
-        dist[chosen] = 0.0
-        total = dist.sum()
-        if total <= 0:  # every remaining candidate coincides with a centre: take the next unseen one
-            rest = np.setdiff1d(np.arange(len(candidates)), chosen)
-            chosen.append(int(rest[rng.integers(len(rest))]))
-            continue
-        chosen.append(int(rng.choice(len(candidates), p=dist / total)))
-    return candidates[chosen]
 
 
 # ------------------------------------------------------------------ one entry point
@@ -305,7 +154,15 @@ SCORES: dict[str, Callable[[PoolOutputs], np.ndarray]] = {
     "committee_kl": lambda o: committee_kl(o.members),
     "disagreement": lambda o: disagreement(o.probs, o.teacher_probs),
 }
-STRATEGIES = ("random", *SCORES, "coreset", "badge")
+
+# selectors over the whole pool's outputs: (outputs, k, candidates, labelled, seed) -> positions, best first
+Pick = Callable[[PoolOutputs, int, np.ndarray, np.ndarray, int], np.ndarray]
+PICKS: dict[str, Pick] = {
+    "random": lambda o, k, cands, labelled, seed: cands[order(len(cands), seed)[:k]],
+    "coreset": lambda o, k, cands, labelled, seed: coreset(o.embeddings, labelled, k, cands),
+    "badge": lambda o, k, cands, labelled, seed: badge(o.probs, o.embeddings, k, cands, seed),
+}
+STRATEGIES = ("random", *SCORES, "coreset", "badge")  # the built-in ones
 
 # which outputs each strategy reads (the loop computes only those)
 NEEDS = {
@@ -317,6 +174,55 @@ NEEDS = {
     "coreset": {"embeddings"},
     "badge": {"probs", "embeddings"},
 }
+OUTPUTS = ("probs", "mc_probs", "members", "teacher_probs", "embeddings")
+PICK_OUTPUTS = ("probs", "embeddings")  # what a scoring pass keeps for every pool row
+
+
+def names() -> tuple[str, ...]:
+    """Every strategy :func:`select` knows: the built-in ones, then the registered ones."""
+    return tuple(NEEDS)
+
+
+def register_strategy(name: str, score: Optional[Callable[[PoolOutputs], np.ndarray]] = None, *,
+                      pick: Optional[Pick] = None, needs=("probs",), replace: bool = False) -> str:
+    """Make a strategy of your own available by ``name`` to :func:`select`, ``kdflow active``
+    (``active.strategy: NAME``; ``active.strategy_modules`` imports the module that registers it) and
+    ``compare_strategies``.
+
+    Give exactly one of ``score(outputs) -> [n]`` (higher = more worth a label; the pool is scored in streamed
+    chunks, so it sees one chunk's rows at a time, and ``active.diversity`` applies) or ``pick(outputs, k,
+    candidates, labelled, seed) -> positions`` (best first; sees the whole pool's rows, of ``probs`` and
+    ``embeddings`` only). ``needs``: the :class:`PoolOutputs` parts it reads (``probs``, ``mc_probs``,
+    ``members``, ``teacher_probs``, ``embeddings``); the loop computes only those. Returns ``name``."""
+    if (score is None) == (pick is None):
+        raise ValueError("register_strategy takes either score= or pick=, exactly one")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("register_strategy needs a non-empty name")
+    needs = set(needs)
+    unknown = sorted(needs - set(OUTPUTS))
+    if unknown:
+        raise ValueError(f"strategy {name!r} needs {unknown[0]!r}, which no pool pass computes; needs is a subset "
+                         f"of {', '.join(OUTPUTS)}")
+    if pick is not None and needs - set(PICK_OUTPUTS):
+        raise ValueError(f"strategy {name!r} picks from the whole pool, whose pass keeps only "
+                         f"{' and '.join(PICK_OUTPUTS)}; write it as score= to read {sorted(needs)[0]}")
+    if name in NEEDS and (name in STRATEGIES or not replace):
+        raise ValueError(f"strategy {name!r} is already registered"
+                         + ("" if name in STRATEGIES else "; pass replace=True to redefine it"))
+    SCORES.pop(name, None)
+    PICKS.pop(name, None)
+    (SCORES if score is not None else PICKS)[name] = score if score is not None else pick
+    NEEDS[name] = needs
+    return name
+
+
+def score(strategy: str, outputs: PoolOutputs) -> np.ndarray:
+    """``[n]`` scores of score-based ``strategy`` for the ``n`` rows of ``outputs`` (held to that shape)."""
+    s = np.asarray(SCORES[strategy](outputs), dtype=np.float64)
+    if s.shape != (outputs.n,):
+        raise ValueError(f"strategy {strategy!r} returned scores of shape {s.shape} for {outputs.n} examples; a "
+                         f"score must return one number per row, shape ({outputs.n},)")
+    return s
 
 
 def select(strategy: str, outputs: PoolOutputs, k: int, candidates: np.ndarray, labelled: np.ndarray,
@@ -331,20 +237,32 @@ def select(strategy: str, outputs: PoolOutputs, k: int, candidates: np.ndarray, 
     candidates = np.asarray(candidates, dtype=np.int64)
     if k <= 0 or len(candidates) == 0:
         return np.array([], dtype=np.int64)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy not in NEEDS:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(names())}")
     missing = [part for part in NEEDS[strategy] if getattr(outputs, part) is None and outputs.scores is None]
     if missing:
         raise ValueError(f"strategy {strategy!r} needs {', '.join(sorted(missing))} in the pool outputs")
-    if strategy == "random":
-        return candidates[_order(len(candidates), seed)[:k]]
-    if strategy == "coreset":
-        return coreset(outputs.embeddings, labelled, k, candidates)
-    if strategy == "badge":
-        return badge(outputs.probs, outputs.embeddings, k, candidates, seed)
-    scores = outputs.scores if outputs.scores is not None else SCORES[strategy](outputs)
+    if strategy in PICKS:
+        return _checked(strategy, PICKS[strategy](outputs, k, candidates, np.asarray(labelled, dtype=np.int64), seed),
+                        k, candidates)
+    scores = outputs.scores if outputs.scores is not None else score(strategy, outputs)
     if diversity > 1:
         if outputs.embeddings is None:
             raise ValueError("batch-mode diversity needs the pool embeddings")
         return diverse_top_k(scores, outputs.embeddings, k, candidates, diversity, seed, outputs.embedding_rows)
     return top_k(scores, k, candidates, seed)
+
+
+def _checked(strategy: str, picked, k: int, candidates: np.ndarray) -> np.ndarray:
+    """A selector's answer held to the contract: at most ``k`` distinct candidates."""
+    picked = np.asarray(picked, dtype=np.int64).reshape(-1)
+    if len(picked) > k or len(np.unique(picked)) < len(picked) or not np.isin(picked, candidates).all():
+        raise ValueError(f"strategy {strategy!r} returned {len(picked)} positions that are not {k} or fewer distinct "
+                         "candidates; a pick must return distinct positions from candidates")
+    return picked
+
+
+__all__ = ["PoolOutputs", "STRATEGIES", "SCORES", "PICKS", "NEEDS", "OUTPUTS", "names", "register_strategy", "score",
+           "select", "least_confidence", "margin", "entropy", "bald", "vote_entropy", "committee_kl", "disagreement",
+           "neighbour_vote", "check_probs", "tie_keys", "top_k", "min_sq_dist", "k_centre_greedy", "diverse_top_k",
+           "coreset", "badge", "order"]

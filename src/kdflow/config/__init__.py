@@ -20,14 +20,14 @@ The same objects are built from Python without any YAML::
 """
 
 from .load import apply_overrides, build, explain, load_config, same_setting
-from .commands import STRATEGIES, ActiveConfig, FrontierConfig
+from .commands import ActiveConfig, FrontierConfig
 from .base import Strict
 from .data import DataConfig
 from .sections import Config, DistillConfig, ExtraTeacher, LayerEntry, RunConfig, TrainConfig, learning_rate
 from .specs import (MODEL_SPECS, AnyModelSpec, DKVBSpec, EncoderSpec, HFSpec, ModelConfig, ModelSpec, TransformerSizes,
                     VisionSpec)
 
-__all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "STRATEGIES", "ActiveConfig",
+__all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "ActiveConfig",
            "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec",
            "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes",
            "VisionSpec", "DKVBSpec", "learning_rate"]

@@ -9,10 +9,6 @@ from pydantic import Field, field_validator, model_validator
 from .base import Strict
 
 
-STRATEGIES = Literal["random", "least_confidence", "margin", "entropy", "bald", "vote_entropy", "committee_kl",
-                     "coreset", "badge", "disagreement"]
-
-
 class ActiveConfig(Strict):
     """Pool-based active learning (``kdflow active``): rounds of train -> evaluate -> score the
     pool -> select -> label.
@@ -33,7 +29,10 @@ class ActiveConfig(Strict):
     # the student on the whole pool; teacher_calls: the teacher is fixed, its calls are the budget and it labels
     # what the student picks (oracle teacher; nothing asks it about the rest of the pool)
     target: Literal["student", "teacher", "teacher_calls"] = "student"
-    strategy: STRATEGIES = "entropy"
+    # a built-in strategy (kdflow.active.strategies.STRATEGIES) or one registered with
+    # kdflow.active.register_strategy, by a module named in strategy_modules (checked when the run starts)
+    strategy: str = Field("entropy", min_length=1)
+    strategy_modules: list[str] = []  # Python modules (dotted names) or .py files imported first
     oracle: Literal["gold", "teacher", "human", "hybrid"] = "gold"
     hybrid_threshold: float = Field(0.9, gt=0.0, le=1.0)  # hybrid: the teacher labels when its max prob >= this
     hybrid_human: Literal["human", "gold"] = "human"  # hybrid: who labels the rest (gold = simulation)
@@ -105,4 +104,4 @@ class FrontierConfig(Strict):
         return v
 
 
-__all__ = ["STRATEGIES", "ActiveConfig", "FrontierConfig"]
+__all__ = ["ActiveConfig", "FrontierConfig"]
