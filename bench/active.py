@@ -277,7 +277,7 @@ def teacher_curves(folder: Path, target: float = 0.95) -> list[str]:
     rounds.csv) and the labels each seed's teacher needs to reach ``target`` of the all-labels teacher."""
     import numpy as np
 
-    from kdflow.active.compare import ci95, labels_to_reach
+    from kdflow.active.curves import ci95, labels_to_reach
 
     def rounds(run: Path) -> list[dict]:
         return list(pd.read_csv(run / "active" / "rounds.csv").to_dict("records"))

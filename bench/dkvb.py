@@ -45,10 +45,10 @@ from torch import nn
 
 from kdflow.config import DataConfig, DKVBSpec, TrainConfig
 from kdflow.data import load_data
-from kdflow.losses import hinton_loss
+from kdflow.distillation.losses import hinton_loss
 from kdflow.models import BuildContext, count_parameters, load_saved
 from kdflow.models.dkvb import KIND as DKVB, DKVBClassifier, fit_keys
-from kdflow.train import make_optimizer
+from kdflow.engine.train import make_optimizer
 
 T, ALPHA, MAX_LENGTH = 4.0, 0.5, 64
 LR = {"dkvb": 1e-1, "linear": 1e-3, "finetuned": 1e-4}  # i.i.d.: kdflow's auto rates for each kind of student
@@ -342,7 +342,7 @@ def pipeline(a, results: dict, save) -> None:
 
 def timing(a, results: dict, save) -> None:
     """p50 latency at batch 1 (1 thread) over 200 CLINC test texts: each student and the teacher."""
-    from kdflow.measure import latency_and_throughput, torch_runner
+    from kdflow.deploy.measure import latency_and_throughput, torch_runner
     from kdflow.models import load_hf_classifier, load_tokenizer
     d = load_data(data_config("clinc", Path(a.data_dir)))
     teacher, tok, labels, _ = load_saved(a.teacher)

@@ -76,7 +76,7 @@ def kdtrainer_run(cfg: dict, out: Path, seed: int, teacher_dir: str) -> dict:
 
     from kdflow.config import load_config
     from kdflow.data import load_data
-    from kdflow.hf import KDTrainer, KDTrainingArguments, student_from
+    from kdflow.integrations.hf_trainer import KDTrainer, KDTrainingArguments, student_from
     from kdflow.metrics import quality
 
     c = load_config(cfg)
@@ -118,7 +118,7 @@ def kdtrainer_run(cfg: dict, out: Path, seed: int, teacher_dir: str) -> dict:
 
 def timing(cfg: dict, teacher_dir: Path, student_dir: Path) -> dict:
     from kdflow.api import compare
-    from kdflow.compare import MeasureOptions
+    from kdflow.deploy.compare import MeasureOptions
     rows = compare(str(teacher_dir), str(student_dir), cfg, options=MeasureOptions(memory=False))
     return {r["model"]: {"size_mb": r["size_mb"], "latency_ms_p50": r["latency_ms_p50"],
                          "parameters": r.get("parameters")} for r in rows}

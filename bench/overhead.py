@@ -37,9 +37,9 @@ import kdflow  # noqa: E402
 from kdflow import models, pipeline  # noqa: E402
 from kdflow.config import DistillConfig, load_config  # noqa: E402
 from kdflow.data import TextFeaturizer, load_data, loader, make_collate, set_epoch  # noqa: E402
-from kdflow.distiller import Distiller  # noqa: E402
-from kdflow.teacher_cache import teacher_logits  # noqa: E402
-from kdflow.train import make_accelerator, make_optimizer, train_epoch  # noqa: E402
+from kdflow.distillation.distiller import Distiller  # noqa: E402
+from kdflow.distillation.teacher_cache import teacher_logits  # noqa: E402
+from kdflow.engine.train import make_accelerator, make_optimizer, train_epoch  # noqa: E402
 
 
 def base_config(args, out: Path) -> dict:

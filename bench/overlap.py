@@ -1,7 +1,7 @@
 """How much of each real data set's held-out splits repeats its own training file: the measurement behind the
-leakage rule's threshold (``kdflow.leakage.LEAK_SHARE``).
+leakage rule's threshold (``kdflow.data.leakage.LEAK_SHARE``).
 
-Each data set is read by kdflow's own loaders and counted by the rule itself (:func:`kdflow.leakage.overlaps`:
+Each data set is read by kdflow's own loaders and counted by the rule itself (:func:`kdflow.data.leakage.overlaps`:
 exact, and once case, punctuation and spacing are ignored), against the training data as given. Prints a
 Markdown table and writes ``bench/results/overlap.json``.
 
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kdflow.config import DataConfig  # noqa: E402
 from kdflow.data import load_data  # noqa: E402
-from kdflow.leakage import LEAK_SHARE, overlaps  # noqa: E402
+from kdflow.data.leakage import LEAK_SHARE, overlaps  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overlap.json"
 

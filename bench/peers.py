@@ -10,7 +10,7 @@ epoch keeping the best student:
 
 - ``kdflow_offline`` / ``kdflow_online``: ``kdflow distill`` (offline: the teacher's outputs
   computed once into a fresh cache, that pass timed too);
-- ``kdtrainer``: ``kdflow.hf.KDTrainer`` (online);
+- ``kdtrainer``: ``kdflow.integrations.hf_trainer.KDTrainer`` (online);
 - ``textbrewer``: TextBrewer 0.2.1's ``GeneralDistiller`` (online only; its ``kd_ce_loss`` has no
   T² factor, so its KD weight is alpha · T² for the same gradients);
 - ``book``: a ``Trainer`` subclass with the loss as "Natural Language Processing with
@@ -84,7 +84,7 @@ class Setup:
 
     def student(self, seed: int):
         import torch
-        from kdflow.hf import student_from
+        from kdflow.integrations.hf_trainer import student_from
         # nothing here is random since the head is copied too (911865a): the seed varies order and dropout
         torch.manual_seed(seed)
         return student_from(self.teacher(), num_layers=3)
@@ -165,7 +165,7 @@ def run_trainer(s: Setup, seed: int, system: str, work: Path):
     pieces = dict(train_dataset=s.dataset(s.data.train), eval_dataset=s.dataset(s.data.validation),
                   processing_class=s.tokenizer(), compute_metrics=accuracy)
     if system == "kdtrainer":
-        from kdflow.hf import KDTrainer, KDTrainingArguments
+        from kdflow.integrations.hf_trainer import KDTrainer, KDTrainingArguments
         layers = dict(layers="last:3", layer_losses="hidden:1") if s.a.hidden else {}
         args = trainer_args(KDTrainingArguments, work / f"kdtrainer-{seed}", seed, epochs=s.a.epochs,
                             alpha=ALPHA, temperature=T, **layers)

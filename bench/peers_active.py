@@ -79,7 +79,7 @@ class StudentProbs:
 
         from kdflow import pipeline
         from kdflow.data import loader, make_collate
-        from kdflow.train import predict
+        from kdflow.engine.train import predict
         ctx = self.loop.ctx
         model, tok = self.loop.trainer.view(ctx)  # the round's student and tokenizer, as kdflow's margin reads them
         rows = np.asarray(dataset.x[:, 0], dtype=np.int64)
@@ -139,7 +139,7 @@ def compare(results: dict) -> dict:
     """Curves with 95 % intervals, kdflow within small-text's intervals (or above), selection-time ratios."""
     import numpy as np
 
-    from kdflow.active.compare import curve_stats
+    from kdflow.active.curves import curve_stats
     out = {"systems": {}, "pairs": {}}
     for system, runs in results.items():
         stats = curve_stats(runs, "test", "accuracy")

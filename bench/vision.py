@@ -101,7 +101,7 @@ def run_variant(cfg: dict, variant: str, seed: int, teacher: str, a) -> dict:
 
 def timing(cfg: dict, teacher: Path, student: Path) -> list:
     from kdflow.api import compare
-    from kdflow.compare import MeasureOptions
+    from kdflow.deploy.compare import MeasureOptions
     rows = compare(str(teacher), str(student), cfg, options=MeasureOptions(onnx=True, int8=True, memory=False))
     keep = ("model", "parameters", "size_mb", "latency_ms_p50", "throughput_per_s", "accuracy", "max_abs_diff")
     return [{k: r[k] for k in keep if k in r} for r in rows]
@@ -115,8 +115,8 @@ def estimate(path: str, images: int = 50_000, side: int = 32, steps: int = 4) ->
 
     from kdflow.config import load_config
     from kdflow.data import ImagePreprocess
-    from kdflow.distiller import Distiller, FeatureStudent, feature_widths
-    from kdflow.layers import resolve_for
+    from kdflow.distillation.distiller import Distiller, FeatureStudent, feature_widths
+    from kdflow.distillation.layers import resolve_for
     from kdflow.models import KINDS, BuildContext
     cfg = load_config(path)
     labels = [str(i) for i in range(10)]

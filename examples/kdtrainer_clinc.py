@@ -21,7 +21,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 
 from kdflow.config import DataConfig
 from kdflow.data import load_data
-from kdflow.hf import KDTrainer, KDTrainingArguments, student_from
+from kdflow.integrations.hf_trainer import KDTrainer, KDTrainingArguments, student_from
 from kdflow.models import resolve_name
 
 

@@ -28,7 +28,7 @@ def _reseed_config_defaults() -> None:
     initialisations, batch orders and held-out splits."""
     from kdflow.config import Config
     from kdflow.config.commands import ActiveConfig
-    from kdflow.config.data import DataConfig
+    from kdflow.config.data_section import DataConfig
     from kdflow.config.sections import TrainConfig
     for model, section in ((TrainConfig, "train"), (DataConfig, "data"), (ActiveConfig, "active")):
         model.model_fields["seed"].default = moved_seed(section)
@@ -94,7 +94,7 @@ def make_intents(n_per_class: int, seed: int) -> list[list[str]]:
 
 def held_out_intents(train: list[list[str]], n_per_class: int, seed: int, repeats: int) -> list[list[str]]:
     """``n_per_class`` intents of each class whose texts are not in ``train``, but for the first ``repeats``
-    (a few duplicates, as real data has: under the share the leakage rule refuses, kdflow.leakage)."""
+    (a few duplicates, as real data has: under the share the leakage rule refuses, kdflow.data.leakage)."""
     seen, taken, out = {t for t, _ in train}, {k: 0 for k in TEMPLATES}, []
     for text, label in make_intents(10 * n_per_class, seed):
         if taken[label] < n_per_class and (text not in seen or repeats > 0):

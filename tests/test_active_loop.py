@@ -16,7 +16,7 @@ from kdflow import KdflowError
 from kdflow.active import loop as loop_mod
 from kdflow.active import rounds as rounds_mod
 from kdflow.active.context import Context
-from kdflow.active.compare import labels_to_reach
+from kdflow.active.curves import labels_to_reach
 from kdflow.cli import main
 
 from conftest import make_intents, tiny_config
@@ -363,7 +363,7 @@ def test_streamed_scores_do_not_depend_on_chunking(taught):
 
 
 def test_ci95_is_the_t_interval_of_the_mean():
-    from kdflow.active.compare import ci95
+    from kdflow.active.curves import ci95
     # n = 5, sample std 1.5811 (ddof 1), t(0.975, 4) = 2.7764: 2.7764 * 1.5811 / sqrt(5) = 1.9632
     assert ci95([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(1.9632, abs=1e-4)
     assert ci95([0.5, 0.5]) == 0.0

@@ -157,7 +157,7 @@ def test_no_import_cycles():
 
 # another library's private name kdflow must touch, "file: expression" -> why there is no public way
 FOREIGN_PRIVATE = {
-    "src/kdflow/train.py: AcceleratorState._reset_state": "accelerate keeps one state per process and has no public "
+    "src/kdflow/engine/train.py: AcceleratorState._reset_state": "accelerate keeps one state per process and has no public "
     "reset; teach then distill in one Python session need other precisions",
     "tests/test_hf_trainer.py: t._remove_unused_columns": "the Trainer's own column filter, reused so the test's "
     "loader feeds exactly what the Trainer's would",

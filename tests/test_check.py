@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 import kdflow
-from kdflow.baselines import control_findings, controls, majority
-from kdflow.check import plausibility
-from kdflow.leakage import normalise
+from kdflow.diagnose.baselines import control_findings, controls, majority
+from kdflow.diagnose.check import plausibility
+from kdflow.data.leakage import normalise
 from kdflow.cli import main
 from kdflow.data import load_data
 from kdflow.errors import KdflowError

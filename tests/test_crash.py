@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from kdflow import KdflowError
-from kdflow.checkpoint import check_checkpoint, check_file
+from kdflow.engine.checkpoint import check_checkpoint, check_file
 
 from conftest import tiny_config
 
@@ -229,7 +229,7 @@ def test_frontier_killed_while_a_candidate_trains_resumes_to_the_same_front(base
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(base, monkeypatch, capsys):
     from kdflow.cli import main
-    from kdflow.distiller import Distiller
+    from kdflow.distillation.distiller import Distiller
     _, out = base
     real, seen = Distiller.__call__, []
 
@@ -265,8 +265,8 @@ def tiny_fit(tmp_path, resume=False, stop_after=None, scores=(0.1, 0.2, 0.3, 0.4
     default each epoch is the best so far); ``loss_hook(step)`` runs before each step's loss and may return
     a factor for it."""
     from kdflow.config import TrainConfig
-    from kdflow.runlog import RunLog
-    from kdflow.train import FitJob, fit, make_accelerator
+    from kdflow.engine.runlog import RunLog
+    from kdflow.engine.train import FitJob, fit, make_accelerator
     cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=4, patience=None, deterministic=True)
     acc = make_accelerator(cfg)
     gen = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 """The same commands under torchrun: 2 CPU processes (gloo), one run folder, records beside one process's.
 
 Two processes split each training batch (accelerate) and every pass that only reads a model over many
-examples (the teacher's outputs, active learning's pool scoring: ``kdflow.distributed``). The training is
+examples (the teacher's outputs, active learning's pool scoring: ``kdflow.engine.distributed``). The training is
 not bit-identical to one process (each process draws half of every batch, gradients are averaged in
 another order), so no metric of the two trainings is compared with the other's: that "2 processes train as
 well as 1" is a statistical claim, measured over seeds in ``bench/distributed.py`` (BENCHMARKS.md). What is

@@ -13,7 +13,7 @@ from kdflow.config import MODEL_SPECS, TrainConfig
 from kdflow.errors import KdflowError
 from kdflow.models import BuildContext, load_saved, save_model
 from kdflow.models.dkvb import KIND, init_keys, kmeans
-from kdflow.train import make_optimizer
+from kdflow.engine.train import make_optimizer
 
 LABELS = ["a", "b", "c"]
 TEXTS = ["book a flight to paris", "play some music", "what is the weather", "check my balance",
@@ -173,7 +173,7 @@ def test_save_and_load_round_trip(world, tmp_path):
 
 def test_onnx_export_keeps_the_nearest_key_lookup(world, tmp_path):
     pytest.importorskip("onnxruntime")
-    from kdflow.export import export_onnx, max_abs_diff, ort_runner, ort_session
+    from kdflow.deploy.export import export_onnx, max_abs_diff, ort_runner, ort_session
     model, tok, batch = fitted(world)
     with torch.no_grad():
         model.values.copy_(torch.randn_like(model.values))

@@ -10,7 +10,7 @@ import yaml
 from kdflow import api, models
 from kdflow.cli import main
 from kdflow.errors import KdflowError
-from kdflow.pareto import Budget, dominates, fronts, halve, pareto_front, select
+from kdflow.deploy.pareto import Budget, dominates, fronts, halve, pareto_front, select
 
 from conftest import tiny_config
 from margins import at_least

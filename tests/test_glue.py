@@ -248,7 +248,7 @@ def test_a_pair_task_and_the_regression_task_end_to_end(task, tmp_path, tiny_ber
     assert (tmp_path / task / "report.md").is_file()
     if task == "rte":  # pairs through export (token_type_ids into ONNX) and active learning
         from kdflow.api import export
-        from kdflow.compare import MeasureOptions
+        from kdflow.deploy.compare import MeasureOptions
         rows = export(str(tmp_path / task), MeasureOptions(onnx=True, int8=False, memory=False))
         onnx = next(r for r in rows if r["model"] == "student-onnx")
         at_most("glue: |onnx - pytorch| rte test accuracy", abs(onnx["accuracy"] - student["test"]["accuracy"]), 0.02)
@@ -277,7 +277,7 @@ def test_every_glue_task_has_a_layout_and_metric():
 def test_the_run_table_shows_extra_test_sets():
     from rich.console import Console
 
-    from kdflow.console import run_table
+    from kdflow.diagnose.console import run_table
     entry = {"parameters": 10, "best_epoch": 2, "train_seconds": 1.0, "validation": {"accuracy": 0.5},
              "test": {"accuracy": 0.61}, "test_mismatched": {"accuracy": 0.57}, "teacher_test": {"accuracy": 0.7},
              "compression": 2.0}

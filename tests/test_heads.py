@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdflow.errors import KdflowError
-from kdflow.heads import attention_blocks, head_importance, heads_to_prune, prune_heads
+from kdflow.deploy.heads import attention_blocks, head_importance, heads_to_prune, prune_heads
 from kdflow.models import load_hf_classifier
 
 

@@ -15,9 +15,9 @@ import torch
 
 from kdflow import KdflowError
 from kdflow.config import DistillConfig
-from kdflow.distiller import Distiller
-from kdflow.hf import KDTrainer, KDTrainingArguments, content_key
-from kdflow.losses import ce_loss, kd_loss
+from kdflow.distillation.distiller import Distiller
+from kdflow.integrations.hf_trainer import KDTrainer, KDTrainingArguments, content_key
+from kdflow.distillation.losses import ce_loss, kd_loss
 
 from conftest import make_intents
 
@@ -111,7 +111,7 @@ def test_kdtrainer_loss_equals_kdflow_loss(parts, tiny_bert, tmp_path):
     with torch.no_grad():
         hs = student(**feats, output_hidden_states=True).hidden_states[1]
         ht = teacher(**feats, output_hidden_states=True).hidden_states[2]
-    from kdflow.losses import hidden_mse
+    from kdflow.distillation.losses import hidden_mse
     expected = by_hand + 2.0 * hidden_mse(hs, ht, feats["attention_mask"])
     assert layered.compute_loss(student, dict(inputs)).item() == pytest.approx(expected.item(), abs=1e-5)
 
@@ -225,7 +225,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 sys.path.insert(0, {tests!r})
 from conftest import make_intents
 from test_hf_trainer import LABELS, student_of
-from kdflow.hf import KDTrainer, KDTrainingArguments
+from kdflow.integrations.hf_trainer import KDTrainer, KDTrainingArguments
 tok = AutoTokenizer.from_pretrained({bert!r})
 rows = list(dict(make_intents(16, 1)).items())  # distinct texts
 enc = tok([r[0] for r in rows], truncation=True, max_length=32)
@@ -279,7 +279,7 @@ def test_torchrun_two_cpu_processes(parts, tiny_bert, tmp_path):
 
 
 def test_student_from_the_teacher_copies_its_blocks(parts):
-    from kdflow.hf import student_from
+    from kdflow.integrations.hf_trainer import student_from
     teacher = teacher_of(parts[1])
     student = student_from(teacher, num_layers=1)
     assert student.config.num_hidden_layers == 1 and student.config.id2label == teacher.config.id2label

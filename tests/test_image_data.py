@@ -9,7 +9,7 @@ from kdflow import DataConfig, KdflowError
 from kdflow.data import images as im
 from kdflow.data import load_data
 from kdflow.data.features import image_stats
-from kdflow.leakage import overlapping
+from kdflow.data.leakage import overlapping
 
 PIL = pytest.importorskip("PIL.Image")
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow.losses import (attention_kl, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss, multi_teacher_kd,
-                           pkd_loss)
+from kdflow.distillation.losses import (attention_kl, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss, multi_teacher_kd, pkd_loss)
 
 
 def _logits(seed, b=5, c=4):
@@ -99,7 +98,7 @@ def test_taps_read_cnn_feature_maps_for_hidden_matching():
     from torch import nn
 
     from kdflow.errors import KdflowError
-    from kdflow.layers import Taps, as_tokens, match_length
+    from kdflow.distillation.layers import Taps, as_tokens, match_length
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
     student = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())

@@ -6,7 +6,7 @@ import numpy as np
 
 from kdflow.config import DataConfig
 from kdflow.data import Split, example_ids, load_data
-from kdflow.leakage import held_keys, overlapping
+from kdflow.data.leakage import held_keys, overlapping
 
 
 def split(name, texts, pairs=None):
@@ -55,7 +55,7 @@ import yaml  # noqa: E402
 
 import kdflow  # noqa: E402
 from kdflow.cli import main  # noqa: E402
-from kdflow.leakage import LEAK_SHARE, overlaps  # noqa: E402
+from kdflow.data.leakage import LEAK_SHARE, overlaps  # noqa: E402
 
 from conftest import make_intents, tiny_config, tree_hash  # noqa: E402
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow.losses import ce_loss, hinton_loss, kd_loss, mse_loss
+from kdflow.distillation.losses import ce_loss, hinton_loss, kd_loss, mse_loss
 
 
 def logits(seed, b=6, c=5, scale=2.0):
@@ -107,22 +107,22 @@ def test_regression_uses_mse_to_teacher_and_target():
     assert torch.isfinite(p.grad).all() and p.grad.reshape(-1).tolist() == [0.0, 0.0, -1.0]
 
 
-# ------------------------------------------------------------ the logit-loss table (kdflow.distiller.LOGIT_LOSSES)
+# ------------------------------------------------------------ the logit-loss table (kdflow.distillation.distiller.LOGIT_LOSSES)
 
 def test_the_config_checks_the_names_the_table_holds():
     """distill.logit_loss is checked against names in the config (a leaf: no torch, no distiller); they are the
     table's, in its order."""
     from kdflow.config.sections import LOGIT_LOSS_NAMES
-    from kdflow.distiller import LOGIT_LOSSES
+    from kdflow.distillation.distiller import LOGIT_LOSSES
     assert tuple(LOGIT_LOSSES) == LOGIT_LOSS_NAMES
 
 
-@pytest.mark.parametrize("name", __import__("kdflow.distiller", fromlist=["LOGIT_LOSSES"]).LOGIT_LOSSES)
+@pytest.mark.parametrize("name", __import__("kdflow.distillation.distiller", fromlist=["LOGIT_LOSSES"]).LOGIT_LOSSES)
 def test_every_logit_loss_entry_keeps_the_contract(name):
     """Every entry of the table, through the Distiller: zero soft loss when the student already says what the
     teacher says, positive otherwise, a gradient for the student, and alpha mixing with the hard loss."""
     from kdflow.config import DistillConfig, load_config
-    from kdflow.distiller import LOGIT_LOSSES, Distiller, resolve_logit_loss
+    from kdflow.distillation.distiller import LOGIT_LOSSES, Distiller, resolve_logit_loss
     entry = LOGIT_LOSSES[name]
     teachers = 2 if entry.many else 1
     regression = entry.task == "regression"
@@ -150,7 +150,7 @@ def test_every_logit_loss_entry_keeps_the_contract(name):
 
 def test_logit_loss_names_resolve_by_task_and_teachers_or_say_what_is_wrong():
     from kdflow.config import load_config
-    from kdflow.distiller import resolve_logit_loss
+    from kdflow.distillation.distiller import resolve_logit_loss
     from kdflow.errors import KdflowError
     assert resolve_logit_loss("hinton", "classification", 1) == "hinton"
     assert resolve_logit_loss("hinton", "classification", 3) == "multi_teacher"

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from kdflow import HFSpec
-from kdflow.compare import Contestant, MeasureOptions, compare_models, table
+from kdflow.deploy.compare import Contestant, MeasureOptions, compare_models, table
 from kdflow.data import TextFeaturizer, load_data
 from kdflow.config import DataConfig
-from kdflow.measure import parameter_counts, quality_report
+from kdflow.deploy.measure import parameter_counts, quality_report
 from kdflow.models import build_hf_student, load_hf_classifier, load_tokenizer
 
 from margins import at_most
@@ -78,7 +78,7 @@ def test_compare_exports_onnx_and_int8(tiny_bert, intents_json, tmp_path):
     text = table(rows)
     assert text.count("\n") == 6 and "student-onnx-int8" in text
     # dynamic axes: a batch and length never seen at export time runs
-    from kdflow.export import ort_runner, ort_session
+    from kdflow.deploy.export import ort_runner, ort_session
     run = ort_runner(ort_session(tmp_path / "student.onnx"))
     x = {"input_ids": torch.randint(1000, 2000, (3, 29)), "token_type_ids": torch.zeros(3, 29, dtype=torch.long),
          "attention_mask": torch.ones(3, 29, dtype=torch.long)}
@@ -129,7 +129,7 @@ def test_export_command_on_a_run(tiny_bert, intents_json, tmp_path):
 
 
 def test_int8_embeddings_bound_the_error_and_shrink_the_table():
-    from kdflow.export import Int8Embedding, quantize_torch_int8
+    from kdflow.deploy.export import Int8Embedding, quantize_torch_int8
     torch.manual_seed(0)
     emb = torch.nn.Embedding(500, 48)
     q = Int8Embedding(emb)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import kdflow
 from kdflow import KdflowError
-from kdflow.distiller import Distiller
+from kdflow.distillation.distiller import Distiller
 
 from conftest import tiny_config
 from margins import at_least
@@ -47,8 +47,8 @@ def test_teacher_learns_the_task(taught):
 def test_teacher_scores_test_after_the_training_loop(taught, monkeypatch):
     """The teacher's pass over test (for the side-by-side numbers) runs after the epochs, not before them:
     it is not training time, and a run that fails in its loop has not spent it."""
-    import kdflow.teacher_cache as tc
-    import kdflow.train as tr
+    import kdflow.distillation.teacher_cache as tc
+    import kdflow.engine.train as tr
     events, real_logits, real_epoch = [], tc.teacher_logits, tr.train_epoch
 
     def logits(run, teacher, split, *args, **kwargs):
@@ -97,8 +97,8 @@ def test_cached_targets_equal_live_teacher_outputs(taught, tmp_path):
     from kdflow.data import TextFeaturizer, load_data
     from kdflow.models import load_saved
     from kdflow.pipeline import Run
-    from kdflow.teacher_cache import TeacherCache, teacher_logits
-    from kdflow.train import make_accelerator
+    from kdflow.distillation.teacher_cache import TeacherCache, teacher_logits
+    from kdflow.engine.train import make_accelerator
 
     cfg = load_config(student_cfg(taught, "check"))
     teacher, tok, _, _ = load_saved(taught[1] / "base" / "teacher")
@@ -120,7 +120,7 @@ def test_cached_targets_equal_live_teacher_outputs(taught, tmp_path):
 
 
 def test_cache_buffers_rows_until_flush_every(tmp_path):
-    from kdflow.teacher_cache import TeacherCache
+    from kdflow.distillation.teacher_cache import TeacherCache
     calls = []
 
     def compute(rows):
@@ -186,7 +186,7 @@ def test_no_kd_baseline_never_runs_the_teacher(taught):
 
 
 def test_resume_after_a_killed_epoch_matches_an_uninterrupted_run(taught, monkeypatch):
-    import kdflow.train as train_mod
+    import kdflow.engine.train as train_mod
 
     straight = kdflow.distill(student_cfg(taught, "straight", train={"epochs": 3}))
     real = train_mod.train_epoch
@@ -324,8 +324,8 @@ def guide_killed(taught, tiny_bert, monkeypatch, name: str, epochs: int, killed_
     """A guide-mode run straight through, and the same run interrupted in the ``killed_call``-th training
     epoch (teacher and student epochs alternate: teacher e0, student e0, teacher e1, ...). Returns the
     straight run's metrics and the config of a run name."""
-    import kdflow.teacher_cache as guide_mod  # the guide hook trains the teacher there
-    import kdflow.train as train_mod
+    import kdflow.distillation.teacher_cache as guide_mod  # the guide hook trains the teacher there
+    import kdflow.engine.train as train_mod
 
     def cfg(run):
         c = student_cfg(taught, run, train={"epochs": epochs}, distill={"mode": "guide", "guide_every": 2})
@@ -441,8 +441,8 @@ def test_early_stopping_waits_for_min_steps(tmp_path, min_steps, epochs_run):
     """A validation metric that never improves stops training after ``patience`` epochs, but not
     before ``min_steps`` optimizer steps (active learning's small labelled sets start on a plateau)."""
     from kdflow.config import TrainConfig
-    from kdflow.runlog import RunLog
-    from kdflow.train import FitJob, fit, make_accelerator
+    from kdflow.engine.runlog import RunLog
+    from kdflow.engine.train import FitJob, fit, make_accelerator
     cfg = TrainConfig(epochs=8, lr=1e-2, batch_size=4, patience=1)
     acc = make_accelerator(cfg)
     data = [{"x": torch.randn(4, 3), "y": torch.randint(0, 2, (4,))} for _ in range(5)]  # 5 steps per epoch
@@ -460,7 +460,7 @@ def test_optimizer_is_fused_adamw_and_steps_as_the_per_parameter_loop():
     import copy
 
     from kdflow.config import TrainConfig
-    from kdflow.train import can_fuse, make_optimizer
+    from kdflow.engine.train import can_fuse, make_optimizer
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     loop = copy.deepcopy(model)
@@ -484,7 +484,7 @@ def test_optimizer_is_fused_adamw_and_steps_as_the_per_parameter_loop():
 
 def test_resume_without_a_checkpoint_is_refused_before_the_teacher_runs(taught, monkeypatch):
     """A run with a teacher and no student checkpoint: --resume says so before any teacher output is computed."""
-    import kdflow.teacher_cache as tc
+    import kdflow.distillation.teacher_cache as tc
     from conftest import tree_hash
     cfg = student_cfg(taught, "noresume", train={"epochs": 1})  # the taught teacher, a new run folder
     run = taught[1] / "noresume"

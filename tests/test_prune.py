@@ -6,7 +6,7 @@ import torch
 
 from kdflow import HFSpec
 from kdflow.models import build_hf_student, load_hf_classifier, load_saved, load_tokenizer, save_model
-from kdflow.prune import prune_vocabulary, unseen_share, used_token_ids
+from kdflow.deploy.prune import prune_vocabulary, unseen_share, used_token_ids
 
 TEXTS = ["book a flight to paris", "what is the weather in tokyo", "play some music by adele please"]
 

@@ -11,7 +11,7 @@ from kdflow import api
 from kdflow.cli import main
 from kdflow.config import Config, HFSpec, TrainConfig, learning_rate
 from kdflow.errors import KdflowError
-from kdflow.recipe import auto_settings
+from kdflow.diagnose.recipe import auto_settings
 
 from conftest import tiny_config
 

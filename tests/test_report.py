@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import kdflow
-from kdflow.report import write_report
+from kdflow.diagnose.report import write_report
 
 from conftest import tiny_config
 

@@ -8,7 +8,7 @@ import yaml
 import kdflow
 from kdflow.cli import main
 from kdflow.errors import KdflowError
-from kdflow.runfolder import Snapshot, discard, kept
+from kdflow.engine.runfolder import Snapshot, discard, kept
 
 from conftest import tiny_config, tree_hash
 

@@ -4,7 +4,7 @@ import csv
 import json
 from types import SimpleNamespace
 
-from kdflow.runlog import RunLog, read_metrics, update_metrics
+from kdflow.engine.runlog import RunLog, read_metrics, update_metrics
 
 
 def test_metrics_json_entries_are_set_and_dropped_without_touching_the_others(tmp_path):
@@ -48,7 +48,7 @@ def test_metrics_json_stays_valid_json_when_a_number_is_not_finite(tmp_path):
     blob = json.loads(text, parse_constant=refuse)  # strict JSON: what every other language reads
     assert blob["student"]["test"] == {"pearson": None, "mse": None, "n": 3, "spearman": None, "ok": 0.5}
     assert blob["student"]["curve"] == [1.0, None]
-    from kdflow.report import read_records
+    from kdflow.diagnose.report import read_records
     back = read_records(tmp_path)[0]  # the report reads a metric's null back as NaN
     assert math.isnan(back["student"]["test"]["pearson"]) and back["student"]["test"]["n"] == 3
 

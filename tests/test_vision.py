@@ -9,7 +9,7 @@ import torch
 from kdflow.config import VisionSpec, load_config
 from kdflow.data import ImageFeaturizer, ImagePreprocess, Split, make_collate
 from kdflow.errors import KdflowError
-from kdflow.layers import resolve_for, stage_paths
+from kdflow.distillation.layers import resolve_for, stage_paths
 from kdflow.models import KINDS, load_saved, save_model
 from kdflow.models.vision import build_mobilenet_v2, build_resnet
 
@@ -117,7 +117,7 @@ def test_vision_model_saves_and_reloads_with_its_preprocessing(tmp_path):
 
 def _pair_losses(kinds):
     from kdflow.config import DistillConfig
-    from kdflow.distiller import Distiller, FeatureStudent, feature_widths
+    from kdflow.distillation.distiller import Distiller, FeatureStudent, feature_widths
     torch.manual_seed(SEED)
     teacher = build_resnet(VisionSpec(hidden_sizes=[8, 16, 32], depths=[1, 1, 1]), 1, LABELS, "classification")
     student = build_mobilenet_v2(VisionSpec(width=0.25), 1, LABELS, "classification")
@@ -154,7 +154,7 @@ def test_cnn_stage_losses_hook_the_last_three_stages_and_train(kind):
 
 
 def test_attention_kl_on_cnn_stages_is_refused_with_the_fix(tmp_path):
-    from kdflow.critical import layer_map
+    from kdflow.distillation.critical import layer_map
 
     class Run:
         class cfg:
@@ -169,7 +169,7 @@ def test_attention_kl_on_cnn_stages_is_refused_with_the_fix(tmp_path):
 
 def test_onnx_export_of_a_cnn_student_agrees_with_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from kdflow.export import export_onnx, ort_runner, ort_session
+    from kdflow.deploy.export import export_onnx, ort_runner, ort_session
     torch.manual_seed(0)
     model = build_mobilenet_v2(VisionSpec(width=0.25), 1, LABELS, "classification").eval()
     x = torch.randn(2, 1, 28, 28)
@@ -182,9 +182,9 @@ def test_onnx_export_of_a_cnn_student_agrees_with_pytorch(tmp_path):
 
 
 def test_fitnets_hint_pools_non_square_maps_and_at_masks_padding_tokens():
-    from kdflow.distiller import layer_term
-    from kdflow.layers import LayerPair, common_grid
-    from kdflow.losses import attention_transfer
+    from kdflow.distillation.distiller import layer_term
+    from kdflow.distillation.layers import LayerPair, common_grid
+    from kdflow.distillation.losses import attention_transfer
     s, t = torch.randn(2, 8, 6, 10), torch.randn(2, 8, 4, 5)
     ps, pt = common_grid(s, t)
     assert ps.shape == (2, 8, 4, 5) and pt is t

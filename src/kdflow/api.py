@@ -8,29 +8,35 @@ from pathlib import Path
 from typing import Optional
 
 from . import models, pipeline
-from .baselines import control_findings, controls, majority
-from .check import data_findings, plausibility, summary_counts
-from .compare import Contestant, MeasureOptions, compare_models, head_pruned_student, vocab_pruned_student
 from .config import load_config
-from .critical import layer_map, teacher_block_scores
 from .data import load_data, make_featurizer, train_loader
-from .distiller import Distiller
+from .data.leakage import clean_part, overlaps
+from .deploy.compare import (
+    Contestant,
+    MeasureOptions,
+    compare_models,
+    head_pruned_student,
+    vocab_pruned_student,
+)
+from .deploy.measure import files_size_mb
+from .diagnose.baselines import control_findings, controls, majority
+from .diagnose.check import data_findings, plausibility, summary_counts
+from .distillation.critical import layer_map, teacher_block_scores
+from .distillation.distiller import Distiller
+from .distillation.losses import hinton_loss
+from .distillation.teacher_cache import attach_targets, teacher_test_logits
+from .engine.runfolder import kept
+from .engine.runlog import read_metrics, update_metrics
+from .engine.train import FitJob, fit, make_accelerator
 from .errors import KdflowError
 from .files import RUN_FIX, must_be_folder
-from .leakage import clean_part, overlaps
-from .losses import hinton_loss
-from .measure import files_size_mb
 from .metrics import quality
 from .models import LABELS_FILE
-from .runfolder import kept
-from .runlog import read_metrics, update_metrics
-from .teacher_cache import attach_targets, teacher_test_logits
-from .train import FitJob, fit, make_accelerator
 
 
 def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
     """Fine-tune the teacher on the labelled data; saves ``<run>/teacher``. Returns its metrics. A failure
-    leaves the run folder as it was (:func:`kdflow.runfolder.kept`)."""
+    leaves the run folder as it was (:func:`kdflow.engine.runfolder.kept`)."""
     cfg = load_config(config, overrides)
     with kept(cfg.run_dir):
         return _teach(cfg, resume, overwrite)
@@ -65,7 +71,7 @@ def _teach(cfg, resume: bool, overwrite: bool) -> dict:
 
 def distill(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
     """Distil the teacher into the student (mode offline, online or guide); saves ``<run>/student``. A failure
-    leaves the run folder as it was (:func:`kdflow.runfolder.kept`)."""
+    leaves the run folder as it was (:func:`kdflow.engine.runfolder.kept`)."""
     cfg = load_config(config, overrides)
     with kept(cfg.run_dir):
         return _distill(cfg, resume, overwrite)
@@ -227,7 +233,7 @@ def export(run: str, options: Optional[MeasureOptions] = None) -> list[dict]:
     rows = compare(str(_run_teacher(target)), str(_run_part(target, "student")), target / "config.yaml",
                    options=options or MeasureOptions(onnx=True, int8=True), out_dir=str(target / "export"))
     update_metrics(target, {"deploy": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]})
-    from .report import write_report
+    from .diagnose.report import write_report
     write_report(target)
     return rows
 

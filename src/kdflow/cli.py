@@ -68,7 +68,7 @@ def _overrides(args) -> list[str]:
 def _print_run(role: str, entry: dict, args) -> None:
     if not args.quiet:
         from .config import load_config
-        from .console import run_table, show
+        from .diagnose.console import run_table, show
         show(run_table(role, entry, load_config(args.config, args.overrides).train.metric))
 
 
@@ -87,12 +87,12 @@ def cmd_distill(args) -> dict:
 
 
 def cmd_frontier(args) -> dict:
+    from .deploy.pareto import Budget
     from .frontier import frontier
-    from .pareto import Budget
     out = frontier(args.config, _overrides(args), Budget(args.retention, args.latency_ms, args.size_mb),
                    resume=args.resume, overwrite=args.overwrite)
     if not args.quiet:
-        from .console import frontier_table, rows_table, show
+        from .diagnose.console import frontier_table, rows_table, show
         show(frontier_table(out))
         chosen = out.get("chosen") or {}
         if chosen.get("test"):
@@ -104,7 +104,7 @@ def cmd_frontier(args) -> dict:
 
 
 def print_rows(rows: list) -> None:
-    from .console import rows_table, show
+    from .diagnose.console import rows_table, show
     show(rows_table(rows))
 
 
@@ -125,7 +125,7 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
-    from .compare import MeasureOptions
+    from .deploy.compare import MeasureOptions
     return MeasureOptions(onnx=args.onnx, int8=args.int8, prune_vocab=getattr(args, "prune_vocab", False),
                           prune_heads=getattr(args, "prune_heads", 0.0), threads=args.threads,
                           latency_examples=args.latency_examples, repeats=args.repeats, memory=args.memory)
@@ -142,7 +142,7 @@ def cmd_export(args) -> list:
     from .api import export
     if not (args.onnx or args.int8 or args.prune_vocab or args.prune_heads):
         raise KdflowError("export needs at least one of --onnx, --int8, --prune-vocab and --prune-heads")
-    from .report import read_records
+    from .diagnose.report import read_records
     read_records(args.run)  # damaged records are refused before the export writes anything
     rows = export(args.run, _options(args))
     print_rows(rows)
@@ -178,7 +178,7 @@ def cmd_active(args) -> dict:
 def _print_active(out: dict) -> None:
     from rich.table import Table
 
-    from .console import show
+    from .diagnose.console import show
     t = Table(title=f"active learning: {out['strategy']}, {out['oracle']} oracle — {out['status']}"
                     + (f" ({out['stopped']})" if out.get("stopped") else ""), title_justify="left")
     m = out.get("metric", "accuracy")
@@ -194,7 +194,7 @@ def _print_active(out: dict) -> None:
 def _print_compare(out: dict) -> None:
     from rich.table import Table
 
-    from .console import show
+    from .diagnose.console import show
     ref = out.get("reference")
     title = f"label efficiency ({out['split']} {out['metric']}, {len(out['seeds'])} seeds)"
     if ref:
@@ -214,7 +214,7 @@ def cmd_layers(args) -> dict:
     from rich.table import Table
 
     from .api import layers
-    from .console import show
+    from .diagnose.console import show
     out = layers(args.config, args.overrides, teacher=args.teacher, method=args.method, examples=args.examples)
     t = Table(title=f"teacher blocks, ranked by {out['method']} (base accuracy {out['base_accuracy']:.4f})",
               title_justify="left")
@@ -230,7 +230,7 @@ def cmd_layers(args) -> dict:
 
 
 def cmd_report(args) -> dict:
-    from .report import report
+    from .diagnose.report import report
     out = report(args.run)
     print(f"wrote {out['md']} and {out['html']} ({len(out['plots'])} plots)")
     return out
@@ -242,7 +242,7 @@ def cmd_check(args) -> dict:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        from .console import check_text
+        from .diagnose.console import check_text
         print(check_text(out))
     args.status = 1 if out["counts"]["error"] else 0
     return out
@@ -250,7 +250,7 @@ def cmd_check(args) -> dict:
 
 def cmd_config(args) -> dict:
     from .config import load_config
-    from .recipe import describe
+    from .diagnose.recipe import describe
     cfg = load_config(args.config, args.overrides)
     print(cfg.to_yaml() + describe(cfg), end="")
     return {}

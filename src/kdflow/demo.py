@@ -109,7 +109,7 @@ def main() -> int:
     except KdflowError as err:
         print(f"kdflow: error: {err}", file=sys.stderr)
         return 2
-    from .console import rows_table, show
+    from .diagnose.console import rows_table, show
     print()
     show(rows_table(rows))
     print(closing(rows, student, time.time() - started, run_dir), flush=True)

@@ -6,7 +6,7 @@ teacher with the recipe (its blocks and embeddings, PCA when narrower, pruned
 vocabulary). The teacher's outputs are cached once (offline distillation) and every
 candidate trains on them; with ``distill.intermediate`` each also matches the teacher's
 ``distill.layers`` (the teacher then runs on each batch for its layer outputs).
-Successive halving (``frontier.rungs``, ``frontier.eta``, :func:`kdflow.pareto.halve`)
+Successive halving (``frontier.rungs``, ``frontier.eta``, :func:`kdflow.deploy.pareto.halve`)
 stops hopeless candidates early; the survivors train to
 ``train.epochs`` (or early stopping), and each one's forms (``frontier.forms``: PyTorch,
 int8, ONNX, ONNX-int8) are measured on validation. With ``--retention``, ``--latency-ms``
@@ -24,18 +24,25 @@ import shutil
 from typing import Optional
 
 from . import models, pipeline
-from .checkpoint import has_checkpoint
-from .compare import Bench, Contestant, MeasureOptions, relate, student_forms, teacher_row
 from .config import HFSpec, load_config, same_setting
-from .critical import layer_map
-from .distiller import Distiller
+from .deploy.compare import (
+    Bench,
+    Contestant,
+    MeasureOptions,
+    relate,
+    student_forms,
+    teacher_row,
+)
+from .deploy.measure import files_size_mb
+from .deploy.pareto import Budget, halve, pareto_front, select
+from .distillation.critical import layer_map
+from .distillation.distiller import Distiller
+from .distillation.teacher_cache import attach_targets
+from .engine.checkpoint import has_checkpoint
+from .engine.runfolder import kept
+from .engine.runlog import update_metrics
+from .engine.train import FitJob, fit, make_accelerator
 from .errors import KdflowError
-from .measure import files_size_mb
-from .pareto import Budget, halve, pareto_front, select
-from .runfolder import kept
-from .runlog import update_metrics
-from .teacher_cache import attach_targets
-from .train import FitJob, fit, make_accelerator
 
 FORM_SUFFIX = {"pytorch": "", "int8": "-int8", "onnx": "-onnx", "onnx-int8": "-onnx-int8"}
 

@@ -20,15 +20,22 @@ from torch import nn
 
 from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
-from .data import (Featurizer, TaskData, image_preprocess, input_batches, load_data, make_featurizer)
+from .data import (
+    Featurizer,
+    TaskData,
+    image_preprocess,
+    input_batches,
+    load_data,
+    make_featurizer,
+)
+from .data.leakage import clean_part, overlaps
+from .engine.run import Run, eval_fn
+from .engine.runfolder import guard
+from .engine.runlog import RunLog
+from .engine.train import FitResult, make_accelerator
 from .errors import KdflowError
 from .files import may_be_folder
-from .leakage import clean_part, overlaps
 from .metrics import check_metric
-from .runfolder import guard
-from .run import Run, eval_fn
-from .runlog import RunLog
-from .train import FitResult, make_accelerator
 
 
 @dataclass
@@ -56,7 +63,7 @@ def check_inputs(cfg: Config, role: str = "teacher") -> None:
         raise KdflowError("distill.extra_teachers averages cached soft targets, so it needs distill.mode: offline")
     if dc.alpha == 0:
         return
-    from .distiller import resolve_logit_loss
+    from .distillation.distiller import resolve_logit_loss
     resolve_logit_loss(dc.logit_loss, cfg.data.task, 1 + len(dc.extra_teachers))
 
 
@@ -111,7 +118,7 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
 def preflight(cfg: Config, data: TaskData) -> list:
     """The fast checks of ``kdflow check`` (leakage, labels, task; no model runs) before any work: an error
     refuses the command, the warnings are returned (logged, and kept in metrics.json and the report)."""
-    from .check import data_findings, first_error
+    from .diagnose.check import data_findings, first_error
     findings = data_findings(cfg, data, heads={})
     error = first_error(findings)
     if error is not None:
@@ -159,7 +166,7 @@ def teacher_is_trained(run: Run) -> bool:
 def with_projections(run: Run, student: nn.Module, distiller, train_dl) -> nn.Module:
     """The student wrapped (a ``FeatureStudent``) with learned projections to the teacher's widths of the
     distiller's paired layers, for critical-layer distillation; unwrap with ``.student`` after training."""
-    from .distiller import FeatureStudent, feature_widths
+    from .distillation.distiller import FeatureStudent, feature_widths
     distiller.teacher.to(run.acc.device)
     probe = train_dl.collate_fn(list(range(min(4, len(run.data.train)))))
     model = FeatureStudent(student, distiller.pairs, feature_widths(student, distiller.teacher, distiller.pairs, probe))
@@ -194,13 +201,18 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
     spec, d = run.cfg.model.student, run.data
 
     def ranking() -> list[int]:  # only a student built from "the most critical teacher blocks" asks
-        from .critical import teacher_block_scores
+        from .distillation.critical import teacher_block_scores
         return teacher_block_scores(run, teacher, featurizer(run, tokenizer))["ranking"]
 
     if d.modality == "image":
         return image_student(run, teacher, tokenizer)
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
-    from .prune import prunable, prune_embeddings, prune_tokenizer, used_token_ids
+    from .deploy.prune import (
+        prunable,
+        prune_embeddings,
+        prune_tokenizer,
+        used_token_ids,
+    )
     why_not = prunable(student, s_tokenizer)
     if spec.prune_vocab and why_not:
         raise KdflowError(f"model.student.prune_vocab is true but {why_not}; set model.student.prune_vocab: false")
@@ -236,7 +248,7 @@ def image_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
 def _unseen_too_often(run: Run, tokenizer, kept: list[int]) -> bool:
     """prune_vocab auto: whether the validation split has so many word pieces outside ``kept`` (the training
     text's) -- more than PRUNE_AUTO_MAX_UNSEEN -- that the vocabulary is better kept whole (then logged)."""
-    from .prune import PRUNE_AUTO_MAX_UNSEEN, unseen_share
+    from .deploy.prune import PRUNE_AUTO_MAX_UNSEEN, unseen_share
     d, length = run.data, run.cfg.data.max_length
     if "text" not in d.validation.inputs:
         return False
@@ -302,7 +314,7 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
 
 
 def clean_scores(run: Run, model: nn.Module, feat: Featurizer, entry: dict) -> dict:
-    """Beside each scored held-out split that repeats training examples (:mod:`kdflow.leakage`), the score of
+    """Beside each scored held-out split that repeats training examples (:mod:`kdflow.data.leakage`), the score of
     its other examples (``<split>_clean``), and ``overlap``: how many, where, how (logged too)."""
     out: dict = {}
     metric = run.cfg.train.metric
@@ -321,7 +333,7 @@ def clean_scores(run: Run, model: nn.Module, feat: Featurizer, entry: dict) -> d
 def _plausibility(run: Run, entry: dict) -> list:
     if "test" not in entry or run.data.test is None:
         return []
-    from .check import plausibility
+    from .diagnose.check import plausibility
     found = plausibility(entry["test"], run.data.task, len(run.data.test), entry.get("teacher_test"), "model")
     for f in found:
         run.info(f"[check] {f.level}: {f.message}")
@@ -336,7 +348,7 @@ def summary(entry: dict) -> str:
 
 def write_report(run: Run) -> None:
     if run.acc.is_main_process:
-        from .report import write_report as write
+        from .diagnose.report import write_report as write
         write(run.cfg.run_dir)
 
 

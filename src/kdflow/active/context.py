@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from .. import pipeline
-from ..checkpoint import save_weights
 from ..config import ActiveConfig, Config, TrainConfig
 from ..data import Featurizer, Split
-from ..distiller import freeze
+from ..distillation.distiller import freeze
+from ..distillation.teacher_cache import teacher_logits
+from ..engine.checkpoint import save_weights
+from ..engine.run import Run
 from ..errors import KdflowError
-from ..run import Run
-from ..teacher_cache import teacher_logits
 from .pool import PoolState
 from .strategies import PoolOutputs
 

@@ -23,12 +23,12 @@ import torch
 from .. import models, pipeline
 from ..config import Config, load_config
 from ..data import stratified_sample
-from ..distiller import freeze
+from ..data.leakage import overlapping
+from ..distillation.distiller import freeze
+from ..distillation.teacher_cache import cache_for, teacher_logits
+from ..engine.runfolder import kept
 from ..errors import KdflowError
-from ..leakage import overlapping
 from ..metrics import quality
-from ..runfolder import kept
-from ..teacher_cache import cache_for, teacher_logits
 from . import coldstart, oracles, proxy, records, settings
 from .coldstart import COLD_STARTS
 from .context import Context

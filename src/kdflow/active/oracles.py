@@ -24,10 +24,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..data import Split
-from ..distributed import is_main
+from ..engine.distributed import is_main
 from ..errors import KdflowError
 from ..files import must_be_file
-
 
 SKIP = "__skip__"
 

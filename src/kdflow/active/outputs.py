@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data import Featurizer, Split, loader, make_collate
-from ..distributed import gather_objects, join_rows, my_share, world
+from ..engine.distributed import gather_objects, join_rows, my_share, world
 from ..errors import KdflowError
 from .selectors import tie_keys
 from .strategies import NEEDS, PICKS, SCORES, PoolOutputs, score

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..distributed import is_main
+from ..engine.distributed import is_main
 from ..errors import KdflowError
 
 STATE_VERSION = 1

@@ -20,13 +20,12 @@ import numpy as np
 from .. import models
 from ..config import Config
 from ..data import Split, loader, make_collate
-from ..distributed import is_main
+from ..engine.distributed import is_main
+from ..engine.runlog import update_metrics, write_csv
+from ..engine.train import predict
 from ..metrics import quality
-from ..runlog import update_metrics, write_csv
-from ..train import predict
 from .context import Context
 from .oracles import SKIP
-
 
 ROUND_COLUMNS = ("round", "labels", "new", "teacher_queries", "epochs_run", "train_seconds", "select_seconds", "kappa")
 
@@ -82,7 +81,7 @@ def write(ctx: Context, result: dict) -> None:
         rows.append(row)
     if rows:
         write_csv(ctx.folder / "rounds.csv", rows)
-    from ..report import write_report
+    from ..diagnose.report import write_report
     write_report(run_dir)
 
 

@@ -20,10 +20,10 @@ import torch
 from .. import pipeline
 from ..config import TrainConfig
 from ..data import Featurizer, Split, train_loader
-from ..distiller import Distiller
-from ..runlog import RunLog
-from ..teacher_cache import teacher_logits
-from ..train import FitJob, FitResult, fit, make_accelerator
+from ..distillation.distiller import Distiller
+from ..distillation.teacher_cache import teacher_logits
+from ..engine.runlog import RunLog
+from ..engine.train import FitJob, FitResult, fit, make_accelerator
 from .context import Context
 from .outputs import needs_members
 

@@ -25,11 +25,11 @@ import torch
 
 from .. import pipeline
 from ..data import IGNORE
-from ..distiller import Distiller, freeze
-from ..leakage import clean_part
-from ..losses import hinton_loss
-from ..teacher_cache import teacher_logits
-from ..train import FitJob, FitResult, make_accelerator
+from ..data.leakage import clean_part
+from ..distillation.distiller import Distiller, freeze
+from ..distillation.losses import hinton_loss
+from ..distillation.teacher_cache import teacher_logits
+from ..engine.train import FitJob, FitResult, make_accelerator
 from .context import Context
 from .rounds import Round, fit_round
 
@@ -116,7 +116,7 @@ class TeacherRounds:
 
     def save(self, ctx: Context, r: int) -> None:
         if ctx.run.acc.is_main_process:
-            from ..checkpoint import save_weights
+            from ..engine.checkpoint import save_weights
             save_weights(ctx.teacher.state_dict(), ctx.teacher_file(r))
 
     def prune(self, ctx: Context, r: int) -> None:

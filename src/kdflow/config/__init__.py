@@ -13,19 +13,36 @@ The same objects are built from Python without any YAML::
 * :mod:`~kdflow.config.specs` — ``model.teacher`` / ``model.student``, discriminated on ``kind``
   (:data:`MODEL_SPECS`: ``hf``, ``encoder``, ``vision``, ``dkvb``)
 * :mod:`~kdflow.config.sections` — ``distill``, ``train`` / ``teach``, ``run`` and :class:`Config` itself
-* :mod:`~kdflow.config.data` — :class:`DataConfig` (sources, columns, GLUE presets, transfer set)
+* :mod:`~kdflow.config.data_section` — :class:`DataConfig` (sources, columns, GLUE presets, transfer set)
 * :mod:`~kdflow.config.commands` — ``active`` and ``frontier``
 * :mod:`~kdflow.config.load` — :func:`load_config`, ``--set`` overrides, one-sentence errors
 * :mod:`~kdflow.config.glue` — the GLUE table (a task's kind, labels, metrics, file layouts)
 """
 
-from .load import apply_overrides, build, explain, load_config, same_setting
-from .commands import ActiveConfig, FrontierConfig
 from .base import Strict
-from .data import DataConfig
-from .sections import Config, DistillConfig, ExtraTeacher, LayerEntry, RunConfig, TrainConfig, learning_rate
-from .specs import (MODEL_SPECS, AnyModelSpec, DKVBSpec, EncoderSpec, HFSpec, ModelConfig, ModelSpec, TransformerSizes,
-                    VisionSpec)
+from .commands import ActiveConfig, FrontierConfig
+from .data_section import DataConfig
+from .load import apply_overrides, build, explain, load_config, same_setting
+from .sections import (
+                    Config,
+                    DistillConfig,
+                    ExtraTeacher,
+                    LayerEntry,
+                    RunConfig,
+                    TrainConfig,
+                    learning_rate,
+)
+from .specs import (
+                    MODEL_SPECS,
+                    AnyModelSpec,
+                    DKVBSpec,
+                    EncoderSpec,
+                    HFSpec,
+                    ModelConfig,
+                    ModelSpec,
+                    TransformerSizes,
+                    VisionSpec,
+)
 
 __all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "ActiveConfig",
            "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec",

@@ -1,5 +1,5 @@
 """The config sections ``distill``, ``train`` / ``teach`` and ``run``, and ``Config``, which holds them with
-``model`` (:mod:`~kdflow.config.specs`), ``data`` (:mod:`~kdflow.config.data`), ``active`` and ``frontier``
+``model`` (:mod:`~kdflow.config.specs`), ``data`` (:mod:`~kdflow.config.data_section`), ``active`` and ``frontier``
 (:mod:`~kdflow.config.commands`)."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from ..metrics import TASK_METRICS
 from .base import Strict
 from .checks import dump_yaml
 from .commands import ActiveConfig, FrontierConfig
-from .data import DataConfig
+from .data_section import DataConfig
 from .glue import GLUE_TASKS
 from .specs import ModelConfig
 
-# the names of kdflow.distiller.LOGIT_LOSSES, in its order (tests/test_losses.py: the same)
+# the names of kdflow.distillation.distiller.LOGIT_LOSSES, in its order (tests/test_losses.py: the same)
 LOGIT_LOSS_NAMES = ("hinton", "dkd", "multi_teacher", "mse")
 
 
@@ -59,7 +59,7 @@ class DistillConfig(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     guide_every: int = Field(1, ge=1)
     cache_dir: Optional[str] = None
-    # logit loss, by name in kdflow.distiller.LOGIT_LOSSES: hinton (KD; several teachers' soft targets averaged;
+    # logit loss, by name in kdflow.distillation.distiller.LOGIT_LOSSES: hinton (KD; several teachers' soft targets averaged;
     # MSE to the teacher for regression), dkd (Decoupled KD, Zhao et al. 2022), multi_teacher, mse
     logit_loss: str = "hinton"
     dkd_alpha: float = Field(1.0, ge=0.0)

@@ -15,15 +15,36 @@ import numpy as np
 from ..config import DataConfig
 from ..config.glue import glue_task
 from ..errors import KdflowError
-from ..leakage import overlapping
-from .hub import read_hub
 from .features import modality_of
-from .images import pixel_inputs, read_image_folder, read_npz, read_packaged, read_unlabelled_images, same_shape
-from .splits import IGNORE, Split, TaskData, example_ids, stratified_sample, stratified_split
-from .tables import (SUFFIX_FORMAT, columns_from_frame, format_of, must_exist, read_path, read_table, split_files,
-                     text_inputs)
+from .hub import read_hub
+from .images import (
+    pixel_inputs,
+    read_image_folder,
+    read_npz,
+    read_packaged,
+    read_unlabelled_images,
+    same_shape,
+)
+from .leakage import overlapping
+from .splits import (
+    IGNORE,
+    Split,
+    TaskData,
+    example_ids,
+    stratified_sample,
+    stratified_split,
+)
+from .tables import (
+    SUFFIX_FORMAT,
+    columns_from_frame,
+    format_of,
+    must_exist,
+    read_path,
+    read_table,
+    split_files,
+    text_inputs,
+)
 from .tasks import read_glue_files
-
 
 MISSING_LABELS = {"", "nan", "null", "none"}  # label cells that read as a missing value (any case)
 

@@ -85,7 +85,7 @@ class TaskData:
 def content_keys(inputs: dict[str, list]) -> list[str]:
     """A hash of every example's content (all its input fields, in name order): equal inputs, equal key.
 
-    The basis of example ids and of the leakage rule (:mod:`kdflow.leakage`).
+    The basis of example ids and of the leakage rule (:mod:`kdflow.data.leakage`).
     """
     keys = sorted(inputs)
     out = []

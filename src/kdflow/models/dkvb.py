@@ -159,7 +159,7 @@ class DKVBClassifier(nn.Module):
         pooled = self.fetch(index).mean(1)
         return DKVBOutput(self.decoder(pooled) if self.decoder is not None else pooled)
 
-    # vocabulary pruning (kdflow.prune) reaches the encoder's token table through these
+    # vocabulary pruning (kdflow.deploy.prune) reaches the encoder's token table through these
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()
 

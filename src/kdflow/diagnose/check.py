@@ -4,10 +4,10 @@ any training, and about the scores after it.
 A loss that keeps falling while test accuracy is "for some reason" very high is the classic sign of
 scoring training data, of labels leaking into the inputs, or of the wrong loss. The checks:
 
-* **leakage** — the rule of :mod:`kdflow.leakage`: each held-out split (a validation file, test, the extra
+* **leakage** — the rule of :mod:`kdflow.data.leakage`: each held-out split (a validation file, test, the extra
   tests) against the training data as given (train, the transfer set, a validation split held out of
   train), exact and normalised duplicates (case, accents' width forms, punctuation and spacing ignored).
-  More than :data:`~kdflow.leakage.LEAK_SHARE` of a split is an error (its score would measure memory)
+  More than :data:`~kdflow.data.leakage.LEAK_SHARE` of a split is an error (its score would measure memory)
   unless ``data.allow_overlap: true``; a few are said (warning from 1 %, else info).
 * **labels** — the data's label names and order against the saved teacher's and student's heads;
   classes with fewer than 2 training examples; label names that look like missing values; training
@@ -15,7 +15,7 @@ scoring training data, of labels leaking into the inputs, or of the wrong loss. 
 * **task** — numeric labels that look like a regression target under ``task: classification`` (and
   few integer targets under ``task: regression``); a logit loss or metric of the other task.
 * **plausibility** (:func:`plausibility`) — test accuracy near 100 %, a student far above its teacher,
-  a label-shuffled control far above chance (:mod:`kdflow.baselines`).
+  a label-shuffled control far above chance (:mod:`kdflow.diagnose.baselines`).
 
 Each finding is an ``error`` (the run would be wrong: teach, distill and active refuse it), a
 ``warning`` (shown, logged, kept in ``metrics.json`` and the report) or ``info``.
@@ -31,9 +31,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .data import Split, TaskData, source_of
-from .errors import KdflowError
-from .leakage import Keys, Overlap, overlaps
+from ..data import Split, TaskData, source_of
+from ..data.leakage import Keys, Overlap, overlaps
+from ..errors import KdflowError
 
 MISSING_LIKE = {"", "nan", "none", "null", "na", "n/a", "<na>", "nat", "?", "-", "undefined"}
 EXAMPLES = 3  # examples quoted per finding
@@ -58,7 +58,7 @@ def _shown(split: Split, i: int) -> str:
 
 def leakage_findings(data: TaskData, keys: Optional[Keys] = None, allow: bool = False,
                      where: Callable[[str], str] = lambda split: f"the {split} split") -> list[Finding]:
-    """Each held-out split against the training data as given (:func:`kdflow.leakage.overlaps`: above the
+    """Each held-out split against the training data as given (:func:`kdflow.data.leakage.overlaps`: above the
     threshold an error unless ``allow``, data.allow_overlap), a validation split held out of a train that repeats
     itself, and test against validation. ``where(split)`` names the split's file for the fix."""
     keys = keys or Keys()
@@ -188,8 +188,8 @@ def task_findings(cfg, data: TaskData) -> list[Finding]:
             out.append(Finding("warning", "task", f"The regression targets take only {len(values)} integer values "
                                f"({', '.join(f'{v:g}' for v in values[:6])}): are they classes? Set data.task: "
                                "classification"))
-    from .distiller import resolve_logit_loss
-    from .metrics import check_metric
+    from ..distillation.distiller import resolve_logit_loss
+    from ..metrics import check_metric
     for label, probe in (("distill.logit_loss", lambda: resolve_logit_loss(cfg.distill.logit_loss, data.task,
                                                                             1 + len(cfg.distill.extra_teachers))),
                          ("train.metric", lambda: check_metric(cfg.train.metric, data.task, data.num_labels)),
@@ -212,7 +212,7 @@ def _number(text) -> bool:
 def head_labels(cfg) -> dict[str, Optional[list]]:
     """Label names of the models this config uses that are already saved: the run's teacher and student,
     else ``model.teacher.name`` when it is a folder with a kdflow label file."""
-    from .models import LABELS_FILE, saved_labels
+    from ..models import LABELS_FILE, saved_labels
     run = cfg.run_dir
     heads: dict[str, Optional[list]] = {}
     teacher = run / "teacher"

@@ -4,7 +4,7 @@ Quality comes from scikit-learn / scipy. Cost: parameters (total and without
 embeddings), size of the saved weights, CPU latency at batch 1 (p50 / p95 over
 real examples at their own length) and throughput at batch 64, after warm-up,
 with a fixed thread count, medians of several repeats. Peak memory of inference
-is measured in a fresh process per model (:mod:`kdflow.memprobe`).
+is measured in a fresh process per model (:mod:`kdflow.deploy.memprobe`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 def quality_report(logits: np.ndarray, targets: np.ndarray, task: str,
                    label_names: Optional[Sequence[str]] = None) -> dict:
     """Headline metrics plus, for classification, a per-class report and the top confusions."""
-    from .metrics import quality
+    from ..metrics import quality
     out = quality(logits, targets, task)
     if task == "regression":
         return out
@@ -74,7 +74,7 @@ def latency_and_throughput(run: Callable[[dict], object], singles: Sequence[dict
     """p50/p95 latency (ms) at batch 1 and throughput (examples/s) at ``batch_size``, at ``threads`` threads.
 
     Each throughput repeat times all ``batches``; the median repeat is reported. Peak
-    memory is measured separately, in a fresh process (:mod:`kdflow.memprobe`).
+    memory is measured separately, in a fresh process (:mod:`kdflow.deploy.memprobe`).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

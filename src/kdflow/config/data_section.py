@@ -6,8 +6,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from .glue import GLUE_TASKS, glue_of_hub
 from .base import Strict
+from .glue import GLUE_TASKS, glue_of_hub
 
 
 class DataConfig(Strict):
@@ -42,7 +42,7 @@ class DataConfig(Strict):
     A held-out split (a validation file, test, the extra tests) of which more than 5 % of the
     examples are in the training data as given (train, the transfer set, a validation split held
     out of train; exactly or once case, punctuation and spacing are ignored) would score memory:
-    every command refuses it (:mod:`kdflow.leakage`) unless ``allow_overlap: true``, which
+    every command refuses it (:mod:`kdflow.data.leakage`) unless ``allow_overlap: true``, which
     scores it knowingly. Whenever any overlap exists, the score of the split's other examples is
     reported beside the whole split's (``test_clean`` in ``metrics.json``, the log and the report).
 

@@ -13,7 +13,7 @@ Named maps for an ``n_s``-layer student and an ``n_t``-layer teacher:
 * ``uniform``: student block ``i`` ↔ teacher block ``round(i·(n_t−1)/(n_s−1))``
   (first to first, last to last);
 * ``skip``: PKD-skip: student block ``i`` ↔ teacher block ``(i+1)·n_t/n_s − 1``;
-* ``auto:k``: the ``k`` teacher blocks ranked highest by :mod:`kdflow.critical`,
+* ``auto:k``: the ``k`` teacher blocks ranked highest by :mod:`kdflow.distillation.critical`,
   paired like ``last:k``.
 
 Kinds: ``hidden`` (MSE through a learned projection; for CNN maps FitNets' hint
@@ -35,7 +35,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .errors import KdflowError
+from ..errors import KdflowError
 
 KINDS = ("hidden", "attention", "pkd", "cosine", "at")
 Layer = Union[int, str]

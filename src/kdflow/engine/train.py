@@ -18,10 +18,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .checkpoint import adopt_checkpoint, check_file, open_checkpoint, save_checkpoint, save_weights
-from .config import TrainConfig, same_setting
-from .data import set_epoch
-from .errors import KdflowError, first_line
+from ..config import TrainConfig, same_setting
+from ..data import set_epoch
+from ..errors import KdflowError, first_line
+from .checkpoint import (
+    adopt_checkpoint,
+    check_file,
+    open_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from .runlog import RunLog
 
 

@@ -94,7 +94,7 @@ def compare_strategies(config, strategies: list[str], seeds: "int | list[int]" =
     base.mkdir(parents=True, exist_ok=True)
     path = base / "active_compare.json"
     path.write_text(json.dumps(out, indent=2))
-    from ..report import write_report
+    from ..diagnose.report import write_report
     write_report(base)
     out["path"] = str(path)
     return out

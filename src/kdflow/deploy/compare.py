@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import Featurizer, Split, TaskData, input_batches
+from ..errors import KdflowError
 from . import export as ex
 from . import measure, memprobe
-from .data import Featurizer, Split, TaskData, input_batches
-from .errors import KdflowError
 
 
 @dataclass
@@ -164,8 +164,8 @@ def student_forms(s: Contestant, bench: Bench, out_dir: Path) -> list[dict]:
 
 def vocab_pruned_student(student: nn.Module, feat: Featurizer, data: TaskData, out_dir: Path) -> Contestant:
     """The student with only the tokens of the training text (train split only: no test leakage)."""
-    from .data import TextFeaturizer
-    from .models import save_model
+    from ..data import TextFeaturizer
+    from ..models import save_model
     from .prune import prune_vocabulary
     tokenizer = getattr(feat, "tokenizer", None)
     if tokenizer is None:

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .errors import KdflowError
+from ..errors import KdflowError
 
 
 def attention_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Linear]]:

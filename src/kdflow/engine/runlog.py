@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import KdflowError
-from .files import read_json, read_text
+from ..errors import KdflowError
+from ..files import read_json, read_text
 
 METRICS_FIX = "repair it, or move it away (kdflow then starts a new one, without the records it held)"
 

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .errors import KdflowError
+from ..errors import KdflowError
 
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"

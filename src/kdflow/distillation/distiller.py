@@ -16,11 +16,28 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .config import DistillConfig
-from .errors import KdflowError
-from .layers import LayerPair, Taps, as_tokens, common_grid, match_positions, stage_paths
-from .losses import (attention_kl, attention_transfer, ce_loss, cosine_hidden_loss, dkd_loss, hidden_mse, kd_loss,
-                     mse_loss, multi_teacher_kd, pkd_loss)
+from ..config import DistillConfig
+from ..errors import KdflowError
+from .layers import (
+    LayerPair,
+    Taps,
+    as_tokens,
+    common_grid,
+    match_positions,
+    stage_paths,
+)
+from .losses import (
+    attention_kl,
+    attention_transfer,
+    ce_loss,
+    cosine_hidden_loss,
+    dkd_loss,
+    hidden_mse,
+    kd_loss,
+    mse_loss,
+    multi_teacher_kd,
+    pkd_loss,
+)
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -14,11 +14,12 @@ Both are scored with :func:`kdflow.metrics.quality`, the function that scores ev
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
+from ..data.splits import Split, TaskData
+from ..metrics import quality
 from .check import Finding
-from .data.splits import Split, TaskData
-from .metrics import quality
 
 CONTROL_EXAMPLES = 4000  # training examples the linear models read at most
 VALUES_WIDTH = 256  # numeric sequences: their first 256 values, zero-padded

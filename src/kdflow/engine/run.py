@@ -1,7 +1,7 @@
 """One command's world -- its config, data, accelerator and log -- and the evaluation every fit uses.
 
 Below :mod:`kdflow.pipeline` (which assembles a :class:`Run`) and below every module that receives one
-(:mod:`kdflow.critical`, :mod:`kdflow.teacher_cache`, the active-learning loop, the frontier).
+(:mod:`kdflow.distillation.critical`, :mod:`kdflow.distillation.teacher_cache`, the active-learning loop, the frontier).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from . import models
-from .config import Config
-from .data import Featurizer, Split, TaskData, loader, make_collate
-from .metrics import quality
+from .. import models
+from ..config import Config
+from ..data import Featurizer, Split, TaskData, loader, make_collate
+from ..metrics import quality
 from .runlog import RunLog
 from .train import predict
 
@@ -27,7 +27,7 @@ class Run:
     data: TaskData
     acc: Any
     log: Optional[RunLog]
-    findings: list = field(default_factory=list)  # warnings of the checks before training (kdflow.check)
+    findings: list = field(default_factory=list)  # warnings of the checks before training (kdflow.diagnose.check)
     overlap: dict = field(default_factory=dict)  # held-out split -> its examples in the training data (leakage)
 
     def info(self, message: str) -> None:

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import input_batches, stratified_sample
+from ..data import input_batches, stratified_sample
+from ..engine.run import Run
+from ..errors import KdflowError
+from ..models import block_list, fingerprint
+from ..models.base import mean_over_tokens
 from .distiller import use_eager_attention
-from .errors import KdflowError
 from .layers import Taps, as_tokens, resolve_for, stage_paths
-from .models import block_list, fingerprint
-from .models.base import mean_over_tokens
-from .run import Run
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The Markdown sections of a run's report (:mod:`kdflow.report`), each from its part of ``metrics.json``
+"""The Markdown sections of a run's report (:mod:`kdflow.diagnose.report`), each from its part of ``metrics.json``
 (or ``active_compare.json``): held-out overlap first, then checks, frontier, label efficiency, active rounds."""
 
 from __future__ import annotations

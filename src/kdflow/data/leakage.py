@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .data.splits import Split, TaskData, content_keys
+from .splits import Split, TaskData, content_keys
 
 # Measured on the real data sets (BENCHMARKS.md, "Leakage threshold"): the largest natural overlap of a
 # published test split with its own training file is CoLA's out-of-domain dev set, 12 of 516 (2.3 %);

@@ -1,7 +1,7 @@
 """Deployable forms of a model: ONNX (dynamic batch axis; sequence too, except for images) and int8.
 
 Every exported form is checked against the PyTorch model on real batches (max
-absolute logit difference) and measured like the original by :mod:`kdflow.measure`.
+absolute logit difference) and measured like the original by :mod:`kdflow.deploy.measure`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import KdflowError
+from ..errors import KdflowError
 
 
 class _LogitsOnly(nn.Module):

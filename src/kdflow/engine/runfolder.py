@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import KdflowError
 from .checkpoint import has_checkpoint
 from .distributed import is_main
-from .errors import KdflowError
 from .runlog import RunLog
 
 PROGRESS = ("checkpoints", "active", "frontier")  # where an interrupted command's finished work lives
@@ -169,7 +169,7 @@ def guard(run_dir: Path, acc, role: str, resume: bool, overwrite: bool) -> None:
         raise KdflowError("--resume continues a run and --overwrite discards it; pass only one of them")
     if resume:  # nothing to resume is said before any work (a teacher's outputs would take minutes)
         nothing_to_resume(run_dir, role)
-    if overwrite and acc.is_main_process:  # moved aside until the command succeeds (kdflow.runfolder)
+    if overwrite and acc.is_main_process:  # moved aside until the command succeeds (kdflow.engine.runfolder)
         discard(ckpt, run_dir)
         discard(out, run_dir)
         roles = {role, "teacher_guide"} if role == "student" else {role}

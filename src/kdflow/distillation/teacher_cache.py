@@ -19,23 +19,30 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import models
-from .config import learning_rate
-from .data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
+from .. import models
+from ..config import learning_rate
+from ..data import (
+    Featurizer,
+    Split,
+    loader,
+    make_collate,
+    make_featurizer,
+    set_epoch,
+    train_loader,
+)
+from ..engine.distributed import from_main, is_main, sharded_rows
+from ..engine.run import Run, eval_fn
+from ..engine.train import make_optimizer, predict, train_epoch
+from ..errors import KdflowError
 from .distiller import Distiller, freeze
-from .distributed import from_main, is_main, sharded_rows
-from .errors import KdflowError
 from .losses import hinton_loss
-from .run import Run, eval_fn
-from .train import make_optimizer, predict, train_epoch
-
 
 
 class TeacherCache:

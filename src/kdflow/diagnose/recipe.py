@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .config import Config, HFSpec, learning_rate
-from .errors import KdflowError, first_line
+from ..config import Config, HFSpec, learning_rate
+from ..errors import KdflowError, first_line
 
 
 def _teacher_shape(cfg: Config) -> tuple[Optional[dict], str]:
@@ -24,7 +24,7 @@ def _teacher_shape(cfg: Config) -> tuple[Optional[dict], str]:
         return None, f"the teacher is kind {spec.kind}"
     from transformers import AutoConfig
 
-    from .models.hf import resolve_name
+    from ..models.hf import resolve_name
     try:
         c = AutoConfig.from_pretrained(resolve_name(spec.name), trust_remote_code=spec.trust_remote_code)
     except (KdflowError, OSError, ValueError) as err:
@@ -35,7 +35,7 @@ def _teacher_shape(cfg: Config) -> tuple[Optional[dict], str]:
 
 def _student_lines(spec: HFSpec, shape: Optional[dict]) -> tuple[list[tuple[str, str, str]], bool]:
     """Rows (key, value, why) for an hf student built from the teacher, and whether its blocks are copied."""
-    from .models.hf import copies_blocks, default_teacher_layers, student_depth
+    from ..models.hf import copies_blocks, default_teacher_layers, student_depth
     rows: list[tuple[str, str, str]] = []
     if shape is None:
         if spec.num_layers is None:
@@ -61,8 +61,8 @@ def _student_lines(spec: HFSpec, shape: Optional[dict]) -> tuple[list[tuple[str,
 
 
 def _prune_row(cfg: Config) -> tuple[str, str, str]:
-    from .models import kind
-    from .prune import PRUNE_AUTO_MAX_UNSEEN, tokenizer_unprunable
+    from ..deploy.prune import PRUNE_AUTO_MAX_UNSEEN, tokenizer_unprunable
+    from ..models import kind
     spec = cfg.model.student
     source = spec if spec.kind == "hf" and spec.name else cfg.model.teacher
     if cfg.data.values_column:
@@ -89,7 +89,7 @@ def auto_settings(cfg: Config) -> tuple[str, list[tuple[str, str, str]]]:
         rows += student_rows
     if spec.prune_vocab is None:
         rows.append(_prune_row(cfg))
-    from .models import kind
+    from ..models import kind
     own = kind(spec).lr(spec)
     if cfg.train.lr is None:
         lr = own or learning_rate(cfg.train, "student", pretrained)

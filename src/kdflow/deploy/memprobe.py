@@ -15,7 +15,7 @@ are not the model's.
 
 Child usage (internal)::
 
-    python -m kdflow.memprobe torch|onnx MODEL_FILE INPUTS.npz THREADS [MODULE,MODULE...]
+    python -m kdflow.deploy.memprobe torch|onnx MODEL_FILE INPUTS.npz THREADS [MODULE,MODULE...]
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _child(kind: str, model_file: str, inputs: str, threads: int, module: Option
 def probe(kind: str, model_file: "str | Path", inputs_file: "str | Path", threads: int = 1,
           module: Optional[str] = None, timeout: float = 600) -> dict:
     """Run the child for one saved model; ``kind`` is ``torch`` (a pickled module) or ``onnx``."""
-    cmd = [sys.executable, "-m", "kdflow.memprobe", kind, str(model_file), str(inputs_file), str(threads)]
+    cmd = [sys.executable, "-m", "kdflow.deploy.memprobe", kind, str(model_file), str(inputs_file), str(threads)]
     if module:
         cmd.append(module)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

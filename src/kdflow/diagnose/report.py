@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import KdflowError, first_line
-from .files import RUN_FIX, json_type, must_be_folder, read_json
+from ..engine.runlog import METRICS_FIX, read_metrics, read_rows
+from ..errors import KdflowError, first_line
+from ..files import RUN_FIX, json_type, must_be_folder, read_json
 from .report_sections import active_md, checks_md, compare_md, frontier_md, overlap_md
-from .runlog import METRICS_FIX, read_metrics, read_rows
 
 # metrics.json holds null where a metric was NaN (valid JSON); the report reads those back as NaN
 METRIC_KEYS = {"accuracy", "macro_f1", "f1", "mcc", "mse", "neg_mse", "pearson", "spearman", "retention", "f1_macro"}
@@ -195,7 +195,7 @@ def plot_frontier(fr: dict, out: Path) -> "Path | None":
 
 
 def _table_md(rows: list[dict]) -> str:
-    from .compare import table
+    from ..deploy.compare import table
     return table(rows)
 
 

@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from .errors import KdflowError
+from ..errors import KdflowError
 
 # prune_vocab auto keeps the vocabulary whole above this share of unseen validation word pieces. Measured
 # (BENCHMARKS, GLUE): with 2,250 training texts, 4-9 % of a GLUE task's validation pieces are unseen, and
