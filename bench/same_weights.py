@@ -40,6 +40,15 @@ RUNS = [
      "active/student/model.safetensors"),
     ("committee", ["run.name=committee", "model.teacher.name={v}/s/teacher", "active.strategy=vote_entropy",
                    "active.committee_size=2", "active.diversity=2"], "active/student/model.safetensors"),
+    ("target-teacher", ["run.name=target-teacher", "active.target=teacher", "active.initial_strategy=typicality",
+                        "active.strategy=margin", "distill.alpha=0.9"],
+     ("active/student/model.safetensors", "active/teacher/model.safetensors")),
+    ("calls", ["run.name=calls", "model.teacher.name={v}/s/teacher", "active.target=teacher_calls",
+               "active.oracle=teacher", "active.strategy=disagreement", "active.initial_strategy=typicality"],
+     "active/student/model.safetensors"),
+    ("user", ["run.name=user", "model.teacher.name={v}/s/teacher", "active.strategy=user_margin",
+              f"active.strategy_modules=[{USER}]"], "active/student/model.safetensors",
+     ["run.name=user", "model.teacher.name={v}/s/teacher", "active.strategy=margin"]),
 ]
 
 

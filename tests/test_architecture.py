@@ -1,13 +1,16 @@
-"""The shape of the package, checked so it stays: no module reaches into another's private names,
-files and functions stay short, and no function takes a long list of parameters.
+"""The shape of the package, checked so it stays: imports follow the README's map and make no circle, no
+module reaches into another's private names, files and functions stay short, and no function takes a long
+list of parameters.
 
 Exceptions are listed here by name with the reason; a new one is a decision, not an accident.
 """
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kdflow"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "kdflow"
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 50
 MAX_PARAMETERS = 8
@@ -196,3 +199,73 @@ def test_no_private_name_read_from_another_module():
             if key not in FOREIGN_PRIVATE:
                 offences.append(f"{key} (line {node.lineno})")
     assert not offences, "private names read across modules:\n" + "\n".join(sorted(set(offences)))
+
+
+# ------------------------------------------------------------------ the README's map
+
+def readme_map(text: str) -> list[dict]:
+    """The rows of the code block in the README's "Architecture" section, top first: each row's ``names``
+    (``x.py`` or ``x/`` before its description) and its ``text`` (continuation lines included)."""
+    section = text.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    rows: list[dict] = []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        if line[0] != " ":
+            rows.append({"names": line.split("  ")[0].split(), "text": line})
+        else:
+            rows[-1]["text"] += " " + line
+    return rows
+
+
+def layer_of(rows: list[dict]):
+    """``module name -> row index`` of the map's rows (a top-level file by its name, a package's modules by
+    the package's row); ``None`` for a module the map does not place."""
+    where = {}
+    for i, row in enumerate(rows):
+        for name in row["names"]:
+            where["kdflow" if name == "__init__.py" else "kdflow." + name.removesuffix(".py").removesuffix("/")] = i
+
+    def find(module: str):
+        module = "kdflow" if module == "kdflow.__init__" else module
+        parts = module.split(".")
+        for n in range(len(parts), 1, -1):  # the package's own row holds only its __init__
+            if ".".join(parts[:n]) in where:
+                return where[".".join(parts[:n])]
+        return where.get(module)
+    return find
+
+
+def test_the_readme_map_names_every_module():
+    rows = readme_map((ROOT / "README.md").read_text())
+    find, missing = layer_of(rows), []
+    for rel, _, path in modules():
+        row = find(_module_name(rel))
+        if row is None:
+            missing.append(f"{rel}: on no row")
+        elif "/" in rel and path.stem != "__init__" and not re.search(rf"\b{path.stem}\b", rows[row]["text"]):
+            missing.append(f"{rel}: its package's row does not name {path.stem}")
+    assert not missing, "the README's map (Architecture) misses:\n" + "\n".join(missing)
+
+
+def test_imports_go_down_the_readme_map_only():
+    """A module imports from its own row of the map and the rows above it, never from a row below."""
+    rows = readme_map((ROOT / "README.md").read_text())
+    find, upward = layer_of(rows), []
+    for module, targets in import_graph().items():
+        for target in sorted(targets):
+            if find(target) is not None and find(module) is not None and find(target) > find(module):
+                upward.append(f"{module} (row {find(module)}: {' '.join(rows[find(module)]['names'])}) imports "
+                              f"{target} (row {find(target)}: {' '.join(rows[find(target)]['names'])})")
+    assert not upward, "imports against the README's map:\n" + "\n".join(upward)
+
+
+def test_the_map_reader_places_modules_and_finds_upward_imports():
+    rows = readme_map("## Architecture\n\n```\nerrors.py  one\ntasks/  kinds: kind, regression\n"
+                      "cli.py __init__.py\n          interfaces\n```\n## Next\n")
+    assert [r["names"] for r in rows] == [["errors.py"], ["tasks/"], ["cli.py", "__init__.py"]]
+    find = layer_of(rows)
+    assert (find("kdflow.errors"), find("kdflow.tasks.regression"), find("kdflow.__init__"), find("kdflow.cli"),
+            find("kdflow.data.load")) == (0, 1, 2, 2, None)
+    assert "interfaces" in rows[2]["text"]

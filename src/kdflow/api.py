@@ -11,13 +11,7 @@ from . import models, pipeline
 from .config import load_config
 from .data import load_data, make_featurizer, train_loader
 from .data.leakage import clean_part, overlaps
-from .deploy.compare import (
-    Contestant,
-    MeasureOptions,
-    compare_models,
-    head_pruned_student,
-    vocab_pruned_student,
-)
+from .deploy.compare import Contestant, MeasureOptions, compare_models, head_pruned_student, vocab_pruned_student
 from .deploy.measure import files_size_mb
 from .diagnose.baselines import control_findings, controls, majority
 from .diagnose.check import data_findings, plausibility, summary_counts
@@ -32,6 +26,7 @@ from .errors import KdflowError
 from .files import RUN_FIX, must_be_folder
 from .metrics import quality
 from .models import LABELS_FILE
+from .tasks import task_of_hf
 
 
 def teach(config, overrides: Optional[list[str]] = None, resume: bool = False, overwrite: bool = False) -> dict:
@@ -177,7 +172,7 @@ def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, sp
     model, tokenizer, labels, task = models.load_saved(folder)
     if labels is None and hasattr(model, "config") and getattr(model.config, "id2label", None):
         labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
-        task = "regression" if model.config.num_labels == 1 and run.data.task == "regression" else task
+        task = run.data.task if task_of_hf(model.config.num_labels, None) == run.data.task else task
     if task != run.data.task or labels != run.data.label_names:
         raise KdflowError(f"The model in '{folder}' was trained for other labels (or another task) than this "
                           "data's; evaluate it on the data it was trained for")

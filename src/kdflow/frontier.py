@@ -25,14 +25,7 @@ from typing import Optional
 
 from . import models, pipeline
 from .config import HFSpec, load_config, same_setting
-from .deploy.compare import (
-    Bench,
-    Contestant,
-    MeasureOptions,
-    relate,
-    student_forms,
-    teacher_row,
-)
+from .deploy.compare import Bench, Contestant, MeasureOptions, relate, student_forms, teacher_row
 from .deploy.measure import files_size_mb
 from .deploy.pareto import Budget, halve, pareto_front, select
 from .distillation.critical import layer_map

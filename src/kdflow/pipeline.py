@@ -20,14 +20,7 @@ from torch import nn
 
 from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
-from .data import (
-    Featurizer,
-    TaskData,
-    image_preprocess,
-    input_batches,
-    load_data,
-    make_featurizer,
-)
+from .data import Featurizer, TaskData, image_preprocess, input_batches, load_data, make_featurizer
 from .data.leakage import clean_part, overlaps
 from .engine.run import Run, eval_fn
 from .engine.runfolder import guard
@@ -109,7 +102,7 @@ def setup(cfg: Config, train_cfg: TrainConfig, role: str, resume: bool = False, 
         run.info(f"[check] {f.level}: {f.message}")
     run.info(f"[data] train {len(data.train)}, validation {len(data.validation)}, "
              f"test {len(data.test) if data.test else 0} examples; "
-             + (f"{data.num_labels} labels" if data.label_names else "regression"))
+             + (f"{data.num_labels} labels" if data.label_names else data.task))
     if acc.is_main_process:
         (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
     return run
@@ -207,12 +200,7 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
     if d.modality == "image":
         return image_student(run, teacher, tokenizer)
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
-    from .deploy.prune import (
-        prunable,
-        prune_embeddings,
-        prune_tokenizer,
-        used_token_ids,
-    )
+    from .deploy.prune import prunable, prune_embeddings, prune_tokenizer, used_token_ids
     why_not = prunable(student, s_tokenizer)
     if spec.prune_vocab and why_not:
         raise KdflowError(f"model.student.prune_vocab is true but {why_not}; set model.student.prune_vocab: false")

@@ -20,7 +20,6 @@ from .context import Context
 from .outputs import PoolPass, stream_pool
 from .strategies import neighbour_vote
 
-
 NEIGHBOURS = 10
 
 

@@ -106,10 +106,10 @@ def finish(ctx: Context, cfg: Config) -> dict:
     if ctx.current is None and ctx.state.rounds:
         ctx.restore(len(ctx.state.rounds) - 1)
     if ctx.current is not None and is_main():
-        models.save_model(ctx.current, ctx.folder / "student", ctx.s_tokenizer, ctx.labels, "classification")
+        models.save_model(ctx.current, ctx.folder / "student", ctx.s_tokenizer, ctx.labels, ctx.run.data.task)
     if cfg.active.target == "teacher" and ctx.state.rounds and is_main():  # the teacher the labels made
         ctx.use_teacher_of(len(ctx.state.rounds) - 1)
-        models.save_model(ctx.teacher, ctx.folder / "teacher", ctx.tokenizer, ctx.labels, "classification")
+        models.save_model(ctx.teacher, ctx.folder / "teacher", ctx.tokenizer, ctx.labels, ctx.run.data.task)
     ctx.run.info(f"[active] stopped: {ctx.state.stopped}; final student in {ctx.folder / 'student'}")
     result = summary(ctx, cfg, "done")
     write(ctx, result)
@@ -136,14 +136,14 @@ def evaluate_round(ctx: Context, model, r: int, new: int, result) -> dict:
               "best_epoch": result.best_epoch + 1, "train_seconds": round(result.seconds, 2),
               "select_seconds": (ctx.state.batch_meta[r] if r < len(ctx.state.batch_meta) else {}
                                  ).get("select_seconds"),
-              "validation": quality(val_logits, d.validation.targets, "classification"), "kappa": agreement}
+              "validation": quality(val_logits, d.validation.targets, d.task), "kappa": agreement}
     if ctx.ac.evaluate_test and d.test is not None:
         logits = run(d.test)
-        record["test"] = quality(logits, d.test.targets, "classification")
+        record["test"] = quality(logits, d.test.targets, d.task)
         o = ctx.run.overlap.get("test")  # beside it, whenever test repeats training data: its other examples'
         if o is not None and o.count < o.size:
             keep = np.setdiff1d(np.arange(len(d.test)), o.rows)
-            record["test_clean"] = quality(logits[keep], d.test.targets[keep], "classification")
+            record["test_clean"] = quality(logits[keep], d.test.targets[keep], d.task)
     record["_val_pred"] = pred.tolist()
     model.cpu()
     return record

@@ -81,7 +81,7 @@ class StudentRounds:
         acc = ctx.run.acc = make_accelerator(cfg.train)  # fresh, and the same seed every round: a resumed round
         lab = ctx.with_labels(state.labelled_positions)  # replays
         model = ctx.start_model(r)
-        distiller = Distiller(ctx.teacher if cfg.distill.alpha > 0 else None, cfg.distill, "classification")
+        distiller = Distiller(ctx.teacher if cfg.distill.alpha > 0 else None, cfg.distill, ctx.run.data.task)
         if distiller.uses_teacher:
             distiller.set_targets(teacher_logits(ctx.run, ctx.teacher, lab,
                                                  pipeline.featurizer(ctx.run, ctx.tokenizer), ctx.cache))

@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..config import Config, same_setting
 from ..errors import KdflowError
+from ..tasks import task_kind
 from .coldstart import COLD_STARTS
 from .outputs import needs_members
 from .strategies import NEEDS, names
@@ -124,7 +125,7 @@ def _check_committee(cfg: Config) -> None:
 def check(cfg: Config) -> None:
     """Settings that cannot work together, named before any work starts."""
     ac, d = cfg.active, cfg.data
-    if d.task != "classification":
+    if not task_kind(d.task).classes:
         raise KdflowError("kdflow active needs data.task: classification (its strategies score class "
                           "probabilities)")
     if d.values_column:

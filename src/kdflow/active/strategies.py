@@ -40,9 +40,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .selectors import (EPS, badge, check_probs, coreset, diverse_top_k, k_centre_greedy, min_sq_dist, order,
-                        tie_keys, top_k)
-
+from .selectors import (
+    EPS,
+    badge,
+    check_probs,
+    coreset,
+    diverse_top_k,
+    k_centre_greedy,
+    min_sq_dist,
+    order,
+    tie_keys,
+    top_k,
+)
 
 # ------------------------------------------------------------------ scores
 

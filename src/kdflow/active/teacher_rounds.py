@@ -18,6 +18,7 @@ teacher an uninterrupted one had.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,9 @@ def fresh_teacher(run) -> pipeline.Teacher:
     return pipeline.Teacher(pipeline.new_teacher(run, tok), tok, source)
 
 
-def teacher_loss(model, batch) -> dict:
+def teacher_loss(model, batch, task: str) -> dict:
     """The teacher's loss on gold labels alone (no soft targets: it is the one that has them)."""
-    return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, "classification")
+    return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, task)
 
 
 def _fit_teacher(ctx: Context, r: int) -> FitResult:
@@ -65,7 +66,7 @@ def _fit_teacher(ctx: Context, r: int) -> FitResult:
     train = lab.subset(np.tile(np.arange(len(lab)), reps)) if reps > 1 else lab
     job = FitJob(f"teacher-round{r}", settings.model_copy(update={"epochs": cfg.teach.epochs}),
                  ctx.folder / "teacher-checkpoints", min_steps=ac.min_steps)
-    result = fit_round(ctx, teacher, teacher_loss, train, feat, cfg.teach, job, "teacher")
+    result = fit_round(ctx, teacher, partial(teacher_loss, task=run.data.task), train, feat, cfg.teach, job, "teacher")
     ctx.teacher = freeze(acc.unwrap_model(teacher)).cpu().eval()
     return result
 
@@ -91,7 +92,7 @@ def _distil_student(ctx: Context, r: int) -> tuple[torch.nn.Module, FitResult]:
     cfg, run, state = ctx.cfg, ctx.run, ctx.state
     acc = run.acc = make_accelerator(cfg.train)
     pool = ctx.with_labels(np.union1d(state.labelled_positions, state.candidates), unlabelled=IGNORE)
-    distiller = Distiller(ctx.teacher, cfg.distill, "classification")
+    distiller = Distiller(ctx.teacher, cfg.distill, run.data.task)
     # no cache: each round's teacher is new, so its outputs would only pile up in the cache folder
     distiller.set_targets(teacher_logits(run, ctx.teacher, pool, pipeline.featurizer(run, ctx.tokenizer), None))
     ctx.teacher.cpu()

@@ -23,15 +23,7 @@ from .base import Strict
 from .commands import ActiveConfig, FrontierConfig
 from .data_section import DataConfig
 from .load import apply_overrides, build, explain, load_config, same_setting
-from .sections import (
-                    Config,
-                    DistillConfig,
-                    ExtraTeacher,
-                    LayerEntry,
-                    RunConfig,
-                    TrainConfig,
-                    learning_rate,
-)
+from .sections import Config, DistillConfig, ExtraTeacher, LayerEntry, RunConfig, TrainConfig, learning_rate
 from .specs import (
                     MODEL_SPECS,
                     AnyModelSpec,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..tasks import TASKS
 from .base import Strict
 from .glue import GLUE_TASKS, glue_of_hub
 
@@ -80,7 +81,7 @@ class DataConfig(Strict):
     image_size: Optional[int] = Field(None, ge=4, le=1024)
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list)
     crop_padding: int = Field(4, ge=1, le=64)
-    task: Literal["classification", "regression"] = "classification"
+    task: str = "classification"  # a kdflow.tasks.TASKS entry: classification, regression
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
     max_length: int = Field(128, ge=4, le=4096)
     max_train_examples: Optional[int] = Field(None, ge=2)
@@ -113,6 +114,13 @@ class DataConfig(Strict):
                 raise ValueError(f"GLUE {task.name} is a {task.task} task; drop data.task or set it to {task.task}")
             data["task"] = task.task
         return data
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"data.task {task!r} is not a task kind; use one of {', '.join(TASKS)}")
+        return task
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

@@ -1,6 +1,6 @@
 """The GLUE table (Wang et al. 2019, "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language
 Understanding"): per task its kind, label names in the hub's order, reported metrics, hub splits and the file
-layouts its files come in. A leaf: the config checks ``data.glue`` against it, :mod:`kdflow.data.tasks` reads the
+layouts its files come in. A leaf: the config checks ``data.glue`` against it, :mod:`kdflow.data.glue_files` reads the
 files it describes.
 """
 

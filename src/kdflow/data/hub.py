@@ -116,7 +116,7 @@ def read_glue_hub(ds, cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict
     """A GLUE task from the hub: train, and its dev set(s) as test (GLUE's test labels are hidden);
     validation is held out from train, so the dev set is scored once, never used to select."""
     from ..config.glue import glue_task
-    from .tasks import normalise_labels
+    from .glue_files import normalise_labels
     task = glue_task(cfg.glue)
     text_col, pair_col, label_col = _columns(cfg, ds["train"].column_names, notes)
     wanted = {"train": "train", "test": task.hub_test,

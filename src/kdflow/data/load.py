@@ -15,25 +15,12 @@ import numpy as np
 from ..config import DataConfig
 from ..config.glue import glue_task
 from ..errors import KdflowError
+from ..tasks import task_kind
 from .features import modality_of
 from .hub import read_hub
-from .images import (
-    pixel_inputs,
-    read_image_folder,
-    read_npz,
-    read_packaged,
-    read_unlabelled_images,
-    same_shape,
-)
+from .images import pixel_inputs, read_image_folder, read_npz, read_packaged, read_unlabelled_images, same_shape
 from .leakage import overlapping
-from .splits import (
-    IGNORE,
-    Split,
-    TaskData,
-    example_ids,
-    stratified_sample,
-    stratified_split,
-)
+from .splits import Split, TaskData, example_ids, stratified_sample, stratified_split
 from .tables import (
     SUFFIX_FORMAT,
     columns_from_frame,
@@ -44,7 +31,7 @@ from .tables import (
     split_files,
     text_inputs,
 )
-from .tasks import read_glue_files
+from .glue_files import read_glue_files
 
 MISSING_LABELS = {"", "nan", "null", "none"}  # label cells that read as a missing value (any case)
 
@@ -139,7 +126,7 @@ def _read_source(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, lis
 
 
 def _hold_out_validation(train: Split, cfg: DataConfig, notes: list[str]) -> tuple[Split, Split]:
-    keep, held = stratified_split(train.targets, cfg.validation_fraction, cfg.seed, cfg.task == "classification")
+    keep, held = stratified_split(train.targets, cfg.validation_fraction, cfg.seed, task_kind(cfg.task).classes)
     notes.append(f"no validation split given: held out a stratified {cfg.validation_fraction:.0%} of train "
                  f"({len(held)} examples, seed {cfg.seed})")
     validation = Split("validation", [train.ids[i].replace("train:", "validation:", 1) for i in held],
@@ -172,7 +159,7 @@ def load_data(cfg: DataConfig) -> TaskData:
     distill and evaluate always see the same split)."""
     notes: list[str] = []
     parts = _read_source(cfg, notes)
-    classification = cfg.task == "classification"
+    classification = task_kind(cfg.task).classes
     if classification:
         refuse_missing_labels(parts, cfg)
     if cfg.glue:  # the task's own label names and order, whatever the training labels hold
@@ -223,8 +210,8 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: 
     if not keep:
         raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give examples that are not in validation "
                           "or test")
-    regression = cfg.task == "regression"
-    targets_ = np.full(len(keep), np.nan if regression else IGNORE, dtype=np.float32 if regression else np.int64)
+    kind = task_kind(cfg.task)
+    targets_ = np.full(len(keep), kind.missing, dtype=kind.target_dtype)
     notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
     return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets_)
 

@@ -14,8 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import KdflowError
-
-IGNORE = -100  # label of an example without a gold label (CE skips it)
+from ..tasks.classification import IGNORE  # label of an example without a gold label (CE skips it)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import Featurizer, Split, TaskData, input_batches
 from ..errors import KdflowError
+from ..tasks import task_kind
 from . import export as ex
 from . import measure, memprobe
 
@@ -114,7 +115,7 @@ def compare_models(teacher: Contestant, students: list[Contestant], split: Split
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
     for s in students:
         rows += student_forms(Contestant(s.name, s.model.cpu().eval(), s.feat, s.size_mb), bench, out_dir)
-    return relate(rows, "accuracy" if task == "classification" else "pearson")
+    return relate(rows, task_kind(task).headline)
 
 
 def teacher_row(teacher: Contestant, bench: Bench) -> dict:
@@ -182,7 +183,7 @@ def head_pruned_student(student: nn.Module, feat: Featurizer, data: TaskData, fr
     """The student without its least important ``fraction`` of attention heads (importance
     from the validation split, never test), measured as it is: no retraining after pruning."""
     from .heads import head_importance, heads_to_prune, prune_heads
-    if data.task != "classification":
+    if not task_kind(data.task).classes:
         raise KdflowError("--prune-heads scores heads with the classification loss; it needs a classification task")
     batches = input_batches(data.validation, feat, 32)
     targets = [torch.as_tensor(data.validation.targets[i:i + 32], dtype=torch.long)

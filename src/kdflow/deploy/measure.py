@@ -22,24 +22,10 @@ from torch import nn
 def quality_report(logits: np.ndarray, targets: np.ndarray, task: str,
                    label_names: Optional[Sequence[str]] = None) -> dict:
     """Headline metrics plus, for classification, a per-class report and the top confusions."""
-    from ..metrics import quality
-    out = quality(logits, targets, task)
-    if task == "regression":
-        return out
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-    pred = logits.argmax(-1)
-    labels = list(range(len(label_names))) if label_names else sorted(set(targets) | set(pred))
-    names = list(label_names) if label_names else [str(i) for i in labels]
-    for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(targets, pred, labels=labels, average=avg, zero_division=0)
-        out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
-    p, r, f, s = precision_recall_fscore_support(targets, pred, labels=labels, zero_division=0)
-    out["per_class"] = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                                   "support": int(s[i])} for i in range(len(labels))}
-    cm = confusion_matrix(targets, pred, labels=labels)
-    off = [(int(cm[i, j]), names[i], names[j]) for i in range(len(labels)) for j in range(len(labels))
-           if i != j and cm[i, j]]
-    out["top_confusions"] = [{"true": t, "predicted": p_, "count": c} for c, t, p_ in sorted(off, reverse=True)[:10]]
+    from ..tasks import task_kind
+    kind = task_kind(task)
+    out = kind.quality(logits, targets)
+    kind.details(logits, targets, label_names, out)
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data.splits import Split, TaskData
 from ..metrics import quality
+from ..tasks import task_kind
 from .check import Finding
 
 CONTROL_EXAMPLES = 4000  # training examples the linear models read at most
@@ -32,12 +33,7 @@ def majority(data: TaskData) -> dict:
     for name, part in (("validation", data.validation), ("test", data.test)):
         if part is None or len(part) == 0:
             continue
-        if data.task == "regression":
-            out[name] = quality(np.full((len(part), 1), float(y.mean())), part.targets, "regression")
-        else:
-            logits = np.zeros((len(part), data.num_labels))
-            logits[:, int(np.bincount(y.astype(np.int64), minlength=data.num_labels).argmax())] = 1.0
-            out[name] = quality(logits, part.targets, "classification")
+        out[name] = quality(task_kind(data.task).majority(y, len(part), data.num_labels), part.targets, data.task)
     return out
 
 
@@ -63,17 +59,7 @@ def features(split: Split, width: int = 2 ** 18):
 
 
 def _fit_score(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, task: str, seed: int) -> dict:
-    if task == "regression":
-        from sklearn.linear_model import Ridge
-        model = Ridge(alpha=1.0).fit(x_train, y_train)
-        return quality(model.predict(x_eval).reshape(-1, 1), y_eval, task)
-    from sklearn.linear_model import SGDClassifier
-    model = SGDClassifier(alpha=1e-4, max_iter=30, tol=None, random_state=seed).fit(x_train, y_train)
-    scores = model.decision_function(x_eval)
-    scores = np.stack([-scores, scores], 1) if scores.ndim == 1 else scores
-    logits = np.full((len(y_eval), int(max(y_train.max(), y_eval.max())) + 1), -np.inf)
-    logits[:, model.classes_.astype(np.int64)] = scores
-    return quality(logits, y_eval, task)
+    return quality(task_kind(task).linear(x_train, y_train, x_eval, y_eval, seed), y_eval, task)
 
 
 def controls(data: TaskData, seed: int = 0, limit: int = CONTROL_EXAMPLES) -> dict:
@@ -83,7 +69,7 @@ def controls(data: TaskData, seed: int = 0, limit: int = CONTROL_EXAMPLES) -> di
     if len(keep) > limit:
         keep = np.sort(rng.choice(keep, limit, replace=False))
     train = data.train.subset(keep)
-    if len(data.validation) == 0 or (data.task == "classification" and len(np.unique(train.targets)) < 2):
+    if len(data.validation) == 0 or (task_kind(data.task).classes and len(np.unique(train.targets)) < 2):
         return {}
     x_train, x_eval = features(train), features(data.validation)
     shuffled = rng.permutation(train.targets)
@@ -96,11 +82,11 @@ def control_findings(data: TaskData, base: dict, control: dict) -> list[Finding]
     """A shuffled control far above chance; a near-perfect linear baseline (the task may be trivial or leaky)."""
     if not control:
         return []
-    metric = "accuracy" if data.task == "classification" else "pearson"
-    chance = base.get("validation", {}).get(metric, 0.0) if data.task == "classification" else 0.0
+    kind = task_kind(data.task)
+    metric = kind.headline
+    chance, spread = kind.chance(base)
     shuffled, n = control["shuffled"][metric], len(data.validation)
     # 3 standard errors of chance: sqrt(p(1-p)/n) for an accuracy, 1/sqrt(n) for a null Pearson correlation
-    spread = 1.0 if data.task == "regression" else max(chance * (1 - chance), 1e-4)
     noise = 3 * math.sqrt(spread / max(n, 1))
     out = []
     if shuffled > chance + max(0.05, noise):

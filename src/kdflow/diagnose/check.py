@@ -34,6 +34,7 @@ import numpy as np
 from ..data import Split, TaskData, source_of
 from ..data.leakage import Keys, Overlap, overlaps
 from ..errors import KdflowError
+from ..tasks import task_kind
 
 MISSING_LIKE = {"", "nan", "none", "null", "na", "n/a", "<na>", "nat", "?", "-", "undefined"}
 EXAMPLES = 3  # examples quoted per finding
@@ -117,7 +118,7 @@ def _overlap(pair: tuple[str, Split, str, Split], keys: Keys, held_out_here: boo
 def label_findings(data: TaskData, heads: dict[str, Optional[list]], keys: Optional[Keys] = None) -> list[Finding]:
     """Label names (missing-looking, rare), conflicting labels, and the models' heads against the data."""
     out = [*_head_findings(data, heads)]
-    if data.task != "classification" or not data.label_names:
+    if not task_kind(data.task).classes or not data.label_names:
         return out
     labelled = data.train.targets[data.train.labelled]
     counts = np.bincount(labelled.astype(np.int64), minlength=data.num_labels)
@@ -175,19 +176,8 @@ def _head_findings(data: TaskData, heads: dict[str, Optional[list]]) -> list[Fin
 
 def task_findings(cfg, data: TaskData) -> list[Finding]:
     """The task type against the labels, and the logit loss and metrics against the task."""
-    out = []
-    names = data.label_names or []
-    numbers = [float(n) for n in names if _number(n)]
-    if data.task == "classification" and len(numbers) == len(names) and len(names) > 10 \
-            and any(not x.is_integer() for x in numbers):
-        out.append(Finding("warning", "task", f"The {len(names)} labels are all numbers, some fractional "
-                           f"({', '.join(names[:4])}, ...): is it a regression target? Set data.task: regression"))
-    if data.task == "regression":
-        values = np.unique(data.train.targets[data.train.labelled])
-        if len(values) <= 10 and np.all(values == np.round(values)):
-            out.append(Finding("warning", "task", f"The regression targets take only {len(values)} integer values "
-                               f"({', '.join(f'{v:g}' for v in values[:6])}): are they classes? Set data.task: "
-                               "classification"))
+    out = [Finding(severity, "task", message) for severity, message in
+           task_kind(data.task).findings(data.label_names, data.train.targets[data.train.labelled])]
     from ..distillation.distiller import resolve_logit_loss
     from ..metrics import check_metric
     for label, probe in (("distill.logit_loss", lambda: resolve_logit_loss(cfg.distill.logit_loss, data.task,
@@ -200,13 +190,6 @@ def task_findings(cfg, data: TaskData) -> list[Finding]:
         except KdflowError as err:
             out.append(Finding("error", "task", str(err)))
     return out
-
-
-def _number(text) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except (TypeError, ValueError):
-        return False
 
 
 def head_labels(cfg) -> dict[str, Optional[list]]:
@@ -234,7 +217,7 @@ def data_findings(cfg, data: TaskData, heads: Optional[dict] = None) -> list[Fin
 def plausibility(score: dict, task: str, n: int, teacher: Optional[dict] = None, role: str = "student"
                  ) -> list[Finding]:
     """Test scores that are too good to be true: near perfect, or a student far above its teacher."""
-    metric = "accuracy" if task == "classification" else "pearson"
+    metric = task_kind(task).headline
     value = score.get(metric)
     if value is None or not math.isfinite(value):
         return []

@@ -8,6 +8,8 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from ..tasks import task_kind
+
 
 def _console(width: Optional[int] = None) -> Console:
     probe = Console()
@@ -101,8 +103,8 @@ def show(table: Table, width: Optional[int] = None) -> None:
 def check_text(out: dict) -> str:
     """``kdflow check``'s findings as lines of text: sizes, baselines, then each finding with its examples."""
     sizes = ", ".join(f"{k} {v}" for k, v in out["data"].items())
-    metric = "accuracy" if out["task"] == "classification" else "pearson"
-    lines = [f"data: {sizes}; " + (f"{out['labels']} labels" if out["labels"] else "regression")]
+    metric = task_kind(out["task"]).headline
+    lines = [f"data: {sizes}; " + (f"{out['labels']} labels" if out["labels"] else out["task"])]
     base = out["majority"]
     if base:
         lines.append("majority baseline: " + ", ".join(f"{k} {metric} {v[metric]:.4f}" for k, v in base.items()))

@@ -29,6 +29,7 @@ from ..engine.run import Run
 from ..errors import KdflowError
 from ..models import block_list, fingerprint
 from ..models.base import mean_over_tokens
+from ..tasks import task_kind
 from .distiller import use_eager_attention
 from .layers import Taps, as_tokens, resolve_for, stage_paths
 
@@ -164,7 +165,7 @@ def load_scores(folder: "str | Path", fingerprint: str, method: str) -> Optional
 def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
     """The teacher's block scores, computed once per teacher (fingerprint) and kept in ``<run>/layers``."""
     dc, d = run.cfg.distill, run.data
-    if d.task != "classification":
+    if not task_kind(d.task).classes:
         raise KdflowError("layer scoring (auto:K, kdflow layers) needs a classification task")
     fp = fingerprint(teacher, f"max_length={run.cfg.data.max_length};n={dc.layer_score_examples}")
     folder = run.cfg.run_dir / "layers"

@@ -18,18 +18,12 @@ from torch import nn
 
 from ..config import DistillConfig
 from ..errors import KdflowError
-from .layers import (
-    LayerPair,
-    Taps,
-    as_tokens,
-    common_grid,
-    match_positions,
-    stage_paths,
-)
+from ..tasks import task_kind
+from .layers import LayerPair, Taps, as_tokens, common_grid, match_positions, stage_paths
 from .losses import (
+    HARD_LOSSES,
     attention_kl,
     attention_transfer,
-    ce_loss,
     cosine_hidden_loss,
     dkd_loss,
     hidden_mse,
@@ -174,9 +168,9 @@ LOGIT_LOSSES: dict[str, LogitLoss] = {
 def resolve_logit_loss(name: str, task: str, teachers: int) -> str:
     """The table entry that ``distill.logit_loss`` means for this task and number of teachers:
     ``hinton`` is MSE for regression and the multi-teacher average for several teachers."""
-    asked = name
-    if name == "hinton" and task == "regression":
-        name = "mse"
+    asked, kind = name, task_kind(task)
+    if name == "hinton" and kind.hinton != "hinton":
+        name = kind.hinton
     elif name == "hinton" and teachers > 1:
         name = "multi_teacher"
     entry = LOGIT_LOSSES[name]
@@ -259,7 +253,7 @@ class Distiller:
     def logit_terms(self, logits: torch.Tensor, teacher: Optional[torch.Tensor], batch: dict) -> dict:
         """The logit loss mixed with the hard-label loss: ``alpha · soft + (1 − alpha) · hard``."""
         labels = batch["labels"]
-        hard = mse_loss(logits, labels) if self.task == "regression" else ce_loss(logits, labels)
+        hard = HARD_LOSSES[task_kind(self.task).hard_loss](logits, labels)
         if teacher is None:
             return {"loss": hard, "loss_hard": hard}
         idx = batch["index"].cpu()

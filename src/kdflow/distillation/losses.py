@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..tasks import task_kind
+
 IGNORE = -100
 
 
@@ -60,23 +62,26 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tens
     return _masked_mean((pred - safe) ** 2, valid)
 
 
+# the losses a task kind names (kdflow.tasks): to the gold targets, and Hinton's term to one teacher
+HARD_LOSSES = {"ce": ce_loss, "mse": mse_loss}
+SOFT_LOSSES = {"kd": kd_loss, "mse": lambda student, teacher, temperature: mse_loss(student, teacher)}
+
+
 def hinton_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,
                 temperature: float, alpha: float, task: str = "classification") -> dict[str, torch.Tensor]:
     """``loss = alpha · KD + (1 − alpha) · hard`` as named terms.
 
-    Classification: KD is :func:`kd_loss`, hard is :func:`ce_loss`.
-    Regression: KD is MSE to the teacher's prediction, hard is MSE to the target.
+    The task kind names both (:data:`HARD_LOSSES`, :data:`SOFT_LOSSES`): classification: KD is :func:`kd_loss`,
+    hard is :func:`ce_loss`; regression: KD is MSE to the teacher's prediction, hard is MSE to the target.
     ``alpha = 1`` ignores labels (pure distillation, e.g. unlabelled pool);
     ``alpha = 0`` or no teacher is plain supervised training.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if task == "regression":
-        hard = mse_loss(student_logits, labels)
-        soft = mse_loss(student_logits, teacher_logits) if teacher_logits is not None else None
-    else:
-        hard = ce_loss(student_logits, labels)
-        soft = kd_loss(student_logits, teacher_logits, temperature) if teacher_logits is not None else None
+    kind = task_kind(task)
+    hard = HARD_LOSSES[kind.hard_loss](student_logits, labels)
+    soft = (SOFT_LOSSES[kind.soft_loss](student_logits, teacher_logits, temperature) if teacher_logits is not None
+            else None)
     if soft is None:
         return {"loss": hard, "loss_hard": hard}
     return {"loss": alpha * soft + (1.0 - alpha) * hard, "loss_kd": soft, "loss_hard": hard}

@@ -28,15 +28,7 @@ import torch
 
 from .. import models
 from ..config import learning_rate
-from ..data import (
-    Featurizer,
-    Split,
-    loader,
-    make_collate,
-    make_featurizer,
-    set_epoch,
-    train_loader,
-)
+from ..data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
 from ..engine.distributed import from_main, is_main, sharded_rows
 from ..engine.run import Run, eval_fn
 from ..engine.train import make_optimizer, predict, train_epoch

@@ -21,13 +21,7 @@ import torch
 from ..config import TrainConfig, same_setting
 from ..data import set_epoch
 from ..errors import KdflowError, first_line
-from .checkpoint import (
-    adopt_checkpoint,
-    check_file,
-    open_checkpoint,
-    save_checkpoint,
-    save_weights,
-)
+from .checkpoint import adopt_checkpoint, check_file, open_checkpoint, save_checkpoint, save_weights
 from .runlog import RunLog
 
 

@@ -35,16 +35,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..config import DistillConfig
 from ..config.load import explain
-from ..distillation.distiller import (
-    Distiller,
-    FeatureStudent,
-    freeze,
-    use_eager_attention,
-)
+from ..distillation.distiller import Distiller, FeatureStudent, freeze, use_eager_attention
 from ..distillation.layers import resolve_for
 from ..distillation.teacher_cache import TeacherCache
 from ..errors import KdflowError
 from ..models.io import fingerprint
+from ..tasks import task_kind, task_of_hf
 
 
 @dataclass
@@ -229,7 +225,7 @@ def student_from(teacher: nn.Module, num_layers: Optional[int] = None, hidden_si
     from ..models.hf import build_hf_student
     task = _task(teacher, "teacher")
     config = teacher.config
-    names = [config.id2label[i] for i in range(config.num_labels)] if task == "classification" else None
+    names = [config.id2label[i] for i in range(config.num_labels)] if task_kind(task).classes else None
     spec = HFSpec(num_layers=num_layers, hidden_size=hidden_size, teacher_layers=teacher_layers, dropout=dropout)
     return build_hf_student(spec, teacher, names, task)
 
@@ -240,7 +236,7 @@ def _task(model: nn.Module, role: str) -> str:
     config = getattr(model, "config", None)
     if config is None:
         raise KdflowError(f"KDTrainer's {role} has no .config; give a Hugging Face sequence-classification model")
-    return "regression" if config.num_labels == 1 or config.problem_type == "regression" else "classification"
+    return task_of_hf(config.num_labels, config.problem_type)
 
 
 def _same_head(student: nn.Module, teacher: nn.Module) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import DataConfig, HFSpec
 from ..errors import KdflowError, first_line
+from ..tasks import task_kind
 from .base import BuildContext, ModelKind
 from .io import LABELS_FILE, quiet_transformers, read_model_json, saved_labels
 
@@ -37,10 +38,8 @@ def resolve_name(name: str) -> str:
 
 
 def label_kwargs(label_names: Optional[list[str]], task: str) -> dict:
-    if task == "regression":
-        return {"num_labels": 1, "problem_type": "regression"}
-    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-            "label2id": {n: i for i, n in enumerate(label_names)}, "problem_type": "single_label_classification"}
+    """The head settings of a Hugging Face config for this task and these labels (the task kind's)."""
+    return task_kind(task).hf_head(label_names)
 
 
 def has_task_head(path: str, label_names: Optional[list[str]], task: str,
@@ -59,7 +58,7 @@ def has_task_head(path: str, label_names: Optional[list[str]], task: str,
     if not (isinstance(id2label, dict) and all(str(k).isdigit() for k in id2label)):
         return False  # no readable head labels: load_teacher then asks for a teacher trained on these labels
     names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
-    return names == label_names if task == "classification" else cfg.get("num_labels") == 1
+    return task_kind(task).head_matches(names, label_names, cfg)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):

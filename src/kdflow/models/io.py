@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import KdflowError, first_line
 from ..files import json_type, must_be_folder, read_json
+from ..tasks import TASKS
 
 LABELS_FILE = "kdflow_labels.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -60,8 +61,8 @@ def saved_labels(folder: Path) -> tuple[Optional[list[str]], str]:
         return None, "classification"
     meta = read_json(path, f"Label file '{path}'", DAMAGED, dict)
     labels, task = meta.get("labels"), meta.get("task", "classification")
-    if task not in ("classification", "regression"):
-        raise KdflowError(f"Label file '{path}' names task {task!r}, not classification or regression; {DAMAGED}")
+    if task not in TASKS:
+        raise KdflowError(f"Label file '{path}' names task {task!r}, not one of {', '.join(TASKS)}; {DAMAGED}")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(n, str) for n in labels)
                                    and len(set(labels)) == len(labels) > 0):
         raise KdflowError(f"Label file '{path}' holds {json_type(labels)} under 'labels', not a list of distinct "

@@ -1,0 +1,35 @@
+"""What a task kind decides (the fields of one :data:`kdflow.tasks.TASKS` entry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of task (see the module docstring); every callable takes and returns plain numpy / dicts."""
+
+    name: str
+    metrics: tuple[str, ...]  # what ``quality`` returns to select by; the first is the default train.metric
+    headline: str             # the one metric tables, plausibility checks and trade-off plots quote
+    classes: bool             # targets are class indices under label names (stratified splits, per-class reports)
+    hard_loss: str            # kdflow.distillation.losses.HARD_LOSSES entry: the loss to the gold targets
+    soft_loss: str            # kdflow.distillation.losses.SOFT_LOSSES entry: Hinton's term to one teacher
+    hinton: str               # the LOGIT_LOSSES entry that ``distill.logit_loss: hinton`` means for this task
+    missing: float            # the target of an example without a label (the transfer set)
+    target_dtype: str         # numpy dtype of the targets
+    quality: Callable[[np.ndarray, np.ndarray], dict]  # (logits [N, outputs], targets [N]) -> metrics
+    details: Callable[[np.ndarray, np.ndarray, Optional[Sequence[str]], dict], None]  # adds report entries
+    majority: Callable[[np.ndarray, int, int], np.ndarray]  # (train targets, n, num_labels) -> baseline logits
+    linear: Callable[..., np.ndarray]  # (x_train, y_train, x_eval, y_eval, seed) -> the control's logits
+    chance: Callable[[dict], tuple[float, float]]  # majority's scores -> (chance headline, its variance factor)
+    hf_head: Callable[[Optional[list]], dict]  # label names -> a Hugging Face config's head settings
+    head_matches: Callable[[Optional[list], Optional[list], dict], bool]  # (its names, ours, its config)
+    findings: Callable[[list, np.ndarray], list]  # (label names, train targets) -> [(severity, message)]
+    hf_matches: Callable[[int, Optional[str]], bool]  # (num_labels, problem_type) of a HF config: this kind?
+
+
+__all__ = ["TaskKind"]
