@@ -4,6 +4,7 @@ thin layer over these, and each is a short function over :mod:`kdflow.pipeline`.
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +18,7 @@ from .diagnose.baselines import control_findings, controls, majority
 from .diagnose.check import data_findings, plausibility, summary_counts
 from .distillation.critical import layer_map, teacher_block_scores
 from .distillation.distiller import Distiller
-from .distillation.losses import hinton_loss
+from .distillation.losses import label_loss
 from .distillation.teacher_cache import attach_targets, teacher_test_logits
 from .engine.runfolder import kept
 from .engine.runlog import read_metrics, update_metrics
@@ -46,13 +47,11 @@ def _teach(cfg, resume: bool, overwrite: bool) -> dict:
     feat = pipeline.featurizer(run, tokenizer)
     run.info(f"[teacher] {type(teacher).__name__}, {models.count_parameters(teacher):,} parameters")
 
-    def loss_fn(model, batch):
-        return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
-
     settings = pipeline.train_settings(run, cfg.teach, "teacher", spec, teacher)
     job = FitJob("teacher", settings, cfg.run_dir / "checkpoints" / "teacher", resume,
                  {"train_examples": len(d.train), "teacher": spec.model_dump(mode="json")})
-    result = fit(teacher, loss_fn, train_loader(d.train, feat, None, cfg.teach.batch_size, cfg.teach.seed),
+    result = fit(teacher, partial(label_loss, task=d.task),
+                 train_loader(d.train, feat, None, cfg.teach.batch_size, cfg.teach.seed),
                  pipeline.eval_fn(run, d.validation, feat, cfg.teach.eval_batch_size), job, run.acc, run.log)
     teacher = run.acc.unwrap_model(teacher)
     if run.acc.is_main_process:

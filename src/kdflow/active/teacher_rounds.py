@@ -28,7 +28,7 @@ from .. import pipeline
 from ..data import IGNORE
 from ..data.leakage import clean_part
 from ..distillation.distiller import Distiller, freeze
-from ..distillation.losses import hinton_loss
+from ..distillation.losses import label_loss
 from ..distillation.teacher_cache import teacher_logits
 from ..engine.train import FitJob, FitResult, make_accelerator
 from .context import Context
@@ -41,11 +41,6 @@ def fresh_teacher(run) -> pipeline.Teacher:
     tok = pipeline.tokenizer_for(spec, run.data)
     source = f"{spec.name or spec.kind} (head trained by the rounds)"
     return pipeline.Teacher(pipeline.new_teacher(run, tok), tok, source)
-
-
-def teacher_loss(model, batch, task: str) -> dict:
-    """The teacher's loss on gold labels alone (no soft targets: it is the one that has them)."""
-    return hinton_loss(model(**batch["inputs"]).logits, None, batch["labels"], 1.0, 0.0, task)
 
 
 def _fit_teacher(ctx: Context, r: int) -> FitResult:
@@ -66,7 +61,7 @@ def _fit_teacher(ctx: Context, r: int) -> FitResult:
     train = lab.subset(np.tile(np.arange(len(lab)), reps)) if reps > 1 else lab
     job = FitJob(f"teacher-round{r}", settings.model_copy(update={"epochs": cfg.teach.epochs}),
                  ctx.folder / "teacher-checkpoints", min_steps=ac.min_steps)
-    result = fit_round(ctx, teacher, partial(teacher_loss, task=run.data.task), train, feat, cfg.teach, job, "teacher")
+    result = fit_round(ctx, teacher, partial(label_loss, task=run.data.task), train, feat, cfg.teach, job, "teacher")
     ctx.teacher = freeze(acc.unwrap_model(teacher)).cpu().eval()
     return result
 
@@ -129,4 +124,4 @@ class TeacherRounds:
         return ctx.teacher, ctx.tokenizer
 
 
-__all__ = ["TeacherRounds", "fresh_teacher", "teacher_loss"]
+__all__ = ["TeacherRounds", "fresh_teacher"]

@@ -87,6 +87,12 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Ten
     return {"loss": alpha * soft + (1.0 - alpha) * hard, "loss_kd": soft, "loss_hard": hard}
 
 
+def label_loss(model, batch: dict, task: str, inputs: str = "inputs") -> dict[str, torch.Tensor]:
+    """A model's loss on the gold targets of ``batch`` alone, as named terms (a teacher in training: it has no
+    soft targets to learn from); ``inputs``: the batch's key of the model's inputs."""
+    return hinton_loss(model(**batch[inputs]).logits, None, batch["labels"], 1.0, 0.0, task)
+
+
 # ------------------------------------------------------------ more logit losses
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -20,6 +20,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -34,7 +35,7 @@ from ..engine.run import Run, eval_fn
 from ..engine.train import make_optimizer, predict, train_epoch
 from ..errors import KdflowError
 from .distiller import Distiller, freeze
-from .losses import hinton_loss
+from .losses import label_loss
 
 
 class TeacherCache:
@@ -233,8 +234,7 @@ def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: boo
     saved = cfg.run_dir / "checkpoints" / "student" / "guide_targets.pt"
     restored = {"epoch": None, "read": not resume}
 
-    def loss_fn(model, batch):
-        return hinton_loss(model(**batch["teacher_inputs"]).logits, None, batch["labels"], 1.0, 0.0, d.task)
+    loss_fn = partial(label_loss, task=d.task, inputs="teacher_inputs")
 
     def on_epoch_start(epoch: int) -> None:
         if not restored["read"] and saved.is_file():  # read here: fit has put back the checkpoint's copy
