@@ -1,0 +1,76 @@
+"""The contract every task kind keeps (``kdflow.tasks.TASKS``): a new kind is exercised here by its entry."""
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow.distillation.distiller import LOGIT_LOSSES, resolve_logit_loss
+from kdflow.distillation.losses import HARD_LOSSES, SOFT_LOSSES, hinton_loss
+from kdflow.errors import KdflowError
+from kdflow.metrics import TASK_METRICS, quality
+from kdflow.tasks import TASKS, task_kind, task_of_hf
+
+NAMES = ["a", "b", "c"]
+
+
+def outputs_of(kind, n: int = 30):
+    """Targets and a model's outputs for them (a good model: mostly right), of the kind's shape."""
+    rng = np.random.default_rng(0)
+    if kind.classes:
+        y = np.arange(n) % len(NAMES)
+        logits = rng.normal(0, 0.1, (n, len(NAMES)))
+        logits[np.arange(n), y] += 1.0
+        logits[0] = np.roll(logits[0], 1)  # one wrong
+        return logits, y.astype(kind.target_dtype)
+    y = rng.normal(0, 1, n).astype(kind.target_dtype)
+    return (y + rng.normal(0, 0.1, n)).reshape(-1, 1), y
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_kind_keeps_the_contract(name):
+    kind = task_kind(name)
+    assert kind.name == name and TASK_METRICS[name] == kind.metrics and kind.headline in kind.metrics
+    logits, y = outputs_of(kind)
+    scores = quality(logits, y, name)
+    assert set(kind.metrics) - {"f1"} <= set(scores) and scores[kind.headline] > 0.8  # the good model scores well
+    report = dict(scores)
+    kind.details(logits, y, NAMES if kind.classes else None, report)
+    assert {k: report[k] for k in scores} == scores  # details only add
+    # the trivial baseline and the linear control: outputs quality() reads, of the split's length
+    base = kind.majority(y, 7, len(NAMES))
+    assert len(base) == 7 and kind.headline in quality(base, y[:7], name)
+    # features that give the target away: the control learns it
+    x = np.eye(len(NAMES))[y.astype(np.int64)] if kind.classes else np.c_[y, np.ones_like(y)].astype(np.float64)
+    control = quality(kind.linear(x, y, x, y, 0), y, name)
+    assert control[kind.headline] > 0.9
+    chance, spread = kind.chance({"validation": quality(kind.majority(y, len(y), len(NAMES)), y, name)})
+    assert 0 <= chance <= 1 and spread > 0
+    # losses: named entries of the loss tables; hinton_loss mixes them by alpha
+    assert kind.hard_loss in HARD_LOSSES and kind.soft_loss in SOFT_LOSSES
+    s, t = torch.tensor(logits, dtype=torch.float32), torch.tensor(logits[::-1].copy(), dtype=torch.float32)
+    labels = torch.tensor(y)
+    terms = hinton_loss(s, t, labels, 2.0, 0.25, name)
+    assert torch.equal(terms["loss_hard"], HARD_LOSSES[kind.hard_loss](s, labels))
+    assert torch.equal(terms["loss_kd"], SOFT_LOSSES[kind.soft_loss](s, t, 2.0))
+    assert torch.allclose(terms["loss"], 0.25 * terms["loss_kd"] + 0.75 * terms["loss_hard"])
+    assert resolve_logit_loss("hinton", name, 1) == kind.hinton and LOGIT_LOSSES[kind.hinton].task == name
+    # a Hugging Face head for it is recognised as this kind, and as matching its own labels
+    head = kind.hf_head(NAMES if kind.classes else None)
+    assert task_of_hf(head["num_labels"], head["problem_type"]) == name
+    assert kind.head_matches(NAMES if kind.classes else None, NAMES if kind.classes else None, head)
+    # the target of an unlabelled example is one the kind's hard loss skips
+    with_missing = torch.tensor(np.array([y[0], kind.missing], dtype=kind.target_dtype))
+    hard = HARD_LOSSES[kind.hard_loss]
+    assert torch.allclose(hard(s[:2], with_missing), hard(s[:1], labels[:1]))
+
+
+def test_task_findings_and_unknown_tasks():
+    fractional = [f"{i}.5" for i in range(12)]
+    assert "regression target" in task_kind("classification").findings(fractional, np.arange(12))[0][1]
+    assert task_kind("classification").findings(NAMES, np.arange(3)) == []
+    assert "are they classes" in task_kind("regression").findings([], np.array([1.0, 2.0, 3.0]))[0][1]
+    assert task_kind("regression").findings([], np.array([0.5, 1.25])) == []
+    with pytest.raises(KdflowError, match="Unknown task 'tagging'; data.task is one of classification, regression"):
+        task_kind("tagging")
+    assert task_of_hf(1, None) == "regression" and task_of_hf(4, None) == "classification"
+    assert task_of_hf(1, "single_label_classification") == "regression"  # one output is a regression head
