@@ -9,6 +9,7 @@ the cold start, the record writers. What survives a kill is not here but in :cla
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -141,7 +142,6 @@ class Context:
         self.folder.mkdir(parents=True, exist_ok=True)
         save_weights(model.state_dict(), self.student_file(r))
         if snaps:
-            import shutil
             folder, tmp = self.folder / "committee", self.folder / "committee.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
