@@ -117,23 +117,36 @@ def test_the_config_checks_the_names_the_table_holds():
     assert tuple(LOGIT_LOSSES) == LOGIT_LOSS_NAMES
 
 
-@pytest.mark.parametrize("name", __import__("kdflow.distillation.distiller", fromlist=["LOGIT_LOSSES"]).LOGIT_LOSSES)
-def test_every_logit_loss_entry_keeps_the_contract(name):
-    """Every entry of the table, through the Distiller: zero soft loss when the student already says what the
-    teacher says, positive otherwise, a gradient for the student, and alpha mixing with the hard loss."""
+ENTRIES = [(name, task) for name, entry in __import__("kdflow.distillation.distiller", fromlist=["LOGIT_LOSSES"])
+           .LOGIT_LOSSES.items() for task in entry.tasks]
+
+
+def targets_for(task: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if task == "regression":
+        return torch.randn(6, generator=g)
+    if task == "multilabel":
+        return (torch.rand(6, 5, generator=g) > 0.6).float()
+    return torch.tensor([0, 1, 2, 3, 4, 0])
+
+
+@pytest.mark.parametrize("name,task", ENTRIES)
+def test_every_logit_loss_entry_keeps_the_contract(name, task):
+    """Every entry of the table, for every task it serves, through the Distiller: zero soft loss when the student
+    already says what the teacher says, positive otherwise, a gradient for the student, and alpha mixing with
+    the hard loss."""
     from kdflow.config import DistillConfig, load_config
     from kdflow.distillation.distiller import LOGIT_LOSSES, Distiller, resolve_logit_loss
     entry = LOGIT_LOSSES[name]
     teachers = 2 if entry.many else 1
-    regression = entry.task == "regression"
-    assert resolve_logit_loss(name, entry.task, teachers) == name  # the name means itself
+    regression = task == "regression"
+    assert resolve_logit_loss(name, task, teachers) == name  # the name means itself
     assert load_config({"data": {"path": "x"}, "distill": {"logit_loss": name}}).distill.logit_loss == name
     extra = [{"name": f"t{i}"} for i in range(teachers - 1)]  # names are not loaded here: targets set by hand
     dc = DistillConfig(logit_loss=name, alpha=0.7, temperature=2.0, extra_teachers=extra)
-    d = Distiller(None, dc, entry.task)
+    d = Distiller(None, dc, task)
     s = logits(0, c=1) if regression else logits(0)
-    labels = torch.randn(6) if regression else torch.tensor([0, 1, 2, 3, 4, 0])
-    batch = {"index": torch.arange(6), "labels": labels}
+    batch = {"index": torch.arange(6), "labels": targets_for(task, 0)}
     d.extra_targets = [s.clone() for _ in range(teachers - 1)]
     same = d.logit_terms(s, s.clone(), batch)
     assert same["loss_kd"].item() == pytest.approx(0.0, abs=1e-5)
@@ -159,7 +172,12 @@ def test_logit_loss_names_resolve_by_task_and_teachers_or_say_what_is_wrong():
         resolve_logit_loss("dkd", "regression", 1)
     with pytest.raises(KdflowError, match="dkd distils one teacher's targets; drop distill.extra_teachers"):
         resolve_logit_loss("dkd", "classification", 2)
-    with pytest.raises(KdflowError, match="extra_teachers averages soft targets over classes, which regression"):
+    with pytest.raises(KdflowError, match="extra_teachers averages softmax targets over classes, and regression "
+                                          "distils one teacher"):
         resolve_logit_loss("hinton", "regression", 2)
+    assert resolve_logit_loss("hinton", "multilabel", 1) == "binary_kd"
+    assert resolve_logit_loss("mse", "multilabel", 1) == "mse"
+    with pytest.raises(KdflowError, match="binary_kd is for multilabel, and this data is classification"):
+        resolve_logit_loss("binary_kd", "classification", 1)
     with pytest.raises(KdflowError, match=r"distill.logit_loss.*choose one of hinton, dkd.*did you mean dkd"):
         load_config({"data": {"path": "x"}, "distill": {"logit_loss": "dkdd"}})

@@ -21,8 +21,13 @@ def outputs_of(kind, n: int = 30):
         logits = rng.normal(0, 0.1, (n, len(NAMES)))
         logits[np.arange(n), y] += 1.0
         logits[0] = np.roll(logits[0], 1)  # one wrong
-        return logits, y.astype(kind.target_dtype)
-    y = rng.normal(0, 1, n).astype(kind.target_dtype)
+        return logits, y.astype(kind.no_targets(0, len(NAMES)).dtype)
+    if kind.named:  # several labels per example, some none
+        y = (rng.random((n, len(NAMES))) < 0.4).astype(np.float32)
+        logits = np.where(y > 0, 2.0, -2.0) + rng.normal(0, 0.5, y.shape)
+        logits[0] = -logits[0]  # one example wrong on every label
+        return logits, y
+    y = rng.normal(0, 1, n).astype(np.float32)
     return (y + rng.normal(0, 0.1, n)).reshape(-1, 1), y
 
 
@@ -34,13 +39,15 @@ def test_every_task_kind_keeps_the_contract(name):
     scores = quality(logits, y, name)
     assert set(kind.metrics) - {"f1"} <= set(scores) and scores[kind.headline] > 0.8  # the good model scores well
     report = dict(scores)
-    kind.details(logits, y, NAMES if kind.classes else None, report)
+    names = NAMES if kind.named else None
+    kind.details(logits, y, names, report)
     assert {k: report[k] for k in scores} == scores  # details only add
     # the trivial baseline and the linear control: outputs quality() reads, of the split's length
     base = kind.majority(y, 7, len(NAMES))
     assert len(base) == 7 and kind.headline in quality(base, y[:7], name)
     # features that give the target away: the control learns it
-    x = np.eye(len(NAMES))[y.astype(np.int64)] if kind.classes else np.c_[y, np.ones_like(y)].astype(np.float64)
+    x = (np.eye(len(NAMES))[y.astype(np.int64)] if kind.classes else y.astype(np.float64) if kind.named
+         else np.c_[y, np.ones_like(y)].astype(np.float64))
     control = quality(kind.linear(x, y, x, y, 0), y, name)
     assert control[kind.headline] > 0.9
     chance, spread = kind.chance({"validation": quality(kind.majority(y, len(y), len(NAMES)), y, name)})
@@ -53,13 +60,13 @@ def test_every_task_kind_keeps_the_contract(name):
     assert torch.equal(terms["loss_hard"], HARD_LOSSES[kind.hard_loss](s, labels))
     assert torch.equal(terms["loss_kd"], SOFT_LOSSES[kind.soft_loss](s, t, 2.0))
     assert torch.allclose(terms["loss"], 0.25 * terms["loss_kd"] + 0.75 * terms["loss_hard"])
-    assert resolve_logit_loss("hinton", name, 1) == kind.hinton and LOGIT_LOSSES[kind.hinton].task == name
+    assert resolve_logit_loss("hinton", name, 1) == kind.hinton and name in LOGIT_LOSSES[kind.hinton].tasks
     # a Hugging Face head for it is recognised as this kind, and as matching its own labels
-    head = kind.hf_head(NAMES if kind.classes else None)
+    head = kind.hf_head(names)
     assert task_of_hf(head["num_labels"], head["problem_type"]) == name
-    assert kind.head_matches(NAMES if kind.classes else None, NAMES if kind.classes else None, head)
+    assert kind.head_matches(names, names, head)
     # the target of an unlabelled example is one the kind's hard loss skips
-    with_missing = torch.tensor(np.array([y[0], kind.missing], dtype=kind.target_dtype))
+    with_missing = torch.tensor(np.concatenate([y[:1], kind.no_targets(1, len(NAMES))]))
     hard = HARD_LOSSES[kind.hard_loss]
     assert torch.allclose(hard(s[:2], with_missing), hard(s[:1], labels[:1]))
 
@@ -70,7 +77,7 @@ def test_task_findings_and_unknown_tasks():
     assert task_kind("classification").findings(NAMES, np.arange(3)) == []
     assert "are they classes" in task_kind("regression").findings([], np.array([1.0, 2.0, 3.0]))[0][1]
     assert task_kind("regression").findings([], np.array([0.5, 1.25])) == []
-    with pytest.raises(KdflowError, match="Unknown task 'tagging'; data.task is one of classification, regression"):
+    with pytest.raises(KdflowError, match="Unknown task 'tagging'; data.task is one of classification, regression, multilabel"):
         task_kind("tagging")
     assert task_of_hf(1, None) == "regression" and task_of_hf(4, None) == "classification"
     assert task_of_hf(1, "single_label_classification") == "regression"  # one output is a regression head

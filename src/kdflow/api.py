@@ -57,6 +57,8 @@ def _teach(cfg, resume: bool, overwrite: bool) -> dict:
     if run.acc.is_main_process:
         models.save_model(teacher, cfg.run_dir / "teacher", tokenizer, d.label_names, d.task)
     entry = pipeline.final_metrics(run, teacher, feat, result)
+    if run.acc.is_main_process and "decision" in entry:
+        models.save_decision(cfg.run_dir / "teacher", entry["decision"])
     run.log.final("teacher", entry)
     pipeline.write_report(run)
     run.info(f"[teacher] saved to {cfg.run_dir / 'teacher'}; " + pipeline.summary(entry))
@@ -102,6 +104,8 @@ def _distill(cfg, resume: bool, overwrite: bool) -> dict:
     scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task)} if teacher_test is not None else {}
     entry = pipeline.final_metrics(run, student, s_feat, result, distill=_distill_info(dc, pairs, distiller, targets),
                                    compression=round(n_t / n_s, 2), **scored)
+    if run.acc.is_main_process and "decision" in entry:
+        models.save_decision(cfg.run_dir / "student", entry["decision"])
     run.log.final("student", entry)
     pipeline.write_report(run)
     run.info(f"[student] saved to {cfg.run_dir / 'student'}; " + pipeline.summary(entry)
@@ -177,12 +181,13 @@ def evaluate(target: str, config=None, overrides: Optional[list[str]] = None, sp
                           "data's; evaluate it on the data it was trained for")
     part, feat = run.data.split(split), pipeline.featurizer(run, tokenizer)
     model.to(run.acc.device)
-    result = pipeline.eval_fn(run, part, feat, cfg.train.eval_batch_size)(model)
+    decision = models.saved_decision(folder)  # multilabel: the thresholds tuned when it was trained
+    result = pipeline.eval_fn(run, part, feat, cfg.train.eval_batch_size, decision=decision)(model)
     o, extra = overlaps(run.data).get(split), {}
     if o is not None:  # a split that repeats training data: its other examples' score beside
         clean = clean_part(part, o)
         extra = {"overlap": o.as_dict(), "clean": None if clean is None else
-                 pipeline.eval_fn(run, clean, feat, cfg.train.eval_batch_size)(model)}
+                 pipeline.eval_fn(run, clean, feat, cfg.train.eval_batch_size, decision=decision)(model)}
     return {"model": str(folder), "split": split, "examples": len(part), **result, **extra}
 
 
@@ -215,7 +220,8 @@ def _saved_contestant(name: str, folder: str, data, max_length: int) -> Contesta
     if labels != data.label_names or task != data.task:
         raise KdflowError(f"The model in '{folder}' was trained for other labels than this data's; "
                           "compare models of the same task")
-    return Contestant(name, model, make_featurizer(data.modality, tok, max_length), files_size_mb(folder))
+    return Contestant(name, model, make_featurizer(data.modality, tok, max_length), files_size_mb(folder),
+                      models.saved_decision(folder))
 
 
 def export(run: str, options: Optional[MeasureOptions] = None) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from .errors import KdflowError
@@ -18,7 +20,8 @@ def check_metric(metric: str, task: str, num_labels: int, key: str = "train.metr
                           "use macro_f1")
 
 
-def quality(logits: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, task: str, decision: Optional[dict] = None) -> dict[str, float]:
     """The metrics of ``task`` (its :data:`kdflow.tasks.TASKS` entry): for classification accuracy, macro F1,
-    MCC, and for two classes F1 of label 1; for regression MSE (and neg_mse), Pearson, Spearman."""
-    return task_kind(task).quality(logits, targets)
+    MCC, and for two classes F1 of label 1; for regression MSE (and neg_mse), Pearson, Spearman; for multilabel
+    micro / macro F1, subset accuracy and Hamming loss at the ``decision``'s thresholds (0.5 without one)."""
+    return task_kind(task).quality(logits, targets, decision)

@@ -22,7 +22,7 @@ from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
 from .data import Featurizer, TaskData, image_preprocess, input_batches, load_data, make_featurizer
 from .data.leakage import clean_part, overlaps
-from .engine.run import Run, eval_fn
+from .engine.run import Run, eval_fn, tuned_decision
 from .engine.runfolder import guard
 from .engine.runlog import RunLog
 from .engine.train import FitResult, make_accelerator
@@ -285,12 +285,15 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
     if result is not None:
         entry.update(best_epoch=result.best_epoch + 1, epochs_run=result.epochs_run,
                      train_seconds=round(result.seconds, 1))
-    entry["validation"] = eval_fn(run, run.data.validation, feat, bs)(model)
+    decision = tuned_decision(run, model, feat, bs)  # multilabel: thresholds chosen on validation, then kept
+    if decision is not None:
+        entry["decision"] = decision
+    entry["validation"] = eval_fn(run, run.data.validation, feat, bs, decision=decision)(model)
     if run.data.test is not None:
-        entry["test"] = eval_fn(run, run.data.test, feat, bs)(model)
+        entry["test"] = eval_fn(run, run.data.test, feat, bs, decision=decision)(model)
     for name, split in run.data.extra_tests.items():  # e.g. MNLI mismatched, scored beside test
-        entry[f"test_{name}"] = eval_fn(run, split, feat, bs)(model)
-    entry.update(clean_scores(run, model, feat, entry))
+        entry[f"test_{name}"] = eval_fn(run, split, feat, bs, decision=decision)(model)
+    entry.update(clean_scores(run, model, feat, entry, decision))
     if hasattr(model, "codebook_health"):  # a key-value bottleneck: how the training inputs and the test use it
         entry["codebook"] = {name: model.codebook_health(input_batches(split, feat, bs)) for name, split in
                              (("train", run.data.train), ("test", run.data.test)) if split is not None}
@@ -301,7 +304,7 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
     return entry
 
 
-def clean_scores(run: Run, model: nn.Module, feat: Featurizer, entry: dict) -> dict:
+def clean_scores(run: Run, model: nn.Module, feat: Featurizer, entry: dict, decision: Optional[dict] = None) -> dict:
     """Beside each scored held-out split that repeats training examples (:mod:`kdflow.data.leakage`), the score of
     its other examples (``<split>_clean``), and ``overlap``: how many, where, how (logged too)."""
     out: dict = {}
@@ -310,7 +313,8 @@ def clean_scores(run: Run, model: nn.Module, feat: Featurizer, entry: dict) -> d
         if name not in entry:
             continue
         part = clean_part(run.data.split(name), o)
-        clean = eval_fn(run, part, feat, run.cfg.train.eval_batch_size)(model) if part is not None else None
+        clean = eval_fn(run, part, feat, run.cfg.train.eval_batch_size, decision=decision)(model) \
+            if part is not None else None
         out[f"{name}_clean"] = clean
         out.setdefault("overlap", {})[name] = o.as_dict()
         run.info(f"[check] {o.describe()}: {name} {metric} {entry[name][metric]:.4f} on all {o.size}, "

@@ -76,12 +76,19 @@ class DataConfig(Strict):
     text_pair_column: Optional[str] = None
     values_column: Optional[str] = None
     label_column: str = "label"
+    # multilabel: a cell's labels split by this (e.g. "|"; JSON arrays and lists need none), or one 0/1 column
+    # per label instead of label_column (the columns are the label names)
+    label_delimiter: Optional[str] = Field(None, min_length=1)
+    label_columns: list[str] = Field(default_factory=list)
+    # the label names in the model's output order (default: those train holds, sorted); evaluation labels
+    # outside train are then allowed, e.g. NLU++'s low-data folds
+    label_names: Optional[list[str]] = Field(None, min_length=1)
     image_column: Optional[str] = None
     image_shape: Optional[list[int]] = Field(None, min_length=2, max_length=3)
     image_size: Optional[int] = Field(None, ge=4, le=1024)
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list)
     crop_padding: int = Field(4, ge=1, le=64)
-    task: str = "classification"  # a kdflow.tasks.TASKS entry: classification, regression
+    task: str = "classification"  # a kdflow.tasks.TASKS entry: classification, regression, multilabel
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
     max_length: int = Field(128, ge=4, le=4096)
     max_train_examples: Optional[int] = Field(None, ge=2)
@@ -121,6 +128,24 @@ class DataConfig(Strict):
         if task not in TASKS:
             raise ValueError(f"data.task {task!r} is not a task kind; use one of {', '.join(TASKS)}")
         return task
+
+    @model_validator(mode="after")
+    def _label_keys(self) -> "DataConfig":
+        sets = TASKS[self.task].label_sets
+        for key in ("label_delimiter", "label_columns"):
+            if getattr(self, key) and not sets:
+                raise ValueError(f"data.{key} reads sets of labels, and data.task {self.task} has one label per "
+                                 "example; set data.task: multilabel or drop it")
+        names = self.label_names or []
+        if names and not TASKS[self.task].named:
+            raise ValueError(f"data.label_names names classes, and data.task {self.task} has none; drop it")
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None or any(not str(n).strip() for n in names):
+            raise ValueError("data.label_names must be distinct, non-empty names"
+                             + (f" ({twice!r} is there twice)" if twice is not None else ""))
+        if self.label_columns and names and sorted(names) != sorted(self.label_columns):
+            raise ValueError("data.label_names and data.label_columns name different labels; give one of them")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

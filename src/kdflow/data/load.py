@@ -41,6 +41,10 @@ def refuse_missing_labels(parts: dict[str, tuple[dict, list]], cfg: DataConfig) 
     refused with its split and row: never made a class of its own."""
     for split, (_, raw) in parts.items():
         for i, y in enumerate(raw):
+            if isinstance(y, (list, tuple, np.ndarray)):
+                raise KdflowError(f"Row {i} of the {split} split ({source_of(cfg, split)}, column "
+                                  f"'{cfg.label_column}') holds a list of labels ({list(y)!r}), and data.task "
+                                  f"{cfg.task} takes one label per example; set data.task: multilabel")
             if y is None or (isinstance(y, float) and y != y) or str(y).strip().casefold() in MISSING_LABELS:
                 raise KdflowError(f"Row {i} of the {split} split ({source_of(cfg, split)}, column "
                                   f"'{cfg.label_column}') holds a label that reads as a missing value ({y!r}); give "
@@ -48,10 +52,17 @@ def refuse_missing_labels(parts: dict[str, tuple[dict, list]], cfg: DataConfig) 
 
 
 def label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
-    """Sorted label names: integers in numeric order first, then strings."""
-    names = sorted({str(y) for y in raw_labels}, key=lambda s: (not s.lstrip("-").isdigit(),
-                                                                 int(s) if s.lstrip("-").isdigit() else 0, s))
-    if len(names) < 2:
+    """Sorted label names: integers in numeric order first, then strings (the names in train's label sets,
+    multilabel; ``data.label_names`` where given)."""
+    if cfg.label_names:
+        return list(cfg.label_names)
+    sets = task_kind(cfg.task).label_sets
+    seen = {str(y) for labels in raw_labels for y in labels} if sets else {str(y) for y in raw_labels}
+    names = sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    if sets and not names:
+        raise KdflowError(f"No training example has a label in column '{cfg.label_column}'; give labelled examples "
+                          "or data.label_names")
+    if len(names) < 2 and not sets:
         raise KdflowError(f"The training labels in column '{cfg.label_column}' hold {len(names)} distinct "
                           "value(s); classification needs at least 2 (for numeric targets set data.task: regression)")
     return names
@@ -89,13 +100,20 @@ def targets(raw: list, names: Optional[list[str]], split: str, cfg: DataConfig) 
     if names is None:
         return _regression_targets(raw, split, cfg)
     index = {n: i for i, n in enumerate(names)}
-    out = np.empty(len(raw), dtype=np.int64)
+    sets = task_kind(cfg.task).label_sets
+    out = np.zeros((len(raw), len(names)), dtype=np.float32) if sets else np.empty(len(raw), dtype=np.int64)
     for i, y in enumerate(raw):
-        j = index.get(str(y))
-        if j is None:
-            raise KdflowError(f"Label {y!r} (row {i} of the {split} split) does not occur in train; "
-                              "every evaluation label must be one of the training labels")
-        out[i] = j
+        for name in y if sets else [y]:
+            j = index.get(str(name))
+            if j is None:
+                raise KdflowError(f"Label {name!r} (row {i} of the {split} split) "
+                                  + ("is not one of data.label_names; add it there" if cfg.label_names else
+                                     "does not occur in train; every evaluation label must be one of the training "
+                                     "labels, or list them all in data.label_names"))
+            if sets:
+                out[i, j] = 1.0
+            else:
+                out[i] = j
     return out
 
 
@@ -159,13 +177,14 @@ def load_data(cfg: DataConfig) -> TaskData:
     distill and evaluate always see the same split)."""
     notes: list[str] = []
     parts = _read_source(cfg, notes)
-    classification = task_kind(cfg.task).classes
+    kind = task_kind(cfg.task)
+    classification = kind.classes
     if classification:
         refuse_missing_labels(parts, cfg)
     if cfg.glue:  # the task's own label names and order, whatever the training labels hold
         names = list(glue_task(cfg.glue).labels) if classification else None
     else:
-        names = label_map(parts["train"][1], cfg) if classification else None
+        names = label_map(parts["train"][1], cfg) if kind.named else None
     splits = {split: Split(split, example_ids(split, inputs), inputs, targets(raw, names, split, cfg))
               for split, (inputs, raw) in parts.items()}
     train = splits["train"]
@@ -184,12 +203,14 @@ def load_data(cfg: DataConfig) -> TaskData:
     extra = {k[len("test_"):]: v for k, v in splits.items() if k.startswith("test_")}
     held = [validation, splits.get("test"), *extra.values()]
     images = "image" in train.inputs
-    unlabelled = read_unlabelled(cfg, held, notes, train if images else None) if cfg.unlabelled else None
+    unlabelled = (read_unlabelled(cfg, held, notes, train if images else None, len(names or []) or 1)
+                  if cfg.unlabelled else None)
     return TaskData(cfg.task, train, validation, splits.get("test"), names, notes, unlabelled, extra, carved,
                     modality_of(train.inputs))
 
 
-def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: Optional[Split] = None) -> Split:
+def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: Optional[Split] = None,
+                    num_labels: int = 1) -> Split:
     """The transfer set: inputs only; rows whose inputs are in validation or test are dropped (the
     leakage rule: they would leak held-out inputs into training). Images (``image_train``: the training
     split they must match): an image folder, an ``.npz`` (``images``; any labels ignored) or a pixel table."""
@@ -210,8 +231,7 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: 
     if not keep:
         raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give examples that are not in validation "
                           "or test")
-    kind = task_kind(cfg.task)
-    targets_ = np.full(len(keep), kind.missing, dtype=kind.target_dtype)
+    targets_ = task_kind(cfg.task).no_targets(len(keep), num_labels)
     notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
     return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets_)
 

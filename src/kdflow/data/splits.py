@@ -38,8 +38,10 @@ class Split:
 
     @property
     def labelled(self) -> np.ndarray:
-        """Positions of the examples that carry a label (not -100 / NaN)."""
+        """Positions of the examples that carry a label (not -100 / NaN / a row of NaN)."""
         t = self.targets
+        if t.ndim == 2:  # multi-hot label sets: a row of NaN has no label known
+            return np.flatnonzero(~np.isnan(t).any(1))
         return np.flatnonzero(~np.isnan(t)) if t.dtype.kind == "f" else np.flatnonzero(t != IGNORE)
 
     def subset(self, index: "np.ndarray | list[int]") -> "Split":

@@ -14,6 +14,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import KdflowError, first_line
 from ..files import json_type, must_be_file, must_be_folder, parse_json, read_text, text_encoding
+from ..tasks import task_kind
 
 TEXT_FORMATS = ("csv", "tsv", "json", "jsonl")
 SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json", ".jsonl": "jsonl",
@@ -141,13 +142,13 @@ def columns_from_frame(df, cfg: DataConfig, path: Path) -> tuple[dict[str, list]
         wanted = [cfg.values_column]
     else:
         wanted = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
-    for col in wanted + [cfg.label_column]:
+    for col in wanted + (cfg.label_columns or [cfg.label_column]):
         if col not in df.columns:
             have = ", ".join(map(str, df.columns))
+            key = "data.label_columns" if col in cfg.label_columns else "data.label_column"
             raise KdflowError(f"Column '{col}' is not in '{path}' (columns: {have}); set data.text_column / "
-                              "data.label_column to the right names"
-                              + ("" if cfg.header else " or data.columns to name them"))
-    labels = cells(df, cfg.label_column, path)
+                              f"{key} to the right names" + ("" if cfg.header else " or data.columns to name them"))
+    labels = label_sets(df, cfg, path) if task_kind(cfg.task).label_sets else cells(df, cfg.label_column, path)
     if cfg.values_column:
         return {"values": [sequence(v, i, path, cfg.values_column) for i, v in enumerate(df[cfg.values_column])]}, \
             labels
@@ -161,6 +162,52 @@ def cells(df, column: str, path: Path) -> list:
         if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
             raise KdflowError(f"Row {i} of '{path}' has no value in column '{column}'; fill it in or drop the row")
     return values
+
+
+FLAGS = {"1": True, "0": False, "true": True, "false": False, "yes": True, "no": False, "1.0": True, "0.0": False}
+
+
+def label_sets(df, cfg: DataConfig, path: Path) -> list[list[str]]:
+    """Multi-label: each row's label names (none is a valid answer). From ``data.label_columns`` (one 0/1 column
+    per label) or from ``data.label_column``: a list (JSON / JSONL arrays), a JSON array in a text cell, names
+    split by ``data.label_delimiter``, or one name; a missing or empty cell is the empty set."""
+    if cfg.label_columns:
+        out: list[list[str]] = [[] for _ in range(len(df))]
+        for col in cfg.label_columns:
+            for i, v in enumerate(df[col].tolist()):
+                flag = FLAGS.get(str(v).strip().casefold())
+                if flag is None:
+                    raise KdflowError(f"Row {i} of '{path}' holds {v!r} in label column '{col}'; a label column "
+                                      "holds 1 or 0 (true / false, yes / no)")
+                if flag:
+                    out[i].append(col)
+        return out
+    return [_label_set(v, i, path, cfg) for i, v in enumerate(df[cfg.label_column].tolist())]
+
+
+def _label_set(value, row: int, path: Path, cfg: DataConfig) -> list[str]:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    items = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise KdflowError(f"Row {row} of '{path}' holds {value!r} in column '{cfg.label_column}', which "
+                                  "starts like a JSON array and is not one; write [\"a\", \"b\"]") from None
+        elif cfg.label_delimiter:
+            items = [t for t in text.split(cfg.label_delimiter) if t.strip()]
+        else:
+            items = [text] if text else []
+    if not isinstance(items, (list, tuple, np.ndarray)):
+        items = [items]
+    names = [str(x).strip() for x in items]
+    if any(not n or isinstance(x, (list, dict)) for n, x in zip(names, items)):
+        raise KdflowError(f"Row {row} of '{path}' holds an empty or nested label in column '{cfg.label_column}' "
+                          f"({value!r}); give a flat list of label names")
+    return list(dict.fromkeys(names))  # a name given twice counts once
 
 
 def sequence(value, row: int, path: Path, column: str) -> list:

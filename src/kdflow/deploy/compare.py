@@ -48,12 +48,14 @@ class MeasureOptions:
 
 @dataclass
 class Contestant:
-    """A model to measure: its row name, the module, the featurizer it reads through, its size on disk."""
+    """A model to measure: its row name, the module, the featurizer it reads through, its size on disk, and the
+    decision rule saved with it (multilabel: thresholds; every form of it is scored by the same)."""
 
     name: str
     model: nn.Module
     feat: Featurizer
     size_mb: float
+    decision: Optional[dict] = None
 
 
 @dataclass
@@ -72,17 +74,17 @@ def _logits(run: Callable[[dict], object], batches: list[dict]) -> np.ndarray:
 
 
 def measure_form(name: str, run: Callable[[dict], object], feat: Featurizer, size_mb: float, params: Optional[dict],
-                 bench: Bench, memory: Optional[Callable[[Path], dict]] = None) -> dict:
+                 bench: Bench, memory: Optional[Callable[[Path], dict]] = None, decision: Optional[dict] = None) -> dict:
     """One row: quality on the bench's split, size, latency/throughput and (with ``memory``, a function
     that probes a saved inputs file in a fresh process) peak memory of batch-64 inference."""
     o = bench.options
     full = input_batches(bench.split, feat, 64)
-    quality = measure.quality_report(_logits(run, full), bench.split.targets, bench.task, bench.label_names)
+    quality = measure.quality_report(_logits(run, full), bench.split.targets, bench.task, bench.label_names, decision)
     singles = input_batches(bench.split, feat, 1, o.latency_examples)
     timed = full[: max(1, 512 // 64)]
     speed = measure.latency_and_throughput(run, singles, timed, 64, o.threads, repeats=o.repeats)
     row = {"model": name, "examples": len(bench.split), **{k: v for k, v in quality.items()
-                                                            if k not in ("per_class", "top_confusions")},
+                                                            if k not in ("per_class", "per_label", "top_confusions")},
            "size_mb": round(size_mb, 2), **speed}
     if memory is not None:
         with tempfile.TemporaryDirectory(prefix="kdflow-mem-") as tmp:
@@ -114,7 +116,7 @@ def compare_models(teacher: Contestant, students: list[Contestant], split: Split
     rows = [teacher_row(teacher, bench)]
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
     for s in students:
-        rows += student_forms(Contestant(s.name, s.model.cpu().eval(), s.feat, s.size_mb), bench, out_dir)
+        rows += student_forms(Contestant(s.name, s.model.cpu().eval(), s.feat, s.size_mb, s.decision), bench, out_dir)
     return relate(rows, task_kind(task).headline)
 
 
@@ -122,7 +124,7 @@ def teacher_row(teacher: Contestant, bench: Bench) -> dict:
     """The teacher's row (PyTorch as it is), the reference of :func:`relate`."""
     t = teacher.model.cpu().eval()
     return measure_form(teacher.name, measure.torch_runner(t), teacher.feat, teacher.size_mb,
-                        measure.parameter_counts(t), bench, _probe(bench.options, t))
+                        measure.parameter_counts(t), bench, _probe(bench.options, t), teacher.decision)
 
 
 def _probe(options: MeasureOptions, model=None, onnx_path=None) -> Optional[Callable[[Path], dict]]:
@@ -138,23 +140,27 @@ def student_forms(s: Contestant, bench: Bench, out_dir: Path) -> list[dict]:
     o, name, feat = bench.options, s.name, s.feat
     reference = measure.torch_runner(s.model)
     rows = [measure_form(name, reference, feat, s.size_mb, measure.parameter_counts(s.model), bench,
-                         _probe(o, s.model))]
+                         _probe(o, s.model), s.decision)]
     check = input_batches(bench.split, feat, 16, 64)
     if o.int8:
         q = ex.quantize_torch_int8(s.model)
         path = ex.save_torch_int8(q, out_dir / f"{name}-int8.pt")
         row = measure_form(f"{name}-int8", measure.torch_runner(q), feat, path.stat().st_size / 2 ** 20, None,
-                           bench, _probe(o, q))
+                           bench, _probe(o, q), s.decision)
         row["max_abs_diff_vs_student"] = ex.max_abs_diff(reference, measure.torch_runner(q), check)
         rows.append(row)
     if o.onnx:
         path = ex.export_onnx(s.model, check[0], out_dir / f"{name}.onnx")
+        if s.decision is not None:  # the ONNX graph returns scores; these thresholds turn them into labels
+            (out_dir / f"{name}.decision.json").write_text(json.dumps({"labels": bench.label_names, **s.decision},
+                                                                      indent=2))
         forms = [(f"{name}-onnx", path)]
         if o.int8:
             forms.append((f"{name}-onnx-int8", ex.quantize_onnx_int8(path, out_dir / f"{name}-int8.onnx")))
         for form, p in forms:
             run = ex.ort_runner(ex.ort_session(p, o.threads))
-            row = measure_form(form, run, feat, p.stat().st_size / 2 ** 20, None, bench, _probe(o, onnx_path=p))
+            row = measure_form(form, run, feat, p.stat().st_size / 2 ** 20, None, bench, _probe(o, onnx_path=p),
+                               s.decision)
             row["max_abs_diff_vs_student"] = ex.max_abs_diff(reference, run, check)
             row["path"] = str(p)
             rows.append(row)

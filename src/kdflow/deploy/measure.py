@@ -20,12 +20,13 @@ from torch import nn
 
 
 def quality_report(logits: np.ndarray, targets: np.ndarray, task: str,
-                   label_names: Optional[Sequence[str]] = None) -> dict:
-    """Headline metrics plus, for classification, a per-class report and the top confusions."""
+                   label_names: Optional[Sequence[str]] = None, decision: Optional[dict] = None) -> dict:
+    """Headline metrics plus the task kind's details (classification: a per-class report and the top confusions;
+    multilabel: per-label scores), by the saved ``decision`` rule where there is one."""
     from ..tasks import task_kind
     kind = task_kind(task)
-    out = kind.quality(logits, targets)
-    kind.details(logits, targets, label_names, out)
+    out = kind.quality(logits, targets, decision)
+    kind.details(logits, targets, label_names, out, decision)
     return out
 
 

@@ -18,10 +18,11 @@ import numpy as np
 from ..engine.runlog import METRICS_FIX, read_metrics, read_rows
 from ..errors import KdflowError, first_line
 from ..files import RUN_FIX, json_type, must_be_folder, read_json
+from ..tasks import TASKS, headline_of
 from .report_sections import active_md, checks_md, compare_md, frontier_md, overlap_md
 
 # metrics.json holds null where a metric was NaN (valid JSON); the report reads those back as NaN
-METRIC_KEYS = {"accuracy", "macro_f1", "f1", "mcc", "mse", "neg_mse", "pearson", "spearman", "retention", "f1_macro"}
+METRIC_KEYS = {"mse", "retention", "f1_macro", "hamming_loss", *(m for kind in TASKS.values() for m in kind.metrics)}
 
 
 def _plt():
@@ -44,7 +45,7 @@ def plot_curves(rows: list[dict], out: Path) -> "Path | None":
     if not rows:
         return None
     plt = _plt()
-    metric = next((k for k in ("val_accuracy", "val_pearson") if k in rows[0]), None)
+    metric = next((f"val_{k.headline}" for k in TASKS.values() if f"val_{k.headline}" in rows[0]), None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for role in dict.fromkeys(r["role"] for r in rows):
         mine = [r for r in rows if r["role"] == role]
@@ -264,11 +265,10 @@ def write_report(run: "str | Path") -> dict:
 def _markdown(run: Path, blob: dict, comp: "dict | None") -> tuple[list[dict], str, list[str], list[str]]:
     """(the side-by-side rows, their metric, report.md's lines but the plots, its extra sections)."""
     deploy = blob.get("deploy") or []
-    metric = "accuracy" if not deploy or "accuracy" in deploy[0] else "pearson"
     if not deploy:  # quality only, from the final metrics of teach / distill
         deploy = [{"model": role, **blob[role]["test"]} for role in ("teacher", "student")
                   if role in blob and "test" in blob[role]]
-        metric = "accuracy" if deploy and "accuracy" in deploy[0] else "pearson"
+    metric = (headline_of(deploy[0]) if deploy else None) or "accuracy"
     active, fr = blob.get("active"), blob.get("frontier")
     lines = [f"# kdflow report: {run.name}", "", *overlap_md(blob, metric)]
     if deploy and "latency_ms_p50" in deploy[0]:

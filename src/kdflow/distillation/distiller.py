@@ -22,6 +22,7 @@ from ..tasks import task_kind
 from .layers import LayerPair, Taps, as_tokens, common_grid, match_positions, stage_paths
 from .losses import (
     HARD_LOSSES,
+    binary_kd_loss,
     attention_kl,
     attention_transfer,
     cosine_hidden_loss,
@@ -130,10 +131,10 @@ def feature_widths(student: nn.Module, teacher: nn.Module, pairs: list[LayerPair
 class LogitLoss:
     """A soft-target loss: ``fn(student_logits, teacher_logits_list, labels, distill_config, weights)``
     returns ``{"soft": tensor, **extra named terms}``; the Distiller mixes ``soft`` with the hard-label
-    loss. ``task``: the task it is for; ``many``: whether it takes several teachers' targets."""
+    loss. ``tasks``: the task kinds it is for; ``many``: whether it takes several teachers' targets."""
 
     fn: Callable[..., dict]
-    task: str = "classification"
+    tasks: tuple[str, ...] = ("classification",)
     many: bool = False
 
 
@@ -151,6 +152,10 @@ def _multi_teacher(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, w
             "loss_kd_single": kd_loss(s, teachers[0], dc.temperature).detach()}
 
 
+def _binary_kd(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) -> dict:
+    return {"soft": binary_kd_loss(s, teachers[0], dc.temperature)}
+
+
 def _mse(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) -> dict:
     return {"soft": mse_loss(s, teachers[0])}
 
@@ -161,27 +166,30 @@ LOGIT_LOSSES: dict[str, LogitLoss] = {
     "hinton": LogitLoss(_hinton),  # Hinton et al. 2015: T^2 KL of the softened distributions
     "dkd": LogitLoss(_dkd),  # Decoupled KD, Zhao et al. 2022: dkd_alpha * TCKD + dkd_beta * NCKD
     "multi_teacher": LogitLoss(_multi_teacher, many=True),  # KD to the weighted mean of several teachers
-    "mse": LogitLoss(_mse, task="regression"),  # regression: MSE to the teacher's prediction
+    "mse": LogitLoss(_mse, tasks=("regression", "multilabel")),  # MSE to the teacher's logits (regression: its
+    # prediction)
+    "binary_kd": LogitLoss(_binary_kd, tasks=("multilabel",)),  # per label: T^2 KL of the softened sigmoids
 }
 
 
 def resolve_logit_loss(name: str, task: str, teachers: int) -> str:
     """The table entry that ``distill.logit_loss`` means for this task and number of teachers:
-    ``hinton`` is MSE for regression and the multi-teacher average for several teachers."""
+    ``hinton`` is the task kind's own (MSE for regression, per-label KD for multilabel) and the multi-teacher
+    average for several teachers."""
     asked, kind = name, task_kind(task)
     if name == "hinton" and kind.hinton != "hinton":
         name = kind.hinton
     elif name == "hinton" and teachers > 1:
         name = "multi_teacher"
     entry = LOGIT_LOSSES[name]
-    if entry.task != task:
-        raise KdflowError(f"distill.logit_loss {name} is for {entry.task}, and this data is {task}; use hinton "
-                          f"(soft targets for classification, MSE to the teacher for regression)")
+    if task not in entry.tasks:
+        raise KdflowError(f"distill.logit_loss {name} is for {' and '.join(entry.tasks)}, and this data is {task}; "
+                          "use hinton (soft targets for classification, per-label soft targets for multilabel, MSE "
+                          "to the teacher for regression)")
     if teachers > 1 and not entry.many:
-        if asked == "hinton":  # regression: MSE to one teacher's prediction
-            raise KdflowError(f"distill.extra_teachers averages soft targets over classes, which {task} does not "
-                              "have; drop distill.extra_teachers (the student learns MSE to model.teacher's "
-                              "prediction)")
+        if asked == "hinton":  # regression, multilabel: their own loss to one teacher
+            raise KdflowError(f"distill.extra_teachers averages softmax targets over classes, and {task} distils "
+                              f"one teacher ({name}); drop distill.extra_teachers")
         raise KdflowError(f"distill.logit_loss {name} distils one teacher's targets; drop distill.extra_teachers, "
                           "or use hinton (the weighted mean of every teacher's soft targets)")
     return name

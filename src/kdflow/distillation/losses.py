@@ -62,9 +62,42 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tens
     return _masked_mean((pred - safe) ** 2, valid)
 
 
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Multi-label: binary cross-entropy of one sigmoid per label, ``logits`` and multi-hot ``targets`` ``[B, C]``,
+    summed over labels (each label's logit gets the gradient ``p - y``, as a class logit does under cross-entropy;
+    a mean over 40 labels would train 40 times slower), averaged over examples; a row holding NaN (no label
+    known) is skipped."""
+    targets = targets.float()
+    valid = ~torch.isnan(targets).any(-1)
+    if mask is not None:
+        valid = valid & mask.bool()
+    safe = torch.where(valid[:, None], targets, torch.zeros_like(targets))  # NaN would poison the gradient
+    per_example = F.binary_cross_entropy_with_logits(logits.float(), safe, reduction="none").sum(-1)
+    return _masked_mean(per_example, valid)
+
+
+def binary_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Multi-label KD: for each label, the KL between the teacher's and the student's temperature-softened
+    sigmoids (two-outcome distributions), ``T² · Σ_c KL(Bern(σ(t_c/T)) ‖ Bern(σ(s_c/T)))`` (summed over labels,
+    as :func:`bce_loss` is), averaged over examples; zero iff they agree on every label."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    s, t = student_logits.to(dtype) / temperature, teacher_logits.to(dtype) / temperature
+    p_t = torch.sigmoid(t)
+    per_label = (p_t * (F.logsigmoid(t) - F.logsigmoid(s))
+                 + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
+    return _masked_mean(per_label.sum(-1), mask) * temperature ** 2
+
+
+def _mse_to(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    return mse_loss(student, teacher)
+
+
 # the losses a task kind names (kdflow.tasks): to the gold targets, and Hinton's term to one teacher
-HARD_LOSSES = {"ce": ce_loss, "mse": mse_loss}
-SOFT_LOSSES = {"kd": kd_loss, "mse": lambda student, teacher, temperature: mse_loss(student, teacher)}
+HARD_LOSSES = {"ce": ce_loss, "mse": mse_loss, "bce": bce_loss}
+SOFT_LOSSES = {"kd": kd_loss, "mse": _mse_to, "binary_kd": binary_kd_loss}
 
 
 def hinton_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,

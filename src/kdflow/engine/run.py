@@ -15,6 +15,7 @@ from .. import models
 from ..config import Config
 from ..data import Featurizer, Split, TaskData, loader, make_collate
 from ..metrics import quality
+from ..tasks import task_kind
 from .runlog import RunLog
 from .train import predict
 
@@ -41,15 +42,27 @@ class Run:
                                    rank_teacher_blocks, self.info)
 
 
-def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"
-            ) -> Callable[[nn.Module], dict]:
-    """``evaluate(model) -> metrics`` on ``split`` (sharded over processes, gathered)."""
+def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs",
+            decision: Optional[dict] = None) -> Callable[[nn.Module], dict]:
+    """``evaluate(model) -> metrics`` on ``split`` (sharded over processes, gathered), by the task's default
+    decision rule or ``decision`` (multilabel: thresholds tuned on validation)."""
     dl = run.acc.prepare_data_loader(loader(split, make_collate(split, feat), batch_size, shuffle=False))
 
     def evaluate(model) -> dict:
         logits, targets = predict(model, dl, run.acc, key)
-        return quality(logits, targets, run.data.task)
+        return quality(logits, targets, run.data.task, decision)
     return evaluate
 
 
-__all__ = ["Run", "eval_fn"]
+def tuned_decision(run: Run, model: nn.Module, feat: Featurizer, batch_size: int) -> Optional[dict]:
+    """The decision rule the task kind tunes on the validation split (multilabel: thresholds), or None."""
+    tune = task_kind(run.data.task).tune
+    if tune is None:
+        return None
+    dl = run.acc.prepare_data_loader(loader(run.data.validation, make_collate(run.data.validation, feat),
+                                            batch_size, shuffle=False))
+    logits, targets = predict(model, dl, run.acc)
+    return tune(logits, targets)
+
+
+__all__ = ["Run", "eval_fn", "tuned_decision"]

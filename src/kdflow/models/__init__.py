@@ -27,7 +27,8 @@ from .base import BuildContext, ModelKind
 from .encoder import ENCODER_CONFIG, EncoderConfig, TransformerEncoderClassifier, build_encoder_student
 from .hf import (build_hf_student, copied_blocks, default_teacher_layers, has_task_head, init_from_teacher, layer_list,
                  load_hf_classifier, load_tokenizer, project_embeddings, resolve_name)
-from .io import LABELS_FILE, check_source, count_parameters, fingerprint, save_model, saved_labels
+from .io import (LABELS_FILE, check_source, count_parameters, fingerprint, save_decision, save_model, saved_decision,
+                 saved_labels)
 
 KINDS: dict[str, ModelKind] = {"hf": hf.KIND, "encoder": encoder.KIND, "vision": vision.KIND, "dkvb": dkvb.KIND}
 
@@ -68,7 +69,8 @@ def block_list(model: nn.Module) -> nn.ModuleList:
     return layer_list(model)[1]
 
 
-__all__ = ["KINDS", "ModelKind", "BuildContext", "check_source", "kind", "starts_pretrained", "copied_blocks", "load_saved", "block_list", "save_model", "saved_labels",
+__all__ = ["KINDS", "ModelKind", "BuildContext", "check_source", "kind", "starts_pretrained", "copied_blocks",
+           "load_saved", "block_list", "save_model", "saved_labels", "save_decision", "saved_decision",
            "count_parameters", "fingerprint", "LABELS_FILE", "ENCODER_CONFIG", "EncoderConfig",
            "TransformerEncoderClassifier", "build_encoder_student", "build_hf_student", "default_teacher_layers",
            "has_task_head", "init_from_teacher", "layer_list", "load_hf_classifier", "load_tokenizer",

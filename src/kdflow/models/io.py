@@ -53,6 +53,28 @@ def save_model(model: nn.Module, folder: "str | Path", tokenizer=None, label_nam
     (folder / LABELS_FILE).write_text(json.dumps({"task": task, "labels": label_names}, indent=2))
 
 
+def save_decision(folder: "str | Path", decision: dict) -> None:
+    """Add the decision rule tuned on validation (multilabel: thresholds) to a saved model's label file."""
+    path = Path(folder) / LABELS_FILE
+    meta = json.loads(path.read_text())
+    meta["decision"] = decision
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(path)
+
+
+def saved_decision(folder: "str | Path") -> Optional[dict]:
+    """The decision rule saved with a model (None: the task's default rule)."""
+    path = Path(folder) / LABELS_FILE
+    if not path.exists():
+        return None
+    decision = read_json(path, f"Label file '{path}'", DAMAGED, dict).get("decision")
+    if decision is not None and not (isinstance(decision, dict) and isinstance(decision.get("per_label"), list)):
+        raise KdflowError(f"Label file '{path}' holds {json_type(decision)} under 'decision', not the thresholds "
+                          f"kdflow writes; {DAMAGED}")
+    return decision
+
+
 def saved_labels(folder: Path) -> tuple[Optional[list[str]], str]:
     """(label names, task) of a saved model folder (``None`` labels when it has no label file); a damaged
     label file is an error naming it."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import KdflowError
-from . import classification, regression
+from . import classification, multilabel, regression
 from .kind import TaskKind
 
-TASKS: dict[str, TaskKind] = {k.name: k for k in (classification.KIND, regression.KIND)}
+TASKS: dict[str, TaskKind] = {k.name: k for k in (classification.KIND, regression.KIND, multilabel.KIND)}
 
 
 def task_kind(name: str) -> TaskKind:
@@ -24,6 +24,11 @@ def task_kind(name: str) -> TaskKind:
         return TASKS[name]
     except KeyError:
         raise KdflowError(f"Unknown task {name!r}; data.task is one of {', '.join(TASKS)}") from None
+
+
+def headline_of(scores) -> Optional[str]:
+    """The headline metric among the keys of ``scores`` (whichever task kind wrote them), or None."""
+    return next((kind.headline for kind in TASKS.values() if kind.headline in scores), None)
 
 
 def task_of_hf(num_labels: int, problem_type: Optional[str]) -> str:
@@ -36,4 +41,4 @@ def task_of_hf(num_labels: int, problem_type: Optional[str]) -> str:
     return found[0]
 
 
-__all__ = ["TaskKind", "TASKS", "task_kind", "task_of_hf"]
+__all__ = ["TaskKind", "TASKS", "task_kind", "task_of_hf", "headline_of"]

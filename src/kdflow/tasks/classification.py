@@ -11,7 +11,7 @@ from .kind import TaskKind
 IGNORE = -100  # the target of an example without a label (torch's cross-entropy skips it)
 
 
-def quality(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None) -> dict[str, float]:
     """Accuracy, macro F1, MCC, and for two classes F1 of label 1 (GLUE's F1 for MRPC and QQP)."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     pred = logits.argmax(-1)
@@ -23,7 +23,8 @@ def quality(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     return out
 
 
-def details(logits: np.ndarray, targets: np.ndarray, label_names: Optional[Sequence[str]], out: dict) -> None:
+def details(logits: np.ndarray, targets: np.ndarray, label_names: Optional[Sequence[str]], out: dict,
+            decision: Optional[dict] = None) -> None:
     """Macro and weighted precision / recall / F1, a per-class report and the top confusions, into ``out``."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
     pred = logits.argmax(-1)
@@ -92,8 +93,17 @@ def findings(label_names: list, train_targets: np.ndarray) -> list[tuple[str, st
     return []
 
 
+def no_targets(n: int, num_labels: int) -> np.ndarray:
+    """The targets of ``n`` examples without a label (the transfer set): skipped by the loss."""
+    return np.full(n, IGNORE, dtype=np.int64)
+
+def hf_matches(num_labels: int, problem_type) -> bool:
+    """Whether a Hugging Face config (its ``num_labels``, ``problem_type``) describes this kind's head."""
+    return num_labels != 1 and problem_type not in ("regression", "multi_label_classification")
+
+
 KIND = TaskKind(
-    name="classification", metrics=("accuracy", "macro_f1", "f1", "mcc"), headline="accuracy", classes=True,
-    hard_loss="ce", soft_loss="kd", hinton="hinton", missing=IGNORE, target_dtype="int64", quality=quality,
-    details=details, majority=majority, linear=linear, chance=chance, hf_head=hf_head, head_matches=head_matches,
-    findings=findings, hf_matches=lambda num_labels, problem_type: num_labels != 1 and problem_type != "regression")
+    name="classification", metrics=("accuracy", "macro_f1", "f1", "mcc"), headline="accuracy",
+    classes=True, named=True, label_sets=False, hard_loss="ce", soft_loss="kd", hinton="hinton",
+    no_targets=no_targets, quality=quality, tune=None, details=details, majority=majority, linear=linear,
+    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches)

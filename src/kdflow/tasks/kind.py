@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -15,14 +15,17 @@ class TaskKind:
     name: str
     metrics: tuple[str, ...]  # what ``quality`` returns to select by; the first is the default train.metric
     headline: str             # the one metric tables, plausibility checks and trade-off plots quote
-    classes: bool             # targets are class indices under label names (stratified splits, per-class reports)
+    classes: bool             # targets are one class index each (stratified splits, class counts, CE-scored layers)
+    named: bool               # the outputs are label names (a label map is read, saved and checked)
+    label_sets: bool          # each example's label is a set of names (none included), targets multi-hot
     hard_loss: str            # kdflow.distillation.losses.HARD_LOSSES entry: the loss to the gold targets
     soft_loss: str            # kdflow.distillation.losses.SOFT_LOSSES entry: Hinton's term to one teacher
     hinton: str               # the LOGIT_LOSSES entry that ``distill.logit_loss: hinton`` means for this task
-    missing: float            # the target of an example without a label (the transfer set)
-    target_dtype: str         # numpy dtype of the targets
-    quality: Callable[[np.ndarray, np.ndarray], dict]  # (logits [N, outputs], targets [N]) -> metrics
-    details: Callable[[np.ndarray, np.ndarray, Optional[Sequence[str]], dict], None]  # adds report entries
+    no_targets: Callable[[int, int], np.ndarray]  # (n, num_labels) -> the targets of n unlabelled examples
+    # (logits [N, outputs], targets, decision) -> metrics; ``decision``: what ``tune`` chose (None: the default rule)
+    quality: Callable[..., dict]
+    tune: Optional[Callable[[np.ndarray, np.ndarray], dict]]  # validation (logits, targets) -> a decision to save
+    details: Callable[..., None]  # (logits, targets, label names, out, decision): adds report entries to out
     majority: Callable[[np.ndarray, int, int], np.ndarray]  # (train targets, n, num_labels) -> baseline logits
     linear: Callable[..., np.ndarray]  # (x_train, y_train, x_eval, y_eval, seed) -> the control's logits
     chance: Callable[[dict], tuple[float, float]]  # majority's scores -> (chance headline, its variance factor)

@@ -9,7 +9,7 @@ import numpy as np
 from .kind import TaskKind
 
 
-def quality(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None) -> dict[str, float]:
     """MSE (and neg_mse, to maximise), Pearson and Spearman correlation (0 where either side is constant)."""
     from scipy.stats import pearsonr, spearmanr
     pred = logits.reshape(-1).astype(np.float64)
@@ -21,7 +21,8 @@ def quality(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
             "spearman": 0.0 if flat else float(spearmanr(pred, y)[0])}
 
 
-def details(logits: np.ndarray, targets: np.ndarray, label_names: Optional[Sequence[str]], out: dict) -> None:
+def details(logits: np.ndarray, targets: np.ndarray, label_names: Optional[Sequence[str]], out: dict,
+            decision: Optional[dict] = None) -> None:
     return None  # the headline metrics say it all
 
 
@@ -59,8 +60,17 @@ def findings(label_names: list, train_targets: np.ndarray) -> list[tuple[str, st
     return []
 
 
+def no_targets(n: int, num_labels: int) -> np.ndarray:
+    """The targets of ``n`` examples without a label (the transfer set): skipped by the loss."""
+    return np.full(n, np.nan, dtype=np.float32)
+
+def hf_matches(num_labels: int, problem_type) -> bool:
+    """Whether a Hugging Face config (its ``num_labels``, ``problem_type``) describes this kind's head."""
+    return num_labels == 1 or problem_type == "regression"
+
+
 KIND = TaskKind(
-    name="regression", metrics=("pearson", "spearman", "neg_mse"), headline="pearson", classes=False,
-    hard_loss="mse", soft_loss="mse", hinton="mse", missing=float("nan"), target_dtype="float32", quality=quality,
-    details=details, majority=majority, linear=linear, chance=chance, hf_head=hf_head, head_matches=head_matches,
-    findings=findings, hf_matches=lambda num_labels, problem_type: num_labels == 1 or problem_type == "regression")
+    name="regression", metrics=("pearson", "spearman", "neg_mse"), headline="pearson",
+    classes=False, named=False, label_sets=False, hard_loss="mse", soft_loss="mse", hinton="mse",
+    no_targets=no_targets, quality=quality, tune=None, details=details, majority=majority, linear=linear,
+    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches)

@@ -1,0 +1,203 @@
+"""Multi-label classification (``data.task: multilabel``): readers, per-label KD, thresholds, the commands."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import kdflow
+from kdflow.cli import main
+from kdflow.config import load_config
+from kdflow.data import load_data
+from kdflow.distillation.losses import bce_loss, binary_kd_loss
+from kdflow.errors import KdflowError
+from kdflow.models import saved_decision
+from kdflow.tasks.multilabel import majority, scores_of, tune_thresholds
+
+from conftest import tiny_config
+
+
+def data_cfg(**data):
+    return load_config({"data": {"task": "multilabel", **data}}).data
+
+
+# ------------------------------------------------------------------ readers
+
+def test_label_sets_from_json_jsonl_delimited_cells_and_flag_columns(tmp_path):
+    nlupp = [{"text": "a spa and a room", "intents": ["spa", "room"]}, {"text": "hello there"},
+             {"text": "just the room", "intents": ["room"], "slots": {}}]
+    (tmp_path / "t.json").write_text(json.dumps(nlupp))
+    d = load_data(data_cfg(train=str(tmp_path / "t.json"), validation=str(tmp_path / "t.json"),
+                           label_column="intents"))
+    assert d.label_names == ["room", "spa"] and d.num_labels == 2
+    assert d.train.targets.tolist() == [[1, 1], [0, 0], [1, 0]] and d.train.targets.dtype == np.float32
+    assert d.train.labelled.tolist() == [0, 1, 2]  # no label is an answer, not a missing one
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in nlupp))
+    jl = load_data(data_cfg(train=str(tmp_path / "t.jsonl"), validation=str(tmp_path / "t.jsonl"),
+                            label_column="intents"))
+    assert jl.train.targets.tolist() == d.train.targets.tolist()
+    (tmp_path / "t.csv").write_text('text,label\nfirst,spa|room\nsecond,\nthird,room|\nfourth,"[""spa""]"\n')
+    csv = load_data(data_cfg(train=str(tmp_path / "t.csv"), validation=str(tmp_path / "t.csv"), label_delimiter="|"))
+    assert csv.label_names == ["room", "spa"] and csv.train.targets.tolist() == [[1, 1], [0, 0], [1, 0], [0, 1]]
+    (tmp_path / "f.csv").write_text("text,spa,room\nfirst,1,0\nsecond,0,0\nthird,true,yes\n")
+    flags = load_data(data_cfg(train=str(tmp_path / "f.csv"), validation=str(tmp_path / "f.csv"),
+                               label_columns=["spa", "room"]))
+    assert flags.label_names == ["room", "spa"] and flags.train.targets.tolist() == [[0, 1], [0, 0], [1, 1]]
+    # data.label_names: the output order, and labels train never shows
+    named = load_data(data_cfg(train=str(tmp_path / "t.json"), validation=str(tmp_path / "t.json"),
+                               label_column="intents", label_names=["spa", "wifi", "room"]))
+    assert named.label_names == ["spa", "wifi", "room"] and named.train.targets.tolist()[0] == [1, 0, 1]
+
+
+def test_label_set_mistakes_get_one_sentence(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps([{"text": "x", "intents": ["spa"]}, {"text": "y"}]))
+    (tmp_path / "val.json").write_text(json.dumps([{"text": "z", "intents": ["gym"]}]))
+    with pytest.raises(KdflowError, match="Label 'gym' \\(row 0 of the validation split\\) does not occur in train; "
+                                          ".*or list them all in data.label_names"):
+        load_data(data_cfg(train=str(tmp_path / "train.json"), validation=str(tmp_path / "val.json"),
+                           label_column="intents"))
+    with pytest.raises(KdflowError, match="Label 'gym' .* is not one of data.label_names; add it there"):
+        load_data(data_cfg(train=str(tmp_path / "train.json"), validation=str(tmp_path / "val.json"),
+                           label_column="intents", label_names=["spa"]))
+    (tmp_path / "bad.csv").write_text("text,spa\nfirst,2\n")
+    with pytest.raises(KdflowError, match="holds '2' in label column 'spa'; a label column holds 1 or 0"):
+        load_data(data_cfg(train=str(tmp_path / "bad.csv"), validation=str(tmp_path / "bad.csv"),
+                           label_columns=["spa"]))
+    (tmp_path / "nested.json").write_text(json.dumps([{"text": "x", "label": [["a"]]}]))
+    with pytest.raises(KdflowError, match="an empty or nested label in column 'label'"):
+        load_data(data_cfg(train=str(tmp_path / "nested.json"), validation=str(tmp_path / "nested.json")))
+    (tmp_path / "broken.csv").write_text('text,label\nfirst,"[spa"\n')
+    with pytest.raises(KdflowError, match="starts like a JSON array and is not one"):
+        load_data(data_cfg(train=str(tmp_path / "broken.csv"), validation=str(tmp_path / "broken.csv")))
+    # a list of labels in a single-label task, and set-reading keys without multilabel
+    (tmp_path / "lists.json").write_text(json.dumps([{"text": "x", "label": ["a", "b"]}, {"text": "y", "label": "a"}]))
+    with pytest.raises(KdflowError, match="holds a list of labels \\(\\['a', 'b'\\]\\), and data.task classification "
+                                          "takes one label per example; set data.task: multilabel"):
+        load_data(load_config({"data": {"train": str(tmp_path / "lists.json")}}).data)
+    with pytest.raises(KdflowError, match="data.label_delimiter reads sets of labels, and data.task classification"):
+        load_config({"data": {"train": "x.csv", "label_delimiter": "|"}})
+    with pytest.raises(KdflowError, match="data.label_names names classes, and data.task regression has none"):
+        load_config({"data": {"train": "x.csv", "task": "regression", "label_names": ["a"]}})
+    with pytest.raises(KdflowError, match="micro_f1' is not a classification metric"):
+        load_config({"data": {"train": "x.csv"}, "train": {"metric": "micro_f1"}})
+    assert load_config({"data": {"train": "x.csv", "task": "multilabel"}}).train.metric == "micro_f1"
+
+
+def test_nlupp_fold_files_read_directly(shared_data):
+    fold = shared_data / "nlupp" / "hotels" / "fold0.json"
+    d = load_data(data_cfg(train=str(fold), validation=str(fold), label_column="intents"))
+    rows = json.loads(fold.read_text())
+    assert len(d.train) == len(rows) and d.train.targets.shape == (len(rows), len(d.label_names))
+    assert int((d.train.targets.sum(1) == 0).sum()) == sum("intents" not in r for r in rows)
+    assert d.train.targets.sum() == sum(len(r.get("intents", [])) for r in rows)
+
+
+# ------------------------------------------------------------------ losses and decisions by hand
+
+def test_binary_kd_and_bce_against_a_hand_computation():
+    s, t, temp = torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 0.5]]), 2.0
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+    per_label = []
+    for a, b in zip(s[0].tolist(), t[0].tolist()):
+        p, q = sig(b / temp), sig(a / temp)
+        per_label.append(p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
+    assert binary_kd_loss(s, t, temp).item() == pytest.approx(temp ** 2 * sum(per_label), rel=1e-6)
+    assert binary_kd_loss(t, t, temp).item() == pytest.approx(0.0, abs=1e-7)
+    y = torch.tensor([[1.0, 0.0]])
+    hand = -(math.log(sig(1.0)) + math.log(1 - sig(-2.0)))  # summed over labels
+    assert bce_loss(s, y).item() == pytest.approx(hand, rel=1e-6)
+    # a row without labels (NaN: the transfer set) changes nothing, and gives no gradient
+    both = torch.cat([s, torch.tensor([[5.0, 5.0]])]).requires_grad_(True)
+    loss = bce_loss(both, torch.cat([y, torch.full((1, 2), float("nan"))]))
+    assert loss.item() == pytest.approx(hand, rel=1e-6)
+    loss.backward()
+    assert torch.equal(both.grad[1], torch.zeros(2)) and torch.isfinite(both.grad).all()
+
+
+def test_scores_thresholds_and_the_most_frequent_set_by_hand():
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]], dtype=bool)
+    pred = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=bool)
+    # tp 3, fp 1, fn 1: micro F1 6/8; per label F1: 1, 0, 1 -> macro 2/3; 2 of 4 rows exact; 2 of 12 cells wrong
+    assert scores_of(pred, y) == pytest.approx({"micro_f1": 0.75, "macro_f1": 2 / 3, "subset_accuracy": 0.5,
+                                                "hamming_loss": 2 / 12})
+    # label 0 is sure (p 0.9) where true, label 1 is right only at a low threshold (p 0.3 where true, 0.1 where not)
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    probs = np.array([[0.9, 0.3], [0.9, 0.1], [0.2, 0.3], [0.2, 0.1]])
+    truth = np.array([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=np.float32)
+    tuned = tune_thresholds(np.vectorize(logit)(probs), truth)
+    assert tuned["micro_f1"]["at_0.5"] == pytest.approx(2 / 3)  # label 1 never predicted at 0.5
+    assert tuned["per_label"][1] in (0.15, 0.2, 0.25, 0.3) and tuned["micro_f1"]["per_label"] == pytest.approx(1.0)
+    assert tuned["per_label"][1] == 0.3  # the candidate nearest 0.5 among the equally good ones
+    # the baseline: the commonest set, ties broken towards the smaller one
+    common = majority(np.array([[0, 0], [1, 1], [0, 0], [1, 1], [1, 0]], dtype=np.float32), 3, 2)
+    assert (common < 0).all() and common.shape == (3, 2)
+
+
+# ------------------------------------------------------------------ the commands
+
+def label_sets(n: int, seed: int) -> list[dict]:
+    """Texts whose labels are the keywords they hold (0-2 of 4), so a tiny model can learn them."""
+    rng = random.Random(seed)
+    words = {"pool": "spa", "cancel": "cancel", "room": "room", "wifi": "wifi"}
+    filler = "please could you tell me about the thing here now today".split()
+    rows = []
+    for _ in range(n):
+        keys = rng.sample(list(words), rng.randint(0, 2))
+        toks = rng.sample(filler, 4) + keys
+        rng.shuffle(toks)
+        rows.append({"text": " ".join(toks), **({"intents": sorted({words[k] for k in keys})} if keys else {})})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def ml_cfg(tmp_path_factory, tiny_bert):
+    folder = tmp_path_factory.mktemp("multilabel")
+    for name, n, seed in (("train", 160, 1), ("val", 40, 2), ("test", 40, 3)):
+        (folder / f"{name}.json").write_text(json.dumps(label_sets(n, seed)))
+    raw = tiny_config(tiny_bert, None, folder, "ml")
+    raw["data"] = {"train": str(folder / "train.json"), "validation": str(folder / "val.json"),
+                   "test": str(folder / "test.json"), "task": "multilabel", "label_column": "intents",
+                   "max_length": 32, "allow_overlap": True}
+    return folder, raw
+
+
+def test_teach_distill_evaluate_through_main_keep_the_tuned_thresholds(ml_cfg, capsys):
+    folder, raw = ml_cfg
+    path = folder / "ml.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["teach", str(path), "--quiet"]) == 0
+    taught = json.loads((folder / "ml" / "metrics.json").read_text())["teacher"]
+    decision = saved_decision(folder / "ml" / "teacher")
+    assert decision == taught["decision"] and len(decision["per_label"]) == 4
+    assert set(taught["test"]) == {"micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
+    # evaluate reads the thresholds back: the same test scores as the run's own
+    assert main(["evaluate", str(folder / "ml" / "teacher"), "--config", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {k: out[k] for k in taught["test"]} == taught["test"]
+    raw2 = {**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "ml" / "teacher")}},
+            "distill": {"alpha": 0.7, "temperature": 2.0}}
+    path.write_text(yaml.safe_dump(raw2))
+    assert main(["distill", str(path), "--quiet"]) == 0
+    student = json.loads((folder / "ml" / "metrics.json").read_text())["student"]
+    assert student["distill"]["logit_loss"] == "hinton" and "loss_kd" in (folder / "ml" / "metrics.csv").read_text()
+    assert saved_decision(folder / "ml" / "student") == student["decision"]
+    assert student["teacher_test"] == pytest.approx(taught["test"]) or "teacher_test" in student
+
+
+def test_what_multilabel_cannot_do_yet_is_refused_in_one_sentence(ml_cfg, tmp_path):
+    folder, raw = ml_cfg
+    kdflow.teach({**raw, "run": {**raw["run"], "name": "refusals"}})
+    raw = {**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "refusals" / "teacher")}}}
+    cases = [({"active": {"initial": 8}}, "active", "kdflow active needs data.task: classification"),
+             ({"distill": {"logit_loss": "dkd"}}, "distill", "dkd is for classification, and this data is multilabel"),
+             ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill", "layer scoring .* needs a classification task")]
+    for extra, command, message in cases:
+        cfg = {**raw, **extra, "run": {**raw["run"], "name": f"refused-{command}"}}
+        with pytest.raises(KdflowError, match=message):
+            getattr(kdflow, command)(cfg)
