@@ -50,7 +50,7 @@ def test_every_task_kind_keeps_the_contract(name):
          else np.c_[y, np.ones_like(y)].astype(np.float64))
     control = quality(kind.linear(x, y, x, y, 0), y, name)
     assert control[kind.headline] > 0.9
-    chance, spread = kind.chance({"validation": quality(kind.majority(y, len(y), len(NAMES)), y, name)})
+    chance, spread = kind.chance({"validation": quality(kind.majority(y, len(y), len(NAMES)), y, name)}, y)
     assert 0 <= chance <= 1 and spread > 0
     # losses: named entries of the loss tables; hinton_loss mixes them by alpha
     assert kind.hard_loss in HARD_LOSSES and kind.soft_loss in SOFT_LOSSES

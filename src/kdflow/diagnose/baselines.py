@@ -84,7 +84,7 @@ def control_findings(data: TaskData, base: dict, control: dict) -> list[Finding]
         return []
     kind = task_kind(data.task)
     metric = kind.headline
-    chance, spread = kind.chance(base)
+    chance, spread = kind.chance(base, data.train.targets[data.train.labelled])
     shuffled, n = control["shuffled"][metric], len(data.validation)
     # 3 standard errors of chance: sqrt(p(1-p)/n) for an accuracy, 1/sqrt(n) for a null Pearson correlation
     noise = 3 * math.sqrt(spread / max(n, 1))

@@ -60,7 +60,7 @@ def linear(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, seed: int) 
     return logits
 
 
-def chance(majority_scores: dict) -> tuple[float, float]:
+def chance(majority_scores: dict, train_targets: np.ndarray) -> tuple[float, float]:
     """The majority class's accuracy, and p(1 - p) (an accuracy's variance factor)."""
     p = majority_scores.get("validation", {}).get("accuracy", 0.0)
     return p, max(p * (1 - p), 1e-4)

@@ -28,7 +28,8 @@ class TaskKind:
     details: Callable[..., None]  # (logits, targets, label names, out, decision): adds report entries to out
     majority: Callable[[np.ndarray, int, int], np.ndarray]  # (train targets, n, num_labels) -> baseline logits
     linear: Callable[..., np.ndarray]  # (x_train, y_train, x_eval, y_eval, seed) -> the control's logits
-    chance: Callable[[dict], tuple[float, float]]  # majority's scores -> (chance headline, its variance factor)
+    # (majority's scores, train targets) -> (the headline a model that learnt nothing reaches, its variance factor)
+    chance: Callable[[dict, np.ndarray], tuple[float, float]]
     hf_head: Callable[[Optional[list]], dict]  # label names -> a Hugging Face config's head settings
     head_matches: Callable[[Optional[list], Optional[list], dict], bool]  # (its names, ours, its config)
     findings: Callable[[list, np.ndarray], list]  # (label names, train targets) -> [(severity, message)]

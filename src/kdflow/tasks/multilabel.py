@@ -99,9 +99,12 @@ def linear(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, seed: int) 
     return logits
 
 
-def chance(majority_scores: dict) -> tuple[float, float]:
-    """The most frequent set's micro-F1, and p(1 - p)."""
-    p = majority_scores.get("validation", {}).get("micro_f1", 0.0)
+def chance(majority_scores: dict, train_targets: np.ndarray) -> tuple[float, float]:
+    """The better of the most frequent set's micro-F1 and that of guessing each label at its train rate ``r_c``
+    (expected micro-F1 ``Σ r_c² / Σ r_c``: what a model trained on shuffled labels reaches), and p(1 - p)."""
+    rates = (np.asarray(train_targets) > 0.5).mean(0) if len(train_targets) else np.zeros(1)
+    guess = float((rates ** 2).sum() / rates.sum()) if rates.sum() > 0 else 0.0
+    p = max(majority_scores.get("validation", {}).get("micro_f1", 0.0), guess)
     return p, max(p * (1 - p), 1e-4)
 
 

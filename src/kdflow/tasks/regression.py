@@ -37,7 +37,7 @@ def linear(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, seed: int) 
     return Ridge(alpha=1.0).fit(x_train, y_train).predict(x_eval).reshape(-1, 1)
 
 
-def chance(majority_scores: dict) -> tuple[float, float]:
+def chance(majority_scores: dict, train_targets: np.ndarray) -> tuple[float, float]:
     """A null Pearson correlation, 0, whose standard error is 1/sqrt(n)."""
     return 0.0, 1.0
 
