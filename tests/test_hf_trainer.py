@@ -300,3 +300,36 @@ def test_the_kdtrainer_example_runs(parts, intents_json, tmp_path, monkeypatch):
     assert results["retention"] == pytest.approx(results["student_test_accuracy"] / results["teacher_test_accuracy"])
     assert results["teacher_parameters"] > results["student_parameters"]
     assert (out / "accuracy.png").stat().st_size > 1000
+
+
+def test_kdtrainer_distils_a_multilabel_head_per_label(tiny_bert, tmp_path):
+    """A multi-label head (problem_type multi_label_classification) gets kdflow's multilabel loss: per-label KD
+    mixed with binary cross-entropy, and trains through the Trainer's own loop."""
+    from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
+    from kdflow.distillation.losses import bce_loss, binary_kd_loss
+
+    def head(seed):
+        cfg = BertConfig.from_pretrained(tiny_bert, num_labels=3, num_hidden_layers=1, hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0, problem_type="multi_label_classification")
+        torch.manual_seed(seed)
+        return BertForSequenceClassification(cfg)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_bert)
+    rows = make_intents(8, 5)
+    enc = tok([r[0] for r in rows], truncation=True, max_length=32)
+    multi_hot = [[float(i % 2), float(i % 3 == 0), 0.0] for i in range(len(rows))]
+    train = datasets.Dataset.from_dict({**enc, "labels": multi_hot})
+    student, teacher = head(1), head(2)
+    trainer = KDTrainer(model=student, teacher_model=teacher, args=args(tmp_path, "ml", num_train_epochs=1),
+                        train_dataset=train, data_collator=DataCollatorWithPadding(tok))
+    batch = DataCollatorWithPadding(tok)([{k: train[i][k] for k in ("input_ids", "token_type_ids", "attention_mask",
+                                                                     "labels")} for i in range(8)])
+    student.train()
+    loss = trainer.compute_loss(student, dict(batch))
+    feats = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s, t = student(**feats).logits, teacher(**feats).logits
+    by_hand = 0.7 * binary_kd_loss(s, t, 3.0) + 0.3 * bce_loss(s, batch["labels"])
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
