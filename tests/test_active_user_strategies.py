@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 def test_registered_strategies_are_listed_and_bad_registrations_named(monkeypatch):
     from kdflow.active import strategies as st
     assert {"user_margin", "user_far"} <= set(names())
-    for table in ("NEEDS", "SCORES", "PICKS"):  # what this test registers goes with it
+    for table in ("NEEDS", "SCORES", "PICKS", "TASKS_OF"):  # what this test registers goes with it
         monkeypatch.setattr(st, table, dict(getattr(st, table)))
     probs = PoolOutputs(n=3, probs=np.full((3, 2), 0.5))
     with pytest.raises(ValueError, match="exactly one"):

@@ -204,14 +204,65 @@ def test_teach_distill_evaluate_through_main_keep_the_tuned_thresholds(ml_cfg, c
     assert "majority baseline: validation micro_f1" in said and "linear model on 160 training examples" in said
 
 
-def test_what_multilabel_cannot_do_yet_is_refused_in_one_sentence(ml_cfg, tmp_path):
+def test_what_does_not_apply_to_multilabel_is_refused_in_one_sentence(ml_cfg, tmp_path):
     folder, raw = ml_cfg
     kdflow.teach({**raw, "run": {**raw["run"], "name": "refusals"}})
     raw = {**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "refusals" / "teacher")}}}
-    cases = [({"active": {"initial": 8}}, "active", "kdflow active needs data.task: classification"),
+    cases = [({"active": {"initial": 8}}, "active", "active.strategy entropy is not meant for data.task multilabel"),
              ({"distill": {"logit_loss": "dkd"}}, "distill", "dkd is for classification, and this data is multilabel"),
              ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill", "layer scoring .* needs a classification task")]
     for extra, command, message in cases:
         cfg = {**raw, **extra, "run": {**raw["run"], "name": f"refused-{command}"}}
         with pytest.raises(KdflowError, match=message):
             getattr(kdflow, command)(cfg)
+
+
+# ------------------------------------------------------------------ active learning
+
+def test_multilabel_strategies_score_label_sets_by_hand():
+    from kdflow.active.strategies import cardinality, mean_binary_entropy, select, threshold_margin, PoolOutputs
+    p = np.array([[0.5, 0.01], [0.9, 0.1], [0.6, 0.99]])
+    h = lambda x: -(x * np.log(x) + (1 - x) * np.log(1 - x))  # noqa: E731
+    np.testing.assert_allclose(mean_binary_entropy(p), [(h(0.5) + h(0.01)) / 2, (h(0.9) + h(0.1)) / 2,
+                                                        (h(0.6) + h(0.99)) / 2])
+    np.testing.assert_allclose(threshold_margin(p), [0.0, -0.4, -0.1])
+    np.testing.assert_allclose(cardinality(p, np.array([[0.5, 0.5], [0.9, 0.1], [0.1, 0.1]])), [0.49, 0.0, 1.39])
+    out = PoolOutputs(n=3, probs=p, teacher_probs=np.array([[0.5, 0.5], [0.9, 0.1], [0.1, 0.1]]))
+    assert select("threshold_margin", out, 1, np.arange(3), np.array([], dtype=np.int64)).tolist() == [0]
+    assert select("cardinality", out, 1, np.arange(3), np.array([], dtype=np.int64)).tolist() == [2]
+
+
+def test_active_learning_on_label_sets(ml_cfg):
+    """Gold and teacher oracles buy label sets; the rounds train on multi-hot targets; target teacher too."""
+    folder, raw = ml_cfg
+    kdflow.teach({**raw, "run": {**raw["run"], "name": "al-teacher"}})
+    base = {**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "al-teacher" / "teacher")}},
+            "distill": {"alpha": 0.5}}
+
+    def run(name, **active):
+        cfg = {**base, "run": {**raw["run"], "name": name},
+               "active": {"initial": 16, "per_round": 16, "rounds": 2, "min_steps": 10, **active}}
+        return kdflow.active(cfg), json.loads((folder / name / "active" / "state.json").read_text())
+    out, state = run("al-gold", strategy="threshold_margin")
+    assert [r["labels"] for r in out["rounds"]] == [16, 32] and out["batches"][0]["strategy"] == "initial (random)"
+    rows = {r["text"]: sorted(r.get("intents", [])) for r in json.loads((folder / "train.json").read_text())}
+    texts = dict(zip(load_data(load_config({"data": raw["data"]}).data).train.ids,
+                     load_data(load_config({"data": raw["data"]}).data).train.inputs["text"]))
+    for key, v in state["labels"].items():  # gold: the example's own label set, empty ones included
+        assert v["label"] == rows[texts[key]] and v["source"] == "gold"
+    assert set(out["rounds"][-1]["validation"]) >= {"micro_f1", "subset_accuracy"}
+    taught, state = run("al-teacher-oracle", strategy="mean_binary_entropy", oracle="teacher")
+    assert all(isinstance(v["label"], list) and v["source"] == "teacher" for v in state["labels"].values())
+    card, _ = run("al-cardinality", strategy="cardinality")
+    assert card["batches"][1]["strategy"] == "cardinality" and card["teacher_queries"] > 0
+    target, state = run("al-target", strategy="threshold_margin", target="teacher", initial_strategy="typicality")
+    assert [r["labels"] for r in target["rounds"]] == [16, 32] and "micro_f1" in target["rounds"][-1]["teacher"][
+        "validation"]
+    for active, message in ((dict(strategy="entropy"), "active.strategy entropy is not meant for data.task "
+                                                        "multilabel; use one of random, coreset, mean_binary_entropy"),
+                            (dict(strategy="threshold_margin", oracle="human"), "oracle human is not available for "
+                                                                                 "multilabel"),
+                            (dict(strategy="threshold_margin", initial_strategy="stratified"), "initial_strategy "
+                                                                                                "stratified sorts")):
+        with pytest.raises(KdflowError, match=message):
+            run("al-refused", **active)

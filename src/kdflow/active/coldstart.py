@@ -95,9 +95,11 @@ def teacher_view(ctx):
     under torchrun), so the teacher sees each pool example once; counted as teacher queries. Under
     ``target: teacher_calls``, where those calls are the budget, the untrained student's view instead."""
     from .. import pipeline
+    from ..tasks import task_kind
     from .outputs import PoolPass, stream_pool
     ac = ctx.ac
-    spec = PoolPass("badge", len(ctx.labels), ac.pool_batch_size, ac.pool_chunk, seed=ac.seed)
+    spec = PoolPass("badge", len(ctx.labels), ac.pool_batch_size, ac.pool_chunk, seed=ac.seed,
+                    activation=task_kind(ctx.run.data.task).activation)
     calls = ac.target == "teacher_calls"
     model, tok = (ctx.template, ctx.s_tokenizer) if calls else (ctx.teacher, ctx.tokenizer)
     view = stream_pool(model, ctx.pool, np.arange(len(ctx.pool)),

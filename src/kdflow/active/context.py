@@ -25,7 +25,9 @@ from ..distillation.teacher_cache import teacher_logits
 from ..engine.checkpoint import save_weights
 from ..engine.run import Run
 from ..errors import KdflowError
+from ..tasks import task_kind
 from .pool import PoolState
+from .outputs import probabilities
 from .strategies import PoolOutputs
 
 
@@ -80,7 +82,7 @@ class Context:
             part = self.pool.subset(positions[start:start + self.ac.pool_chunk])
             logits = teacher_logits(self.run, self.teacher, part, pipeline.featurizer(self.run, self.tokenizer),
                                     self.cache)
-            out.append(torch.softmax(logits.float(), -1).numpy())
+            out.append(probabilities(logits, task_kind(self.run.data.task).activation).numpy())
             if count:
                 self.state.note_teacher(part.ids)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -101,12 +103,22 @@ class Context:
         """The class index of the label bought for pool id ``key``."""
         return self.labels.index(self.state.labels[key]["label"])
 
-    def with_labels(self, positions: np.ndarray, unlabelled: Optional[int] = None) -> Split:
-        """The pool at ``positions`` with the labels bought for them as targets; a position with none gets
-        ``unlabelled`` (an error where that is None)."""
+    def target_of(self, key: str) -> "int | np.ndarray":
+        """The target of the label bought for pool id ``key``: a class index, or a multi-hot row for a label set."""
+        label = self.state.labels[key]["label"]
+        if isinstance(label, list):
+            row = np.zeros(len(self.labels), dtype=np.float32)
+            row[[self.labels.index(n) for n in label]] = 1.0
+            return row
+        return self.labels.index(label)
+
+    def with_labels(self, positions: np.ndarray, unlabelled: bool = False) -> Split:
+        """The pool at ``positions`` with the labels bought for them as targets; with ``unlabelled``, a position
+        with none gets the task's no-label target (the teacher's soft targets alone), else it is an error."""
         part = self.pool.subset(np.asarray(positions, dtype=np.int64))
-        part.targets = np.asarray([self.label_index(k) if unlabelled is None or k in self.state.labels
-                                   else unlabelled for k in part.ids], dtype=np.int64)
+        blank = task_kind(self.run.data.task).no_targets(1, len(self.labels))[0]
+        rows = [self.target_of(k) if not unlabelled or k in self.state.labels else blank for k in part.ids]
+        part.targets = np.asarray(rows, dtype=blank.dtype) if rows else self.pool.targets[:0]
         return part
 
     # ------------------------------------------------------------ the student's files

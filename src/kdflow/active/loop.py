@@ -29,6 +29,7 @@ from ..distillation.teacher_cache import cache_for, teacher_logits
 from ..engine.runfolder import kept
 from ..errors import KdflowError
 from ..metrics import quality
+from ..tasks import task_kind
 from . import coldstart, oracles, proxy, records, settings
 from .coldstart import COLD_STARTS
 from .context import Context
@@ -176,8 +177,8 @@ class Loop:
         if ctx.given:
             state.batch_meta.append({"batch": 0, "strategy": "given (data.train)", "k": ctx.given,
                                      "select_seconds": None})
-            state.add_batch({ctx.pool.ids[i]: (ctx.labels[int(ctx.pool.targets[i])], "given")
-                             for i in range(ctx.given)})
+            gold = oracles.gold_labels(ctx.pool, np.arange(ctx.given), ctx.labels)  # a name, or a label set
+            state.add_batch({key: (label, "given") for key, (label, _) in gold.items()})
             return None
         cands = state.candidates
         k = min(ac.initial, len(cands), ac.budget or ac.initial)
@@ -269,7 +270,8 @@ class Loop:
         teacher = proxy.estimated_teacher(ctx) if use_teacher and ac.target == "teacher_calls" else ctx.teacher_probs
         return PoolPass(ac.strategy, len(ctx.labels), ac.pool_batch_size, ac.pool_chunk, ac.mc_samples,
                         members=ctx.members if checkpoints else None, teacher_probs=teacher if use_teacher else None,
-                        keep_top=ac.diversity * k if diverse else 0, seed=seed, need_embeddings=diverse)
+                        keep_top=ac.diversity * k if diverse else 0, seed=seed, need_embeddings=diverse,
+                        activation=task_kind(ctx.run.data.task).activation)
 
 
 # ---------------------------------------------------------------- the entry point

@@ -31,18 +31,25 @@ from ..files import must_be_file
 SKIP = "__skip__"
 
 
-def gold_labels(pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, tuple[str, str]]:
+def gold_labels(pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, tuple]:
+    """The pool's own labels (a simulation): a name, or the list of names of a multi-hot label set."""
     out = {}
     for p in positions:
-        y = int(pool.targets[p])
-        if y < 0:
+        y = pool.targets[p]
+        if (np.isnan(y).any() if y.dtype.kind == "f" else int(y) < 0):
             raise KdflowError(f"Pool example {pool.ids[p]} has no gold label, so active.oracle gold cannot label "
                               "it; use oracle human, teacher or hybrid for a pool without labels")
-        out[pool.ids[p]] = (label_names[y], "gold")
+        out[pool.ids[p]] = ([label_names[j] for j in np.flatnonzero(y > 0.5)] if y.ndim else label_names[int(y)],
+                            "gold")
     return out
 
 
-def teacher_labels(ids: list[str], teacher_probs: np.ndarray, label_names: list[str]) -> dict[str, tuple[str, str]]:
+def teacher_labels(ids: list[str], teacher_probs: np.ndarray, label_names: list[str], sets: bool = False
+                   ) -> dict[str, tuple]:
+    """The teacher's answers: its most probable class, or (``sets``) every label whose probability reaches 0.5."""
+    if sets:
+        return {key: ([label_names[j] for j in np.flatnonzero(p >= 0.5)], "teacher")
+                for key, p in zip(ids, teacher_probs)}
     return {key: (label_names[int(np.argmax(p))], "teacher") for key, p in zip(ids, teacher_probs)}
 
 
@@ -248,7 +255,7 @@ def label_batch(positions: np.ndarray, batch: int, *, ac, pool: Split, names: li
         state.add_batch(gold_labels(pool, positions, names))
         return None
     if ac.oracle == "teacher":
-        state.add_batch(teacher_labels(ids, teacher_probs(positions), names))
+        state.add_batch(teacher_labels(ids, teacher_probs(positions), names, pool.targets.ndim == 2))
         return None
     by_teacher: dict = {}
     rest = positions

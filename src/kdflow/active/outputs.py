@@ -66,6 +66,7 @@ class PoolPass:
     keep_top: int = 0
     seed: int = 0
     need_embeddings: bool = False
+    activation: str = "softmax"  # the task kind's: sigmoid for multilabel
 
     @property
     def needs(self) -> set:
@@ -103,12 +104,20 @@ def capture_head_input(model: nn.Module, num_labels: int):
         handle.remove()
 
 
-def _probs(model: nn.Module, inputs: dict) -> np.ndarray:
+# the task kind's activation (kdflow.tasks): logits -> the probabilities strategies read
+ACTIVATIONS = {"softmax": lambda x: torch.softmax(x, -1), "sigmoid": torch.sigmoid}
+
+
+def probabilities(logits: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    return ACTIVATIONS[activation](logits.float())
+
+
+def _probs(model: nn.Module, inputs: dict, activation: str = "softmax") -> np.ndarray:
     logits = model(**inputs).logits.float()
     if not torch.isfinite(logits).all():
         raise KdflowError("The student's outputs on the pool are not finite (NaN or inf), so no strategy can rank "
                           "them; lower train.lr, or use mixed_precision: no (or bf16 instead of fp16)")
-    return torch.softmax(logits, -1).cpu().numpy()
+    return probabilities(logits, activation).cpu().numpy()
 
 
 @torch.no_grad()
@@ -118,20 +127,20 @@ def forward_batch(model: nn.Module, inputs: dict, spec: PoolPass, teacher_rows: 
     needs, emb = spec.needs, None
     if spec.wants_embeddings:
         with capture_head_input(model, spec.num_labels) as seen:
-            p = _probs(model, inputs)
+            p = _probs(model, inputs, spec.activation)
         emb = seen[-1].cpu().numpy()
     else:
-        p = _probs(model, inputs) if "probs" in needs else None
+        p = _probs(model, inputs, spec.activation) if "probs" in needs else None
     outs = PoolOutputs(n=len(next(iter(inputs.values()))), probs=None if p is None else p.astype(np.float64))
     if "mc_probs" in needs:
         dropout_on(model)  # each pass is one sample of the weights; batch norm keeps its running statistics
-        outs.mc_probs = np.stack([_probs(model, inputs) for _ in range(spec.mc_samples)])
+        outs.mc_probs = np.stack([_probs(model, inputs, spec.activation) for _ in range(spec.mc_samples)])
         model.eval()
     if "members" in needs:
         own = None
         if teacher_rows is not None:  # the teacher sits on the committee beside the student
-            own = p if p is not None else _probs(model, inputs)
-        member_probs = np.stack([_probs(m, inputs) for m in spec.members]) if spec.members else None
+            own = p if p is not None else _probs(model, inputs, spec.activation)
+        member_probs = np.stack([_probs(m, inputs, spec.activation) for m in spec.members]) if spec.members else None
         outs.members = committee(spec.strategy, member_probs, own, teacher_rows)
     if "teacher_probs" in needs:
         outs.teacher_probs = teacher_rows
@@ -276,7 +285,7 @@ def _stream(model: nn.Module, pool: Split, positions: np.ndarray, featurize: Cal
 
 
 __all__ = ["PoolPass", "stream_pool", "forward_batch", "committee", "Reducer", "head_layer", "capture_head_input",
-           "needs_members", "full_rows"]
+           "needs_members", "full_rows", "probabilities"]
 
 
 def dropout_on(model) -> None:

@@ -24,6 +24,7 @@ from ..engine.distributed import is_main
 from ..engine.runlog import update_metrics, write_csv
 from ..engine.train import predict
 from ..metrics import quality
+from ..tasks import task_kind
 from .context import Context
 from .oracles import SKIP
 
@@ -127,7 +128,7 @@ def evaluate_round(ctx: Context, model, r: int, new: int, result) -> dict:
         logits, _ = predict(model, dl, acc, gather=False)
         return logits
     val_logits = run(d.validation)
-    pred = val_logits.argmax(-1)
+    pred = task_kind(d.task).predict(val_logits)
     agreement = kappa(ctx.state.rounds[-1].get("_val_pred") if ctx.state.rounds else None, pred)
     for old in ctx.state.rounds:  # keep only the newest predictions in the state file
         old.pop("_val_pred", None)

@@ -12,7 +12,7 @@ from ..errors import KdflowError
 from ..tasks import task_kind
 from .coldstart import COLD_STARTS
 from .outputs import needs_members
-from .strategies import NEEDS, names
+from .strategies import NEEDS, TASKS_OF, names
 
 
 def needs_teacher(cfg: Config) -> bool:
@@ -35,7 +35,9 @@ def resolve(cfg: Config) -> tuple[Config, Optional[str]]:
     if ac.initial_strategy is not None:
         return cfg, None
     gold = ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold") or bool(cfg.data.unlabelled)
-    if gold and not ac.cold_start_labels:
+    if task_kind(cfg.data.task).label_sets and not ac.cold_start_labels:  # no single class to stratify by
+        choice, why = ("random", "multilabel examples have label sets, not one class to stratify by")
+    elif gold and not ac.cold_start_labels:
         choice, why = "stratified", "the pool's gold labels are known"
     elif ac.target in ("teacher", "teacher_calls"):
         choice, why = "typicality", f"target {ac.target} with oracle {ac.oracle}, no gold labels to stratify by"
@@ -94,6 +96,21 @@ def check_strategies(cfg: Config, wanted: list[str], where: str) -> None:
                           "active.strategy_modules")
 
 
+def _check_label_sets(cfg: Config) -> None:
+    """Multi-label runs: what reads one class per example is refused, each in one sentence."""
+    ac = cfg.active
+    if ac.oracle in ("human", "hybrid"):
+        raise KdflowError(f"active.oracle {ac.oracle} is not available for multilabel yet (its label files hold one "
+                          "label per example); use oracle gold or teacher")
+    if ac.initial_strategy in ("stratified", "balanced"):
+        raise KdflowError(f"active.initial_strategy {ac.initial_strategy} sorts the pool by one class per example, "
+                          "and multilabel examples have sets; use random or typicality")
+    if ac.target == "teacher_calls" and "teacher_probs" in NEEDS[ac.strategy]:
+        raise KdflowError(f"active.strategy {ac.strategy} asks the teacher about the pool, which target "
+                          "teacher_calls estimates from single labels only; use mean_binary_entropy or "
+                          "threshold_margin")
+
+
 def _check_distill(cfg: Config) -> None:
     dc = cfg.distill
     if cfg.data.augment:
@@ -125,9 +142,15 @@ def _check_committee(cfg: Config) -> None:
 def check(cfg: Config) -> None:
     """Settings that cannot work together, named before any work starts."""
     ac, d = cfg.active, cfg.data
-    if not task_kind(d.task).classes:
-        raise KdflowError("kdflow active needs data.task: classification (its strategies score class "
-                          "probabilities)")
+    kind = task_kind(d.task)
+    if not kind.named:
+        raise KdflowError(f"kdflow active needs data.task classification or multilabel (its strategies score label "
+                          f"probabilities), and this data is {d.task}")
+    if d.task not in TASKS_OF[ac.strategy]:
+        raise KdflowError(f"active.strategy {ac.strategy} is not meant for data.task {d.task}; use one of "
+                          f"{', '.join(names(d.task))}")
+    if kind.label_sets:
+        _check_label_sets(cfg)
     if d.values_column:
         raise KdflowError("kdflow active reads text pools; numeric sequences (data.values_column) are not supported")
     check_strategies(cfg, [ac.strategy], "active.strategy")

@@ -111,6 +111,32 @@ def disagreement(student_probs: np.ndarray, teacher_probs: np.ndarray) -> np.nda
     return np.maximum((t * (np.log(np.clip(t, EPS, 1.0)) - np.log(np.clip(s, EPS, 1.0)))).sum(-1), 0.0)
 
 
+# ------------------------------------------------------------------ multi-label scores (one sigmoid per label)
+
+def _check_sigmoids(probs: np.ndarray) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be [N, C] per-label probabilities, got shape {p.shape}")
+    return np.clip(p, EPS, 1 - EPS)
+
+
+def mean_binary_entropy(probs: np.ndarray) -> np.ndarray:
+    """Multi-label: the mean over labels of each label's binary entropy (Yang et al. 2009 sum it)."""
+    p = _check_sigmoids(probs)
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p)).mean(-1)
+
+
+def threshold_margin(probs: np.ndarray) -> np.ndarray:
+    """Multi-label: minus the distance of the label nearest its decision threshold (0.5) -- the example's
+    least certain decision (the multi-label margin of Brinker 2006)."""
+    return -np.abs(_check_sigmoids(probs) - 0.5).min(-1)
+
+
+def cardinality(student_probs: np.ndarray, teacher_probs: np.ndarray) -> np.ndarray:
+    """Multi-label teacher-student disagreement on how many labels an example has (expected counts)."""
+    return np.abs(_check_sigmoids(student_probs).sum(-1) - _check_sigmoids(teacher_probs).sum(-1))
+
+
 def neighbour_vote(queries: np.ndarray, reference: np.ndarray, labels: np.ndarray, num_labels: int, k: int = 10,
                    prior: float = 1.0) -> np.ndarray:
     """``[n, C]`` class probabilities of each query row from its ``k`` most cosine-similar ``reference`` rows,
@@ -162,6 +188,9 @@ SCORES: dict[str, Callable[[PoolOutputs], np.ndarray]] = {
     "vote_entropy": lambda o: vote_entropy(o.members),
     "committee_kl": lambda o: committee_kl(o.members),
     "disagreement": lambda o: disagreement(o.probs, o.teacher_probs),
+    "mean_binary_entropy": lambda o: mean_binary_entropy(o.probs),
+    "threshold_margin": lambda o: threshold_margin(o.probs),
+    "cardinality": lambda o: cardinality(o.probs, o.teacher_probs),
 }
 
 # selectors over the whole pool's outputs: (outputs, k, candidates, labelled, seed) -> positions, best first
@@ -182,18 +211,24 @@ NEEDS = {
     "disagreement": {"probs", "teacher_probs"},
     "coreset": {"embeddings"},
     "badge": {"probs", "embeddings"},
+    "mean_binary_entropy": {"probs"}, "threshold_margin": {"probs"}, "cardinality": {"probs", "teacher_probs"},
 }
+# the task kinds each strategy's scores mean something for (softmax class probabilities, or one sigmoid per label)
+MULTILABEL = ("mean_binary_entropy", "threshold_margin", "cardinality")
+TASKS_OF = {name: ("classification", "multilabel") if name in ("random", "coreset") else
+            ("multilabel",) if name in MULTILABEL else ("classification",) for name in NEEDS}
 OUTPUTS = ("probs", "mc_probs", "members", "teacher_probs", "embeddings")
 PICK_OUTPUTS = ("probs", "embeddings")  # what a scoring pass keeps for every pool row
 
 
-def names() -> tuple[str, ...]:
-    """Every strategy :func:`select` knows: the built-in ones, then the registered ones."""
-    return tuple(NEEDS)
+def names(task: Optional[str] = None) -> tuple[str, ...]:
+    """Every strategy :func:`select` knows (for ``task``, those meant for it): built-in, then registered."""
+    return tuple(n for n in NEEDS if task is None or task in TASKS_OF[n])
 
 
 def register_strategy(name: str, score: Optional[Callable[[PoolOutputs], np.ndarray]] = None, *,
-                      pick: Optional[Pick] = None, needs=("probs",), replace: bool = False) -> str:
+                      pick: Optional[Pick] = None, needs=("probs",), tasks=("classification",),
+                      replace: bool = False) -> str:
     """Make a strategy of your own available by ``name`` to :func:`select`, ``kdflow active``
     (``active.strategy: NAME``; ``active.strategy_modules`` imports the module that registers it) and
     ``compare_strategies``.
@@ -202,7 +237,9 @@ def register_strategy(name: str, score: Optional[Callable[[PoolOutputs], np.ndar
     chunks, so it sees one chunk's rows at a time, and ``active.diversity`` applies) or ``pick(outputs, k,
     candidates, labelled, seed) -> positions`` (best first; sees the whole pool's rows, of ``probs`` and
     ``embeddings`` only). ``needs``: the :class:`PoolOutputs` parts it reads (``probs``, ``mc_probs``,
-    ``members``, ``teacher_probs``, ``embeddings``); the loop computes only those. Returns ``name``."""
+    ``members``, ``teacher_probs``, ``embeddings``); the loop computes only those. ``tasks``: the task kinds its
+    scores mean something for (``probs`` are softmax class probabilities under classification, one sigmoid per
+    label under multilabel). Returns ``name``."""
     if (score is None) == (pick is None):
         raise ValueError("register_strategy takes either score= or pick=, exactly one")
     if not isinstance(name, str) or not name.strip():
@@ -222,6 +259,7 @@ def register_strategy(name: str, score: Optional[Callable[[PoolOutputs], np.ndar
     PICKS.pop(name, None)
     (SCORES if score is not None else PICKS)[name] = score if score is not None else pick
     NEEDS[name] = needs
+    TASKS_OF[name] = tuple(tasks)
     return name
 
 
@@ -271,7 +309,8 @@ def _checked(strategy: str, picked, k: int, candidates: np.ndarray) -> np.ndarra
     return picked
 
 
-__all__ = ["PoolOutputs", "STRATEGIES", "SCORES", "PICKS", "NEEDS", "OUTPUTS", "names", "register_strategy", "score",
+__all__ = ["PoolOutputs", "STRATEGIES", "SCORES", "PICKS", "NEEDS", "OUTPUTS", "TASKS_OF", "mean_binary_entropy",
+           "threshold_margin", "cardinality", "names", "register_strategy", "score",
            "select", "least_confidence", "margin", "entropy", "bald", "vote_entropy", "committee_kl", "disagreement",
            "neighbour_vote", "check_probs", "tie_keys", "top_k", "min_sq_dist", "k_centre_greedy", "diverse_top_k",
            "coreset", "badge", "order"]

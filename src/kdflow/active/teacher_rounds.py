@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from .. import pipeline
-from ..data import IGNORE
 from ..data.leakage import clean_part
 from ..distillation.distiller import Distiller, freeze
 from ..distillation.losses import label_loss
@@ -86,7 +85,7 @@ def _distil_student(ctx: Context, r: int) -> tuple[torch.nn.Module, FitResult]:
     or skipped) never."""
     cfg, run, state = ctx.cfg, ctx.run, ctx.state
     acc = run.acc = make_accelerator(cfg.train)
-    pool = ctx.with_labels(np.union1d(state.labelled_positions, state.candidates), unlabelled=IGNORE)
+    pool = ctx.with_labels(np.union1d(state.labelled_positions, state.candidates), unlabelled=True)
     distiller = Distiller(ctx.teacher, cfg.distill, run.data.task)
     # no cache: each round's teacher is new, so its outputs would only pile up in the cache folder
     distiller.set_targets(teacher_logits(run, ctx.teacher, pool, pipeline.featurizer(run, ctx.tokenizer), None))

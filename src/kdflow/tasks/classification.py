@@ -102,8 +102,14 @@ def hf_matches(num_labels: int, problem_type) -> bool:
     return num_labels != 1 and problem_type not in ("regression", "multi_label_classification")
 
 
+def predict(logits: np.ndarray) -> np.ndarray:
+    """The hard predictions, one number per decision (the stabilising-predictions rule compares them)."""
+    return np.asarray(logits).argmax(-1)
+
+
 KIND = TaskKind(
     name="classification", metrics=("accuracy", "macro_f1", "f1", "mcc"), headline="accuracy",
     classes=True, named=True, label_sets=False, hard_loss="ce", soft_loss="kd", hinton="hinton",
     no_targets=no_targets, quality=quality, tune=None, details=details, majority=majority, linear=linear,
-    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches)
+    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches,
+    activation="softmax", predict=predict)

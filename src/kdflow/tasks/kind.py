@@ -33,6 +33,8 @@ class TaskKind:
     hf_head: Callable[[Optional[list]], dict]  # label names -> a Hugging Face config's head settings
     head_matches: Callable[[Optional[list], Optional[list], dict], bool]  # (its names, ours, its config)
     findings: Callable[[list, np.ndarray], list]  # (label names, train targets) -> [(severity, message)]
+    activation: str           # what turns logits into the probabilities strategies read: softmax, sigmoid, none
+    predict: Callable[[np.ndarray], np.ndarray]  # logits -> the hard predictions (kappa between rounds)
     hf_matches: Callable[[int, Optional[str]], bool]  # (num_labels, problem_type) of a HF config: this kind?
 
 

@@ -136,8 +136,14 @@ def hf_matches(num_labels: int, problem_type) -> bool:
     return problem_type == "multi_label_classification"
 
 
+def predict(logits: np.ndarray) -> np.ndarray:
+    """The hard predictions, one number per decision (the stabilising-predictions rule compares them)."""
+    return decide(logits).astype(np.int64).reshape(-1)
+
+
 KIND = TaskKind(
     name="multilabel", metrics=("micro_f1", "macro_f1", "subset_accuracy"), headline="micro_f1",
     classes=False, named=True, label_sets=True, hard_loss="bce", soft_loss="binary_kd", hinton="binary_kd",
     no_targets=no_targets, quality=quality, tune=tune_thresholds, details=details, majority=majority, linear=linear,
-    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches)
+    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches,
+    activation="sigmoid", predict=predict)

@@ -69,8 +69,14 @@ def hf_matches(num_labels: int, problem_type) -> bool:
     return num_labels == 1 or problem_type == "regression"
 
 
+def predict(logits: np.ndarray) -> np.ndarray:
+    """The hard predictions, one number per decision (the stabilising-predictions rule compares them)."""
+    return np.asarray(logits).reshape(-1)
+
+
 KIND = TaskKind(
     name="regression", metrics=("pearson", "spearman", "neg_mse"), headline="pearson",
     classes=False, named=False, label_sets=False, hard_loss="mse", soft_loss="mse", hinton="mse",
     no_targets=no_targets, quality=quality, tune=None, details=details, majority=majority, linear=linear,
-    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches)
+    chance=chance, hf_head=hf_head, head_matches=head_matches, findings=findings, hf_matches=hf_matches,
+    activation="none", predict=predict)
