@@ -190,7 +190,8 @@ def test_teach_distill_evaluate_through_main_keep_the_tuned_thresholds(ml_cfg, c
     assert set(student["teacher_test"]) == set(taught["test"])
     # export: the ONNX graph returns scores, the thresholds beside it turn them into labels; each form is scored
     # with its model's thresholds
-    assert main(["export", str(folder / "ml"), "--onnx", "--no-memory", "--latency-examples", "4", "--repeats", "1"]) == 0
+    assert main(["export", str(folder / "ml"), "--onnx", "--no-memory", "--latency-examples", "4",
+                 "--repeats", "1"]) == 0
     beside = json.loads((folder / "ml" / "export" / "student.decision.json").read_text())
     assert beside["per_label"] == student["decision"]["per_label"] and beside["labels"] == ["cancel", "room", "spa",
                                                                                                "wifi"]
@@ -210,7 +211,8 @@ def test_what_does_not_apply_to_multilabel_is_refused_in_one_sentence(ml_cfg, tm
     raw = {**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "refusals" / "teacher")}}}
     cases = [({"active": {"initial": 8}}, "active", "active.strategy entropy is not meant for data.task multilabel"),
              ({"distill": {"logit_loss": "dkd"}}, "distill", "dkd is for classification, and this data is multilabel"),
-             ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill", "layer scoring .* needs a classification task")]
+             ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill",
+              "layer scoring .* needs a classification task")]
     for extra, command, message in cases:
         cfg = {**raw, **extra, "run": {**raw["run"], "name": f"refused-{command}"}}
         with pytest.raises(KdflowError, match=message):
@@ -266,3 +268,32 @@ def test_active_learning_on_label_sets(ml_cfg):
                                                                                                 "stratified sorts")):
         with pytest.raises(KdflowError, match=message):
             run("al-refused", **active)
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("online-transfer", {"distill": {"mode": "online", "alpha": 0.9}, "data": {"unlabelled": "unl.csv"}}),
+    ("guide", {"distill": {"mode": "guide", "guide_every": 1}}),
+    ("layers", {"distill": {"intermediate": True, "layers": "last:1", "logit_loss": "mse"}}),
+    ("dkvb", {"model": {"student": {"kind": "dkvb"}}}),
+])
+def test_the_other_modes_and_students_distil_label_sets(ml_cfg, name, extra):
+    folder, raw = ml_cfg
+    unl = folder / "unl.csv"  # new texts: the transfer set (labelled by the teacher only)
+    unl.write_text("text\n" + "\n".join(f"{r['text']} extra{i}" for i, r in enumerate(label_sets(30, 9))) + "\n")
+    run = f"modes-{name}"
+    cfg = {**raw, "run": {**raw["run"], "name": run}}
+    kdflow.teach(cfg)
+    cfg["model"] = {**raw["model"], "teacher": {"name": str(folder / run / "teacher")}}
+    for section, values in extra.items():
+        values = {k: str(unl) if v == "unl.csv" else v for k, v in values.items()}
+        cfg[section] = {**cfg.get(section, {}), **values}
+        if section == "model":
+            cfg["model"] = {**cfg["model"], "student": values["student"]}
+    if name == "guide":  # guide mode trains the teacher alongside: it starts from model.teacher as given
+        cfg["model"] = raw["model"]
+    out = kdflow.distill(cfg)
+    assert set(out["test"]) == {"micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
+    assert len(out["decision"]["per_label"]) == 4 and (folder / run / "student" / "kdflow_labels.json").is_file()
+    assert "loss_kd" in (folder / run / "metrics.csv").read_text()
+    if name == "online-transfer":
+        assert "unlabelled (transfer set): 30 examples" in (folder / run / "log.txt").read_text()
