@@ -22,7 +22,7 @@ from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
 from .data import Featurizer, TaskData, image_preprocess, input_batches, load_data, make_featurizer
 from .data.leakage import clean_part, overlaps
-from .engine.run import Run, eval_fn, tuned_decision
+from .engine.run import Run, eval_fn, validation_scores
 from .engine.runfolder import guard
 from .engine.runlog import RunLog
 from .engine.train import FitResult, make_accelerator
@@ -285,10 +285,9 @@ def final_metrics(run: Run, model: nn.Module, feat: Featurizer, result: Optional
     if result is not None:
         entry.update(best_epoch=result.best_epoch + 1, epochs_run=result.epochs_run,
                      train_seconds=round(result.seconds, 1))
-    decision = tuned_decision(run, model, feat, bs)  # multilabel: thresholds chosen on validation, then kept
+    decision, entry["validation"] = validation_scores(run, model, feat, bs)  # multilabel: thresholds chosen there
     if decision is not None:
         entry["decision"] = decision
-    entry["validation"] = eval_fn(run, run.data.validation, feat, bs, decision=decision)(model)
     if run.data.test is not None:
         entry["test"] = eval_fn(run, run.data.test, feat, bs, decision=decision)(model)
     for name, split in run.data.extra_tests.items():  # e.g. MNLI mismatched, scored beside test

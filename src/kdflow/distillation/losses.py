@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks import task_kind
-
-IGNORE = -100
+from ..tasks.classification import IGNORE  # the label of an example without one (cross-entropy skips it)
 
 
 def _masked_mean(per_example: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

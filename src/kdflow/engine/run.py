@@ -46,23 +46,28 @@ def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str 
             decision: Optional[dict] = None) -> Callable[[nn.Module], dict]:
     """``evaluate(model) -> metrics`` on ``split`` (sharded over processes, gathered), by the task's default
     decision rule or ``decision`` (multilabel: thresholds tuned on validation)."""
-    dl = run.acc.prepare_data_loader(loader(split, make_collate(split, feat), batch_size, shuffle=False))
+    outputs = predict_fn(run, split, feat, batch_size, key)
 
     def evaluate(model) -> dict:
-        logits, targets = predict(model, dl, run.acc, key)
+        logits, targets = outputs(model)
         return quality(logits, targets, run.data.task, decision)
     return evaluate
 
 
-def tuned_decision(run: Run, model: nn.Module, feat: Featurizer, batch_size: int) -> Optional[dict]:
-    """The decision rule the task kind tunes on the validation split (multilabel: thresholds), or None."""
+def predict_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"
+               ) -> Callable[[nn.Module], tuple]:
+    """``outputs(model) -> (logits, targets)`` on ``split`` (sharded over processes, gathered)."""
+    dl = run.acc.prepare_data_loader(loader(split, make_collate(split, feat), batch_size, shuffle=False))
+    return lambda model: predict(model, dl, run.acc, key)
+
+
+def validation_scores(run: Run, model: nn.Module, feat: Featurizer, batch_size: int) -> tuple[Optional[dict], dict]:
+    """One pass over the validation split: the decision rule the task kind tunes there (multilabel: thresholds;
+    None for the others) and the validation metrics by it."""
+    logits, targets = predict_fn(run, run.data.validation, feat, batch_size)(model)
     tune = task_kind(run.data.task).tune
-    if tune is None:
-        return None
-    dl = run.acc.prepare_data_loader(loader(run.data.validation, make_collate(run.data.validation, feat),
-                                            batch_size, shuffle=False))
-    logits, targets = predict(model, dl, run.acc)
-    return tune(logits, targets)
+    decision = tune(logits, targets) if tune is not None else None
+    return decision, quality(logits, targets, run.data.task, decision)
 
 
-__all__ = ["Run", "eval_fn", "tuned_decision"]
+__all__ = ["Run", "eval_fn", "predict_fn", "validation_scores"]
