@@ -168,7 +168,7 @@ def test_logit_loss_names_resolve_by_task_and_teachers_or_say_what_is_wrong():
     assert resolve_logit_loss("hinton", "classification", 1) == "hinton"
     assert resolve_logit_loss("hinton", "classification", 3) == "multi_teacher"
     assert resolve_logit_loss("hinton", "regression", 1) == "mse"
-    with pytest.raises(KdflowError, match="dkd is for classification, and this data is regression"):
+    with pytest.raises(KdflowError, match="dkd is for classification and tokens, and this data is regression"):
         resolve_logit_loss("dkd", "regression", 1)
     with pytest.raises(KdflowError, match="dkd distils one teacher's targets; drop distill.extra_teachers"):
         resolve_logit_loss("dkd", "classification", 2)

@@ -210,7 +210,8 @@ def test_what_does_not_apply_to_multilabel_is_refused_in_one_sentence(ml_cfg, tm
     kdflow.teach({**raw, "run": {**raw["run"], "name": "refusals"}})
     raw = {**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "refusals" / "teacher")}}}
     cases = [({"active": {"initial": 8}}, "active", "active.strategy entropy is not meant for data.task multilabel"),
-             ({"distill": {"logit_loss": "dkd"}}, "distill", "dkd is for classification, and this data is multilabel"),
+             ({"distill": {"logit_loss": "dkd"}}, "distill",
+              "dkd is for classification and tokens, and this data is multilabel"),
              ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill",
               "layer scoring .* needs a classification task")]
     for extra, command, message in cases:

@@ -101,7 +101,8 @@ def _distill(cfg, resume: bool, overwrite: bool) -> dict:
     if run.acc.is_main_process:
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
     teacher_test = teacher_test_logits(run, distiller, t_feat, targets)
-    scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task)} if teacher_test is not None else {}
+    scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task, names=d.label_names)} \
+        if teacher_test is not None else {}
     entry = pipeline.final_metrics(run, student, s_feat, result, distill=_distill_info(dc, pairs, distiller, targets),
                                    compression=round(n_t / n_s, 2), **scored)
     if run.acc.is_main_process and "decision" in entry:
@@ -204,7 +205,7 @@ def compare(teacher: str, student: str, config=None, overrides: Optional[list[st
     cfg = load_config(config, overrides)
     data = load_data(cfg.data)
     part = data.split(split)
-    t, s = (_saved_contestant(name, folder, data, cfg.data.max_length)
+    t, s = (_saved_contestant(name, folder, data, cfg.data.max_length, cfg.data.subwords)
             for name, folder in (("teacher", teacher), ("student", student)))
     work = Path(out_dir or tempfile.mkdtemp(prefix="kdflow-export-"))
     students = [s]
@@ -215,12 +216,13 @@ def compare(teacher: str, student: str, config=None, overrides: Optional[list[st
     return compare_models(t, students, part, data.task, data.label_names, options, work)
 
 
-def _saved_contestant(name: str, folder: str, data, max_length: int) -> Contestant:
+def _saved_contestant(name: str, folder: str, data, max_length: int, subwords: str = "first") -> Contestant:
     model, tok, labels, task = models.load_saved(folder)
     if labels != data.label_names or task != data.task:
         raise KdflowError(f"The model in '{folder}' was trained for other labels than this data's; "
                           "compare models of the same task")
-    return Contestant(name, model, make_featurizer(data.modality, tok, max_length), files_size_mb(folder),
+    return Contestant(name, model, make_featurizer(data.modality, tok, max_length, subwords=subwords),
+                      files_size_mb(folder),
                       models.saved_decision(folder))
 
 

@@ -20,8 +20,10 @@ def check_metric(metric: str, task: str, num_labels: int, key: str = "train.metr
                           "use macro_f1")
 
 
-def quality(logits: np.ndarray, targets: np.ndarray, task: str, decision: Optional[dict] = None) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, task: str, decision: Optional[dict] = None,
+            names: Optional[list] = None) -> dict[str, float]:
     """The metrics of ``task`` (its :data:`kdflow.tasks.TASKS` entry): for classification accuracy, macro F1,
     MCC, and for two classes F1 of label 1; for regression MSE (and neg_mse), Pearson, Spearman; for multilabel
-    micro / macro F1, subset accuracy and Hamming loss at the ``decision``'s thresholds (0.5 without one)."""
-    return task_kind(task).quality(logits, targets, decision)
+    micro / macro F1, subset accuracy and Hamming loss at the ``decision``'s thresholds (0.5 without one); for
+    token tagging entity-level F1, precision, recall and token accuracy (``names``: the tags)."""
+    return task_kind(task).quality(logits, targets, decision, names)

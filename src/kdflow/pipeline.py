@@ -29,6 +29,7 @@ from .engine.train import FitResult, make_accelerator
 from .errors import KdflowError
 from .files import may_be_folder
 from .metrics import check_metric
+from .tasks import task_kind
 
 
 @dataclass
@@ -44,6 +45,9 @@ def check_inputs(cfg: Config, role: str = "teacher") -> None:
     check_paths(cfg)
     for side in ("teacher", "student"):
         spec = getattr(cfg.model, side)
+        if task_kind(cfg.data.task).per_word and spec.kind != "hf":
+            raise KdflowError(f"Token tagging (data.task {cfg.data.task}) runs Hugging Face token classifiers, and "
+                              f"model.{side} is of kind {spec.kind}; set model.{side}.kind: hf")
         models.kind(spec).check(spec, side, cfg.data)
     dc = cfg.distill
     if role == "teacher":
@@ -207,7 +211,7 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
     if spec.prune_vocab is None and why_not:
         run.info(f"[student] vocabulary kept whole (prune_vocab auto: {why_not})")
     elif spec.prune_vocab is not False:
-        kept = used_token_ids(s_tokenizer, d.train.inputs["text"], d.train.inputs.get("text_pair"),
+        kept = used_token_ids(s_tokenizer, texts_of(d.train), d.train.inputs.get("text_pair"),
                               run.cfg.data.max_length)
         if spec.prune_vocab or not _unseen_too_often(run, s_tokenizer, kept):
             before = len(s_tokenizer)
@@ -233,14 +237,22 @@ def image_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
     return models.kind(spec).student(spec, run.build_context(own, teacher))
 
 
+def texts_of(split) -> Optional[list[str]]:
+    """The split's text as a tokenizer reads it: its ``text``, or its words joined by spaces (token tagging)."""
+    if "text" in split.inputs:
+        return split.inputs["text"]
+    return [" ".join(map(str, w)) for w in split.inputs["words"]] if "words" in split.inputs else None
+
+
 def _unseen_too_often(run: Run, tokenizer, kept: list[int]) -> bool:
     """prune_vocab auto: whether the validation split has so many word pieces outside ``kept`` (the training
     text's) -- more than PRUNE_AUTO_MAX_UNSEEN -- that the vocabulary is better kept whole (then logged)."""
     from .deploy.prune import PRUNE_AUTO_MAX_UNSEEN, unseen_share
     d, length = run.data, run.cfg.data.max_length
-    if "text" not in d.validation.inputs:
+    texts = texts_of(d.validation)
+    if texts is None:
         return False
-    share = unseen_share(tokenizer, kept, d.validation.inputs["text"], d.validation.inputs.get("text_pair"), length)
+    share = unseen_share(tokenizer, kept, texts, d.validation.inputs.get("text_pair"), length)
     if share <= PRUNE_AUTO_MAX_UNSEEN:
         return False
     run.info(f"[student] vocabulary kept whole (prune_vocab auto): {share:.1%} of the validation split's word pieces "
@@ -272,7 +284,7 @@ def featurizer(run: Run, tokenizer) -> Featurizer:
     """The featurizer of the run's data (its modality) for a model reading through ``tokenizer``; it augments
     training batches as ``data.augment`` says."""
     dc = run.cfg.data
-    return make_featurizer(run.data.modality, tokenizer, dc.max_length, dc.augment, dc.crop_padding)
+    return make_featurizer(run.data.modality, tokenizer, dc.max_length, dc.augment, dc.crop_padding, dc.subwords)
 
 
 # ------------------------------------------------------------------ evaluation and records

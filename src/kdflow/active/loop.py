@@ -299,7 +299,7 @@ def _active(cfg: Config, command: str, resume: bool, overwrite: bool, labels: Op
     if cfg.active.stop_parity:  # before the resume checks: a run that stopped at parity stays stopped
         v = ctx.run.data.validation
         t_logits = teacher_logits(ctx.run, ctx.teacher, v, pipeline.featurizer(ctx.run, ctx.tokenizer), ctx.cache)
-        ctx.teacher_val = quality(t_logits.numpy(), v.targets, ctx.run.data.task)
+        ctx.teacher_val = quality(t_logits.numpy(), v.targets, ctx.run.data.task, names=ctx.run.data.label_names)
     state = loop.open_state(resume)
     if labels is not None and state.phase != "wait":
         raise KdflowError(f"No batch is waiting for labels in '{cfg.run_dir}' (the run is at its "

@@ -137,14 +137,14 @@ def evaluate_round(ctx: Context, model, r: int, new: int, result) -> dict:
               "best_epoch": result.best_epoch + 1, "train_seconds": round(result.seconds, 2),
               "select_seconds": (ctx.state.batch_meta[r] if r < len(ctx.state.batch_meta) else {}
                                  ).get("select_seconds"),
-              "validation": quality(val_logits, d.validation.targets, d.task), "kappa": agreement}
+              "validation": quality(val_logits, d.validation.targets, d.task, names=d.label_names), "kappa": agreement}
     if ctx.ac.evaluate_test and d.test is not None:
         logits = run(d.test)
-        record["test"] = quality(logits, d.test.targets, d.task)
+        record["test"] = quality(logits, d.test.targets, d.task, names=d.label_names)
         o = ctx.run.overlap.get("test")  # beside it, whenever test repeats training data: its other examples'
         if o is not None and o.count < o.size:
             keep = np.setdiff1d(np.arange(len(d.test)), o.rows)
-            record["test_clean"] = quality(logits[keep], d.test.targets[keep], d.task)
+            record["test_clean"] = quality(logits[keep], d.test.targets[keep], d.task, names=d.label_names)
     record["_val_pred"] = pred.tolist()
     model.cpu()
     return record

@@ -143,6 +143,9 @@ def check(cfg: Config) -> None:
     """Settings that cannot work together, named before any work starts."""
     ac, d = cfg.active, cfg.data
     kind = task_kind(d.task)
+    if kind.per_word:
+        raise KdflowError("kdflow active does not select sentences for token tagging yet (its strategies score one "
+                          "output per example); label a random sample, or use data.task classification or multilabel")
     if not kind.named:
         raise KdflowError(f"kdflow active needs data.task classification or multilabel (its strategies score label "
                           f"probabilities), and this data is {d.task}")

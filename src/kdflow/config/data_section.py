@@ -37,6 +37,12 @@ class DataConfig(Strict):
     so with ``augment`` the distillation mode defaults to ``online``, and ``offline``
     and ``guide`` (which push cached soft labels) are refused.
 
+    Token tagging (``task: tokens``): ``data.train`` (+ ``validation``, ``test``) are CoNLL files (``token ...
+    tag`` per line, a blank line between sentences; ``format: conll``, or any suffix but .json/.jsonl), or JSON /
+    JSON lines with ``tokens`` and ``tags`` per row, or ``text_column`` with character spans in ``slots``
+    (NLU++'s layout), converted to BIO on reading (:mod:`kdflow.data.tagging`). ``subwords``: ``first`` (a
+    word's output is its first sub-token's) or ``all`` (the mean over its sub-tokens, every one trained).
+
     Without a validation split, a seeded stratified ``validation_fraction`` of
     train is held out. The test split is never used for model selection.
 
@@ -69,7 +75,7 @@ class DataConfig(Strict):
     test: Optional[str] = None
     extra_tests: dict[str, str] = Field(default_factory=dict)
     glue: Optional[Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]] = None
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc", "npz", "folder"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "clinc", "npz", "folder", "conll"] = "auto"
     header: bool = True
     columns: Optional[list[str]] = None
     text_column: str = "text"
@@ -88,7 +94,10 @@ class DataConfig(Strict):
     image_size: Optional[int] = Field(None, ge=4, le=1024)
     augment: list[Literal["crop", "flip"]] = Field(default_factory=list)
     crop_padding: int = Field(4, ge=1, le=64)
-    task: str = "classification"  # a kdflow.tasks.TASKS entry: classification, regression, multilabel
+    task: str = "classification"  # a kdflow.tasks.TASKS entry: classification, regression, multilabel, tokens
+    # token tagging: which sub-tokens of a word carry its tag and make its output: the first, or all (the mean
+    # of every sub-token's logits)
+    subwords: Literal["first", "all"] = "first"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
     max_length: int = Field(128, ge=4, le=4096)
     max_train_examples: Optional[int] = Field(None, ge=2)
@@ -162,6 +171,15 @@ class DataConfig(Strict):
         if self.values_column and (self.image_shape or self.image_column):
             raise ValueError("data.values_column (numeric sequences) and data.image_shape / data.image_column "
                              "(images) describe different inputs; keep one of them")
+        if TASKS[self.task].per_word:
+            other = [k for k in ("hub", "path", "packaged", "unlabelled", "values_column", "image_shape",
+                                 "text_pair_column") if getattr(self, k)]
+            if other:
+                raise ValueError(f"data.task {self.task} reads tagged sentences from data.train / validation / test "
+                                 f"files (CoNLL, or JSON with tokens and tags or text with slot spans); drop "
+                                 f"data.{other[0]}")
+        elif self.format == "conll":
+            raise ValueError("data.format conll holds tagged words, one per line; set data.task: tokens")
         if self.glue and self.path:
             raise ValueError("data.glue reads one file per split (data.train, data.validation, data.test) or "
                              "data.hub; data.path is for the CLINC150 layout")

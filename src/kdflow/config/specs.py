@@ -84,10 +84,15 @@ class HFSpec(TransformerSizes):
     from the teacher unless ``init_from_teacher: false``: its embeddings (through a PCA
     projection when narrower) and, at the teacher's width, the blocks ``teacher_layers``
     (indices, or ``auto``, the top blocks of ``kdflow layers``; by default evenly
-    spread, ending at the last). ``init_from_teacher: null`` (the default) = auto: on."""
+    spread, ending at the last). ``init_from_teacher: null`` (the default) = auto: on.
+    ``pooling``: what the sentence head reads: ``cls`` (the model's own pooler over the first token) or
+    ``mean`` (the mean of the last hidden states over real tokens, how sentence-transformers checkpoints
+    such as all-MiniLM-L6-v2 were trained); null: the saved model's choice, else ``cls``; a student of the
+    teacher's family inherits the teacher's."""
 
     kind: Literal["hf"] = "hf"
     init_from_teacher: Optional[bool] = None
+    pooling: Optional[Literal["cls", "mean"]] = None
     teacher_layers: Optional["list[int] | Literal['auto']"] = None
 
     @model_validator(mode="after")

@@ -100,6 +100,57 @@ class TextFeaturizer(CachedFeaturizer):
         return batch
 
 
+class WordsFeaturizer(TextFeaturizer):
+    """Sentences as words (token tagging): each word tokenized into sub-tokens; ``word_ids`` ``[B, L]`` says
+    which word each sub-token belongs to (-1: a special token, padding, or with ``subwords: first`` a word's
+    later sub-tokens) and ``word_mask`` ``[B, W]`` (``W`` = ``max_length``) which of the output positions are
+    words. A sentence longer than ``max_length`` sub-tokens is refused: its last words would go untagged."""
+
+    field = "words"
+
+    def __init__(self, tokenizer, max_length: int = 128, subwords: str = "first"):
+        super().__init__(tokenizer, max_length)
+        self.subwords = subwords
+
+    def _encode(self, split: Split, positions: list[int]) -> list[dict]:
+        if self.tokenizer is None or not getattr(self.tokenizer, "is_fast", False):
+            raise KdflowError("Token tagging aligns words to sub-tokens through a fast (Rust) tokenizer, and this "
+                              "model has none; give a model whose tokenizer.json is saved with it")
+        sentences = [[str(w) for w in split.inputs["words"][i]] for i in positions]
+        enc = self.tokenizer(sentences, is_split_into_words=True, truncation=False)
+        names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in enc]
+        rows = []
+        for j, i in enumerate(positions):
+            ids = enc.word_ids(j)
+            if len(ids) > self.max_length:
+                raise KdflowError(f"Sentence {split.ids[i]} of the {split.name} split is {len(ids)} sub-tokens long, "
+                                  f"more than data.max_length {self.max_length}; raise data.max_length or split the "
+                                  "sentence")
+            missing = set(range(len(sentences[j]))) - {w for w in ids if w is not None}
+            if missing:
+                word = sentences[j][min(missing)]
+                raise KdflowError(f"Word {word!r} of sentence {split.ids[i]} ({split.name} split) becomes no "
+                                  "sub-token in this tokenizer (a space or control character?); drop it from the "
+                                  "sentence")
+            words, last = [], None
+            for w in ids:
+                first = w is not None and w != last
+                words.append(w if w is not None and (first or self.subwords == "all") else -1)
+                last = w
+            rows.append({**{n: enc[n][j] for n in names}, "word_ids": words})
+        return rows
+
+    def collate(self, rows: list[dict], train: bool = False) -> dict[str, torch.Tensor]:
+        text = super().collate([{k: v for k, v in r.items() if k != "word_ids"} for r in rows], train)
+        length = text["input_ids"].shape[1]
+        word_ids = torch.full((len(rows), length), -1, dtype=torch.long)
+        word_mask = torch.zeros((len(rows), self.max_length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            word_ids[i, : len(r["word_ids"])] = torch.tensor(r["word_ids"], dtype=torch.long)
+            word_mask[i, : max(r["word_ids"]) + 1] = 1
+        return {**text, "word_ids": word_ids, "word_mask": word_mask}
+
+
 class ValuesFeaturizer(CachedFeaturizer):
     """Numeric sequences (``inputs["values"]``, each ``[L]`` or ``[L, D]``): padded into
     ``[B, L, D]`` float tensors with an attention mask. Reads no tokens (``tokenizer`` is ignored)."""
@@ -264,7 +315,7 @@ class ImageFeaturizer(CachedFeaturizer):
 
 # modality -> featurizer class, constructed as cls(tokenizer, max_length); the first whose field the data has wins
 FEATURIZERS: dict[str, type[CachedFeaturizer]] = {"values": ValuesFeaturizer, "image": ImageFeaturizer,
-                                                  "text": TextFeaturizer}
+                                                  "words": WordsFeaturizer, "text": TextFeaturizer}
 
 
 def modality_of(inputs: dict) -> str:
@@ -273,17 +324,20 @@ def modality_of(inputs: dict) -> str:
 
 
 def make_featurizer(modality: str, tokenizer=None, max_length: int = 128, augment: Sequence[str] = (),
-                    crop_padding: int = 4) -> Featurizer:
+                    crop_padding: int = 4, subwords: str = "first") -> Featurizer:
     """The featurizer of a modality (``TaskData.modality``); ``tokenizer``: the model's (an
-    :class:`ImagePreprocess` for images); ``augment`` (training batches; images only)."""
+    :class:`ImagePreprocess` for images); ``augment`` (training batches; images only); ``subwords``: which
+    sub-tokens of a word make its output (token tagging)."""
     if modality == "image":
         return ImageFeaturizer(tokenizer, max_length, augment, crop_padding)
+    if modality == "words":
+        return WordsFeaturizer(tokenizer, max_length, subwords)
     if augment:
         raise KdflowError(f"data.augment ({', '.join(augment)}) transforms images, and this data holds {modality}; "
                           "drop data.augment")
     return FEATURIZERS[modality](tokenizer, max_length)
 
 
-__all__ = ["image_stats", "Featurizer", "CachedFeaturizer", "TextFeaturizer", "ValuesFeaturizer", "ImageFeaturizer",
-           "ImagePreprocess", "IMAGE_FILE", "image_preprocess", "augment_batch", "FEATURIZERS", "modality_of",
-           "make_featurizer"]
+__all__ = ["image_stats", "Featurizer", "CachedFeaturizer", "TextFeaturizer", "WordsFeaturizer", "ValuesFeaturizer",
+           "ImageFeaturizer", "ImagePreprocess", "IMAGE_FILE", "image_preprocess", "augment_batch", "FEATURIZERS",
+           "modality_of", "make_featurizer"]

@@ -16,7 +16,9 @@ from ..config import DataConfig
 from ..config.glue import glue_task
 from ..errors import KdflowError
 from ..tasks import task_kind
+from ..tasks.tokens import NO_WORD
 from .features import modality_of
+from .glue_files import read_glue_files
 from .hub import read_hub
 from .images import pixel_inputs, read_image_folder, read_npz, read_packaged, read_unlabelled_images, same_shape
 from .leakage import overlapping
@@ -31,7 +33,7 @@ from .tables import (
     split_files,
     text_inputs,
 )
-from .glue_files import read_glue_files
+from .tagging import read_tagged, tag_names
 
 MISSING_LABELS = {"", "nan", "null", "none"}  # label cells that read as a missing value (any case)
 
@@ -53,9 +55,11 @@ def refuse_missing_labels(parts: dict[str, tuple[dict, list]], cfg: DataConfig) 
 
 def label_map(raw_labels: list, cfg: DataConfig) -> list[str]:
     """Sorted label names: integers in numeric order first, then strings (the names in train's label sets,
-    multilabel; ``data.label_names`` where given)."""
+    multilabel; train's tags, ``O`` first, token tagging; ``data.label_names`` where given)."""
     if cfg.label_names:
         return list(cfg.label_names)
+    if task_kind(cfg.task).per_word:
+        return tag_names(raw_labels)
     sets = task_kind(cfg.task).label_sets
     seen = {str(y) for labels in raw_labels for y in labels} if sets else {str(y) for y in raw_labels}
     names = sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
@@ -95,10 +99,32 @@ def source_of(cfg: DataConfig, split: str) -> str:
     return f"hub data set '{cfg.hub}'" if cfg.hub else f"file '{cfg.path}'" if cfg.path else f"data.{split}"
 
 
+def word_targets(raw: list, names: list[str], split: str, cfg: DataConfig) -> np.ndarray:
+    """``[N, data.max_length]`` tag indices per word, :data:`~kdflow.tasks.tokens.NO_WORD` past each sentence."""
+    index = {n: i for i, n in enumerate(names)}
+    out = np.full((len(raw), cfg.max_length), NO_WORD, dtype=np.int64)
+    for i, tags in enumerate(raw):
+        if len(tags) > cfg.max_length:
+            raise KdflowError(f"Sentence {i} of the {split} split ({source_of(cfg, split)}) has {len(tags)} words, "
+                              f"more than data.max_length {cfg.max_length}; raise data.max_length or split the "
+                              "sentence")
+        for j, tag in enumerate(tags):
+            k = index.get(tag)
+            if k is None:
+                raise KdflowError(f"Tag {tag!r} (sentence {i} of the {split} split) "
+                                  + ("is not one of data.label_names; add it there" if cfg.label_names else
+                                     "does not occur in train; every evaluation tag must be one of the training "
+                                     "tags, or list them all in data.label_names"))
+            out[i, j] = k
+    return out
+
+
 def targets(raw: list, names: Optional[list[str]], split: str, cfg: DataConfig) -> np.ndarray:
     """Class indices under ``names`` (or floats for regression); an unknown label names its row."""
     if names is None:
         return _regression_targets(raw, split, cfg)
+    if task_kind(cfg.task).per_word:
+        return word_targets(raw, names, split, cfg)
     index = {n: i for i, n in enumerate(names)}
     sets = task_kind(cfg.task).label_sets
     out = np.zeros((len(raw), len(names)), dtype=np.float32) if sets else np.empty(len(raw), dtype=np.int64)
@@ -134,6 +160,9 @@ def _read_source(cfg: DataConfig, notes: list[str]) -> dict[str, tuple[dict, lis
         parts = read_path(cfg)
     elif cfg.glue:
         parts = read_glue_files(cfg, glue_task(cfg.glue))
+    elif task_kind(cfg.task).per_word:
+        parts = {part: read_tagged(path, key, cfg.format, notes, cfg.text_column) for part, key, path in
+                 split_files(cfg)}
     else:
         parts = read_split_files(cfg)
     if "train" not in parts:

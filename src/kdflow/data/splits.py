@@ -40,6 +40,8 @@ class Split:
     def labelled(self) -> np.ndarray:
         """Positions of the examples that carry a label (not -100 / NaN / a row of NaN)."""
         t = self.targets
+        if t.ndim == 2 and t.dtype.kind != "f":  # tags per word: a sentence with a known tag
+            return np.flatnonzero((t >= 0).any(1))
         if t.ndim == 2:  # multi-hot label sets: a row of NaN has no label known
             return np.flatnonzero(~np.isnan(t).any(1))
         return np.flatnonzero(~np.isnan(t)) if t.dtype.kind == "f" else np.flatnonzero(t != IGNORE)

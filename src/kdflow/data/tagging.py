@@ -132,4 +132,30 @@ def read_tagged_json(path: Path, notes: Optional[list[str]] = None, text_key: st
     return out
 
 
-__all__ = ["words", "check_tags", "spans_to_bio", "slot_spans", "read_conll", "read_tagged_json"]
+def read_tagged(path: Path, key: str, fmt: str, notes: list[str], text_key: str = "text") -> tuple[dict, list]:
+    """One split of token-tagging data: ``({"words": [...]}, [tags per sentence])``; JSON / JSON lines by
+    :func:`read_tagged_json`, anything else as CoNLL (``fmt``: ``data.format``, or ``auto``: by suffix)."""
+    if not Path(path).is_file():
+        raise KdflowError(f"data.{key} file '{path}' does not exist; check data.{key} (relative paths are read "
+                          "from the current directory)")
+    json_like = fmt in ("json", "jsonl") or (fmt == "auto" and Path(path).suffix.lower() in (".json", ".jsonl"))
+    if fmt not in ("auto", "conll", "json", "jsonl"):
+        raise KdflowError(f"data.format {fmt} holds no tags; token tagging reads conll, json or jsonl files")
+    sentences = read_tagged_json(path, notes, text_key) if json_like else read_conll(path)
+    if not sentences:
+        raise KdflowError(f"data.{key} file '{path}' holds no sentence; give a file with tagged sentences")
+    empty = next((i for i, (w, _) in enumerate(sentences) if not w), None)
+    if empty is not None:
+        raise KdflowError(f"Sentence {empty} of data.{key} file '{path}' has no word; drop it or give its text")
+    return {"words": [w for w, _ in sentences]}, [t for _, t in sentences]
+
+
+def tag_names(train_tags: list[list[str]]) -> list[str]:
+    """The tags of the training sentences: ``O`` first, then the others sorted (``B-x`` and ``I-x`` of a
+    type that only ever shows one of them still gets both)."""
+    types = sorted({t[2:] for tags in train_tags for t in tags if t != "O"})
+    return ["O"] + [f"{p}-{k}" for k in types for p in ("B", "I")]
+
+
+__all__ = ["words", "check_tags", "spans_to_bio", "slot_spans", "read_conll", "read_tagged_json", "read_tagged",
+           "tag_names"]

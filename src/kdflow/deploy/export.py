@@ -45,7 +45,9 @@ def export_onnx(model: nn.Module, example: dict, path: "str | Path", opset: int 
     model = model.eval()
     # tokens [B, L] and sequences [B, L, D]: batch and sequence vary; images [B, C, H, W]: the batch only
     axes = {n: {0: "batch"} if example[n].dim() == 4 else {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    if "word_mask" in axes:  # token tagging: one output per word, as many words as word_mask has columns
+        axes["word_mask"] = {0: "batch", 1: "words"}
+    axes["logits"] = {0: "batch", 1: "words"} if "word_mask" in axes else {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter from transformers' mask helpers
         # eval() on the wrapper: export restores its mode afterwards, recursively, and a new Module is in

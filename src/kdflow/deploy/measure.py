@@ -25,7 +25,7 @@ def quality_report(logits: np.ndarray, targets: np.ndarray, task: str,
     multilabel: per-label scores), by the saved ``decision`` rule where there is one."""
     from ..tasks import task_kind
     kind = task_kind(task)
-    out = kind.quality(logits, targets, decision)
+    out = kind.quality(logits, targets, decision, label_names)
     kind.details(logits, targets, label_names, out, decision)
     return out
 

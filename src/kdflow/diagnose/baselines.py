@@ -14,6 +14,7 @@ Both are scored with :func:`kdflow.metrics.quality`, the function that scores ev
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -33,7 +34,8 @@ def majority(data: TaskData) -> dict:
     for name, part in (("validation", data.validation), ("test", data.test)):
         if part is None or len(part) == 0:
             continue
-        out[name] = quality(task_kind(data.task).majority(y, len(part), data.num_labels), part.targets, data.task)
+        out[name] = quality(task_kind(data.task).majority(y, len(part), data.num_labels), part.targets, data.task,
+                            names=data.label_names)
     return out
 
 
@@ -47,6 +49,10 @@ def features(split: Split, width: int = 2 ** 18):
         if "text_pair" in split.inputs:
             parts.append(vec.transform([f"pair {t}" for t in split.inputs["text_pair"]]))
         return hstack(parts).tocsr()
+    if "words" in split.inputs:  # one row per word: the word, its shape and its neighbours (a linear tagger)
+        from sklearn.feature_extraction.text import HashingVectorizer
+        vec = HashingVectorizer(n_features=width, analyzer=lambda feats: feats, alternate_sign=False, norm="l2")
+        return vec.transform([word_features(words, i) for words in split.inputs["words"] for i in range(len(words))])
     if "image" in split.inputs:
         images = [np.asarray(a, dtype=np.float32) for a in split.inputs["image"]]
         step = max(1, images[0].shape[0] // 16)
@@ -58,8 +64,19 @@ def features(split: Split, width: int = 2 ** 18):
     return out
 
 
-def _fit_score(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, task: str, seed: int) -> dict:
-    return quality(task_kind(task).linear(x_train, y_train, x_eval, y_eval, seed), y_eval, task)
+def word_features(words: list, i: int) -> list[str]:
+    """What a linear tagger reads of word ``i``: itself (as written and lower-cased), its last three letters,
+    whether it is capitalised or a number, and the words either side."""
+    w = str(words[i])
+    prev = str(words[i - 1]).lower() if i else "<s>"
+    nxt = str(words[i + 1]).lower() if i + 1 < len(words) else "</s>"
+    return [f"w={w}", f"lw={w.lower()}", f"suf={w[-3:].lower()}", f"cap={w[:1].isupper()}",
+            f"num={w.isdigit()}", f"prev={prev}", f"next={nxt}"]
+
+
+def _fit_score(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, task: str, seed: int,
+               names: Optional[list] = None) -> dict:
+    return quality(task_kind(task).linear(x_train, y_train, x_eval, y_eval, seed), y_eval, task, names=names)
 
 
 def controls(data: TaskData, seed: int = 0, limit: int = CONTROL_EXAMPLES) -> dict:
@@ -72,10 +89,16 @@ def controls(data: TaskData, seed: int = 0, limit: int = CONTROL_EXAMPLES) -> di
     if len(data.validation) == 0 or (task_kind(data.task).classes and len(np.unique(train.targets)) < 2):
         return {}
     x_train, x_eval = features(train), features(data.validation)
-    shuffled = rng.permutation(train.targets)
+    if task_kind(data.task).per_word:  # tags shuffled among the training words, each sentence keeps its length
+        shuffled, words = train.targets.copy(), train.targets >= 0
+        shuffled[words] = rng.permutation(train.targets[words])
+    else:
+        shuffled = rng.permutation(train.targets)
     return {"examples": len(train),
-            "linear": _fit_score(x_train, train.targets, x_eval, data.validation.targets, data.task, seed),
-            "shuffled": _fit_score(x_train, shuffled, x_eval, data.validation.targets, data.task, seed)}
+            "linear": _fit_score(x_train, train.targets, x_eval, data.validation.targets, data.task, seed,
+                                 data.label_names),
+            "shuffled": _fit_score(x_train, shuffled, x_eval, data.validation.targets, data.task, seed,
+                                   data.label_names)}
 
 
 def control_findings(data: TaskData, base: dict, control: dict) -> list[Finding]:

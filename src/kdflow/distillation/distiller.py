@@ -19,12 +19,13 @@ from torch import nn
 from ..config import DistillConfig
 from ..errors import KdflowError
 from ..tasks import task_kind
+from ..tasks.tokens import words_of
 from .layers import LayerPair, Taps, as_tokens, common_grid, match_positions, stage_paths
 from .losses import (
     HARD_LOSSES,
-    binary_kd_loss,
     attention_kl,
     attention_transfer,
+    binary_kd_loss,
     cosine_hidden_loss,
     dkd_loss,
     hidden_mse,
@@ -163,9 +164,13 @@ def _mse(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) ->
 # A new logit loss: a pure function in kdflow.losses, an adapter above and one entry here
 # (tests/test_losses.py runs every entry; distill.logit_loss accepts its name).
 LOGIT_LOSSES: dict[str, LogitLoss] = {
-    "hinton": LogitLoss(_hinton),  # Hinton et al. 2015: T^2 KL of the softened distributions
-    "dkd": LogitLoss(_dkd),  # Decoupled KD, Zhao et al. 2022: dkd_alpha * TCKD + dkd_beta * NCKD
-    "multi_teacher": LogitLoss(_multi_teacher, many=True),  # KD to the weighted mean of several teachers
+    # tokens: the words are the rows (kdflow.tasks.tokens.words_of), so the classification losses apply per word
+    "hinton": LogitLoss(_hinton, tasks=("classification", "tokens")),  # Hinton et al. 2015: T^2 KL of the softened
+    # distributions
+    "dkd": LogitLoss(_dkd, tasks=("classification", "tokens")),  # Decoupled KD, Zhao et al. 2022: dkd_alpha * TCKD +
+    # dkd_beta * NCKD
+    "multi_teacher": LogitLoss(_multi_teacher, tasks=("classification", "tokens"), many=True),  # KD to the weighted
+    # mean of several teachers
     "mse": LogitLoss(_mse, tasks=("regression", "multilabel")),  # MSE to the teacher's logits (regression: its
     # prediction)
     "binary_kd": LogitLoss(_binary_kd, tasks=("multilabel",)),  # per label: T^2 KL of the softened sigmoids
@@ -260,12 +265,14 @@ class Distiller:
 
     def logit_terms(self, logits: torch.Tensor, teacher: Optional[torch.Tensor], batch: dict) -> dict:
         """The logit loss mixed with the hard-label loss: ``alpha · soft + (1 − alpha) · hard``."""
-        labels = batch["labels"]
-        hard = HARD_LOSSES[task_kind(self.task).hard_loss](logits, labels)
+        labels, kind = batch["labels"].to(logits.device), task_kind(self.task)
+        idx = batch["index"].cpu()
+        teachers = [] if teacher is None else [teacher, *(t[idx].to(logits.device) for t in self.extra_targets)]
+        if kind.per_word:  # tags: the real words are the rows (padding positions dropped)
+            logits, labels, *teachers = words_of(logits, labels, *teachers)
+        hard = HARD_LOSSES[kind.hard_loss](logits, labels)
         if teacher is None:
             return {"loss": hard, "loss_hard": hard}
-        idx = batch["index"].cpu()
-        teachers = [teacher, *(t[idx].to(logits.device) for t in self.extra_targets)]
         extra = self.loss.fn(logits, teachers, labels, self.dc, self.teacher_weights)
         soft = extra.pop("soft")
         return {"loss": self.alpha * soft + (1.0 - self.alpha) * hard, "loss_kd": soft, "loss_hard": hard, **extra}

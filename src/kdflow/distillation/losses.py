@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..tasks import task_kind
 from ..tasks.classification import IGNORE  # the label of an example without one (cross-entropy skips it)
+from ..tasks.tokens import words_of
 
 
 def _masked_mean(per_example: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -111,6 +112,10 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Ten
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     kind = task_kind(task)
+    if kind.per_word:  # tags: the real words are the rows (padding positions dropped)
+        student_logits, labels, *t = words_of(student_logits, labels,
+                                              *([teacher_logits] if teacher_logits is not None else []))
+        teacher_logits = t[0] if t else None
     hard = HARD_LOSSES[kind.hard_loss](student_logits, labels)
     soft = (SOFT_LOSSES[kind.soft_loss](student_logits, teacher_logits, temperature) if teacher_logits is not None
             else None)

@@ -134,7 +134,8 @@ def _settings(run: "Run", tokenizer) -> str:
         tok = f"{type(tokenizer).__name__}:{len(tokenizer)}"
     else:  # an image model's preprocessing: its normalisation and size, in full
         tok = repr(tokenizer)
-    return f"max_length={run.cfg.data.max_length};tok={tok};precision={run.cfg.train.mixed_precision}"
+    words = f";subwords={run.cfg.data.subwords}" if run.data.modality == "words" else ""  # how words are read
+    return f"max_length={run.cfg.data.max_length};tok={tok};precision={run.cfg.train.mixed_precision}{words}"
 
 
 def teacher_logits(run: "Run", teacher, split: Split, feat: Featurizer, cache: Optional[TeacherCache]):
@@ -170,7 +171,7 @@ def extra_teacher_targets(run: "Run") -> list:
             raise KdflowError(f"Extra teacher '{e.name}' was trained for other labels than this data's; give "
                               "teachers fine-tuned on exactly these labels")
         cache = cache_for(run, model, tok)
-        feat = make_featurizer(run.data.modality, tok, run.cfg.data.max_length)
+        feat = make_featurizer(run.data.modality, tok, run.cfg.data.max_length, subwords=run.cfg.data.subwords)
         out.append(teacher_logits(run, freeze(model), run.data.train, feat, cache))
         run.info(f"[distill] extra teacher {e.name} (weight {e.weight:g}): {cache.computed} computed, "
                  f"{cache.served} from cache")

@@ -50,7 +50,7 @@ def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str 
 
     def evaluate(model) -> dict:
         logits, targets = outputs(model)
-        return quality(logits, targets, run.data.task, decision)
+        return quality(logits, targets, run.data.task, decision, run.data.label_names)
     return evaluate
 
 
@@ -67,7 +67,7 @@ def validation_scores(run: Run, model: nn.Module, feat: Featurizer, batch_size: 
     logits, targets = predict_fn(run, run.data.validation, feat, batch_size)(model)
     tune = task_kind(run.data.task).tune
     decision = tune(logits, targets) if tune is not None else None
-    return decision, quality(logits, targets, run.data.task, decision)
+    return decision, quality(logits, targets, run.data.task, decision, run.data.label_names)
 
 
 __all__ = ["Run", "eval_fn", "predict_fn", "validation_scores"]

@@ -236,6 +236,10 @@ def _task(model: nn.Module, role: str) -> str:
     config = getattr(model, "config", None)
     if config is None:
         raise KdflowError(f"KDTrainer's {role} has no .config; give a Hugging Face sequence-classification model")
+    if any(str(a).endswith("ForTokenClassification") for a in getattr(config, "architectures", None) or []) or \
+            type(model).__name__.endswith("ForTokenClassification"):
+        raise KdflowError(f"KDTrainer's {role} is a token classifier, and KDTrainer distils one output per example; "
+                          "distil taggers with kdflow distill (data.task: tokens)")
     return task_of_hf(config.num_labels, config.problem_type)
 
 

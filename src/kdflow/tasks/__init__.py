@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import KdflowError
-from . import classification, multilabel, regression
+from . import classification, multilabel, regression, tokens
 from .kind import TaskKind
 
-TASKS: dict[str, TaskKind] = {k.name: k for k in (classification.KIND, regression.KIND, multilabel.KIND)}
+TASKS: dict[str, TaskKind] = {k.name: k for k in (classification.KIND, regression.KIND, multilabel.KIND, tokens.KIND)}
 
 
 def task_kind(name: str) -> TaskKind:

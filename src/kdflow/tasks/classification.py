@@ -11,7 +11,7 @@ from .kind import TaskKind
 IGNORE = -100  # the target of an example without a label (torch's cross-entropy skips it)
 
 
-def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None, names=None) -> dict[str, float]:
     """Accuracy, macro F1, MCC, and for two classes F1 of label 1 (GLUE's F1 for MRPC and QQP)."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
     pred = logits.argmax(-1)

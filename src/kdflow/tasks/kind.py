@@ -22,7 +22,8 @@ class TaskKind:
     soft_loss: str            # kdflow.distillation.losses.SOFT_LOSSES entry: Hinton's term to one teacher
     hinton: str               # the LOGIT_LOSSES entry that ``distill.logit_loss: hinton`` means for this task
     no_targets: Callable[[int, int], np.ndarray]  # (n, num_labels) -> the targets of n unlabelled examples
-    # (logits [N, outputs], targets, decision) -> metrics; ``decision``: what ``tune`` chose (None: the default rule)
+    # (logits [N, outputs], targets, decision, label names) -> metrics; ``decision``: what ``tune`` chose (None: the
+    # default rule); the names matter to token tagging (entities are read from the tags)
     quality: Callable[..., dict]
     tune: Optional[Callable[[np.ndarray, np.ndarray], dict]]  # validation (logits, targets) -> a decision to save
     details: Callable[..., None]  # (logits, targets, label names, out, decision): adds report entries to out
@@ -36,6 +37,9 @@ class TaskKind:
     activation: str           # what turns logits into the probabilities strategies read: softmax, sigmoid, none
     predict: Callable[[np.ndarray], np.ndarray]  # logits -> the hard predictions (kappa between rounds)
     hf_matches: Callable[[int, Optional[str]], bool]  # (num_labels, problem_type) of a HF config: this kind?
+    # one output per word (token tagging): logits [N, W, C], targets [N, W]; losses read the real words only
+    # (kdflow.tasks.tokens.words_of) and the tag names score the entities
+    per_word: bool = False
 
 
 __all__ = ["TaskKind"]

@@ -43,7 +43,7 @@ def scores_of(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "hamming_loss": float((pred != y).mean())}
 
 
-def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None, names=None) -> dict[str, float]:
     """The scores at the decision thresholds: ``decision["per_label"]`` (from :func:`tune_thresholds`), else 0.5."""
     return scores_of(decide(logits, decision["per_label"] if decision else None), np.asarray(targets) > 0.5)
 

@@ -9,7 +9,7 @@ import numpy as np
 from .kind import TaskKind
 
 
-def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None) -> dict[str, float]:
+def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None, names=None) -> dict[str, float]:
     """MSE (and neg_mse, to maximise), Pearson and Spearman correlation (0 where either side is constant)."""
     from scipy.stats import pearsonr, spearmanr
     pred = logits.reshape(-1).astype(np.float64)
