@@ -266,7 +266,10 @@ def test_other_modes_distil_tags(tag_cfg, name, extra):
 def test_what_does_not_apply_to_tagging_is_refused_in_one_sentence(tag_cfg):
     folder, raw = tag_cfg
     raw = {**raw, "model": {**raw["model"], "teacher": {"name": base_teacher(tag_cfg)}}}
-    cases = [({"active": {"initial": 8}}, "active", "does not select sentences for token tagging yet"),
+    cases = [({"active": {"initial": 8}}, "active", "active.strategy entropy is not meant for data.task tokens; use "
+                                                     "one of random, mean_token_margin"),
+             ({"active": {"initial": 8, "strategy": "mnlp", "oracle": "hybrid"}}, "active",
+              "oracle hybrid splits a batch by the teacher's confidence"),
              ({"model": {**raw["model"], "student": {"kind": "encoder", "num_layers": 1, "hidden_size": 16,
                                                      "num_heads": 2}}}, "distill",
               "runs Hugging Face token classifiers, and model.student is of kind encoder"),
@@ -284,6 +287,68 @@ def test_what_does_not_apply_to_tagging_is_refused_in_one_sentence(tag_cfg):
                                                    num_attention_heads=2, intermediate_size=16, num_labels=3))
     with pytest.raises(KdflowError, match="is a token classifier, and KDTrainer distils one output per example"):
         _task(tagger, "student")
+
+
+# ------------------------------------------------------------------ active learning on sentences
+
+def test_token_strategies_score_sentences_by_hand():
+    from kdflow.active.strategies import PoolOutputs, mean_token_margin, min_token_margin, mnlp, select
+    nan = [np.nan, np.nan]
+    probs = np.array([[[0.9, 0.1], [0.6, 0.4], nan],           # gaps 0.8, 0.2
+                      [[0.5, 0.5], nan, nan],                    # gap 0: one unsure word
+                      [[0.99, 0.01], [0.99, 0.01], [0.7, 0.3]]])  # gaps 0.98, 0.98, 0.4
+    assert np.allclose(mean_token_margin(probs), [-0.5, 0.0, -(0.98 + 0.98 + 0.4) / 3])
+    assert np.allclose(min_token_margin(probs), [-0.2, 0.0, -0.4])
+    assert np.allclose(mnlp(probs), [-(np.log(0.9) + np.log(0.6)) / 2, -np.log(0.5),
+                                     -(2 * np.log(0.99) + np.log(0.7)) / 3])
+    # padding is not a word: the same sentence padded wider scores the same
+    wider = np.concatenate([probs, np.full((3, 2, 2), np.nan)], 1)
+    assert np.allclose(mnlp(wider), mnlp(probs)) and np.allclose(min_token_margin(wider), min_token_margin(probs))
+    order = select("min_token_margin", PoolOutputs(n=3, probs=probs), 3, np.arange(3), np.array([], dtype=int))
+    assert order.tolist() == [1, 0, 2]
+
+
+def test_active_learning_on_sentences(tag_cfg):
+    """Gold, teacher and human oracles buy tag sequences; the human round trip writes the teacher's pre-tags and
+    reads corrected tags back (checked whole)."""
+    folder, raw = tag_cfg
+    base = {**raw, "model": {**raw["model"], "teacher": {"name": base_teacher(tag_cfg)}}, "distill": {"alpha": 0.5}}
+    data = load_data(load_config({"data": raw["data"]}).data)
+    words = dict(zip(data.train.ids, data.train.inputs["words"]))
+    truth = {k: [data.label_names[j] for j in t if j >= 0] for k, t in zip(data.train.ids, data.train.targets)}
+
+    def run(name, **active):
+        cfg = {**base, "run": {**raw["run"], "name": name},
+               "active": {"initial": 16, "per_round": 16, "rounds": 2, "min_steps": 10, **active}}
+        return kdflow.active(cfg), json.loads((folder / name / "active" / "state.json").read_text())
+    out, state = run("al-gold", strategy="mnlp")
+    assert [r["labels"] for r in out["rounds"]] == [16, 32] and out["batches"][0]["strategy"] == "initial (random)"
+    assert out["batches"][1]["strategy"] == "mnlp" and "span_f1" in out["rounds"][-1]["validation"]
+    assert all(v["label"] == truth[k] and v["source"] == "gold" for k, v in state["labels"].items())
+    _, state = run("al-teacher-oracle", strategy="min_token_margin", oracle="teacher")
+    assert all(len(v["label"]) == len(words[k]) and v["source"] == "teacher" for k, v in state["labels"].items())
+    # human: the request pre-tags each sentence; a corrected file goes on; a wrong one is refused whole
+    cfg = {**base, "run": {**raw["run"], "name": "al-human"},
+           "active": {"initial": 4, "per_round": 4, "rounds": 1, "min_steps": 5, "oracle": "human",
+                      "strategy": "mean_token_margin"}}
+    kdflow.active(cfg)
+    request = folder / "al-human" / "active" / "batch-000" / "to_label.jsonl"
+    asked = [json.loads(x) for x in request.read_text().splitlines()]
+    assert len(asked) == 4 and all(r["tokens"] == words[r["id"]] and len(r["tags"]) == len(r["tokens"])
+                                   for r in asked)
+    assert (request.parent / "to_label.conll").read_text().startswith(f"# id = {asked[0]['id']}\n")
+    bad = [dict(r, tags=r["tags"][:-1]) if i == 2 else r for i, r in enumerate(asked)]
+    (folder / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    n = len(asked[2]["tokens"])
+    with pytest.raises(KdflowError, match=f"Line 3 of .* has {n - 1} tags for {n} words; give one tag per word"):
+        kdflow.active(cfg, resume=True, labels=str(folder / "bad.jsonl"))
+    fixed = [dict(r, tags=truth[r["id"]]) for r in asked]
+    fixed[0]["tags"] = "__skip__"
+    (folder / "fixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fixed))
+    kdflow.active(cfg, resume=True, labels=str(folder / "fixed.jsonl"))
+    state = json.loads((folder / "al-human" / "active" / "state.json").read_text())
+    assert {k: v["label"] for k, v in state["labels"].items() if v["source"] == "human"} == \
+        {r["id"]: truth[r["id"]] for r in asked[1:]}
 
 
 # ------------------------------------------------------------------ mean pooling (sentence tasks)

@@ -52,7 +52,7 @@ def _teach(cfg, resume: bool, overwrite: bool) -> dict:
                  {"train_examples": len(d.train), "teacher": spec.model_dump(mode="json")})
     result = fit(teacher, partial(label_loss, task=d.task),
                  train_loader(d.train, feat, None, cfg.teach.batch_size, cfg.teach.seed),
-                 pipeline.eval_fn(run, d.validation, feat, cfg.teach.eval_batch_size), job, run.acc, run.log)
+                 pipeline.selection_fn(run, d.validation, feat, cfg.teach.eval_batch_size), job, run.acc, run.log)
     teacher = run.acc.unwrap_model(teacher)
     if run.acc.is_main_process:
         models.save_model(teacher, cfg.run_dir / "teacher", tokenizer, d.label_names, d.task)
@@ -94,14 +94,16 @@ def _distill(cfg, resume: bool, overwrite: bool) -> dict:
     settings = pipeline.train_settings(run, cfg.train, "student", cfg.model.student, student)
     job = FitJob("student", settings, cfg.run_dir / "checkpoints" / "student", resume,
                  _signature(cfg, pairs, len(d.train)), on_epoch_start=targets.on_epoch_start)
-    result = fit(model, distiller, train_dl, pipeline.eval_fn(run, d.validation, s_feat, cfg.train.eval_batch_size),
-                 job, run.acc, run.log)
+    select = pipeline.selection_fn(run, d.validation, s_feat, cfg.train.eval_batch_size)
+    result = fit(model, distiller, train_dl, select, job, run.acc, run.log)
     student = run.acc.unwrap_model(model)
     student = student.student if pairs else student
     if run.acc.is_main_process:
         models.save_model(student, cfg.run_dir / "student", s_tokenizer, d.label_names, d.task)
     teacher_test = teacher_test_logits(run, distiller, t_feat, targets)
-    scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task, names=d.label_names)} \
+    # the teacher's test scores by its own decision rule (multilabel: the thresholds saved with it)
+    t_decision = models.saved_decision(teacher.source) if Path(teacher.source).is_dir() else None
+    scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task, t_decision, d.label_names)} \
         if teacher_test is not None else {}
     entry = pipeline.final_metrics(run, student, s_feat, result, distill=_distill_info(dc, pairs, distiller, targets),
                                    compression=round(n_t / n_s, 2), **scored)

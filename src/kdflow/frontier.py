@@ -155,7 +155,7 @@ class Frontier:
                      has_checkpoint(ckpt), {"sizes": cand["sizes"]},
                      stop_after=until)
         result = fit(model, distiller, train_dl,
-                     pipeline.eval_fn(crun, d.validation, s_feat, cfg.train.eval_batch_size), job, crun.acc,
+                     pipeline.selection_fn(crun, d.validation, s_feat, cfg.train.eval_batch_size), job, crun.acc,
                      self.run.log)
         cand["scores"][str(result.epochs_run)] = result.best_metric
         cand["parameters"] = models.count_parameters(student)

@@ -22,7 +22,7 @@ from . import models
 from .config import Config, ModelSpec, TrainConfig, learning_rate
 from .data import Featurizer, TaskData, image_preprocess, input_batches, load_data, make_featurizer
 from .data.leakage import clean_part, overlaps
-from .engine.run import Run, eval_fn, validation_scores
+from .engine.run import Run, eval_fn, selection_fn, validation_scores
 from .engine.runfolder import guard
 from .engine.runlog import RunLog
 from .engine.train import FitResult, make_accelerator
@@ -373,4 +373,4 @@ def with_transfer_set(run: Run) -> None:
 
 __all__ = ["Run", "Teacher", "check_inputs", "check_paths", "check_modality", "open_run", "setup", "tokenizer_for", "new_teacher",
            "teacher_is_trained", "load_teacher", "build_student", "image_student", "train_settings", "check_length", "featurizer", "eval_fn",
-           "final_metrics", "clean_scores", "summary", "write_report", "with_transfer_set"]
+           "selection_fn", "final_metrics", "clean_scores", "summary", "write_report", "with_transfer_set"]

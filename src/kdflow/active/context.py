@@ -26,6 +26,8 @@ from ..engine.checkpoint import save_weights
 from ..engine.run import Run
 from ..errors import KdflowError
 from ..tasks import task_kind
+from ..tasks.classification import IGNORE
+from ..tasks.tokens import NO_WORD
 from .pool import PoolState
 from .outputs import probabilities
 from .strategies import PoolOutputs
@@ -106,6 +108,10 @@ class Context:
     def target_of(self, key: str) -> "int | np.ndarray":
         """The target of the label bought for pool id ``key``: a class index, or a multi-hot row for a label set."""
         label = self.state.labels[key]["label"]
+        if task_kind(self.run.data.task).per_word:  # one tag per word, padded to the pool's width
+            row = np.full(self.pool.targets.shape[1], NO_WORD, dtype=np.int64)
+            row[: len(label)] = [self.labels.index(t) for t in label]
+            return row
         if isinstance(label, list):
             row = np.zeros(len(self.labels), dtype=np.float32)
             row[[self.labels.index(n) for n in label]] = 1.0
@@ -117,6 +123,11 @@ class Context:
         with none gets the task's no-label target (the teacher's soft targets alone), else it is an error."""
         part = self.pool.subset(np.asarray(positions, dtype=np.int64))
         blank = task_kind(self.run.data.task).no_targets(1, len(self.labels))[0]
+        if task_kind(self.run.data.task).per_word:  # a sentence's unknown tags: IGNORE at its words
+            unknown = {k: np.where(t != NO_WORD, IGNORE, NO_WORD) for k, t in zip(part.ids, part.targets)}
+            rows = [self.target_of(k) if not unlabelled or k in self.state.labels else unknown[k] for k in part.ids]
+            part.targets = np.asarray(rows, dtype=np.int64) if rows else self.pool.targets[:0]
+            return part
         rows = [self.target_of(k) if not unlabelled or k in self.state.labels else blank for k in part.ids]
         part.targets = np.asarray(rows, dtype=blank.dtype) if rows else self.pool.targets[:0]
         return part

@@ -161,7 +161,12 @@ class Loop:
         """Add the human labels of the pending batch (checked whole first: nothing is kept on error)."""
         ctx = self.ctx
         pending = ctx.state.pending
-        given, skipped = oracles.read_labels(path, pending["ids"], ctx.labels)
+        if "words" in ctx.pool.inputs:  # token tagging: the sentences come back with their tags
+            wanted = set(pending["ids"])
+            words = {key: ctx.pool.inputs["words"][p] for p, key in enumerate(ctx.pool.ids) if key in wanted}
+            given, skipped = oracles.read_tags(path, pending["ids"], ctx.labels, words)
+        else:
+            given, skipped = oracles.read_labels(path, pending["ids"], ctx.labels)
         batch = {k: (v, "teacher") for k, v in pending.get("teacher", {}).items()}
         batch.update({k: (v, "human") for k, v in given.items()})
         ctx.state.pending = None

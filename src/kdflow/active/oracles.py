@@ -26,16 +26,25 @@ import numpy as np
 from ..data import Split
 from ..engine.distributed import is_main
 from ..errors import KdflowError
+from ..data.tagging import check_tags
 from ..files import must_be_file
 
 SKIP = "__skip__"
 
 
 def gold_labels(pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, tuple]:
-    """The pool's own labels (a simulation): a name, or the list of names of a multi-hot label set."""
+    """The pool's own labels (a simulation): a name, the list of names of a multi-hot label set, or (token
+    tagging) the list of a sentence's tags."""
     out = {}
     for p in positions:
         y = pool.targets[p]
+        if "words" in pool.inputs:  # tags per word, padded
+            tags = y[: len(pool.inputs["words"][p])]
+            if (tags < 0).any():
+                raise KdflowError(f"Pool sentence {pool.ids[p]} has no gold tags, so active.oracle gold cannot "
+                                  "label it; use oracle human or teacher for a pool without tags")
+            out[pool.ids[p]] = ([label_names[int(j)] for j in tags], "gold")
+            continue
         if (np.isnan(y).any() if y.dtype.kind == "f" else int(y) < 0):
             raise KdflowError(f"Pool example {pool.ids[p]} has no gold label, so active.oracle gold cannot label "
                               "it; use oracle human, teacher or hybrid for a pool without labels")
@@ -44,9 +53,13 @@ def gold_labels(pool: Split, positions: np.ndarray, label_names: list[str]) -> d
     return out
 
 
-def teacher_labels(ids: list[str], teacher_probs: np.ndarray, label_names: list[str], sets: bool = False
-                   ) -> dict[str, tuple]:
-    """The teacher's answers: its most probable class, or (``sets``) every label whose probability reaches 0.5."""
+def teacher_labels(ids: list[str], teacher_probs: np.ndarray, label_names: list[str], sets: bool = False,
+                   lengths: Optional[list[int]] = None) -> dict[str, tuple]:
+    """The teacher's answers: its most probable class, or (``sets``) every label whose probability reaches 0.5,
+    or (``lengths``: token tagging, the sentences' word counts) its most probable tag for each word."""
+    if lengths is not None:
+        return {key: ([label_names[int(j)] for j in p[:n].argmax(-1)], "teacher")
+                for key, p, n in zip(ids, teacher_probs, lengths)}
     if sets:
         return {key: ([label_names[j] for j in np.flatnonzero(p >= 0.5)], "teacher")
                 for key, p in zip(ids, teacher_probs)}
@@ -59,6 +72,91 @@ def confident(teacher_probs: np.ndarray, threshold: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ human: export
+
+def write_tag_request(folder: Path, pool: Split, positions: np.ndarray, pre_tags: list[list[str]]) -> dict[str, str]:
+    """Sentences to tag as JSON lines (``id``, ``tokens``, ``tags``) and CoNLL (a ``# id = ...`` line before each
+    sentence), both pre-tagged with the teacher's predictions for the labeller to correct; returns the paths."""
+    paths = {"jsonl": folder / "to_label.jsonl", "conll": folder / "to_label.conll"}
+    if not is_main():
+        return {k: str(v) for k, v in paths.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(paths["jsonl"], "w", encoding="utf-8") as fh:
+        for p, tags in zip(positions, pre_tags):
+            fh.write(json.dumps({"id": pool.ids[p], "tokens": list(pool.inputs["words"][p]), "tags": tags},
+                                ensure_ascii=False) + "\n")
+    with open(paths["conll"], "w", encoding="utf-8") as fh:
+        for p, tags in zip(positions, pre_tags):
+            fh.write(f"# id = {pool.ids[p]}\n" + "".join(f"{w} {t}\n" for w, t in zip(pool.inputs["words"][p], tags))
+                     + "\n")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _tag_rows(path: Path) -> list[tuple[str, Optional[str], Optional[list], Optional[list]]]:
+    """``(where, id, tokens, tags)`` per sentence of a JSON-lines or CoNLL (``# id = ...``) label file; ``tags``
+    is the string ``__skip__`` for a sentence left out."""
+    text = label_file(path).read_text(encoding="utf-8-sig")
+    out: list = []
+    if path.suffix.lower() == ".jsonl":
+        return [(where, _str(obj.get("id")), obj.get("tokens"), obj.get("tags"))
+                for where, obj in _jsonl_objects(path, text, "id, tokens and tags")]
+    if path.suffix.lower() not in (".conll", ".txt"):
+        raise KdflowError(f"Label file '{path}' has suffix '{path.suffix or '(none)'}'; give the to_label.jsonl or "
+                          "to_label.conll you corrected")
+    current = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("# id ="):
+            current = [f"line {n}", line.split("=", 1)[1].strip(), [], []]
+            out.append(current)
+        elif line.strip():
+            parts = line.split()
+            if current is None:
+                raise KdflowError(f"Line {n} of '{path}' comes before any '# id = ...' line; keep the id lines of "
+                                  "to_label.conll")
+            if len(parts) < 2:
+                raise KdflowError(f"Line {n} of '{path}' holds {line.strip()!r}, a word without a tag; write "
+                                  f"'word tag' (or {SKIP} as the tag of every word to leave the sentence out)")
+            current[2].append(parts[0])
+            current[3].append(parts[-1])
+    return [(w, k, toks, SKIP if tags and all(t == SKIP for t in tags) else tags) for w, k, toks, tags in out]
+
+
+def read_tags(path: "str | Path", requested: list[str], label_names: list[str], words: dict[str, list]
+              ) -> tuple[dict[str, list], list[str]]:
+    """``({id: tags}, [skipped ids])`` for exactly the ``requested`` sentences (``words``: id -> its words, which
+    the file must keep), or one error naming the bad row."""
+    path = label_file(path)
+    names, labels, skipped, seen = set(label_names), {}, [], {}
+    for where, key, toks, tags in _tag_rows(path):
+        key = (key or "").strip()
+        if key not in words or key not in requested:
+            raise KdflowError(f"{where.capitalize()} of '{path}' has id '{key}', which this round did not ask for; "
+                              "tag the sentences of this round's to_label file")
+        if key in seen:
+            raise KdflowError(f"{where.capitalize()} of '{path}' repeats id '{key}' (first at {seen[key]}); keep one "
+                              "entry per sentence")
+        seen[key] = where
+        if tags == SKIP:
+            skipped.append(key)
+            continue
+        if [str(t) for t in toks or []] != [str(w) for w in words[key]]:
+            raise KdflowError(f"{where.capitalize()} of '{path}' (id '{key}') changes the sentence's words; keep the "
+                              "tokens as written and correct only the tags")
+        if not isinstance(tags, list) or len(tags) != len(words[key]):
+            raise KdflowError(f"{where.capitalize()} of '{path}' (id '{key}') has "
+                              f"{len(tags) if isinstance(tags, list) else 'no'} tags for {len(words[key])} words; "
+                              "give one tag per word")
+        check_tags(tags, f"{where.capitalize()} of '{path}' (id '{key}')")
+        bad = next((t for t in tags if t not in names), None)
+        if bad is not None:
+            raise KdflowError(f"{where.capitalize()} of '{path}' (id '{key}') has tag '{bad}', which is not one of "
+                              f"the task's {len(label_names)} tags; correct it or tag the sentence {SKIP}")
+        labels[key] = [str(t) for t in tags]
+    missing = [k for k in requested if k not in seen]
+    if missing:
+        raise KdflowError(f"{len(missing)} of the {len(requested)} sentences asked for have no entry in '{path}' "
+                          f"(first: id '{missing[0]}'); tag them, or write {SKIP} as their tags")
+    return labels, skipped
+
 
 def write_request(folder: Path, pool: Split, positions: np.ndarray, label_names: list[str]) -> dict[str, str]:
     """The batch to label as CSV, JSONL and Label Studio tasks (+ its labelling config); returns the paths."""
@@ -148,7 +246,8 @@ def _table_rows(path: Path, text: str, suffix: str) -> list[tuple[str, Optional[
         out.append((f"line {start}", r.get(key), r.get("label")))
 
 
-def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+def _jsonl_objects(path: Path, text: str, keys: str) -> list[tuple[str, dict]]:
+    """``(where, object)`` per non-blank line of a JSON-lines label file (``keys``: what each object holds)."""
     out = []
     for i, line in enumerate(text.splitlines()):
         if not line.strip():
@@ -158,9 +257,14 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Optional[str], Optiona
         except json.JSONDecodeError:
             raise KdflowError(f"Line {i + 1} of '{path}' is not valid JSON; fix that line") from None
         if not isinstance(obj, dict):
-            raise KdflowError(f"Line {i + 1} of '{path}' is not an object with id and label; fix that line")
-        out.append((f"line {i + 1}", _str(obj.get("kdflow_id", obj.get("id"))), _str(obj.get("label"))))
+            raise KdflowError(f"Line {i + 1} of '{path}' is not an object with {keys}; fix that line")
+        out.append((f"line {i + 1}", obj))
     return out
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+    return [(where, _str(obj.get("kdflow_id", obj.get("id"))), _str(obj.get("label")))
+            for where, obj in _jsonl_objects(path, text, "id and label")]
 
 
 def _str(v) -> Optional[str]:
@@ -254,9 +358,16 @@ def label_batch(positions: np.ndarray, batch: int, *, ac, pool: Split, names: li
     if ac.oracle == "gold":
         state.add_batch(gold_labels(pool, positions, names))
         return None
+    words = "words" in pool.inputs  # token tagging
+    lengths = [len(pool.inputs["words"][p]) for p in positions] if words else None
     if ac.oracle == "teacher":
-        state.add_batch(teacher_labels(ids, teacher_probs(positions), names, pool.targets.ndim == 2))
+        state.add_batch(teacher_labels(ids, teacher_probs(positions), names, pool.targets.ndim == 2 and not words,
+                                       lengths))
         return None
+    if words:  # humans correct the teacher's tags
+        pre = teacher_labels(ids, teacher_probs(positions), names, lengths=lengths)
+        files = write_tag_request(folder / f"batch-{batch:03d}", pool, positions, [pre[k][0] for k in ids])
+        return {"batch": batch, "ids": ids, "teacher": {}, "files": files}
     by_teacher: dict = {}
     rest = positions
     if ac.oracle == "hybrid":

@@ -117,7 +117,10 @@ def _probs(model: nn.Module, inputs: dict, activation: str = "softmax") -> np.nd
     if not torch.isfinite(logits).all():
         raise KdflowError("The student's outputs on the pool are not finite (NaN or inf), so no strategy can rank "
                           "them; lower train.lr, or use mixed_precision: no (or bf16 instead of fp16)")
-    return probabilities(logits, activation).cpu().numpy()
+    p = probabilities(logits, activation)
+    if "word_mask" in inputs:  # token tagging: the positions past a sentence's last word hold no word
+        p = p.masked_fill(inputs["word_mask"].to(p.device).unsqueeze(-1) == 0, float("nan"))
+    return p.cpu().numpy()
 
 
 @torch.no_grad()

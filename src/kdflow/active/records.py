@@ -89,14 +89,20 @@ def write(ctx: Context, result: dict) -> None:
 def waiting(ctx: Context, cfg: Config) -> dict:
     """The run stops for human labels: say where they go and how to go on."""
     p = ctx.state.pending
-    csv_path = p["files"]["csv"]
-    by_teacher = f" (the teacher labelled {len(p['teacher'])} it was sure of)" if p.get("teacher") else ""
-    ctx.run.info(
-        f"[active] batch {p['batch']}: {len(p['ids'])} examples wait for human labels in {csv_path}{by_teacher}: "
-        f"fill in the label column ({SKIP} drops an example; {Path(p['files']['jsonl']).name} and the Label Studio "
-        f"tasks {Path(p['files']['label_studio']).name} with {Path(p['files']['label_studio_config']).name} sit "
-        f"beside it), then run: {ctx.command} --resume --labels {csv_path}")
-    p["command"] = f"{ctx.command} --resume --labels {csv_path}"
+    if "conll" in p["files"]:  # token tagging: sentences pre-tagged by the teacher, to correct
+        path = p["files"]["jsonl"]
+        ctx.run.info(f"[active] batch {p['batch']}: {len(p['ids'])} sentences wait for human tags in {path} (the "
+                     f"teacher's tags, to correct; {Path(p['files']['conll']).name} beside it holds the same as CoNLL; "
+                     f"{SKIP} as the tags leaves a sentence out), then run: {ctx.command} --resume --labels {path}")
+    else:
+        path = p["files"]["csv"]
+        by_teacher = f" (the teacher labelled {len(p['teacher'])} it was sure of)" if p.get("teacher") else ""
+        ctx.run.info(
+            f"[active] batch {p['batch']}: {len(p['ids'])} examples wait for human labels in {path}{by_teacher}: "
+            f"fill in the label column ({SKIP} drops an example; {Path(p['files']['jsonl']).name} and the Label Studio "
+            f"tasks {Path(p['files']['label_studio']).name} with {Path(p['files']['label_studio_config']).name} sit "
+            f"beside it), then run: {ctx.command} --resume --labels {path}")
+    p["command"] = f"{ctx.command} --resume --labels {path}"
     result = summary(ctx, cfg, "waiting")
     write(ctx, result)
     return result

@@ -65,7 +65,7 @@ def fit_round(ctx: Context, model: torch.nn.Module, loss_fn: Callable, data: Spl
     metrics_file, tensorboard = LOGS[who]
     log = RunLog(ctx.cfg.run_dir, acc, ctx.cfg.run.quiet, metrics_file=metrics_file, tensorboard=tensorboard)
     result = fit(model, loss_fn, train_loader(data, feat, None, section.batch_size, section.seed),
-                 pipeline.eval_fn(run, run.data.validation, feat, section.eval_batch_size), job, acc, log)
+                 pipeline.selection_fn(run, run.data.validation, feat, section.eval_batch_size), job, acc, log)
     log.close()
     acc.wait_for_everyone()  # every process has read the best weights back
     if acc.is_main_process:

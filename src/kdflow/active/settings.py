@@ -35,7 +35,9 @@ def resolve(cfg: Config) -> tuple[Config, Optional[str]]:
     if ac.initial_strategy is not None:
         return cfg, None
     gold = ac.oracle == "gold" or (ac.oracle == "hybrid" and ac.hybrid_human == "gold") or bool(cfg.data.unlabelled)
-    if task_kind(cfg.data.task).label_sets and not ac.cold_start_labels:  # no single class to stratify by
+    if task_kind(cfg.data.task).per_word:
+        choice, why = "random", "tagged sentences have no single class to stratify or balance by"
+    elif task_kind(cfg.data.task).label_sets and not ac.cold_start_labels:  # no single class to stratify by
         choice, why = ("random", "multilabel examples have label sets, not one class to stratify by")
     elif gold and not ac.cold_start_labels:
         choice, why = "stratified", "the pool's gold labels are known"
@@ -111,6 +113,22 @@ def _check_label_sets(cfg: Config) -> None:
                           "threshold_margin")
 
 
+def _check_tags(cfg: Config) -> None:
+    """Token tagging runs: what reads one output per example is refused, each in one sentence."""
+    ac = cfg.active
+    if ac.oracle == "hybrid":
+        raise KdflowError("active.oracle hybrid splits a batch by the teacher's confidence in one label per example, "
+                          "and tagged sentences have one per word; use oracle gold, teacher or human")
+    if ac.initial_strategy not in (None, "random"):
+        raise KdflowError(f"active.initial_strategy {ac.initial_strategy} reads one class or one embedding per "
+                          "example, and token tagging has one per word; use random")
+    if ac.target != "student":
+        raise KdflowError(f"active.target {ac.target} is not available for token tagging yet; use target student")
+    if ac.diversity > 1:
+        raise KdflowError("active.diversity compares one embedding per example, and token tagging has one per word; "
+                          "set active.diversity: 1")
+
+
 def _check_distill(cfg: Config) -> None:
     dc = cfg.distill
     if cfg.data.augment:
@@ -143,17 +161,16 @@ def check(cfg: Config) -> None:
     """Settings that cannot work together, named before any work starts."""
     ac, d = cfg.active, cfg.data
     kind = task_kind(d.task)
-    if kind.per_word:
-        raise KdflowError("kdflow active does not select sentences for token tagging yet (its strategies score one "
-                          "output per example); label a random sample, or use data.task classification or multilabel")
     if not kind.named:
-        raise KdflowError(f"kdflow active needs data.task classification or multilabel (its strategies score label "
-                          f"probabilities), and this data is {d.task}")
+        raise KdflowError(f"kdflow active needs data.task classification, multilabel or tokens (its strategies "
+                          f"score label probabilities), and this data is {d.task}")
     if d.task not in TASKS_OF[ac.strategy]:
         raise KdflowError(f"active.strategy {ac.strategy} is not meant for data.task {d.task}; use one of "
                           f"{', '.join(names(d.task))}")
     if kind.label_sets:
         _check_label_sets(cfg)
+    if kind.per_word:
+        _check_tags(cfg)
     if d.values_column:
         raise KdflowError("kdflow active reads text pools; numeric sequences (data.values_column) are not supported")
     check_strategies(cfg, [ac.strategy], "active.strategy")

@@ -14,7 +14,11 @@ bald               ``H(mean_t p_t) - mean_t H(p_t)`` over T    Houlsby et al. 20
 vote_entropy       entropy of the committee's hard votes       Dagan & Engelson 1995
 committee_kl       ``mean_m KL(p_m || mean_m p_m)``            McCallum & Nigam 1998
 disagreement       ``KL(p_teacher || p_student)``              teacher-student disagreement
+mnlp               ``-(1/n) sum_w log max_c p_wc`` (tagging)   Shen et al. 2018
 =================  ==========================================  ===========================================
+
+Token tagging scores a sentence from its words (``probs`` ``[N, W, C]``, NaN past its last word):
+``mean_token_margin`` and ``min_token_margin`` (the mean or smallest top-2 gap, negated) and ``mnlp``.
 
 Selectors pick ``k`` positions among the candidates (the unlabelled pool):
 
@@ -120,6 +124,43 @@ def _check_sigmoids(probs: np.ndarray) -> np.ndarray:
     return np.clip(p, EPS, 1 - EPS)
 
 
+# ------------------------------------------------------------------ token tagging: sentences scored from their words
+# ``probs`` [N, W, C]: a softmax over the tags per word position, NaN at the positions past a sentence's last word.
+
+def _word_rows(probs: np.ndarray) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 3 or p.shape[-1] < 2:
+        raise ValueError(f"token strategies read probs [N, W, C] (a tag distribution per word), got shape {p.shape}")
+    if len(p) and np.isnan(p[:, :, 0]).all(1).any():
+        raise ValueError("a sentence without a word reached a token strategy")
+    return p
+
+
+def _gaps(probs: np.ndarray) -> np.ndarray:
+    """``[N, W]``: each word's gap between its two most probable tags (NaN past the sentence)."""
+    p = np.sort(_word_rows(probs), axis=-1)
+    return p[..., -1] - p[..., -2]
+
+
+def mean_token_margin(probs: np.ndarray) -> np.ndarray:
+    """The sentence's mean top-2 gap over its words, negated: length-normalised, so a long sentence does not win
+    by its length alone."""
+    return -np.nanmean(_gaps(probs), axis=1)
+
+
+def min_token_margin(probs: np.ndarray) -> np.ndarray:
+    """The smallest top-2 gap among the sentence's words, negated: its least certain word decides."""
+    return -np.nanmin(_gaps(probs), axis=1)
+
+
+def mnlp(probs: np.ndarray) -> np.ndarray:
+    """Maximum normalised log-probability (Shen et al., "Deep Active Learning for Named Entity Recognition", ICLR
+    2018), negated: ``-(1/n) Σ_w log max_c p_wc``, the per-word log-probability of the most likely tagging (its
+    words taken independently, as a softmax tagger predicts them); 0 for a certain sentence."""
+    p = _word_rows(probs)
+    return -np.nanmean(np.log(np.clip(p.max(-1), EPS, 1.0)), axis=1)
+
+
 def mean_binary_entropy(probs: np.ndarray) -> np.ndarray:
     """Multi-label: the mean over labels of each label's binary entropy (Yang et al. 2009 sum it)."""
     p = _check_sigmoids(probs)
@@ -191,6 +232,9 @@ SCORES: dict[str, Callable[[PoolOutputs], np.ndarray]] = {
     "mean_binary_entropy": lambda o: mean_binary_entropy(o.probs),
     "threshold_margin": lambda o: threshold_margin(o.probs),
     "cardinality": lambda o: cardinality(o.probs, o.teacher_probs),
+    "mean_token_margin": lambda o: mean_token_margin(o.probs),
+    "min_token_margin": lambda o: min_token_margin(o.probs),
+    "mnlp": lambda o: mnlp(o.probs),
 }
 
 # selectors over the whole pool's outputs: (outputs, k, candidates, labelled, seed) -> positions, best first
@@ -212,11 +256,14 @@ NEEDS = {
     "coreset": {"embeddings"},
     "badge": {"probs", "embeddings"},
     "mean_binary_entropy": {"probs"}, "threshold_margin": {"probs"}, "cardinality": {"probs", "teacher_probs"},
+    "mean_token_margin": {"probs"}, "min_token_margin": {"probs"}, "mnlp": {"probs"},
 }
 # the task kinds each strategy's scores mean something for (softmax class probabilities, or one sigmoid per label)
 MULTILABEL = ("mean_binary_entropy", "threshold_margin", "cardinality")
-TASKS_OF = {name: ("classification", "multilabel") if name in ("random", "coreset") else
-            ("multilabel",) if name in MULTILABEL else ("classification",) for name in NEEDS}
+TOKENS = ("mean_token_margin", "min_token_margin", "mnlp")  # sentences scored from their words' tag distributions
+TASKS_OF = {name: ("classification", "multilabel", "tokens") if name == "random" else
+            ("classification", "multilabel") if name == "coreset" else ("multilabel",) if name in MULTILABEL else
+            ("tokens",) if name in TOKENS else ("classification",) for name in NEEDS}
 OUTPUTS = ("probs", "mc_probs", "members", "teacher_probs", "embeddings")
 PICK_OUTPUTS = ("probs", "embeddings")  # what a scoring pass keeps for every pool row
 

@@ -31,7 +31,7 @@ from .. import models
 from ..config import learning_rate
 from ..data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
 from ..engine.distributed import from_main, is_main, sharded_rows
-from ..engine.run import Run, eval_fn
+from ..engine.run import Run, selection_fn
 from ..engine.train import make_optimizer, predict, train_epoch
 from ..errors import KdflowError
 from .distiller import Distiller, freeze
@@ -231,7 +231,7 @@ def guide_hook(run: "Run", distiller: Distiller, t_feat: Featurizer, resume: boo
         cfg.teach, "teacher", models.starts_pretrained(cfg.model.teacher, distiller.teacher))})
     optimizer, scheduler = make_optimizer(distiller.teacher, teach, cfg.train.epochs * len(t_dl))
     t_model, optimizer, t_dl, scheduler = acc.prepare(distiller.teacher, optimizer, t_dl, scheduler)
-    evaluate = eval_fn(run, d.validation, t_feat, cfg.train.eval_batch_size)
+    evaluate = selection_fn(run, d.validation, t_feat, cfg.train.eval_batch_size)
     saved = cfg.run_dir / "checkpoints" / "student" / "guide_targets.pt"
     restored = {"epoch": None, "read": not resume}
 

@@ -54,6 +54,22 @@ def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str 
     return evaluate
 
 
+def selection_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"
+                 ) -> Callable[[nn.Module], dict]:
+    """``evaluate(model) -> metrics`` on ``split`` (validation) to choose epochs by: at the decision rule the task
+    kind tunes there (multilabel: thresholds), as the chosen model is finally scored; the default rule for the
+    others. (At a fixed 0.5 a multi-label model trained on a few examples predicts no label for epochs, and the
+    selection would take an untrained one.)"""
+    outputs = predict_fn(run, split, feat, batch_size, key)
+    tune = task_kind(run.data.task).tune
+
+    def evaluate(model) -> dict:
+        logits, targets = outputs(model)
+        decision = tune(logits, targets) if tune is not None else None
+        return quality(logits, targets, run.data.task, decision, run.data.label_names)
+    return evaluate
+
+
 def predict_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs"
                ) -> Callable[[nn.Module], tuple]:
     """``outputs(model) -> (logits, targets)`` on ``split`` (sharded over processes, gathered)."""
@@ -70,4 +86,4 @@ def validation_scores(run: Run, model: nn.Module, feat: Featurizer, batch_size: 
     return decision, quality(logits, targets, run.data.task, decision, run.data.label_names)
 
 
-__all__ = ["Run", "eval_fn", "predict_fn", "validation_scores"]
+__all__ = ["Run", "eval_fn", "selection_fn", "predict_fn", "validation_scores"]
