@@ -94,15 +94,15 @@ def train_all(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     have = done(results)
-    for task in args.tasks:
-        for regime in args.regimes:
-            for k in args.folds:
+    for regime in args.regimes:  # both tasks of a setup and fold before the next: a stopped run covers each
+        for k in args.folds:
+            for task in args.tasks:
                 base = config(task, regime, k, args.data, out, args)
                 key = {"task": task, "regime": regime, "fold": k}
                 root = Path(base["run"]["output_dir"])
                 if (task, regime, k, "teacher") not in have:
                     t0 = time.time()
-                    entry = kdflow.teach(base)
+                    entry = kdflow.teach(base, overwrite=True)  # an unrecorded run was cut short
                     record(results, {**key, "model": "teacher", "test": entry["test"],
                                      "validation": entry.get("validation"), "parameters": entry.get("parameters"),
                                      "best_epoch": entry.get("best_epoch"), "seconds": round(time.time() - t0)})
@@ -115,7 +115,7 @@ def train_all(args) -> None:
                     for section, values in extra.items():
                         cfg.setdefault(section, {}).update(values)
                     t0 = time.time()
-                    entry = kdflow.distill(cfg)
+                    entry = kdflow.distill(cfg, overwrite=True)
                     record(results, {**key, "model": name, "test": entry["test"],
                                      "validation": entry.get("validation"), "parameters": entry.get("parameters"),
                                      "teacher_test": entry.get("teacher_test"), "best_epoch": entry.get("best_epoch"),
@@ -130,7 +130,7 @@ def latency(args) -> None:
     for run in sorted((out / "runs").glob("*/kd")):
         if str(run) in have or not (run / "student").is_dir():
             continue
-        main(["export", str(run), "--onnx", "--no-memory", "--threads", "1", "--latency-examples", "200",
+        main(["export", str(run), "--onnx", "--int8", "--no-memory", "--threads", "1", "--latency-examples", "200",
               "--repeats", "3"])
         rows_ = json.loads((run / "metrics.json").read_text())["deploy"]
         record(path, {"run": str(run), "rows": [{k: r.get(k) for k in ("model", "latency_ms_p50", "latency_ms_p95",
@@ -172,8 +172,8 @@ def main_() -> None:
     p.add_argument("--tasks", nargs="+", default=["intents", "slots"], choices=["intents", "slots"])
     p.add_argument("--regimes", nargs="+", default=["low", "large"], choices=["low", "large"])
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs-low", type=int, default=30)
-    p.add_argument("--epochs-large", type=int, default=12)
+    p.add_argument("--epochs-low", type=int, default=80)
+    p.add_argument("--epochs-large", type=int, default=8)
     p.add_argument("--teacher-lr", type=float, default=2e-4)
     p.add_argument("--latency", action="store_true")
     p.add_argument("--summary", action="store_true")

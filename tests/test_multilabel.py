@@ -1,5 +1,6 @@
 """Multi-label classification (``data.task: multilabel``): readers, per-label KD, thresholds, the commands."""
 
+import csv
 import json
 import math
 import random
@@ -175,6 +176,11 @@ def test_teach_distill_evaluate_through_main_keep_the_tuned_thresholds(ml_cfg, c
     taught = json.loads((folder / "ml" / "metrics.json").read_text())["teacher"]
     decision = saved_decision(folder / "ml" / "teacher")
     assert decision == taught["decision"] and len(decision["per_label"]) == 4
+    # epochs are chosen by validation micro-F1 at the thresholds tuned there, as the kept model is scored: the best
+    # epoch's row holds exactly the final validation score
+    best = next(r for r in csv.DictReader((folder / "ml" / "metrics.csv").open())
+                if r["role"] == "teacher" and int(r["epoch"]) + 1 == taught["best_epoch"])  # best_epoch counts from 1
+    assert float(best["val_micro_f1"]) == pytest.approx(taught["validation"]["micro_f1"], abs=1e-6)
     assert set(taught["test"]) == {"micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
     # evaluate reads the thresholds back: the same test scores as the run's own
     assert main(["evaluate", str(folder / "ml" / "teacher"), "--config", str(path)]) == 0
@@ -218,6 +224,19 @@ def test_what_does_not_apply_to_multilabel_is_refused_in_one_sentence(ml_cfg, tm
         cfg = {**raw, **extra, "run": {**raw["run"], "name": f"refused-{command}"}}
         with pytest.raises(KdflowError, match=message):
             getattr(kdflow, command)(cfg)
+
+
+def test_mean_pooling_teacher_and_its_students(ml_cfg):
+    """model.teacher.pooling: mean through teach and distill: saved with the teacher, inherited by the student."""
+    folder, raw = ml_cfg
+    kdflow.teach({**raw, "model": {**raw["model"], "teacher": {**raw["model"]["teacher"], "pooling": "mean"}},
+                  "run": {**raw["run"], "name": "pooled"}})
+    config = json.loads((folder / "pooled" / "teacher" / "config.json").read_text())
+    assert config["kdflow_pooling"] == "mean" and "bert.pooler.dense.weight" not in \
+        kdflow.models.load_saved(folder / "pooled" / "teacher")[0].state_dict()
+    kdflow.distill({**raw, "model": {**raw["model"], "teacher": {"name": str(folder / "pooled" / "teacher")}},
+                    "run": {**raw["run"], "name": "pooled"}})
+    assert json.loads((folder / "pooled" / "student" / "config.json").read_text())["kdflow_pooling"] == "mean"
 
 
 # ------------------------------------------------------------------ active learning

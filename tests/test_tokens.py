@@ -234,6 +234,12 @@ def test_every_command_tags_through_main(tag_cfg, capsys):
     assert main(["check", str(path)]) == 0
     said = capsys.readouterr().out
     assert "majority baseline: validation span_f1 0.0000" in said and "linear model on 120 training examples" in said
+    assert main(["compare", "--config", str(path), str(folder / "tags" / "teacher"), str(folder / "tags" / "student"),
+                 "--no-memory", "--latency-examples", "4", "--repeats", "1"]) == 0
+    shown = capsys.readouterr().out  # retention: the student's test span F1 over the teacher's
+    assert "retention" in shown and f"{student['test']['span_f1'] / teacher['test']['span_f1']:.1%}" in shown
+    assert main(["layers", str(path)]) == 2  # scoring teacher layers reads one class per example: refused
+    assert "layer scoring (auto:K, kdflow layers) needs a classification task" in capsys.readouterr().err
     assert main(["report", str(folder / "tags")]) == 0
     assert "| student-onnx |" in (folder / "tags" / "report.md").read_text()
     assert (folder / "tags" / "plots" / "curves.png").is_file()
