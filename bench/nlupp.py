@@ -100,6 +100,7 @@ def train_all(args) -> None:
                 base = config(task, regime, k, args.data, out, args)
                 key = {"task": task, "regime": regime, "fold": k}
                 root = Path(base["run"]["output_dir"])
+                have = done(results)  # read again: another process may share the results file (other setups)
                 if (task, regime, k, "teacher") not in have:
                     t0 = time.time()
                     entry = kdflow.teach(base, overwrite=True)  # an unrecorded run was cut short

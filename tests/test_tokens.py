@@ -98,11 +98,14 @@ def test_conll_json_and_spans_read_into_word_targets(tmp_path):
     (tmp_path / "bio.conll").write_text("fly O\nrome E-city\n")
     with pytest.raises(KdflowError, match="tag 'E-city', which is not BIO"):
         load_data(data_cfg(train=str(tmp_path / "bio.conll"), validation=str(tmp_path / "a.conll")))
-    for extra, key in (({"path": str(tmp_path / "a.conll")}, "data.path"),
-                       ({"train": str(tmp_path / "a.conll"), "unlabelled": str(tmp_path / "a.conll")},
-                        "data.unlabelled")):
-        with pytest.raises(Exception, match=f"reads tagged sentences .* drop {key}"):
-            data_cfg(**extra)
+    with pytest.raises(Exception, match="reads tagged sentences .* drop data.path"):
+        data_cfg(path=str(tmp_path / "a.conll"))
+    # the transfer set: text split into words as slot spans are; every word's tag unknown, never scored
+    (tmp_path / "more.csv").write_text('text\n"fly to oslo, please"\nhi\nbye\n')  # "hi" is in validation: dropped
+    u = load_data(data_cfg(train=str(tmp_path / "a.conll"), validation=str(tmp_path / "a.conll"), max_length=6,
+                           allow_overlap=True, unlabelled=str(tmp_path / "more.csv"))).unlabelled
+    assert u.inputs["words"] == [["fly", "to", "oslo", ",", "please"], ["bye"]]
+    assert u.targets.tolist() == [[-100] * 5 + [NO_WORD], [-100] + [NO_WORD] * 5] and len(u.labelled) == 0
 
 
 def test_nlupp_slots_load_as_a_tagging_task(shared_data):
@@ -254,6 +257,7 @@ def base_teacher(tag_cfg) -> str:
 
 
 @pytest.mark.parametrize("name,extra", [
+    ("transfer-set", {"data": {"unlabelled": "unlabelled.csv"}, "distill": {"alpha": 0.9}}),
     ("online-layers", {"distill": {"mode": "online", "intermediate": True, "layers": "last:1"}}),
     ("guide", {"distill": {"mode": "guide", "guide_every": 1}}),
     ("all-subwords", {"data": {"subwords": "all"}}),
@@ -264,7 +268,15 @@ def test_other_modes_distil_tags(tag_cfg, name, extra):
                          "run": {**raw["run"], "name": name}})
     for section, values in extra.items():
         cfg.setdefault(section, {}).update(values)
+    if "unlabelled" in cfg["data"]:  # sentences of the same frames, untagged
+        rng = random.Random(7)
+        (folder / "unlabelled.csv").write_text("text\n" + "".join(" ".join(sentence(rng)[0]) + "\n"
+                                                                  for _ in range(40)))
+        cfg["data"]["unlabelled"] = str(folder / "unlabelled.csv")
     entry = kdflow.distill(cfg)
+    if "unlabelled" in cfg["data"]:
+        log = (folder / name / "log.txt").read_text()
+        assert "student trains on 120 labelled + " in log and "unlabelled examples" in log
     assert 0.0 <= entry["test"]["span_f1"] <= 1.0 and entry["distill"]["mode"] == cfg.get("distill", {}).get(
         "mode", "offline")
 

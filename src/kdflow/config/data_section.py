@@ -42,6 +42,7 @@ class DataConfig(Strict):
     JSON lines with ``tokens`` and ``tags`` per row, or ``text_column`` with character spans in ``slots``
     (NLU++'s layout), converted to BIO on reading (:mod:`kdflow.data.tagging`). ``subwords``: ``first`` (a
     word's output is its first sub-token's) or ``all`` (the mean over its sub-tokens, every one trained).
+    ``unlabelled`` (the transfer set) is a table whose ``text_column`` is split into words as slot spans are.
 
     Without a validation split, a seeded stratified ``validation_fraction`` of
     train is held out. The test split is never used for model selection.
@@ -172,8 +173,8 @@ class DataConfig(Strict):
             raise ValueError("data.values_column (numeric sequences) and data.image_shape / data.image_column "
                              "(images) describe different inputs; keep one of them")
         if TASKS[self.task].per_word:
-            other = [k for k in ("hub", "path", "packaged", "unlabelled", "values_column", "image_shape",
-                                 "text_pair_column") if getattr(self, k)]
+            other = [k for k in ("hub", "path", "packaged", "values_column", "image_shape", "text_pair_column")
+                     if getattr(self, k)]
             if other:
                 raise ValueError(f"data.task {self.task} reads tagged sentences from data.train / validation / test "
                                  f"files (CoNLL, or JSON with tokens and tags or text with slot spans); drop "

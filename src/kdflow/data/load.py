@@ -16,6 +16,7 @@ from ..config import DataConfig
 from ..config.glue import glue_task
 from ..errors import KdflowError
 from ..tasks import task_kind
+from ..tasks.classification import IGNORE
 from ..tasks.tokens import NO_WORD
 from .features import modality_of
 from .glue_files import read_glue_files
@@ -33,7 +34,7 @@ from .tables import (
     split_files,
     text_inputs,
 )
-from .tagging import read_tagged, tag_names
+from .tagging import read_tagged, tag_names, words
 
 MISSING_LABELS = {"", "nan", "null", "none"}  # label cells that read as a missing value (any case)
 
@@ -116,6 +117,18 @@ def word_targets(raw: list, names: list[str], split: str, cfg: DataConfig) -> np
                                      "does not occur in train; every evaluation tag must be one of the training "
                                      "tags, or list them all in data.label_names"))
             out[i, j] = k
+    return out
+
+
+def unknown_tags(sentences: list[list[str]], cfg: DataConfig) -> np.ndarray:
+    """``[N, data.max_length]`` targets of sentences whose tags are unknown: IGNORE at each word (distilled, never
+    scored), NO_WORD past it; an empty or too long sentence is refused."""
+    out = np.full((len(sentences), cfg.max_length), NO_WORD, dtype=np.int64)
+    for i, s in enumerate(sentences):
+        if not s or len(s) > cfg.max_length:
+            raise KdflowError(f"Row {i} of data.unlabelled '{cfg.unlabelled}' has {len(s)} words; give sentences of "
+                              f"1 to data.max_length ({cfg.max_length}) words")
+        out[i, : len(s)] = IGNORE
     return out
 
 
@@ -248,6 +261,8 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: 
                           "supported")
     path = Path(cfg.unlabelled)
     inputs = _unlabelled_images(path, cfg, image_train) if image_train is not None else _unlabelled_text(path, cfg)
+    if task_kind(cfg.task).per_word:  # sentences: their words as the spans rule splits text
+        inputs = {"words": [[w for w, _, _ in words(t)] for t in inputs["text"]]}
     leaks = set(overlapping(inputs, held).tolist())
     keep = [i for i in range(len(next(iter(inputs.values())))) if i not in leaks]
     if leaks:
@@ -260,7 +275,10 @@ def read_unlabelled(cfg: DataConfig, held: list, notes: list[str], image_train: 
     if not keep:
         raise KdflowError(f"data.unlabelled '{path}' has no usable rows; give examples that are not in validation "
                           "or test")
-    targets_ = task_kind(cfg.task).no_targets(len(keep), num_labels)
+    if task_kind(cfg.task).per_word:  # tags unknown
+        targets_ = unknown_tags(inputs["words"], cfg)
+    else:
+        targets_ = task_kind(cfg.task).no_targets(len(keep), num_labels)
     notes.append(f"unlabelled (transfer set): {len(keep)} examples from {path}, labelled by the teacher only")
     return Split("unlabelled", example_ids("unlabelled", inputs), inputs, targets_)
 
