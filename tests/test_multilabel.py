@@ -218,8 +218,8 @@ def test_what_does_not_apply_to_multilabel_is_refused_in_one_sentence(ml_cfg, tm
     cases = [({"active": {"initial": 8}}, "active", "active.strategy entropy is not meant for data.task multilabel"),
              ({"distill": {"logit_loss": "dkd"}}, "distill",
               "dkd is for classification and tokens, and this data is multilabel"),
-             ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill",
-              "layer scoring .* needs a classification task")]
+             ({"distill": {"intermediate": True, "layers": "auto:1", "layer_score": "probe"}}, "distill",
+              "probe fits a classifier to one class per example, and multilabel")]
     for extra, command, message in cases:
         cfg = {**raw, **extra, "run": {**raw["run"], "name": f"refused-{command}"}}
         with pytest.raises(KdflowError, match=message):
@@ -294,6 +294,7 @@ def test_active_learning_on_label_sets(ml_cfg):
     ("online-transfer", {"distill": {"mode": "online", "alpha": 0.9}, "data": {"unlabelled": "unl.csv"}}),
     ("guide", {"distill": {"mode": "guide", "guide_every": 1}}),
     ("layers", {"distill": {"intermediate": True, "layers": "last:1", "logit_loss": "mse"}}),
+    ("critical", {"distill": {"intermediate": True, "layers": "auto:1"}}),
     ("dkvb", {"model": {"student": {"kind": "dkvb"}}}),
 ])
 def test_the_other_modes_and_students_distil_label_sets(ml_cfg, name, extra):
@@ -317,3 +318,7 @@ def test_the_other_modes_and_students_distil_label_sets(ml_cfg, name, extra):
     assert "loss_kd" in (folder / run / "metrics.csv").read_text()
     if name == "online-transfer":
         assert "unlabelled (transfer set): 30 examples" in (folder / run / "log.txt").read_text()
+    if name == "critical":  # the teacher's blocks ranked by the micro-F1 lost without each
+        scores = json.loads((folder / run / "layers" / "layers.json").read_text())
+        assert scores["metric"] == "micro_f1" and scores["probe"] is None and len(scores["drop"]) == 2
+        assert "layer map (student block <- teacher block" in (folder / run / "log.txt").read_text()

@@ -241,8 +241,13 @@ def test_every_command_tags_through_main(tag_cfg, capsys):
                  "--no-memory", "--latency-examples", "4", "--repeats", "1"]) == 0
     shown = capsys.readouterr().out  # retention: the student's test span F1 over the teacher's
     assert "retention" in shown and f"{student['test']['span_f1'] / teacher['test']['span_f1']:.1%}" in shown
-    assert main(["layers", str(path)]) == 2  # scoring teacher layers reads one class per example: refused
-    assert "layer scoring (auto:K, kdflow layers) needs a classification task" in capsys.readouterr().err
+    # layers: each teacher block scored by the span F1 lost without it (no class per example to probe for)
+    assert main(["layers", str(path)]) == 0
+    scores = json.loads((folder / "tags" / "layers" / "layers.json").read_text())
+    assert scores["metric"] == "span_f1" and scores["probe"] is None and len(scores["drop"]) == 2
+    assert scores["base_accuracy"] == pytest.approx(teacher["validation"]["span_f1"])
+    assert main(["layers", str(path), "--method", "probe"]) == 2
+    assert "probe fits a classifier to one class per example, and tokens" in capsys.readouterr().err
     assert main(["report", str(folder / "tags")]) == 0
     assert "| student-onnx |" in (folder / "tags" / "report.md").read_text()
     assert (folder / "tags" / "plots" / "curves.png").is_file()
@@ -261,6 +266,7 @@ def base_teacher(tag_cfg) -> str:
     ("online-layers", {"distill": {"mode": "online", "intermediate": True, "layers": "last:1"}}),
     ("guide", {"distill": {"mode": "guide", "guide_every": 1}}),
     ("all-subwords", {"data": {"subwords": "all"}}),
+    ("critical-layers", {"distill": {"intermediate": True, "layers": "auto:1"}}),
 ])
 def test_other_modes_distil_tags(tag_cfg, name, extra):
     folder, raw = tag_cfg
@@ -293,8 +299,8 @@ def test_what_does_not_apply_to_tagging_is_refused_in_one_sentence(tag_cfg):
               "runs Hugging Face token classifiers, and model.student is of kind encoder"),
              ({"model": {**raw["model"], "teacher": {**raw["model"]["teacher"], "pooling": "mean"}}}, "teach",
               "pooling makes one output per sentence"),
-             ({"distill": {"intermediate": True, "layers": "auto:1"}}, "distill",
-              "layer scoring .* needs a classification task")]
+             ({"distill": {"intermediate": True, "layers": "auto:1", "layer_score": "probe"}}, "distill",
+              "probe fits a classifier to one class per example")]
     for extra, command, message in cases:
         with pytest.raises(KdflowError, match=message):
             getattr(kdflow, command)({**raw, **extra, "run": {**raw["run"], "name": f"refused-{command}"}})

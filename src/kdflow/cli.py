@@ -216,13 +216,14 @@ def cmd_layers(args) -> dict:
     from .api import layers
     from .diagnose.console import show
     out = layers(args.config, args.overrides, teacher=args.teacher, method=args.method, examples=args.examples)
-    t = Table(title=f"teacher blocks, ranked by {out['method']} (base accuracy {out['base_accuracy']:.4f})",
+    t = Table(title=f"teacher blocks, ranked by {out['method']} (base {out.get('metric', 'accuracy')} "
+                    f"{out['base_accuracy']:.4f})",
               title_justify="left")
-    for col in ("rank", "block", "accuracy drop without it", "linear-probe accuracy"):
+    for col in ("rank", "block", f"{out.get('metric', 'accuracy')} drop without it", "linear-probe accuracy"):
         t.add_column(col, justify="right")
     for rank, i in enumerate(out["ranking"], 1):
         drop = "- (a CNN stage)" if out["drop"] is None else f"{out['drop'][i]:+.4f}"
-        t.add_row(str(rank), str(i), drop, f"{out['probe'][i]:.4f}")
+        t.add_row(str(rank), str(i), drop, "-" if out["probe"] is None else f"{out['probe'][i]:.4f}")
     show(t)
     print(f"scores in {out['folder']}/layers.json, plot {out['folder']}/layers.png; "
           f"distill.layers: auto:3 distils the top 3")

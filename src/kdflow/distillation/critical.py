@@ -58,22 +58,40 @@ def _accuracy(model: nn.Module, batches: list[dict], targets: np.ndarray) -> flo
     return float((pred == targets).mean())
 
 
+def headline_score(task: str, names: Optional[list]) -> Callable[[nn.Module, list, np.ndarray], float]:
+    """``score(model, batches, targets)``: the task kind's headline metric (classification: accuracy; multilabel:
+    micro-F1 at the thresholds tuned on these examples; tagging: span F1), what ``drop`` measures the loss of."""
+    kind = task_kind(task)
+    if kind.classes:
+        return _accuracy
+
+    @torch.no_grad()
+    def score(model: nn.Module, batches: list[dict], targets: np.ndarray) -> float:
+        logits = np.concatenate([model(**b).logits.float().numpy() for b in batches])
+        decision = kind.tune(logits, targets) if kind.tune is not None else None
+        return float(kind.quality(logits, targets, decision, names)[kind.headline])
+    return score
+
+
 def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarray, eval_batches: list[dict],
                  eval_targets: np.ndarray, method: str = "drop",
-                 progress: Optional[Callable[[str], None]] = None) -> dict:
-    """Scores of every block of a classifier ``model`` (frozen, CPU or its device)."""
+                 progress: Optional[Callable[[str], None]] = None,
+                 score: Callable[[nn.Module, list, np.ndarray], float] = _accuracy, metric: str = "accuracy") -> dict:
+    """Scores of every block of a classifier ``model`` (frozen, CPU or its device); ``score``: the quality whose
+    loss ``drop`` measures (``metric`` names it; accuracy by default, :func:`headline_score` for any task)."""
     if method not in ("drop", "probe"):
         raise KdflowError(f"layer scoring method '{method}' is unknown; use drop or probe")
     was = model.training
     model.eval()
-    base = _accuracy(model, eval_batches, eval_targets)
+    base = score(model, eval_batches, eval_targets)
     if stage_paths(model):  # CNN stages change width: none can be skipped, so only the probe scores them
         if method == "drop":
             raise KdflowError("A CNN's stages change width, so none can be skipped to score it; use "
                               "distill.layer_score: probe")
         n = len(stage_paths(model))
         return _with_probe(model, fit_batches, fit_targets, eval_batches, eval_targets,
-                           {"blocks": n, "base_accuracy": base, "drop": None, "method": method}, progress)
+                           {"blocks": n, "base_accuracy": base, "drop": None, "method": method,
+                            "metric": metric}, progress)
     layers = block_list(model)
     drop = []
     try:
@@ -81,15 +99,16 @@ def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndar
             removed = layers[i]
             del layers[i]  # the model without block i (ModuleList renumbers the rest)
             try:
-                drop.append(base - _accuracy(model, eval_batches, eval_targets))
+                drop.append(base - score(model, eval_batches, eval_targets))
             finally:
                 layers.insert(i, removed)
             if progress:
-                progress(f"block {i}: accuracy without it {base - drop[-1]:.4f}")
+                progress(f"block {i}: {metric} without it {base - drop[-1]:.4f}")
     finally:
         model.train(was)
     return _with_probe(model, fit_batches, fit_targets, eval_batches, eval_targets,
-                       {"blocks": len(layers), "base_accuracy": base, "drop": drop, "method": method}, progress)
+                       {"blocks": len(layers), "base_accuracy": base, "drop": drop, "method": method,
+                        "metric": metric}, progress)
 
 
 def _with_probe(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarray, eval_batches: list[dict],
@@ -97,6 +116,10 @@ def _with_probe(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarr
     """``scores`` completed with every block's probe accuracy and the ranking by ``scores["method"]``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+    if np.asarray(fit_targets).ndim != 1:  # label sets, tags per word: no class per example to probe for
+        ranking = sorted(range(scores["blocks"]), key=lambda i: (scores["drop"][i], i), reverse=True)
+        return {**scores, "probe": None, "ranking": ranking, "fit_examples": int(len(fit_targets)),
+                "eval_examples": int(len(eval_targets))}
     was = model.training
     model.eval()
     probe = []
@@ -124,8 +147,12 @@ def plot_scores(scores: dict, path: "str | Path") -> Path:
     if scores["drop"] is None:
         axes[0].text(0.5, 0.5, "CNN stages cannot be skipped:\nscored by probe only", ha="center", va="center",
                      transform=axes[0].transAxes)
-    axes[0].set(title="accuracy lost without the block", xlabel="teacher block", ylabel="accuracy drop")
-    axes[1].bar(range(n), scores["probe"], color="#4c72b0")
+    metric = scores.get("metric", "accuracy")
+    axes[0].set(title=f"{metric} lost without the block", xlabel="teacher block", ylabel=f"{metric} drop")
+    axes[1].bar(range(n), scores["probe"] or [0.0] * n, color="#4c72b0")
+    if scores["probe"] is None:
+        axes[1].text(0.5, 0.5, "no class per example:\nscored by drop only", ha="center", va="center",
+                     transform=axes[1].transAxes)
     axes[1].set(title="linear probe on the block's output", xlabel="teacher block", ylabel="probe accuracy",
                 ylim=(0, 1))
     for ax in axes:
@@ -165,8 +192,13 @@ def load_scores(folder: "str | Path", fingerprint: str, method: str) -> Optional
 def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
     """The teacher's block scores, computed once per teacher (fingerprint) and kept in ``<run>/layers``."""
     dc, d = run.cfg.distill, run.data
-    if not task_kind(d.task).classes:
-        raise KdflowError("layer scoring (auto:K, kdflow layers) needs a classification task")
+    kind = task_kind(d.task)
+    if not kind.named:
+        raise KdflowError(f"layer scoring (auto:K, kdflow layers) scores a teacher's labels, and {d.task} has none; "
+                          "give the layers as a list (distill.layers: [..]) or last:K")
+    if not kind.classes and dc.layer_score == "probe":
+        raise KdflowError(f"distill.layer_score probe fits a classifier to one class per example, and {d.task} has "
+                          "other targets; use distill.layer_score: drop")
     fp = fingerprint(teacher, f"max_length={run.cfg.data.max_length};n={dc.layer_score_examples}")
     folder = run.cfg.run_dir / "layers"
     method = dc.layer_score
@@ -180,15 +212,18 @@ def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
         return found
     n = dc.layer_score_examples
     labelled = d.train.subset(d.train.labelled)
-    fit_part = labelled.subset(stratified_sample(labelled.targets, min(n, len(labelled)), run.cfg.data.seed, True))
+    by_class = kind.classes
+    fit_part = labelled.subset(stratified_sample(labelled.targets, min(n, len(labelled)), run.cfg.data.seed,
+                                                 by_class))
     ev = d.validation
-    eval_part = ev.subset(stratified_sample(ev.targets, n, run.cfg.data.seed, True)) if len(ev) > n else ev
+    eval_part = ev.subset(stratified_sample(ev.targets, n, run.cfg.data.seed, by_class)) if len(ev) > n else ev
     teacher = teacher.cpu().eval()
     run.info(f"[layers] scoring the teacher's blocks on {len(fit_part)} train / {len(eval_part)} validation "
              "examples")
     scores = score_layers(teacher, input_batches(fit_part, feat, 64), fit_part.targets,
                           input_batches(eval_part, feat, 64), eval_part.targets, method,
-                          progress=lambda m: run.info(f"[layers] {m}"))
+                          progress=lambda m: run.info(f"[layers] {m}"), score=headline_score(d.task, d.label_names),
+                          metric=kind.headline)
     if run.acc.is_main_process:
         save_scores(scores, folder, fp)
     run.info(f"[layers] ranking by {method}: {scores['ranking']}")
