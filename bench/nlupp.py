@@ -108,7 +108,7 @@ def train_all(args) -> None:
                                      "validation": entry.get("validation"), "parameters": entry.get("parameters"),
                                      "best_epoch": entry.get("best_epoch"), "seconds": round(time.time() - t0)})
                 for name, extra in MODELS.items():
-                    if (task, regime, k, name) in have:
+                    if (task, regime, k, name) in have or name not in args.models:
                         continue
                     cfg = json.loads(json.dumps(base))
                     cfg["model"]["teacher"] = {"name": str(root / "teacher" / "teacher")}
@@ -154,8 +154,9 @@ def summary(args) -> None:
         sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
         ksd = statistics.stdev(keep) if len(keep) > 1 else 0.0
         params = runs[0].get("parameters")
+        kept = f"{statistics.mean(keep):.1%} ± {ksd:.1%}" if keep else ""
         print(f"| {task} ({metric}) | {regime} | {model} | {len(runs)} | {statistics.mean(scores):.4f} ± {sd:.4f} | "
-              + (f"{statistics.mean(keep):.1%} ± {ksd:.1%}" if keep else "") + f" | {params:,} |" if params else " |")
+              f"{kept} | {f'{params:,}' if params else ''} |")
     for task in sorted({r["task"] for r in rows_}):
         for regime in sorted({r["regime"] for r in rows_}):
             kd = {r["fold"]: r["test"][HEADLINE[task]] for r in table.get((task, regime, "kd"), [])}
@@ -174,8 +175,9 @@ def main_() -> None:
     p.add_argument("--regimes", nargs="+", default=["low", "large"], choices=["low", "large"])
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs-low", type=int, default=80)
-    p.add_argument("--epochs-large", type=int, default=8)
+    p.add_argument("--epochs-large", type=int, default=15)
     p.add_argument("--teacher-lr", type=float, default=2e-4)
+    p.add_argument("--models", nargs="+", default=["teacher", *MODELS], choices=["teacher", *MODELS])
     p.add_argument("--latency", action="store_true")
     p.add_argument("--summary", action="store_true")
     args = p.parse_args()
