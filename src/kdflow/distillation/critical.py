@@ -58,6 +58,9 @@ def _accuracy(model: nn.Module, batches: list[dict], targets: np.ndarray) -> flo
     return float((pred == targets).mean())
 
 
+_accuracy.metric = "accuracy"  # what a score measures: score_layers names it in its results
+
+
 def headline_score(task: str, names: Optional[list]) -> Callable[[nn.Module, list, np.ndarray], float]:
     """``score(model, batches, targets)``: the task kind's headline metric (classification: accuracy; multilabel:
     micro-F1 at the thresholds tuned on these examples; tagging: span F1), what ``drop`` measures the loss of."""
@@ -70,15 +73,17 @@ def headline_score(task: str, names: Optional[list]) -> Callable[[nn.Module, lis
         logits = np.concatenate([model(**b).logits.float().numpy() for b in batches])
         decision = kind.tune(logits, targets) if kind.tune is not None else None
         return float(kind.quality(logits, targets, decision, names)[kind.headline])
+    score.metric = kind.headline
     return score
 
 
 def score_layers(model: nn.Module, fit_batches: list[dict], fit_targets: np.ndarray, eval_batches: list[dict],
                  eval_targets: np.ndarray, method: str = "drop",
                  progress: Optional[Callable[[str], None]] = None,
-                 score: Callable[[nn.Module, list, np.ndarray], float] = _accuracy, metric: str = "accuracy") -> dict:
+                 score: Callable[[nn.Module, list, np.ndarray], float] = _accuracy) -> dict:
     """Scores of every block of a classifier ``model`` (frozen, CPU or its device); ``score``: the quality whose
-    loss ``drop`` measures (``metric`` names it; accuracy by default, :func:`headline_score` for any task)."""
+    loss ``drop`` measures (accuracy by default, :func:`headline_score` for any task; its ``metric`` names it)."""
+    metric = getattr(score, "metric", "score")
     if method not in ("drop", "probe"):
         raise KdflowError(f"layer scoring method '{method}' is unknown; use drop or probe")
     was = model.training
@@ -222,8 +227,7 @@ def teacher_block_scores(run: "Run", teacher: nn.Module, feat) -> dict:
              "examples")
     scores = score_layers(teacher, input_batches(fit_part, feat, 64), fit_part.targets,
                           input_batches(eval_part, feat, 64), eval_part.targets, method,
-                          progress=lambda m: run.info(f"[layers] {m}"), score=headline_score(d.task, d.label_names),
-                          metric=kind.headline)
+                          progress=lambda m: run.info(f"[layers] {m}"), score=headline_score(d.task, d.label_names))
     if run.acc.is_main_process:
         save_scores(scores, folder, fp)
     run.info(f"[layers] ranking by {method}: {scores['ranking']}")
