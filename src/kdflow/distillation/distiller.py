@@ -165,12 +165,12 @@ def _mse(s: torch.Tensor, teachers: list, labels, dc: DistillConfig, weights) ->
 # (tests/test_losses.py runs every entry; distill.logit_loss accepts its name).
 LOGIT_LOSSES: dict[str, LogitLoss] = {
     # tokens: the words are the rows (kdflow.tasks.tokens.words_of), so the classification losses apply per word
-    "hinton": LogitLoss(_hinton, tasks=("classification", "tokens")),  # Hinton et al. 2015: T^2 KL of the softened
-    # distributions
-    "dkd": LogitLoss(_dkd, tasks=("classification", "tokens")),  # Decoupled KD, Zhao et al. 2022: dkd_alpha * TCKD +
-    # dkd_beta * NCKD
-    "multi_teacher": LogitLoss(_multi_teacher, tasks=("classification", "tokens"), many=True),  # KD to the weighted
-    # mean of several teachers
+    # Hinton et al. 2015: T^2 KL of the softened distributions
+    "hinton": LogitLoss(_hinton, tasks=("classification", "tokens")),
+    # Decoupled KD, Zhao et al. 2022: dkd_alpha * TCKD + dkd_beta * NCKD
+    "dkd": LogitLoss(_dkd, tasks=("classification", "tokens")),
+    # KD to the weighted mean of several teachers
+    "multi_teacher": LogitLoss(_multi_teacher, tasks=("classification", "tokens"), many=True),
     "mse": LogitLoss(_mse, tasks=("regression", "multilabel")),  # MSE to the teacher's logits (regression: its
     # prediction)
     "binary_kd": LogitLoss(_binary_kd, tasks=("multilabel",)),  # per label: T^2 KL of the softened sigmoids
