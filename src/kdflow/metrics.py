@@ -27,3 +27,12 @@ def quality(logits: np.ndarray, targets: np.ndarray, task: str, decision: Option
     micro / macro F1, subset accuracy and Hamming loss at the ``decision``'s thresholds (0.5 without one); for
     token tagging entity-level F1, precision, recall and token accuracy (``names``: the tags)."""
     return task_kind(task).quality(logits, targets, decision, names)
+
+
+def tuned_quality(logits: np.ndarray, targets: np.ndarray, task: str, names: Optional[list] = None
+                  ) -> tuple[Optional[dict], dict[str, float]]:
+    """The decision rule the task kind tunes on these outputs (multilabel: thresholds; None for the others) and
+    the metrics by it: how validation chooses epochs, blocks and the saved rule alike."""
+    tune = task_kind(task).tune
+    decision = tune(logits, targets) if tune is not None else None
+    return decision, quality(logits, targets, task, decision, names)

@@ -27,6 +27,7 @@ from torch import nn
 from ..data import input_batches, stratified_sample
 from ..engine.run import Run
 from ..errors import KdflowError
+from ..metrics import tuned_quality
 from ..models import block_list, fingerprint
 from ..models.base import mean_over_tokens
 from ..tasks import task_kind
@@ -71,8 +72,7 @@ def headline_score(task: str, names: Optional[list]) -> Callable[[nn.Module, lis
     @torch.no_grad()
     def score(model: nn.Module, batches: list[dict], targets: np.ndarray) -> float:
         logits = np.concatenate([model(**b).logits.float().numpy() for b in batches])
-        decision = kind.tune(logits, targets) if kind.tune is not None else None
-        return float(kind.quality(logits, targets, decision, names)[kind.headline])
+        return float(tuned_quality(logits, targets, task, names)[1][kind.headline])
     score.metric = kind.headline
     return score
 

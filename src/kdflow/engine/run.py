@@ -14,8 +14,7 @@ from torch import nn
 from .. import models
 from ..config import Config
 from ..data import Featurizer, Split, TaskData, loader, make_collate
-from ..metrics import quality
-from ..tasks import task_kind
+from ..metrics import quality, tuned_quality
 from .runlog import RunLog
 from .train import predict
 
@@ -61,12 +60,10 @@ def selection_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key:
     others. (At a fixed 0.5 a multi-label model trained on a few examples predicts no label for epochs, and the
     selection would take an untrained one.)"""
     outputs = predict_fn(run, split, feat, batch_size, key)
-    tune = task_kind(run.data.task).tune
 
     def evaluate(model) -> dict:
         logits, targets = outputs(model)
-        decision = tune(logits, targets) if tune is not None else None
-        return quality(logits, targets, run.data.task, decision, run.data.label_names)
+        return tuned_quality(logits, targets, run.data.task, run.data.label_names)[1]
     return evaluate
 
 
@@ -81,9 +78,7 @@ def validation_scores(run: Run, model: nn.Module, feat: Featurizer, batch_size: 
     """One pass over the validation split: the decision rule the task kind tunes there (multilabel: thresholds;
     None for the others) and the validation metrics by it."""
     logits, targets = predict_fn(run, run.data.validation, feat, batch_size)(model)
-    tune = task_kind(run.data.task).tune
-    decision = tune(logits, targets) if tune is not None else None
-    return decision, quality(logits, targets, run.data.task, decision, run.data.label_names)
+    return tuned_quality(logits, targets, run.data.task, run.data.label_names)
 
 
 __all__ = ["Run", "eval_fn", "selection_fn", "predict_fn", "validation_scores"]

@@ -42,7 +42,7 @@ def sentences(logits: np.ndarray, targets: np.ndarray, names: Sequence[str]) -> 
     return true_tags, pred_tags
 
 
-def _names(logits: np.ndarray, names: Optional[Sequence[str]]) -> list[str]:
+def _names(names: Optional[Sequence[str]]) -> list[str]:
     if names:
         return list(names)
     raise ValueError("token tagging scores need the tag names: entities are read from them")
@@ -51,7 +51,7 @@ def _names(logits: np.ndarray, names: Optional[Sequence[str]]) -> list[str]:
 def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = None,
             names: Optional[Sequence[str]] = None) -> dict[str, float]:
     """Entity-level F1, precision, recall (exact match) and token accuracy over the words with a known tag."""
-    true_tags, pred_tags = sentences(logits, targets, _names(logits, names))
+    true_tags, pred_tags = sentences(logits, targets, _names(names))
     out = span_scores(true_tags, pred_tags)
     out.pop("per_type")
     return out
@@ -60,7 +60,7 @@ def quality(logits: np.ndarray, targets: np.ndarray, decision: Optional[dict] = 
 def details(logits: np.ndarray, targets: np.ndarray, label_names: Optional[Sequence[str]], out: dict,
             decision: Optional[dict] = None) -> None:
     """F1 per entity type, and the tag confusions, into ``out``."""
-    names = _names(logits, label_names)
+    names = _names(label_names)
     true_tags, pred_tags = sentences(logits, targets, names)
     out["per_type"] = span_scores(true_tags, pred_tags)["per_type"]
     pairs: dict[tuple[str, str], int] = {}
@@ -72,18 +72,14 @@ def details(logits: np.ndarray, targets: np.ndarray, label_names: Optional[Seque
                              for (a, b), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:10]]
 
 
-def outside(n: int, targets: np.ndarray, num_labels: int) -> np.ndarray:
+def majority(train_targets: np.ndarray, n: int, num_labels: int) -> np.ndarray:
     """Logits that tag every word with train's most frequent tag (``O``, in any real data)."""
-    targets = np.asarray(targets)
+    targets = np.asarray(train_targets)
     known = targets[targets >= 0]
     top = int(np.bincount(known, minlength=num_labels).argmax()) if known.size else 0
     logits = np.zeros((n, targets.shape[1] if targets.ndim == 2 else 1, num_labels))
     logits[..., top] = 1.0
     return logits
-
-
-def majority(train_targets: np.ndarray, n: int, num_labels: int) -> np.ndarray:
-    return outside(n, train_targets, num_labels)
 
 
 def linear(x_train, y_train: np.ndarray, x_eval, y_eval: np.ndarray, seed: int) -> np.ndarray:
