@@ -40,7 +40,19 @@ def image_world():
     return model, prep, {"pixel_values": torch.randn(8, 1, 12, 12)}
 
 
-@pytest.mark.parametrize("name", list(KINDS))
+STUDENTS = [name for name, kind in KINDS.items() if not kind.fixed]
+
+
+@pytest.mark.parametrize("name", [name for name, kind in KINDS.items() if kind.fixed])
+def test_a_teacher_used_as_it_is_refuses_to_be_a_student_or_trained(name):
+    from kdflow.errors import KdflowError
+    kind, spec = KINDS[name], MODEL_SPECS[name].model_validate(KINDS[name].tiny)
+    with pytest.raises(KdflowError, match=f"kind {name} is a teacher; give model.student kind hf"):
+        kind.check(spec, "student", DataConfig(path="x.json"))
+    assert not kind.matches_layers and kind.has_head(spec, LABELS, "classification")
+
+
+@pytest.mark.parametrize("name", STUDENTS)
 def test_kind_builds_a_student_that_learns_saves_and_reloads(name, teacher, tmp_path):
     kind, spec = KINDS[name], MODEL_SPECS[name].model_validate(KINDS[name].tiny)
     torch.manual_seed(SEED)

@@ -106,7 +106,7 @@ def _distill(cfg, resume: bool, overwrite: bool) -> dict:
     scored = {"teacher_test": quality(teacher_test, d.test.targets, d.task, t_decision, d.label_names)} \
         if teacher_test is not None else {}
     entry = pipeline.final_metrics(run, student, s_feat, result, distill=_distill_info(dc, pairs, distiller, targets),
-                                   compression=round(n_t / n_s, 2), **scored)
+                                   **({"compression": round(n_t / n_s, 2)} if n_t else {}), **scored)
     if run.acc.is_main_process and "decision" in entry:
         models.save_decision(cfg.run_dir / "student", entry["decision"])
     run.log.final("student", entry)
@@ -130,7 +130,8 @@ def _distill_info(dc, pairs, distiller: Distiller, targets) -> dict:
             "layers": [{"student": p.student, "teacher": p.teacher, "kind": p.kind, "weight": p.weight}
                        for p in pairs], "teachers": 1 + len(dc.extra_teachers),
             "teacher_examples_computed": targets.cache.computed if targets.cache is not None else None,
-            "teacher_calls_in_loop": distiller.teacher_calls, "target_refreshes": distiller.refreshes}
+            "teacher_calls_in_loop": distiller.teacher_calls, "target_refreshes": distiller.refreshes,
+            **({"teacher_usage": distiller.teacher.usage()} if hasattr(distiller.teacher, "usage") else {})}
 
 
 def layers(config, overrides: Optional[list[str]] = None, teacher: Optional[str] = None,
@@ -247,7 +248,7 @@ def check(config, overrides: Optional[list[str]] = None, control: bool = True) -
     folder, if any): ``findings`` (error / warning / info), ``majority``, ``control`` (a linear model on
     true and on shuffled labels, unless ``control`` is off). Reads everything, writes nothing."""
     cfg = load_config(config, overrides)
-    pipeline.check_inputs(cfg)
+    pipeline.check_inputs(cfg, "check")
     data = load_data(cfg.data)
     pipeline.check_modality(cfg, data)
     findings = data_findings(cfg, data)
@@ -255,11 +256,26 @@ def check(config, overrides: Optional[list[str]] = None, control: bool = True) -
     ctrl = controls(data, cfg.data.seed) if control else {}
     findings += control_findings(data, base, ctrl)
     findings += _score_findings(cfg, data)
+    findings += _teacher_findings(cfg, data)
     order = {"error": 0, "warning": 1, "info": 2}
     return {"data": {s.name: len(s) for s in [*data.splits(), *filter(None, [data.unlabelled])]},
             "labels": data.num_labels if data.label_names else None, "task": data.task,
             "findings": [f.as_dict() for f in sorted(findings, key=lambda f: order[f.level])],
             "counts": summary_counts(findings), "majority": base, "control": ctrl}
+
+
+def _teacher_findings(cfg, data) -> list:
+    """A teacher used as it is (an LLM, a predictions file): what ``kdflow distill`` would ask of it (its training
+    split, transfer set and test), said before anything is paid."""
+    spec = cfg.model.teacher
+    if not models.kind(spec).fixed:
+        return []
+    from .diagnose.check import Finding
+    run = pipeline.Run(cfg, data, make_accelerator(cfg.train), None)
+    teacher = pipeline.new_teacher(run, pipeline.tokenizer_for(spec, data))
+    splits = {"train": data.train, "unlabelled": data.unlabelled, "test": data.test}
+    level, message = teacher.preview({name: split for name, split in splits.items() if split is not None})
+    return [Finding(level, "teacher", message[0].upper() + message[1:])]
 
 
 def _score_findings(cfg, data) -> list:

@@ -41,7 +41,7 @@ class Teacher:
 
 def check_inputs(cfg: Config, role: str = "teacher") -> None:
     """Settings that cannot work with this data, named before any work starts (``role``: what the
-    command trains; the distillation settings matter to a student only)."""
+    command trains, or ``check``; the distillation settings matter to a student only)."""
     check_paths(cfg)
     for side in ("teacher", "student"):
         spec = getattr(cfg.model, side)
@@ -50,7 +50,9 @@ def check_inputs(cfg: Config, role: str = "teacher") -> None:
                               f"model.{side} is of kind {spec.kind}; set model.{side}.kind: hf")
         models.kind(spec).check(spec, side, cfg.data)
     dc = cfg.distill
-    if role == "teacher":
+    if models.kind(cfg.model.teacher).fixed:
+        models.check_fixed_teacher(cfg, role)
+    if role in ("teacher", "check"):
         return
     student = cfg.model.student
     if dc.intermediate and not models.kind(student).matches_layers:
@@ -186,7 +188,7 @@ def load_teacher(run: Run) -> Teacher:
     trained = models.kind(spec).has_head(spec, d.label_names, d.task)
     if trained or cfg.distill.mode == "guide" or cfg.distill.alpha == 0:  # guide trains it; alpha 0 never asks it
         tokenizer = tokenizer_for(spec, d)
-        source = spec.name if trained else f"{spec.name or spec.kind} (untrained head)"
+        source = spec.source if trained else f"{spec.name or spec.kind} (untrained head)"
         return Teacher(new_teacher(run, tokenizer), tokenizer, source)
     raise KdflowError(f"The teacher '{spec.name}' has no trained head for these {d.num_labels} labels; run "
                       f"'kdflow teach' with this config first (it saves {own}), or point model.teacher.name "
@@ -203,6 +205,8 @@ def build_student(run: Run, teacher: nn.Module, tokenizer) -> tuple:
 
     if d.modality == "image":
         return image_student(run, teacher, tokenizer)
+    if models.kind(run.cfg.model.teacher).fixed:  # it reads raw text: the student reads through its own tokenizer
+        tokenizer = tokenizer_for(spec, d)
     student, s_tokenizer = models.kind(spec).student(spec, run.build_context(tokenizer, teacher, ranking))
     from .deploy.prune import prunable, prune_embeddings, prune_tokenizer, used_token_ids
     why_not = prunable(student, s_tokenizer)
@@ -371,6 +375,7 @@ def with_transfer_set(run: Run) -> None:
              "(teacher soft targets only)")
 
 
-__all__ = ["Run", "Teacher", "check_inputs", "check_paths", "check_modality", "open_run", "setup", "tokenizer_for", "new_teacher",
-           "teacher_is_trained", "load_teacher", "build_student", "image_student", "train_settings", "check_length", "featurizer", "eval_fn",
-           "selection_fn", "final_metrics", "clean_scores", "summary", "write_report", "with_transfer_set"]
+__all__ = ["Run", "Teacher", "check_inputs", "check_paths", "check_modality", "open_run",
+           "setup", "tokenizer_for", "new_teacher", "teacher_is_trained", "load_teacher", "build_student",
+           "image_student", "train_settings", "check_length", "featurizer", "eval_fn", "selection_fn", "final_metrics",
+           "clean_scores", "summary", "write_report", "with_transfer_set"]

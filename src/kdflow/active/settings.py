@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .. import models
 from ..config import Config, same_setting
 from ..errors import KdflowError
 from ..tasks import task_kind
@@ -186,8 +187,7 @@ def check(cfg: Config) -> None:
                           "about examples it does not label; pick a student strategy (margin, entropy, badge, "
                           "coreset, disagreement (estimated from the teacher's labels so far), committee: "
                           "checkpoints...) and stop on budget, rounds or stop_kappa")
-    if ac.target == "teacher":
-        _check_teacher_target(cfg)
+    _check_teacher(cfg)
     if ac.target == "teacher_calls" and ac.initial_strategy == "balanced":
         raise KdflowError("active.initial_strategy balanced sorts the pool by the teacher's predictions, a call per "
                           "pool example, and target teacher_calls counts them; use typicality (on the student's "
@@ -206,6 +206,26 @@ def check(cfg: Config) -> None:
         raise KdflowError(f"active.strategy {ac.strategy} samples the student with MC dropout, but "  # checked once
                           "model.student.dropout is 0; set it above 0 (e.g. 0.1) or pick another strategy")  # built
     _check_committee(cfg)
+
+
+def _check_teacher(cfg: Config) -> None:
+    if cfg.active.target == "teacher":
+        _check_teacher_target(cfg)
+    if models.kind(cfg.model.teacher).fixed:
+        _check_fixed_teacher(cfg)
+
+
+def _check_fixed_teacher(cfg: Config) -> None:
+    """A teacher used as it is (an LLM, a predictions file): never fine-tuned, and one whose prompts show
+    labelled examples must not read them from a pool whose labels the simulation hides."""
+    spec, ac = cfg.model.teacher, cfg.active
+    if ac.target == "teacher":
+        raise KdflowError(f"active.target teacher fine-tunes the teacher, and model.teacher (kind {spec.kind}) is "
+                          "used as it is; use target teacher_calls (it labels what the student picks) or student")
+    if models.kind(spec).reads_labels(spec) and not cfg.data.unlabelled:
+        raise KdflowError("model.teacher.shots shows the teacher labelled examples, and in this simulation every "
+                          "label of data.train is hidden until bought; give the pool as data.unlabelled (data.train "
+                          "is then the labelled seed set), or set model.teacher.shots: 0")
 
 
 def _check_teacher_target(cfg: Config) -> None:

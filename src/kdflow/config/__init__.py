@@ -11,7 +11,7 @@ The same objects are built from Python without any YAML::
 
 * :mod:`~kdflow.config.base` — :class:`Strict`, what every section is
 * :mod:`~kdflow.config.specs` — ``model.teacher`` / ``model.student``, discriminated on ``kind``
-  (:data:`MODEL_SPECS`: ``hf``, ``encoder``, ``vision``, ``dkvb``)
+  (:data:`MODEL_SPECS`: ``hf``, ``encoder``, ``vision``, ``dkvb``; teachers only: ``llm``, ``predictions``)
 * :mod:`~kdflow.config.sections` — ``distill``, ``train`` / ``teach``, ``run`` and :class:`Config` itself
 * :mod:`~kdflow.config.data_section` — :class:`DataConfig` (sources, columns, GLUE presets, transfer set)
 * :mod:`~kdflow.config.commands` — ``active`` and ``frontier``
@@ -30,13 +30,15 @@ from .specs import (
                     DKVBSpec,
                     EncoderSpec,
                     HFSpec,
+                    LLMSpec,
                     ModelConfig,
                     ModelSpec,
+                    PredictionsSpec,
                     TransformerSizes,
                     VisionSpec,
 )
 
 __all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "ActiveConfig",
-           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec",
+           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec", "LLMSpec", "PredictionsSpec",
            "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes",
            "VisionSpec", "DKVBSpec", "learning_rate"]

@@ -33,6 +33,11 @@ class ModelSpec(Strict):
         """What the model reads: ``text`` (token ids), ``values`` (numeric sequences) or ``image``."""
         return "text"
 
+    @property
+    def source(self) -> Optional[str]:
+        """Where the model comes from, for the log (its ``name``; a predictions file's path)."""
+        return self.name
+
     @model_validator(mode="before")
     @classmethod
     def _unset_keys_of_other_kinds(cls, data: Any) -> Any:
@@ -180,9 +185,63 @@ class DKVBSpec(ModelSpec):
     freeze_encoder: bool = True
 
 
+class LLMSpec(ModelSpec):
+    """``kind: llm`` (teachers only): a causal language model used zero- or few-shot as a classifier
+    (:mod:`kdflow.models.llm`). ``name``: a hub id, a local folder (a ``.gguf`` file in it is read through
+    transformers' GGUF loader; ``gguf_file`` picks one of several) or the packaged ``smollm2-135m-instruct``.
+
+    Each example becomes a prompt: ``template`` with ``{text}`` (and ``{text_pair}`` for pairs, ``{labels}``
+    for the verbalizers joined by commas), inside the tokenizer's chat template when it has one and ``chat``
+    is not false. ``shots`` labelled examples per label (drawn once with ``shot_seed`` from the training
+    split) come first, each answered by its verbalizer. ``verbalizers`` maps a label to the words that
+    answer it (default: the label's name). The soft target of an example is the log-probability of each
+    label's whole verbalizer after the prompt, renormalised over the labels; the mass the model puts
+    outside them is recorded. ``max_text_tokens`` truncates an example's text, never the template.
+    Answers are cached on disk as they are computed (``distill.cache_dir``), so nothing is scored twice."""
+
+    kind: Literal["llm"] = "llm"
+    template: str = "Classify the text into one of these categories: {labels}.\n\nText: {text}\n\nCategory:"
+    verbalizers: Optional[dict[str, str]] = None
+    chat: Optional[bool] = None
+    system: Optional[str] = None
+    shots: int = Field(0, ge=0, le=16)
+    shot_seed: int = 0
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_text_tokens: int = Field(256, ge=1)
+    gguf_file: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _template_reads_the_text(self) -> "LLMSpec":
+        if "{text}" not in self.template:
+            raise ValueError("template must contain {text}, where each example's text goes")
+        for value in (self.verbalizers or {}).values():
+            if not value.strip():
+                raise ValueError("a verbalizer is empty; give each label the words that answer it")
+        return self
+
+
+class PredictionsSpec(ModelSpec):
+    """``kind: predictions`` (teachers only): a file of teacher outputs per example (:mod:`kdflow.models.predictions`)
+    — another team's model, a vendor's batch job, annotators' votes. ``path``: CSV, JSON or JSONL; each row
+    names its example by ``id`` (kdflow's example id, as in an active-learning request file) or by ``text``
+    (and ``text_pair``), and gives one of ``probs`` (one per label, in ``model.teacher.labels`` order or the
+    data's), ``logits``, or ``label`` with an optional ``confidence`` (the rest spread evenly over the other
+    labels). Every example a command asks for must have a row."""
+
+    kind: Literal["predictions"] = "predictions"
+    path: str
+    labels: Optional[list[str]] = None
+    key: Literal["auto", "id", "text"] = "auto"
+    tolerance: float = Field(1e-3, gt=0.0, lt=1.0)
+
+    @property
+    def source(self) -> Optional[str]:
+        return self.path
+
+
 # one entry per model kind (a new kind: its spec class here, its module in kdflow/models, an entry in models.KINDS)
 MODEL_SPECS: dict[str, type[ModelSpec]] = {"hf": HFSpec, "encoder": EncoderSpec, "vision": VisionSpec,
-                                           "dkvb": DKVBSpec}
+                                           "dkvb": DKVBSpec, "llm": LLMSpec, "predictions": PredictionsSpec}
 
 
 def _kind_of(value: Any) -> Optional[str]:

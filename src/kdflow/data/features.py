@@ -151,6 +151,47 @@ class WordsFeaturizer(TextFeaturizer):
         return {**text, "word_ids": word_ids, "word_mask": word_mask}
 
 
+class RawText:
+    """The "tokenizer" of a model that reads the examples' text itself (an LLM teacher builds prompts; a
+    predictions file looks rows up by text or id): :func:`make_featurizer` then gives a
+    :class:`RawTextFeaturizer`."""
+
+    def __repr__(self) -> str:
+        return "RawText()"
+
+
+def as_bytes(texts: Sequence[str]) -> torch.Tensor:
+    """Strings -> ``[B, L]`` UTF-8 bytes, padded with -1 (a tensor, so it travels through batches like token ids)."""
+    raw = [t.encode("utf-8") for t in texts]
+    out = torch.full((len(raw), max([len(r) for r in raw] + [1])), -1, dtype=torch.long)
+    for i, r in enumerate(raw):
+        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+    return out
+
+
+def from_bytes(t: torch.Tensor) -> list[str]:
+    """The inverse of :func:`as_bytes`."""
+    return [bytes(int(b) for b in row if b >= 0).decode("utf-8") for row in t.cpu()]
+
+
+class RawTextFeaturizer(CachedFeaturizer):
+    """Each example's id, text (and text pair) unchanged, as byte tensors (:func:`as_bytes`): ``ids``,
+    ``text`` and ``text_pair`` in the batch; the model decodes them (:func:`from_bytes`)."""
+
+    field = "text"
+
+    def __init__(self, tokenizer=None, max_length: int = 128):
+        super().__init__(max_length)
+
+    def _encode(self, split: Split, positions: list[int]) -> list[dict]:
+        pair = split.inputs.get("text_pair")
+        return [{"ids": split.ids[i], "text": str(split.inputs["text"][i]),
+                 **({"text_pair": str(pair[i])} if pair is not None else {})} for i in positions]
+
+    def collate(self, rows: list[dict], train: bool = False) -> dict[str, torch.Tensor]:
+        return {name: as_bytes([r[name] for r in rows]) for name in rows[0]}
+
+
 class ValuesFeaturizer(CachedFeaturizer):
     """Numeric sequences (``inputs["values"]``, each ``[L]`` or ``[L, D]``): padded into
     ``[B, L, D]`` float tensors with an attention mask. Reads no tokens (``tokenizer`` is ignored)."""
@@ -328,6 +369,10 @@ def make_featurizer(modality: str, tokenizer=None, max_length: int = 128, augmen
     """The featurizer of a modality (``TaskData.modality``); ``tokenizer``: the model's (an
     :class:`ImagePreprocess` for images); ``augment`` (training batches; images only); ``subwords``: which
     sub-tokens of a word make its output (token tagging)."""
+    if isinstance(tokenizer, RawText):
+        if modality != "text":
+            raise KdflowError(f"This model reads text, and this data holds {modality}; give it text data")
+        return RawTextFeaturizer(tokenizer, max_length)
     if modality == "image":
         return ImageFeaturizer(tokenizer, max_length, augment, crop_padding)
     if modality == "words":
@@ -339,5 +384,5 @@ def make_featurizer(modality: str, tokenizer=None, max_length: int = 128, augmen
 
 
 __all__ = ["image_stats", "Featurizer", "CachedFeaturizer", "TextFeaturizer", "WordsFeaturizer", "ValuesFeaturizer",
-           "ImageFeaturizer", "ImagePreprocess", "IMAGE_FILE", "image_preprocess", "augment_batch", "FEATURIZERS",
-           "modality_of", "make_featurizer"]
+           "ImageFeaturizer", "ImagePreprocess", "RawText", "RawTextFeaturizer", "as_bytes", "from_bytes",
+           "IMAGE_FILE", "image_preprocess", "augment_batch", "FEATURIZERS", "modality_of", "make_featurizer"]

