@@ -124,6 +124,13 @@ def test_llm_teacher_caches_each_answer_by_prompt_and_pays_once(tiny_llm, tmp_pa
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
     outside = [json.loads(x)["outside"] for x in lines]
     assert all(0 <= o <= 1 for o in outside)  # the mass a random model puts outside 4 words: nearly all of it
+    # contextual calibration: the same answers (3 content-free prompts more), minus their mean
+    calibrated = KINDS["llm"].teacher(spec(tiny_llm, batch_size=2, calibrate=True), ctx)
+    cal = calibrated(**feat.collate(feat.encode(split))).logits
+    free = [calibrated.prompter(t) for t in ("N/A", "", "[MASK]")]
+    prior = label_logprobs(teacher.lm, teacher.tokenizer, free, teacher.verbalizers).mean(0)
+    torch.testing.assert_close(cal, want - prior, atol=1e-5, rtol=0)
+    assert calibrated.usage()["calls"] == 3 and calibrated.usage()["cached"] == 5
     # another template is another teacher: nothing of the first one's answers is served
     other = KINDS["llm"].teacher(spec(tiny_llm, template="Q: {text} A:"), ctx)
     other(**batch)
@@ -155,7 +162,8 @@ def test_distill_from_an_llm_teacher_and_a_rerun_pays_no_call(tiny_llm, tiny_ber
 @pytest.mark.parametrize("change, message", [
     ({"command": "teach"}, "is used as it is: never fine-tuned, no layers to score; run kdflow distill"),
     ({"command": "layers"}, "is used as it is: never fine-tuned, no layers to score; run kdflow distill"),
-    ({"command": "frontier", "student": {}, "train": {"epochs": 6}}, "kdflow frontier builds its students from the teacher's blocks"),
+    ({"command": "frontier", "student": {}, "train": {"epochs": 6}},
+     "kdflow frontier builds its students from the teacher's blocks"),
     ({"distill": {"mode": "guide"}}, "distill.mode guide trains the teacher"),
     ({"distill": {"intermediate": True}}, "has none to match; set distill.intermediate: false"),
     ({"student": {}}, "cannot be built from the blocks of a teacher of kind llm; name its starting point"),

@@ -39,6 +39,6 @@ from .specs import (
 )
 
 __all__ = ["load_config", "apply_overrides", "build", "explain", "same_setting", "MODEL_SPECS", "ActiveConfig",
-           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig", "HFSpec", "LLMSpec", "PredictionsSpec",
-           "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict", "TrainConfig", "TransformerSizes",
-           "VisionSpec", "DKVBSpec", "learning_rate"]
+           "AnyModelSpec", "Config", "DataConfig", "DistillConfig", "EncoderSpec", "ExtraTeacher", "FrontierConfig",
+           "HFSpec", "LLMSpec", "PredictionsSpec", "LayerEntry", "ModelConfig", "ModelSpec", "RunConfig", "Strict",
+           "TrainConfig", "TransformerSizes", "VisionSpec", "DKVBSpec", "learning_rate"]

@@ -197,7 +197,9 @@ class LLMSpec(ModelSpec):
     answer it (default: the label's name). The soft target of an example is the log-probability of each
     label's whole verbalizer after the prompt, renormalised over the labels; the mass the model puts
     outside them is recorded. ``max_text_tokens`` truncates an example's text, never the template.
-    Answers are cached on disk as they are computed (``distill.cache_dir``), so nothing is scored twice."""
+    Answers are cached on disk as they are computed (``distill.cache_dir``), so nothing is scored twice.
+    With ``base_url`` the model runs behind an OpenAI-compatible endpoint (:mod:`kdflow.models.remote`: retries,
+    concurrency, a call budget and a cost meter); ``api_key_env`` names the environment variable of its key."""
 
     kind: Literal["llm"] = "llm"
     template: str = "Classify the text into one of these categories: {labels}.\n\nText: {text}\n\nCategory:"
@@ -209,6 +211,21 @@ class LLMSpec(ModelSpec):
     batch_size: int = Field(8, ge=1, le=1024)
     max_text_tokens: int = Field(256, ge=1)
     gguf_file: Optional[str] = None
+    calibrate: bool = False  # contextual calibration: divide by the labels' probabilities for "N/A" (local models)
+    # an OpenAI-compatible endpoint (".../v1"): the model named runs there (kdflow.models.remote), else here
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None  # the environment variable holding the key (the key is never written)
+    concurrency: int = Field(4, ge=1, le=256)  # requests at a time
+    max_retries: int = Field(6, ge=0, le=30)  # per request (429, 5xx, timeouts) and per unusable answer
+    retry_wait: float = Field(1.0, gt=0.0, le=60.0)  # seconds before the first retry, doubled per retry
+    timeout: float = Field(60.0, gt=0.0)  # seconds per request
+    max_calls: Optional[int] = Field(None, ge=1)  # requests one command may send (cached answers cost none)
+    top_logprobs: int = Field(20, ge=1, le=20)
+    samples: int = Field(5, ge=1, le=64)  # answers drawn per example where the endpoint gives no log-probabilities
+    max_answer_tokens: int = Field(8, ge=1, le=512)
+    unusable: Literal["retry", "drop"] = "retry"  # an answer that is no label: re-asked, then dropped; or dropped
+    price_prompt: Optional[float] = Field(None, ge=0.0)  # money per million prompt tokens (the cost meter)
+    price_completion: Optional[float] = Field(None, ge=0.0)  # money per million completion tokens
 
     @model_validator(mode="after")
     def _template_reads_the_text(self) -> "LLMSpec":
@@ -217,6 +234,12 @@ class LLMSpec(ModelSpec):
         for value in (self.verbalizers or {}).values():
             if not value.strip():
                 raise ValueError("a verbalizer is empty; give each label the words that answer it")
+        local = [k for k in ("gguf_file", "calibrate") if getattr(self, k)]
+        if self.base_url and (local or self.chat is False):
+            raise ValueError("an endpoint (base_url) is asked in chat messages; gguf_file and calibrate are for a "
+                             f"model run here: drop {local[0] if local else 'chat: false'}")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} is no http(s) address; give e.g. http://127.0.0.1:8080/v1")
         return self
 
 

@@ -273,8 +273,14 @@ class Distiller:
         hard = HARD_LOSSES[kind.hard_loss](logits, labels)
         if teacher is None:
             return {"loss": hard, "loss_hard": hard}
+        # a teacher answer dropped as unusable (kdflow.models.remote) is NaN: its example has no soft term
+        known = torch.isfinite(teachers[0]).reshape(len(teachers[0]), -1).all(-1)
+        if not known.all():
+            if not known.any():
+                return {"loss": (1.0 - self.alpha) * hard, "loss_kd": hard.new_zeros(()), "loss_hard": hard}
+            logits, labels, teachers = logits[known], labels[known], [t[known] for t in teachers]
         extra = self.loss.fn(logits, teachers, labels, self.dc, self.teacher_weights)
-        soft = extra.pop("soft")
+        soft = extra.pop("soft") * known.float().mean()
         return {"loss": self.alpha * soft + (1.0 - self.alpha) * hard, "loss_kd": soft, "loss_hard": hard, **extra}
 
 

