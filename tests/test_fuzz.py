@@ -139,8 +139,10 @@ def sections() -> list[tuple[str, type[BaseModel], dict]]:
            ("active", Config.model_fields["active"].annotation, {}),
            ("frontier", Config.model_fields["frontier"].annotation, {}),
            ("run", Config.model_fields["run"].annotation, {})]
-    for kind, spec in MODEL_SPECS.items():
-        out.append(("model.student", spec, {"kind": kind}))
+    from kdflow.models import KINDS
+    for kind, spec in MODEL_SPECS.items():  # a teacher-only kind as the teacher, with the keys it needs
+        out.append(("model.teacher", spec, dict(KINDS[kind].tiny)) if KINDS[kind].fixed else
+                   ("model.student", spec, {"kind": kind}))
     return out
 
 
@@ -772,7 +774,8 @@ CASES = generate()
 # ------------------------------------------------------------------ the world the cases damage copies of
 
 def saved_kinds(tiny_bert: str, root: Path) -> dict[str, Path]:
-    """A saved model folder of every kind, for the intents' labels (untrained: only reading them back matters)."""
+    """A saved model folder of every student kind, for the intents' labels (untrained: only reading them back
+    matters; a teacher used as it is, an LLM or a predictions file, is never saved)."""
     import torch
 
     from kdflow.config import MODEL_SPECS
@@ -781,7 +784,7 @@ def saved_kinds(tiny_bert: str, root: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     teacher, tok = load_hf_classifier(tiny_bert, LABELS, "classification"), load_tokenizer(tiny_bert)
     out = {}
-    for name, kind in KINDS.items():
+    for name, kind in [(n, k) for n, k in KINDS.items() if not k.fixed]:
         spec = MODEL_SPECS[name].model_validate(kind.tiny)
         reads = ImagePreprocess([0.5], [0.25], channels=1) if spec.modality == "image" else tok
         model, s_tok = kind.student(spec, BuildContext(LABELS, "classification", 16, reads, teacher,

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import kdflow
 from kdflow.cli import main
 from kdflow.config import LLMSpec
 from kdflow.data.features import RawTextFeaturizer
@@ -142,6 +143,7 @@ def test_distill_through_an_endpoint_keeps_the_key_off_the_disk(endpoint, tiny_b
                                                                 monkeypatch, capsys):
     e = endpoint()
     secret = "sk-kdflow-test-5f3a9c"
+    texts = [t for split in ("train", "test") for t, _ in json.loads(Path(intents_json).read_text())[split]]
     raw = tiny_config(tiny_bert, intents_json, tmp_path, "remote", train={"epochs": 1, "deterministic": True})
     raw["model"] = {"teacher": {"kind": "llm", "name": "fake-model", "base_url": e.url, "api_key_env": "KDFLOW_KEY",
                                 "retry_wait": 0.01, "concurrency": 4},
@@ -150,6 +152,10 @@ def test_distill_through_an_endpoint_keeps_the_key_off_the_disk(endpoint, tiny_b
     assert main(["distill", str(tmp_path / "c.yaml")]) != 0  # the key's variable is not set: one sentence
     assert "model.teacher.api_key_env names KDFLOW_KEY, which is not set" in capsys.readouterr().err
     monkeypatch.setenv("KDFLOW_KEY", secret)
+    said = [f["message"] for f in kdflow.check(raw, control=False)["findings"] if f["check"] == "teacher"]
+    assert said == [f"The llm teacher at {e.url} would be asked about {len(set(texts))} distinct prompts (train 160 + "
+                    f"test 48 examples); 0 are answered in its cache, so at least {len(set(texts))} requests"]
+    assert e.requests == []  # counted, not asked
     assert main(["distill", str(tmp_path / "c.yaml")]) == 0
     metrics = json.loads((tmp_path / "remote" / "metrics.json").read_text())["student"]
     test = json.loads(Path(intents_json).read_text())["test"]  # the fake answers by the last intent word it reads
