@@ -19,8 +19,8 @@ LLM answer sits in kdflow's answer cache under ``OUT/cache``, so nothing is aske
   random and margin, ``--seeds`` each.
 * ``latency``: batch-1 latency of the LLM (one prompt) and of the student (PyTorch, 1 thread); run alone.
 
-    OMP_NUM_THREADS=1 python bench/llm_teacher.py --data ../shared/data --out /work/llmbench --sets agnews --stage label
-    OMP_NUM_THREADS=1 python bench/llm_teacher.py --data ../shared/data --out /work/llmbench --sets agnews --stage students
+    OMP_NUM_THREADS=1 python bench/llm_teacher.py --out /work/llmbench --sets agnews --stage label
+    OMP_NUM_THREADS=1 python bench/llm_teacher.py --out /work/llmbench --sets agnews --stage students
     python bench/llm_teacher.py --out /work/llmbench --summary
 """
 

@@ -8,7 +8,7 @@ uses a real server). Each request takes the next action of ``script`` (then ``de
 
 The answer to a prompt is the label whose name occurs last in its last user message (``ANSWER`` when none);
 ``answered`` counts, per prompt, the answers that went out whole; with ``kill_after`` the server stops after
-that many.
+that many; prompts whose answer is in ``chatter_on`` get only unusable answers.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def answer_of(messages: list[dict]) -> str:
 
 
 class FakeEndpoint:
-    def __init__(self, script=(), default="ok", slow_s=3.0, port=0, kill_after=None):
+    def __init__(self, script=(), default="ok", slow_s=3.0, port=0, kill_after=None, chatter_on=()):
         self.script, self.default, self.slow_s, self.kill_after = list(script), default, slow_s, kill_after
+        self.chatter_on = set(chatter_on)  # labels whose prompts get only unusable answers
         self.lock = threading.Lock()
         self.requests = []  # (action, prompt) per request received
         self.answered = Counter()  # prompt -> whole answers sent
@@ -96,6 +97,8 @@ class FakeEndpoint:
                 endpoint.keys_seen.add(self.headers.get("Authorization", ""))
                 prompt = json.dumps(request["messages"], sort_keys=True)
                 action = endpoint.next_action(prompt)
+                if answer_of(request["messages"]) in endpoint.chatter_on:
+                    action = "chatter"
                 if action in ("429", "500"):
                     error = {"error": {"message": "busy", "type": "x", "code": None}}
                     return self.send(int(action), json.dumps(error).encode(), [("Retry-After", "0")])

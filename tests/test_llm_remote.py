@@ -167,3 +167,23 @@ def test_distill_through_an_endpoint_keeps_the_key_off_the_disk(endpoint, tiny_b
     written = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert written == [] and "KDFLOW_KEY" in (tmp_path / "remote" / "config.yaml").read_text()
     assert Path(tmp_path / "remote" / "log.txt").read_text().count(e.url) >= 1
+    report = (tmp_path / "remote" / "report.md").read_text()  # the cost meter in the report
+    assert "## Teacher calls" in report and f"| {usage['calls']} | 0 | {usage['cached']} |" in report
+
+
+def test_active_learning_labels_nothing_with_an_answer_the_llm_could_not_give(endpoint, tiny_bert, intents_json,
+                                                                              tmp_path):
+    e = endpoint(chatter_on={"balance"})  # every prompt about a balance gets words that name no label
+    raw = tiny_config(tiny_bert, intents_json, tmp_path, "al", train={"epochs": 1, "deterministic": True})
+    raw["model"] = {"teacher": {"kind": "llm", "name": "fake-model", "base_url": e.url, "retry_wait": 0.01,
+                                "max_retries": 1, "samples": 2},
+                    "student": {"kind": "hf", "name": tiny_bert}}
+    raw["active"] = {"target": "teacher_calls", "initial": 16, "per_round": 8, "rounds": 2, "min_steps": 4,
+                     "strategy": "margin", "initial_strategy": "random"}
+    out = kdflow.active(raw)
+    state = json.loads((tmp_path / "al" / "active" / "state.json").read_text())
+    asked = {answer_of(json.loads(p)) for p in e.answered}
+    dropped = {k for k, why in state["ignored"].items() if why == "the teacher gave no usable answer"}
+    assert "balance" in asked and dropped  # some were picked, and none became a label
+    assert all(v["label"] != "balance" for v in state["labels"].values())
+    assert out["sources"] == {"teacher": len(state["labels"])} and len(state["labels"]) + len(dropped) == 24

@@ -15,6 +15,7 @@ from kdflow.cli import main
 from kdflow.config import LLMSpec, load_config
 from kdflow.errors import KdflowError
 from kdflow.models import KINDS, BuildContext
+from kdflow.data.features import RawTextFeaturizer
 from kdflow.models.answers import AnswerCache
 from kdflow.models.llm import Prompter, label_logprobs, load_causal_lm, verbalizer_tokens
 
@@ -103,7 +104,6 @@ def test_answer_cache_keeps_every_written_answer_and_drops_a_line_cut_by_a_kill(
 
 
 def test_llm_teacher_caches_each_answer_by_prompt_and_pays_once(tiny_llm, tmp_path):
-    from kdflow.data.features import RawTextFeaturizer
     from kdflow.data.splits import Split
     texts = ["play some music", "book a flight to rome", "what is the weather", "check my balance", "play adele"]
     split = Split("train", [f"train:{i}" for i in range(5)], {"text": texts}, np.zeros(5, dtype=np.int64))
@@ -308,3 +308,34 @@ def test_check_says_what_distill_would_pay_the_llm_and_what_a_predictions_file_l
     missing_test = sum(t not in set(texts[:100]) for t in texts[160:])  # test examples the file does not hold
     assert found["level"] == "error" and "has no row for train " in found["message"]
     assert f"; test {missing_test} (first test:" in found["message"]
+
+
+def test_hybrid_oracle_sends_the_llm_s_unsure_answers_to_the_human(tiny_llm, tiny_bert, intents_json, tmp_path):
+    from kdflow.data import load_data
+    raw = tiny_config(tiny_bert, intents_json, tmp_path, "hy", train={"epochs": 1, "deterministic": True})
+    raw["model"] = {"teacher": {"kind": "llm", "name": tiny_llm, "batch_size": 16},
+                    "student": {"kind": "hf", "name": tiny_bert}}
+    train = load_data(load_config(raw).data).train
+    llm = KINDS["llm"].teacher(load_config(raw).model.teacher, BuildContext(LABELS, "classification", 32))
+    feat = RawTextFeaturizer()
+    sure = dict(zip(train.ids, llm(**feat.collate(feat.encode(train))).logits.softmax(-1).max(-1).values.tolist()))
+    threshold = float(np.median(list(sure.values())))  # the LLM is sure of half the pool
+    raw["active"] = {"oracle": "hybrid", "hybrid_human": "gold", "hybrid_threshold": threshold, "initial": 8,
+                     "per_round": 8, "rounds": 2, "min_steps": 4, "strategy": "margin", "initial_strategy": "random"}
+    out = kdflow.active(raw)
+    bought = json.loads((tmp_path / "hy" / "active" / "state.json").read_text())["labels"]
+    assert len(bought) == 16 and set(out["sources"]) == {"teacher", "gold"}
+    assert {k: v["source"] for k, v in bought.items()} == {k: "teacher" if sure[k] >= threshold else "gold"
+                                                           for k in bought}
+
+
+def test_a_gguf_file_is_found_in_its_folder_and_several_must_be_named(tmp_path):
+    from kdflow.models.llm import model_source
+    (tmp_path / "m.Q4.gguf").write_bytes(b"")
+    assert model_source(LLMSpec(name=str(tmp_path))) == (str(tmp_path), "m.Q4.gguf")
+    (tmp_path / "m.Q8.gguf").write_bytes(b"")
+    with pytest.raises(KdflowError, match="holds 2 GGUF files \\(m.Q4.gguf, m.Q8.gguf\\); pick one with "
+                                          "model.teacher.gguf_file"):
+        model_source(LLMSpec(name=str(tmp_path)))
+    assert model_source(LLMSpec(name=str(tmp_path), gguf_file="m.Q8.gguf")) == (str(tmp_path), "m.Q8.gguf")
+    assert model_source(LLMSpec(name="org/model")) == ("org/model", None)  # a hub id: as it is

@@ -6,7 +6,8 @@
 * ``human`` — the batch is written to ``to_label.csv`` / ``.jsonl`` and as Label Studio
   tasks; the run stops and goes on with ``kdflow active CONFIG --resume --labels FILE``.
 * ``hybrid`` — the teacher labels what it is confident about (max probability >=
-  ``active.hybrid_threshold``), humans (or, in simulation, the gold labels) the rest.
+  ``active.hybrid_threshold``), humans (or, in simulation, the gold labels) the rest, an answer the teacher
+  could not give (an LLM's unusable answer) included.
 
 A label file is checked whole before anything is kept: an unknown id, a label that
 is not one of the task's, a duplicate or a missing row stops with one sentence that
@@ -360,9 +361,13 @@ def label_batch(positions: np.ndarray, batch: int, *, ac, pool: Split, names: li
         return None
     words = "words" in pool.inputs  # token tagging
     lengths = [len(pool.inputs["words"][p]) for p in positions] if words else None
-    if ac.oracle == "teacher":
-        state.add_batch(teacher_labels(ids, teacher_probs(positions), names, pool.targets.ndim == 2 and not words,
-                                       lengths))
+    if ac.oracle == "teacher":  # an answer the teacher could not give (NaN: kdflow.models.remote) labels nothing
+        probs = teacher_probs(positions)
+        usable = np.isfinite(np.asarray(probs, dtype=np.float64).reshape(len(ids), -1)).all(1)
+        state.add_batch(teacher_labels([k for k, u in zip(ids, usable) if u], probs[usable], names,
+                                       pool.targets.ndim == 2 and not words,
+                                       [n for n, u in zip(lengths, usable) if u] if lengths else None),
+                        {k: "the teacher gave no usable answer" for k, u in zip(ids, usable) if not u})
         return None
     if words:  # humans correct the teacher's tags
         pre = teacher_labels(ids, teacher_probs(positions), names, lengths=lengths)

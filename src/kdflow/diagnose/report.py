@@ -19,7 +19,7 @@ from ..engine.runlog import METRICS_FIX, read_metrics, read_rows
 from ..errors import KdflowError, first_line
 from ..files import RUN_FIX, json_type, must_be_folder, read_json
 from ..tasks import TASKS, headline_of
-from .report_sections import active_md, checks_md, compare_md, frontier_md, overlap_md
+from .report_sections import active_md, checks_md, compare_md, frontier_md, overlap_md, teacher_usage_md
 
 # metrics.json holds null where a metric was NaN (valid JSON); the report reads those back as NaN
 METRIC_KEYS = {"mse", "retention", "f1_macro", "hamming_loss", *(m for kind in TASKS.values() for m in kind.metrics)}
@@ -283,7 +283,7 @@ def _markdown(run: Path, blob: dict, comp: "dict | None") -> tuple[list[dict], s
                      if k in entry}
             lines += [f"## {role}", "", "| " + " | ".join(facts) + " |", "|" + "---|" * len(facts),
                       "| " + " | ".join(str(v) for v in facts.values()) + " |", ""]
-    extra = checks_md(blob) + (frontier_md(fr) if fr else []) + (compare_md(comp) if comp else []) + (
+    extra = checks_md(blob) + teacher_usage_md(blob) + (frontier_md(fr) if fr else []) + (compare_md(comp) if comp else []) + (
         active_md(active, active.get("metric", "accuracy")) if active else [])
     lines += extra
     _page(run.name, deploy, metric, extra, [])  # the HTML's table reads the rows too: fail here, not half-way

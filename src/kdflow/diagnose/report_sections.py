@@ -86,4 +86,16 @@ def checks_md(blob: dict) -> list[str]:
     return ["## Checks", "", *lines, ""] if lines else []
 
 
-__all__ = ["overlap_md", "checks_md", "frontier_md", "active_md", "compare_md"]
+def teacher_usage_md(blob: dict) -> list[str]:
+    """What a teacher paid per call (an LLM, local or behind an endpoint) was asked by the distillation: calls,
+    cached answers, retries, tokens, seconds, money, unusable answers by kind."""
+    usage = ((blob.get("student") or {}).get("distill") or {}).get("teacher_usage")
+    if not isinstance(usage, dict) or not usage:
+        return []
+    flat = {k: v for k, v in usage.items() if not isinstance(v, dict)}
+    flat.update({f"unusable {k}": v for k, v in (usage.get("unusable") or {}).items() if v})
+    return ["## Teacher calls", "", "| " + " | ".join(flat) + " |", "|" + "---|" * len(flat),
+            "| " + " | ".join(_fmt(v) for v in flat.values()) + " |", ""]
+
+
+__all__ = ["overlap_md", "checks_md", "frontier_md", "active_md", "compare_md", "teacher_usage_md"]
