@@ -110,7 +110,7 @@ def label(name: str, folder: Path, out: Path, args) -> None:
     from kdflow.data import load_data
     from kdflow.data.features import RawTextFeaturizer
     from kdflow.models import KINDS, BuildContext
-    for variant, shots in (("zero", 0), ("few", args.shots)):
+    for variant, shots in [(v, 0 if v == "zero" else args.shots) for v in args.variants]:
         if (name, f"llm-{variant}") in done(out):
             continue
         cfg = kdflow.load_config(config(name, folder, out, "label", teacher_spec(name, shots)))
@@ -141,9 +141,10 @@ def label(name: str, folder: Path, out: Path, args) -> None:
 
 
 def best_variant(name: str, out: Path) -> str:
+    """The labelled variant (zero- or few-shot) whose answers on the pool are the most accurate."""
     rows = {r["row"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
             if r["set"] == name}
-    return max(("zero", "few"), key=lambda v: rows[f"llm-{v}"]["pool_accuracy"])
+    return max([v for v in ("zero", "few") if f"llm-{v}" in rows], key=lambda v: rows[f"llm-{v}"]["pool_accuracy"])
 
 
 def students(name: str, folder: Path, out: Path, args) -> None:
@@ -163,8 +164,8 @@ def students(name: str, folder: Path, out: Path, args) -> None:
             top = np.load(folder / f"llm-{best}-{part}.npy").argmax(1)
             rows += [{"id": i, "label": names[int(c)]} for i, c in zip(split.ids, top)]
         preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    arms = {"soft-zero": (teacher_spec(name, 0), {"alpha": 1.0}),
-            "soft-few": (teacher_spec(name, args.shots), {"alpha": 1.0}),
+    arms = {**{f"soft-{v}": (teacher_spec(name, 0 if v == "zero" else args.shots), {"alpha": 1.0})
+               for v in args.variants},
             "hard": ({"kind": "predictions", "path": str(preds)}, {"alpha": 1.0, "temperature": 1.0}),
             "human": ({"kind": "predictions", "path": str(preds)}, {"alpha": 0.0})}
     for arm, (teacher, distill) in arms.items():
@@ -254,6 +255,7 @@ def main() -> None:
     p.add_argument("--validation", type=int, default=200)
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=["zero", "few"], choices=["zero", "few"])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--budget", type=int, default=600)
