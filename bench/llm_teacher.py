@@ -181,7 +181,8 @@ def students(name: str, folder: Path, out: Path, args) -> None:
 
 
 def latency(name: str, folder: Path, out: Path, args) -> None:
-    """Batch-1 latency (median of ``--repeats``) of the LLM and of the ``soft-zero`` student, one thread."""
+    """Batch-1 latency (median of ``--repeats`` test texts, tokenizing included for the student) of the LLM (one
+    prompt scored) and of the ``soft-zero`` student, in PyTorch and as ONNX int8, one thread."""
     import statistics
 
     import torch
@@ -210,9 +211,19 @@ def latency(name: str, folder: Path, out: Path, args) -> None:
             started = time.perf_counter()
             model(**tok([t], truncation=True, max_length=96, return_tensors="pt"))
             student.append(time.perf_counter() - started)
-    a, b = statistics.median(llm), statistics.median(student)
+    from kdflow.deploy.export import export_onnx, ort_runner, ort_session, quantize_onnx_int8
+    example = dict(tok([texts[0]], truncation=True, max_length=96, return_tensors="pt"))
+    onnx = export_onnx(model, example, out / "runs" / name / "soft-zero" / "export" / "student.onnx")
+    run = ort_runner(ort_session(quantize_onnx_int8(onnx, onnx.with_name("student.int8.onnx")), threads=1))
+    int8 = []
+    for t in texts:
+        started = time.perf_counter()
+        run(dict(tok([t], truncation=True, max_length=96, return_tensors="pt")))
+        int8.append(time.perf_counter() - started)
+    a, b, c = statistics.median(llm), statistics.median(student), statistics.median(int8)
     record(out, {"set": name, "row": "latency", "llm_ms_p50": round(1000 * a, 1), "student_ms_p50": round(1000 * b, 2),
-                 "speedup": round(a / b, 1), "repeats": len(texts), "threads": 1})
+                 "student_onnx_int8_ms_p50": round(1000 * c, 2), "speedup": round(a / b, 1),
+                 "speedup_onnx_int8": round(a / c, 1), "repeats": len(texts), "threads": 1})
 
 
 def calls(name: str, folder: Path, out: Path, args) -> None:
