@@ -275,7 +275,7 @@ def _teacher_findings(cfg, data) -> list:
     teacher = pipeline.new_teacher(run, pipeline.tokenizer_for(spec, data))
     splits = {"train": data.train, "unlabelled": data.unlabelled, "test": data.test}
     level, message = teacher.preview({name: split for name, split in splits.items() if split is not None})
-    return [Finding(level, "teacher", message[0].upper() + message[1:])]
+    return [Finding(level, "teacher", message)]
 
 
 def _score_findings(cfg, data) -> list:

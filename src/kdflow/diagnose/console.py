@@ -38,7 +38,8 @@ def run_table(role: str, entry: dict, metric: str = "accuracy") -> Table:
     row += [fmt(v) for v in entry[split].values()]
     if "teacher_test" in entry:
         base = entry["teacher_test"].get(metric)
-        row += [f"{entry['test'][metric] / base:.1%}" if base else "-", f"{entry['compression']:.1f}x" if "compression" in entry else "-"]
+        row += [f"{entry['test'][metric] / base:.1%}" if base else "-",
+                f"{entry['compression']:.1f}x" if "compression" in entry else "-"]
         t.add_row(*row)
         t.add_row("teacher", "", "", "", "", *[fmt(entry["teacher_test"].get(k, "-")) for k in entry[split]], "", "")
     else:

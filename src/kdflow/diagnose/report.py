@@ -283,8 +283,8 @@ def _markdown(run: Path, blob: dict, comp: "dict | None") -> tuple[list[dict], s
                      if k in entry}
             lines += [f"## {role}", "", "| " + " | ".join(facts) + " |", "|" + "---|" * len(facts),
                       "| " + " | ".join(str(v) for v in facts.values()) + " |", ""]
-    extra = checks_md(blob) + teacher_usage_md(blob) + (frontier_md(fr) if fr else []) + (compare_md(comp) if comp else []) + (
-        active_md(active, active.get("metric", "accuracy")) if active else [])
+    extra = checks_md(blob) + teacher_usage_md(blob) + (frontier_md(fr) if fr else []) + (
+        compare_md(comp) if comp else []) + (active_md(active, active.get("metric", "accuracy")) if active else [])
     lines += extra
     _page(run.name, deploy, metric, extra, [])  # the HTML's table reads the rows too: fail here, not half-way
     [(c["true"], c["predicted"], float(c["count"])) for r in deploy for c in r.get("top_confusions") or []]

@@ -81,4 +81,15 @@ class AnswerCache:
             os.fsync(f.fileno())
 
 
-__all__ = ["ANSWERS_FILE", "AnswerCache", "answer_key"]
+def preview(keys: dict[str, list[str]], answers: AnswerCache, who: str, cost: str) -> str:
+    """What a pass would pay, before paying it: ``keys`` holds each split's answer keys (name -> keys, one per
+    example); a prompt asked twice is paid once, a cached one not at all. ``cost``: how the new prompts are
+    paid, ``{}`` standing for their number."""
+    asked = set().union(*keys.values())
+    new = sum(k not in answers for k in asked)
+    sizes = " + ".join(f"{name} {len(split)}" for name, split in keys.items())
+    return (f"{who} would be asked about {len(asked)} distinct prompts ({sizes} examples); {len(asked) - new} are "
+            f"answered in its cache, so {cost.format(new)}")
+
+
+__all__ = ["ANSWERS_FILE", "AnswerCache", "answer_key", "preview"]

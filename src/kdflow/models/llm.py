@@ -29,7 +29,7 @@ from ..config import DataConfig, LLMSpec
 from ..data.features import from_bytes
 from ..errors import KdflowError, first_line
 from ..tasks import task_kind
-from .answers import AnswerCache, answer_key
+from .answers import AnswerCache, answer_key, preview
 from .base import BuildContext, fixed_teacher
 from .io import fingerprint, quiet_transformers
 
@@ -244,13 +244,9 @@ class LLMTeacher(nn.Module):
 
     def preview(self, splits: dict) -> tuple[str, str]:
         """(level, sentence): what a pass over ``splits`` (name -> Split) would pay, before paying it."""
-        answers, asked = self._open(), set()
-        for split in splits.values():
-            asked |= {answer_key(p) for p in self._prompts(split.inputs["text"], split.inputs.get("text_pair"))}
-        new = len([k for k in asked if k not in answers])
-        sizes = " + ".join(f"{name} {len(split)}" for name, split in splits.items())
-        return "info", (f"the llm teacher would be asked about {len(asked)} distinct prompts ({sizes} examples); "
-                        f"{len(asked) - new} are answered in its cache, so {new} calls")
+        keys = {name: [answer_key(p) for p in self._prompts(split.inputs["text"], split.inputs.get("text_pair"))]
+                for name, split in splits.items()}
+        return "info", preview(keys, self._open(), "The llm teacher", "{} calls")
 
     def _scores(self, prompts: list[str]) -> torch.Tensor:
         """``[N, C]`` label log-probabilities of ``prompts``, scored in batches (a prompt asked twice once) and

@@ -200,9 +200,9 @@ class PredictionsTeacher(nn.Module):
             if gone:
                 missing[name] = (len(gone), split.ids[gone[0]])
         if not missing:
-            return "info", f"the predictions file has a row for every example ({', '.join(splits)})"
+            return "info", f"The predictions file has a row for every example ({', '.join(splits)})"
         where = "; ".join(f"{name} {n} (first {first})" for name, (n, first) in missing.items())
-        return "error", (f"the predictions file '{self.table.path}' has no row for {where}; add their predictions "
+        return "error", (f"The predictions file '{self.table.path}' has no row for {where}; add their predictions "
                          "(by id or text)")
 
     def usage(self) -> dict:

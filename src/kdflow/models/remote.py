@@ -37,7 +37,7 @@ from torch import nn
 from ..config import LLMSpec
 from ..data.features import from_bytes
 from ..errors import KdflowError, first_line
-from .answers import AnswerCache, answer_key
+from .answers import AnswerCache, answer_key, preview
 
 RETRY_CAP = 60.0  # seconds: the longest single back-off
 UNUSABLE = ("empty", "truncated", "refusal", "no_label")
@@ -261,11 +261,13 @@ class RemoteLLM(nn.Module):
         if failed is not None:
             raise failed
 
-    def forward(self, ids: torch.Tensor, text: torch.Tensor, text_pair: Optional[torch.Tensor] = None, **_):
-        texts = from_bytes(text)
-        pairs = from_bytes(text_pair) if text_pair is not None else None
+    def _chats(self, texts: list[str], pairs: Optional[list[str]]) -> tuple[list[str], list[list[dict]]]:
+        """(answer keys, chat messages) of examples."""
         chats = [self.prompter.messages(t, pairs[i] if pairs else None) for i, t in enumerate(texts)]
-        keys = [answer_key(json.dumps(m, sort_keys=True)) for m in chats]
+        return [answer_key(json.dumps(m, sort_keys=True)) for m in chats], chats
+
+    def forward(self, ids: torch.Tensor, text: torch.Tensor, text_pair: Optional[torch.Tensor] = None, **_):
+        keys, chats = self._chats(from_bytes(text), from_bytes(text_pair) if text_pair is not None else None)
         todo = {k: m for k, m in zip(keys, chats) if k not in self.answers}
         self.meter.cached += len(keys) - len(todo)
         self._ask_all(todo)
@@ -276,16 +278,11 @@ class RemoteLLM(nn.Module):
 
     def preview(self, splits: dict) -> tuple[str, str]:
         """(level, sentence): what a pass over ``splits`` would send, before sending it."""
-        asked = set()
-        for split in splits.values():
-            pairs = split.inputs.get("text_pair")
-            asked |= {answer_key(json.dumps(self.prompter.messages(t, pairs[i] if pairs else None), sort_keys=True))
-                      for i, t in enumerate(split.inputs["text"])}
-        new = len([k for k in asked if k not in self.answers])
-        sizes = " + ".join(f"{name} {len(split)}" for name, split in splits.items())
-        return "info", (f"the llm teacher at {self.spec.base_url} would be asked about {len(asked)} distinct prompts "
-                        f"({sizes} examples); {len(asked) - new} are answered in its cache, so at least {new} requests"
-                        + (f", and model.teacher.max_calls is {self.spec.max_calls}" if self.spec.max_calls else ""))
+        keys = {name: self._chats(split.inputs["text"], split.inputs.get("text_pair"))[0]
+                for name, split in splits.items()}
+        budget = f", and model.teacher.max_calls is {self.spec.max_calls}" if self.spec.max_calls else ""
+        return "info", preview(keys, self.answers, f"The llm teacher at {self.spec.base_url}",
+                               "at least {} requests") + budget
 
     def usage(self) -> dict:
         return self.meter.as_dict()
